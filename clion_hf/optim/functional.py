@@ -1,0 +1,269 @@
+"""The Lion / CLion update math, as functions over lists of tensors.
+
+One place for the arithmetic, shared by the optimizer classes (``lion.py``, ``clion.py``)
+and checked against the float64 reference in the tests. Two implementations follow the
+``torch.optim`` pattern: ``_single_tensor_*`` (a Python loop over tensors) and
+``_foreach_*`` (``torch._foreach_*`` kernels over the whole list). They are written to
+give the same bits on the same inputs.
+
+Notation (``../shared/CLION.md``): for parameter ``p``, gradient ``g`` and momentum ``m``
+
+    c = beta1 * m + (1 - beta1) * g           # update direction
+    p = p * (1 - lr * wd) - lr * h(c)         # Lion: h = sign; CLion: h depends on mode
+    m = beta2 * m + (1 - beta2) * g
+
+All arithmetic runs in ``compute_dtype(p)``: fp32 for fp16/bf16 parameters (so low
+precision storage does not decide branches), otherwise the parameter's own dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+MODES = ("global", "tensor", "element", "soft")
+"""CLion modes: where the "no tiny entries" test is taken (see CLION.md)."""
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the update math runs in for parameters stored as ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _as_real(t: Tensor) -> Tensor:
+    # Complex tensors are updated as pairs of reals (sign of real and imaginary parts),
+    # the convention of torch.optim and timm.
+    return torch.view_as_real(t) if t.is_complex() else t
+
+
+def min_nonzero_abs(c: Tensor) -> Tensor:
+    """Smallest non-zero ``abs(c)`` as a 0-d fp32 tensor on ``c``'s device; +inf if none.
+
+    Stays on the device (no host sync), so CLion's decision can be fused or captured.
+    """
+    if c.numel() == 0:
+        return torch.full((), math.inf, dtype=torch.float32, device=c.device)
+    a = c.abs()
+    return torch.where(a == 0, math.inf, a).amin().float()
+
+
+def _direction(m: Tensor, g: Tensor, beta1: float) -> Tensor:
+    # lerp is beta1 * m + (1 - beta1) * g with one rounding; the same kernel is used by
+    # the single-tensor and foreach paths, so they agree bitwise.
+    return torch.lerp(m, g, 1.0 - beta1)
+
+
+def _upcast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def _prepare(
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor], maximize: bool
+) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor]]:
+    """Real views, compute-dtype copies of p/g/m as needed, and ``-g`` for ``maximize``.
+
+    Returns ``(p_c, g_c, m_c, p_store)``: ``p_c``/``m_c`` are the tensors the math runs on;
+    when they are upcast copies, the caller writes them back with :func:`_write_back`.
+    """
+    p_store = [_as_real(p) for p in params]
+    p_c, g_c, m_c = [], [], []
+    for p, g, m in zip(p_store, grads, exp_avgs, strict=True):
+        dt = compute_dtype(p.dtype)
+        g = _upcast(_as_real(g), dt)
+        p_c.append(_upcast(p, dt))
+        g_c.append(-g if maximize else g)
+        m_c.append(_upcast(_as_real(m), dt))
+    return p_c, g_c, m_c, p_store
+
+
+def _write_back(src: list[Tensor], dst: list[Tensor]) -> None:
+    for s, d in zip(src, dst, strict=True):
+        if s is not d and s.data_ptr() != d.data_ptr():
+            d.copy_(s)
+
+
+# --------------------------------------------------------------------------------------
+# Pass 1 (CLion global/tensor modes): the per-tensor min |c| that decides the branch.
+# --------------------------------------------------------------------------------------
+
+
+def direction_min_abs(
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    beta1: float,
+    maximize: bool,
+    foreach: bool = False,
+) -> Tensor:
+    """Per-tensor smallest non-zero ``abs(c)``, a 1-d fp32 tensor (``inf`` where ``c == 0``).
+
+    Sign flips from ``maximize`` do not change ``abs(c)``, so it is accepted and ignored.
+    """
+    del maximize
+    if not grads:
+        return torch.empty(0, dtype=torch.float32)
+    device = grads[0].device
+    gs = [_as_real(g) for g in grads]
+    ms = [_as_real(m) for m in exp_avgs]
+    dts = [compute_dtype(g.dtype) for g in gs]
+    gs = [_upcast(g, dt) for g, dt in zip(gs, dts, strict=True)]
+    ms = [_upcast(m, dt) for m, dt in zip(ms, dts, strict=True)]
+    if foreach:
+        cs = torch._foreach_lerp(ms, gs, 1.0 - beta1)
+    else:
+        cs = [_direction(m, g, beta1) for m, g in zip(ms, gs, strict=True)]
+    return torch.stack([min_nonzero_abs(c).to(device) for c in cs])
+
+
+# --------------------------------------------------------------------------------------
+# The update pass.
+# --------------------------------------------------------------------------------------
+
+
+def _h_single(c: Tensor, mode: str, nu: float, take_sign: Tensor | None) -> Tensor:
+    if mode == "lion":
+        return c.sign()
+    if mode in ("global", "tensor"):
+        assert take_sign is not None
+        return torch.where(take_sign, c.sign(), c)
+    if mode == "element":
+        return torch.where(c.abs() >= nu, c.sign(), c)
+    if mode == "soft":
+        return (c / nu).clamp_(-1.0, 1.0)
+    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+
+
+def _sign_count(c: Tensor, mode: str, nu: float, take_sign: Tensor | None) -> Tensor:
+    """How many coordinates of this tensor took the sign branch (fp32, 0-d)."""
+    if mode in ("global", "tensor"):
+        assert take_sign is not None
+        return take_sign.float() * c.numel()
+    if mode in ("element", "soft"):
+        # soft saturates exactly where |c| >= nu: there it equals sign(c).
+        return (c.abs() >= nu).sum().float()
+    return torch.full((), float(c.numel()), device=c.device)
+
+
+def _caution(u: Tensor, g: Tensor) -> Tensor:
+    """Cautious mask of Liang et al. (arXiv:2411.16085), Algorithm 2, applied to ``u``.
+
+    Keeps coordinates where the update agrees with the gradient (``u * g > 0``, strict as
+    in the authors' code) and rescales by ``d / (nnz + 1)`` so the update keeps its size.
+    """
+    mask = (u * g > 0).to(u.dtype)
+    return u * mask * (mask.numel() / (mask.sum() + 1))
+
+
+def lion_clion_update(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    mode: str,
+    nu: float = 1.0,
+    take_sign: Tensor | None = None,
+    maximize: bool = False,
+    caution: bool = False,
+    foreach: bool = False,
+    stats: bool = False,
+) -> tuple[Tensor, Tensor] | None:
+    """Apply one Lion (``mode="lion"``) or CLion update to every tensor, in place.
+
+    ``take_sign`` (global/tensor modes): 1-d bool tensor, one decision per tensor, computed
+    by the caller from :func:`direction_min_abs` (so the decision can span param groups
+    and processes). With ``stats``, returns ``(sign_count, min_abs)``: per-tensor fp32
+    counts of coordinates that took the sign branch and per-tensor min non-zero ``abs(c)``
+    (``min_abs`` is only computed here for element/soft/lion; global/tensor callers
+    already have it and get NaNs in its place).
+    """
+    if not params:
+        return None
+    impl = _foreach_update if foreach else _single_tensor_update
+    return impl(
+        params, grads, exp_avgs, lr=lr, beta1=beta1, beta2=beta2,
+        weight_decay=weight_decay, mode=mode, nu=nu, take_sign=take_sign,
+        maximize=maximize, caution=caution, stats=stats,
+    )  # fmt: skip
+
+
+def _collect_stats(
+    cs: list[Tensor], mode: str, nu: float, take_sign: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    counts = torch.stack(
+        [
+            _sign_count(c, mode, nu, None if take_sign is None else take_sign[i])
+            for i, c in enumerate(cs)
+        ]
+    )
+    if mode in ("global", "tensor"):
+        mins = torch.full_like(counts, math.nan)
+    else:
+        mins = torch.stack([min_nonzero_abs(c) for c in cs])
+    return counts, mins
+
+
+def _single_tensor_update(
+    params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, mode, nu, take_sign,
+    maximize, caution, stats,
+):  # fmt: skip
+    p_c, g_c, m_c, p_store = _prepare(params, grads, exp_avgs, maximize)
+    counts, mins = [], []
+    for i, (p, g, m) in enumerate(zip(p_c, g_c, m_c, strict=True)):
+        c = _direction(m, g, beta1)
+        t = None if take_sign is None else take_sign[i]
+        h = _h_single(c, mode, nu, t)
+        if caution:
+            h = _caution(h, g)
+        if stats:
+            counts.append(_sign_count(c, mode, nu, t))
+            mins.append(
+                torch.full((), math.nan, device=c.device)
+                if mode in ("global", "tensor")
+                else min_nonzero_abs(c)
+            )
+        if weight_decay != 0:
+            p.mul_(1.0 - lr * weight_decay)
+        p.sub_(h * lr)
+        m.lerp_(g, 1.0 - beta2)
+    _write_back(p_c, p_store)
+    _write_back(m_c, [_as_real(m) for m in exp_avgs])
+    if stats:
+        return torch.stack(counts), torch.stack(mins)
+    return None
+
+
+def _foreach_update(
+    params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, mode, nu, take_sign,
+    maximize, caution, stats,
+):  # fmt: skip
+    p_c, g_c, m_c, p_store = _prepare(params, grads, exp_avgs, maximize)
+    cs = torch._foreach_lerp(m_c, g_c, 1.0 - beta1)
+    result = _collect_stats(cs, mode, nu, take_sign) if stats else None
+    if mode == "lion":
+        hs = torch._foreach_sign(cs)
+    elif mode == "soft":
+        hs = torch._foreach_div(cs, nu)
+        torch._foreach_clamp_min_(hs, -1.0)
+        torch._foreach_clamp_max_(hs, 1.0)
+    else:
+        # No foreach "where": a per-tensor select on top of the foreach passes.
+        hs = [
+            _h_single(c, mode, nu, None if take_sign is None else take_sign[i])
+            for i, c in enumerate(cs)
+        ]
+    if caution:
+        hs = [_caution(h, g) for h, g in zip(hs, g_c, strict=True)]
+    if weight_decay != 0:
+        torch._foreach_mul_(p_c, 1.0 - lr * weight_decay)
+    torch._foreach_mul_(hs, lr)
+    torch._foreach_sub_(p_c, hs)
+    torch._foreach_lerp_(m_c, g_c, 1.0 - beta2)
+    _write_back(p_c, p_store)
+    _write_back(m_c, [_as_real(m) for m in exp_avgs])
+    return result

@@ -1,0 +1,78 @@
+"""Lion (Chen et al., 2023, arXiv:2302.06675), optionally "cautious" (arXiv:2411.16085)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ._base import (
+    LionFamily,
+    ParamsT,
+    check_betas,
+    check_lr,
+    check_momentum_dtype,
+    check_weight_decay,
+)
+from .functional import lion_clion_update
+
+
+class Lion(LionFamily):
+    """Lion: ``p -= lr * (sign(beta1 * m + (1 - beta1) * g) + weight_decay * p)``.
+
+    Args:
+        params: parameters or param groups.
+        lr: learning rate; the Lion paper advises 3-10x smaller than AdamW's.
+        betas: ``(beta1, beta2)``: interpolation for the update direction and the momentum.
+        weight_decay: decoupled weight decay (``lr * weight_decay`` per step), 3-10x
+            AdamW's to keep ``lr * weight_decay`` comparable.
+        caution: mask coordinates whose update disagrees in sign with the gradient and
+            rescale the rest (Liang et al., "Cautious Optimizers", Algorithm 2). This is
+            not CLion (:class:`clion_hf.CLion`), which shares the name "cautious".
+        maximize: maximize the objective instead of minimizing it.
+        foreach: use ``torch._foreach_*`` kernels (default: on non-CPU devices).
+        momentum_dtype: dtype of the momentum buffer (default fp32, or fp64 for fp64
+            parameters); ``torch.bfloat16`` halves optimizer state. Math runs in fp32.
+    """
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        caution: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        *,
+        momentum_dtype: torch.dtype | None = None,
+    ) -> None:
+        check_lr(lr)
+        check_betas(betas)
+        check_weight_decay(weight_decay)
+        check_momentum_dtype(momentum_dtype)
+        defaults = dict(
+            lr=lr, betas=tuple(betas), weight_decay=weight_decay, caution=bool(caution),
+            maximize=bool(maximize), foreach=foreach, momentum_dtype=momentum_dtype,
+        )  # fmt: skip
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Perform one optimization step."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            _, params, grads, exp_avgs = self._gather(group)
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            lion_clion_update(
+                params, grads, exp_avgs, lr=group["lr"], beta1=beta1, beta2=beta2,
+                weight_decay=group["weight_decay"], mode="lion", maximize=group["maximize"],
+                caution=group["caution"], foreach=self._use_foreach(group, params),
+            )  # fmt: skip
+        return loss

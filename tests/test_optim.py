@@ -1,0 +1,362 @@
+"""clion_hf.CLion / clion_hf.Lion against an independent float64 reference (CLION.md)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+
+import pytest
+import torch
+
+from clion_hf import CLion, Lion
+
+MODES = ["global", "tensor", "element", "soft"]
+SHAPES = [(7,), (5, 3), (2, 3, 4), (1,)]
+
+
+# --------------------------------------------------------------------------- reference
+# Written from ../shared/CLION.md and arXiv:2411.16085 Alg. 2 alone, in float64, one
+# parameter list at a time, sharing no code with clion_hf.
+
+
+def ref_h(c: torch.Tensor, mode: str, nu: float, global_min: float) -> torch.Tensor:
+    def smallest_nonzero(x: torch.Tensor) -> float:
+        nz = x.abs()[x != 0]
+        return nz.min().item() if nz.numel() else math.inf
+
+    if mode == "lion":
+        return c.sign()
+    if mode == "global":
+        return c.sign() if global_min >= nu else c
+    if mode == "tensor":
+        return c.sign() if smallest_nonzero(c) >= nu else c
+    if mode == "element":
+        return torch.where(c.abs() >= nu, c.sign(), c)
+    if mode == "soft":
+        return (c / nu).clamp(-1, 1)
+    raise AssertionError(mode)
+
+
+def ref_step(groups, states, grads, mode, nu, storage_dtypes, caution=False):
+    """One step on float64 copies; groups: list of (params, lr, (b1, b2), wd)."""
+    cs = {}
+    for params, _, (b1, _), _ in groups:
+        for p in params:
+            g = grads[id(p)]
+            if g is None:
+                continue
+            cs[id(p)] = b1 * states[id(p)] + (1 - b1) * g
+    nz = [c.abs()[c != 0] for c in cs.values()]
+    nz = [x for x in nz if x.numel()]
+    global_min = min(x.min().item() for x in nz) if nz else math.inf
+    for params, lr, (_, b2), wd in groups:
+        for p in params:
+            g = grads[id(p)]
+            if g is None:
+                continue
+            c = cs[id(p)]
+            h = ref_h(c, mode, nu, global_min)
+            if caution:
+                mask = (h * g > 0).double()
+                h = h * mask * (mask.numel() / (mask.sum() + 1))
+            p.copy_(p - lr * (h + wd * p))
+            states[id(p)].copy_(b2 * states[id(p)] + (1 - b2) * g)
+            # Mirror storage precision: parameters in their dtype, momentum in fp32/fp64.
+            p.copy_(p.to(storage_dtypes[id(p)][0]).double())
+            states[id(p)].copy_(states[id(p)].to(storage_dtypes[id(p)][1]).double())
+    return global_min
+
+
+def make_problem(dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=gen).to(dtype) for s in SHAPES]
+    return params, gen
+
+
+def grads_for_step(params, gen, step):
+    grads = []
+    for i, p in enumerate(params):
+        if i == 3 and step % 4 == 1:
+            grads.append(None)  # a parameter without grad this step
+            continue
+        g = torch.randn(p.shape, generator=gen)
+        if i == 2 and step % 5 == 0:
+            g.zero_()  # an all-zero gradient
+        if i == 1:
+            g[0] = 0.0  # always-zero coordinates: m stays 0, so c == 0 there
+        grads.append(g.to(p.dtype))
+    return grads
+
+
+def run_ours(params, dtype, mode, nu, steps, foreach, opt_cls=CLion, **kw):
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    groups = [
+        {"params": ps[:2], "lr": 0.01, "weight_decay": 0.1},
+        {"params": ps[2:], "lr": 0.02, "weight_decay": 0.0, "betas": (0.8, 0.95)},
+    ]
+    if opt_cls is CLion:
+        opt = CLion(groups, mode=mode, nu=nu, foreach=foreach, **kw)
+    else:
+        opt = opt_cls(groups, foreach=foreach, **kw)
+    gen = torch.Generator().manual_seed(123)
+    for step in range(steps):
+        for p, g in zip(ps, grads_for_step(ps, gen, step), strict=True):
+            p.grad = g
+        opt.step()
+    return ps, opt
+
+
+def run_ref(params, dtype, mode, nu, steps, caution=False):
+    ps = [p.double().clone() for p in params]
+    states = {id(p): torch.zeros_like(p) for p in ps}
+    mdt = torch.float64 if dtype == torch.float64 else torch.float32
+    storage = {id(p): (dtype, mdt) for p in ps}
+    groups = [(ps[:2], 0.01, (0.9, 0.99), 0.1), (ps[2:], 0.02, (0.8, 0.95), 0.0)]
+    gen = torch.Generator().manual_seed(123)
+    mins = []
+    for step in range(steps):
+        gs = grads_for_step([p.to(dtype) for p in ps], gen, step)
+        grads = {id(p): None if g is None else g.double() for p, g in zip(ps, gs, strict=True)}
+        mins.append(ref_step(groups, states, grads, mode, nu, storage, caution))
+    return ps, mins
+
+
+TOL = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-12), torch.bfloat16: (2e-2, 2e-2)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("mode,nu", [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01),
+                                     ("element", 0.3), ("soft", 0.5)])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_matches_float64_reference(dtype, mode, nu, foreach):
+    params, _ = make_problem(dtype)
+    ours, _ = run_ours(params, dtype, mode, nu, 20, foreach)
+    ref, mins = run_ref(params, dtype, mode, nu, 20)
+    rtol, atol = TOL[dtype]
+    for o, r in zip(ours, ref, strict=True):
+        torch.testing.assert_close(o.detach().double(), r, rtol=rtol, atol=atol)
+    if mode == "global":
+        # The two nus exercise both branches of the global decision.
+        taken = [m >= nu for m in mins]
+        assert all(taken) if nu == 1e-12 else (any(taken) and not all(taken))
+
+
+def test_tensor_mode_takes_both_branches():
+    # With nu = 0.01 some tensors take the sign branch and some do not, on some steps.
+    params, _ = make_problem(torch.float64)
+    _, opt = run_ours(params, torch.float64, "tensor", 0.01, 3, False)
+    fracs = [t["sign_fraction"] for t in opt.last_step_stats(per_tensor=True)["tensors"]]
+    assert 0.0 < opt.last_step_stats()["sign_fraction"] < 1.0
+    assert set(fracs) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("mode,nu", [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01),
+                                     ("element", 0.3), ("soft", 0.5)])
+def test_single_tensor_and_foreach_agree_bitwise(mode, nu):
+    params, _ = make_problem(torch.float32)
+    a, oa = run_ours(params, torch.float32, mode, nu, 20, foreach=False)
+    b, ob = run_ours(params, torch.float32, mode, nu, 20, foreach=True)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+    assert oa.last_step_stats(per_tensor=True) == ob.last_step_stats(per_tensor=True)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_element_mode_with_tiny_nu_equals_lion(foreach):
+    params, _ = make_problem(torch.float32)
+    a, _ = run_ours(params, torch.float32, "element", 1e-30, 20, foreach)
+    b, _ = run_ours(params, torch.float32, None, None, 20, foreach, opt_cls=Lion)
+    for x, y in zip(a, b, strict=True):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_lion_and_cautious_lion_match_reference(foreach):
+    params, _ = make_problem(torch.float64)
+    for caution in (False, True):
+        ours, _ = run_ours(params, torch.float64, None, None, 20, foreach, opt_cls=Lion,
+                           caution=caution)
+        ref, _ = run_ref(params, torch.float64, "lion", 1.0, 20, caution=caution)
+        for o, r in zip(ours, ref, strict=True):
+            torch.testing.assert_close(o.detach(), r, rtol=1e-12, atol=1e-12)
+    plain, _ = run_ours(params, torch.float64, None, None, 20, foreach, opt_cls=Lion)
+    cautious, _ = run_ours(params, torch.float64, None, None, 20, foreach, opt_cls=Lion,
+                           caution=True)
+    assert not torch.equal(plain[0], cautious[0])
+
+
+def test_global_decision_spans_param_groups():
+    # Group A alone would take the sign branch; group B has a tiny |c|, which must veto it.
+    a = torch.nn.Parameter(torch.zeros(3))
+    b = torch.nn.Parameter(torch.zeros(3))
+    opt = CLion([{"params": [a]}, {"params": [b]}], lr=0.1, nu=1e-3, betas=(0.0, 0.0))
+    a.grad = torch.tensor([1.0, -2.0, 3.0])
+    b.grad = torch.tensor([1e-6, 0.0, 2.0])
+    opt.step()
+    torch.testing.assert_close(a.detach(), torch.tensor([-0.1, 0.2, -0.3]))
+    assert opt.last_step_stats()["sign_fraction"] == 0.0
+    assert opt.last_step_stats()["min_abs_c"] == pytest.approx(1e-6)
+
+
+def test_complex_parameters_update_as_real_pairs():
+    z = torch.nn.Parameter(torch.randn(4, dtype=torch.complex64))
+    r = torch.nn.Parameter(torch.view_as_real(z.detach()).clone())
+    oz, orr = CLion([z], lr=0.1, mode="element", nu=0.5), CLion([r], lr=0.1, mode="element", nu=0.5)
+    for _ in range(3):
+        g = torch.randn(4, dtype=torch.complex64)
+        z.grad, r.grad = g, torch.view_as_real(g).clone()
+        oz.step()
+        orr.step()
+    assert torch.equal(torch.view_as_real(z.detach()), r.detach())
+
+
+@pytest.mark.parametrize("opt_cls", [CLion, Lion])
+def test_maximize_equals_minimizing_the_negated_gradient(opt_cls):
+    p1 = torch.nn.Parameter(torch.randn(6))
+    p2 = torch.nn.Parameter(p1.detach().clone())
+    o1, o2 = opt_cls([p1], lr=0.1, maximize=True), opt_cls([p2], lr=0.1)
+    for _ in range(3):
+        g = torch.randn(6)
+        p1.grad, p2.grad = g, -g
+        o1.step()
+        o2.step()
+    assert torch.equal(p1, p2)
+
+
+@pytest.mark.parametrize("opt_cls,kw", [(CLion, {"mode": "element"}), (CLion, {}), (Lion, {})])
+def test_state_dict_round_trip_is_bit_identical(opt_cls, kw):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    data = [(torch.randn(16, 5), torch.randn(16, 2)) for _ in range(8)]
+
+    def train(m, opt, batches):
+        for x, y in batches:
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            opt.step()
+
+    full = copy.deepcopy(model)
+    opt_full = opt_cls(full.parameters(), lr=1e-2, weight_decay=0.1, **kw)
+    train(full, opt_full, data)
+
+    half = copy.deepcopy(model)
+    opt_half = opt_cls(half.parameters(), lr=1e-2, weight_decay=0.1, **kw)
+    train(half, opt_half, data[:4])
+    saved_model = copy.deepcopy(half.state_dict())
+    saved_opt = copy.deepcopy(opt_half.state_dict())
+
+    resumed = copy.deepcopy(model)
+    resumed.load_state_dict(saved_model)
+    opt_resumed = opt_cls(resumed.parameters(), lr=1e-2, weight_decay=0.1, **kw)
+    opt_resumed.load_state_dict(saved_opt)
+    train(resumed, opt_resumed, data[4:])
+    for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: Lion(ps, lr=3e-3),
+    lambda ps: CLion(ps, lr=3e-3, mode="element", nu=1e-5),
+], ids=["lion", "clion-element"])
+def test_mlp_regression_trains(make_opt):
+    torch.manual_seed(0)
+    x = torch.randn(256, 8)
+    teacher = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    with torch.no_grad():
+        y = teacher(x)  # a realizable regression target
+    model = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 1))
+    opt = make_opt(model.parameters())
+    losses = []
+    for _ in range(200):
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
+
+
+def test_global_mode_warns_on_a_transformers_model(caplog):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                       n_positions=32))
+    opt = CLion(model.parameters())  # the defaults: mode="global", nu=1e-4
+    ids = torch.randint(0, 64, (4, 16))
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for step in range(100):
+            opt.zero_grad()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            if step < 99:
+                assert not caplog.records
+    warnings = [r for r in caplog.records if "sign branch on none" in r.getMessage()]
+    assert len(warnings) == 1
+    msg = warnings[0].getMessage()
+    assert "mode='global'" in msg and "nu=0.0001" in msg and "mode='element'" in msg
+    assert opt.last_step_stats()["min_abs_c"] < 1e-4
+
+
+def test_element_mode_does_not_warn(caplog):
+    p = torch.nn.Parameter(torch.randn(10))
+    opt = CLion([p], mode="element", nu=1e-8)
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(101):
+            p.grad = torch.randn(10)
+            opt.step()
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lr": -1.0}, "lr=-1.0"),
+    ({"weight_decay": -0.1}, "weight_decay=-0.1"),
+    ({"betas": (1.0, 0.99)}, r"betas\[0\]=1.0"),
+    ({"betas": (0.9, -0.1)}, r"betas\[1\]=-0.1"),
+    ({"nu": 0.0}, "nu=0.0"),
+    ({"nu": float("inf")}, "nu=inf"),
+    ({"nu": float("nan")}, "nu=nan"),
+    ({"mode": "layer"}, "mode='layer'.*global, tensor, element, soft"),
+])
+def test_bad_hyper_parameters_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CLion([torch.nn.Parameter(torch.zeros(2))], **kwargs)
+
+
+def test_lion_bad_hyper_parameters_raise_value_error():
+    with pytest.raises(ValueError, match="lr=-0.5"):
+        Lion([torch.nn.Parameter(torch.zeros(2))], lr=-0.5)
+
+
+def test_global_mode_groups_must_agree():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="disagree on"):
+        CLion([{"params": [a]}, {"params": [b], "nu": 1e-3}], mode="global")
+    opt = CLion([{"params": [a]}], mode="global")
+    with pytest.raises(ValueError, match="disagree on"):
+        opt.add_param_group({"params": [b], "mode": "element"})
+    # Non-global groups may differ.
+    CLion([{"params": [a], "mode": "element"}, {"params": [b], "mode": "tensor"}])
+
+
+def test_sparse_gradients_are_refused():
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(RuntimeError, match="sparse"):
+        CLion(emb.parameters()).step()
+
+
+def test_bf16_momentum_halves_state_and_trains():
+    p32 = torch.nn.Parameter(torch.randn(100))
+    p16 = torch.nn.Parameter(p32.detach().clone())
+    o32 = CLion([p32], mode="element", nu=1e-5)
+    o16 = CLion([p16], mode="element", nu=1e-5, momentum_dtype=torch.bfloat16)
+    for _ in range(5):
+        g = torch.randn(100)
+        p32.grad, p16.grad = g, g.clone()
+        o32.step()
+        o16.step()
+    assert o16.state[p16]["exp_avg"].dtype == torch.bfloat16
+    assert o16.state_bytes() * 2 == o32.state_bytes()
+    torch.testing.assert_close(p16, p32, rtol=0, atol=1e-3)
