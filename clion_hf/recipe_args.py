@@ -1,0 +1,181 @@
+"""Command-line arguments shared by the recipes in ``recipes/``.
+
+Same flags as transformers' ``examples/pytorch/run_*.py``: ``ModelArguments``,
+``DataTrainingArguments`` and ``TrainingArguments`` through ``HfArgumentParser``. Defaults
+differ only where those scripts have none that suits a benchmark (``report_to="none"``,
+periodic evaluation, frequent logging), plus per-recipe defaults for the offline runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from clion_hf.data import RecipeError, uses_offline_default
+from clion_hf.metrics import perplexity
+
+
+@dataclass
+class ModelArguments:
+    """Which model, config and tokenizer/image processor to start from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Checkpoint to finetune (Hub id or directory). Finetune recipes "
+                  "default to the Hub model with --dataset_name, else a cached offline one."},
+    )  # fmt: skip
+    config_name: str | None = field(
+        default=None,
+        metadata={"help": "Config to pretrain from: a preset (tiny-gpt2, gpt2, tiny-bert, "
+                  "bert-base, tiny-vit, vit-base-patch16-224), a Hub id or a directory."},
+    )  # fmt: skip
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer (Hub id or directory). Default: the "
+                  "model's, the Hub one with --dataset_name, else trained on the train text."},
+    )  # fmt: skip
+    image_processor_name: str | None = field(
+        default=None,
+        metadata={"help": "ViT image processor (Hub id or directory). Default: the model's, "
+                  "else one for the config's image size with mean = std = 0.5."},
+    )  # fmt: skip
+    cache_dir: str | None = field(default=None, metadata={"help": "Hub download cache."})
+
+
+@dataclass
+class DataTrainingArguments:
+    """Which data to train and evaluate on (all optional: none runs the offline default)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Hub dataset (wikitext, glue, cifar10, ...), a save_to_disk "
+                  "directory, or the embedded pydoc-topics / pydoc-paraphrase / "
+                  "sklearn-digits."},
+    )  # fmt: skip
+    dataset_config_name: str | None = field(
+        default=None, metadata={"help": "Hub dataset config (wikitext-103-raw-v1, sst2, ...)."}
+    )
+    train_file: str | None = field(default=None, metadata={"help": "csv/json/jsonl/txt file."})
+    validation_file: str | None = field(default=None, metadata={"help": "csv/json/jsonl/txt."})
+    test_file: str | None = field(
+        default=None, metadata={"help": "Held-out csv/json/jsonl/txt, reported as test_*."}
+    )
+    train_dir: str | None = field(default=None, metadata={"help": "Image folder (ViT recipes)."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Image folder (ViT)."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the training set (rows before grouping)."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Truncate the evaluation set (blocks for LM recipes)."}
+    )
+    block_size: int | None = field(
+        default=None, metadata={"help": "GPT-2: tokens per training block (default: model max)."}
+    )
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "BERT: tokens per sequence (default: model max)."}
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "BERT MLM mask ratio."})
+    validation_split_percentage: int = field(
+        default=5, metadata={"help": "% of train held out when there is no validation split."}
+    )
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes for dataset.map."}
+    )
+
+
+# Defaults for every recipe: a few evaluations and many log points per run, no trackers.
+COMMON_DEFAULTS = {
+    "report_to": "none",
+    "eval_strategy": "steps",
+    "eval_steps": 0.25,  # a fraction of the total steps: 4 evaluations per run
+    "logging_steps": 0.05,  # 20 log points per run, for loss curves
+    "save_strategy": "no",  # the final model is saved by trainer.save_model()
+}
+
+
+def parse_args(
+    recipe: str, offline_defaults: dict, extra_defaults: dict | None = None
+) -> tuple[ModelArguments, DataTrainingArguments, TrainingArguments]:
+    """Parse the command line; ``offline_defaults`` apply only on the embedded dataset."""
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser.set_defaults(output_dir=f"runs/{recipe}", **COMMON_DEFAULTS, **(extra_defaults or {}))
+    if _multi_process_without_accelerator():
+        # torchrun-started CPU processes (see accelerate_configs/cpu_ddp_2proc.yaml) only
+        # form a gloo DDP group when Trainer is told to use the CPU
+        parser.set_defaults(use_cpu=True)
+    if len(sys.argv) == 2 and sys.argv[1].endswith(".json"):
+        return parser.parse_json_file(json_file=sys.argv[1])
+    # First pass only to see which data the run uses; the second applies its defaults
+    namespace, _ = parser.parse_known_args(sys.argv[1:])
+    if uses_offline_default(namespace):
+        parser.set_defaults(**offline_defaults)
+        _one_cpu_thread_for_tiny_models()
+    return parser.parse_args_into_dataclasses()
+
+
+def _multi_process_without_accelerator() -> bool:
+    import os
+
+    import torch
+
+    accelerator = torch.accelerator.is_available() if hasattr(torch, "accelerator") else (
+        torch.cuda.is_available()
+    )
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and not accelerator
+
+
+def _one_cpu_thread_for_tiny_models() -> None:
+    """Use one intra-op thread for the tiny offline models unless OMP_NUM_THREADS is set.
+
+    Their ops are so small that OpenMP's synchronisation dominates: on a 2-vCPU VM a tiny
+    GPT-2 step took 120 ms with 2 threads and 34 ms with 1.
+    """
+    import os
+
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
+def run(main: Callable[[], None]) -> None:
+    """Run a recipe's ``main``; bad input exits with one line on stderr and status 2."""
+    try:
+        main()
+    except RecipeError as err:
+        print(f"{sys.argv[0]}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def train_and_evaluate(
+    trainer: Trainer, n_train: int, n_eval: int, lm: bool = False, test_dataset=None
+) -> None:
+    """Train, save the model, evaluate, and save metrics and state as the HF examples do.
+
+    Writes ``train_results.json``, ``eval_results.json``, ``all_results.json`` and
+    ``trainer_state.json`` into ``output_dir``; ``lm`` adds ``perplexity`` (exp eval_loss).
+    With ``test_dataset`` (held-out data, never used for choosing hyper-parameters) it
+    also writes ``test_results.json`` with ``test_*`` metrics (``test_perplexity`` for LMs).
+    """
+    args = trainer.args
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {**result.metrics, "train_samples": n_train}
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    metrics = {**trainer.evaluate(), "eval_samples": n_eval}
+    if lm:
+        metrics["perplexity"] = perplexity(metrics["eval_loss"])
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if test_dataset is not None:
+        metrics = trainer.evaluate(test_dataset, metric_key_prefix="test")
+        metrics["test_samples"] = len(test_dataset)
+        if lm:
+            metrics["test_perplexity"] = perplexity(metrics["test_loss"])
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+    trainer.save_state()

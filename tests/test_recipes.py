@@ -1,0 +1,166 @@
+"""End-to-end runs of the six recipes through ``accelerate launch`` (a few steps each)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from PIL import Image as PILImage
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "recipes" / "accelerate_configs"
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+LM_KEYS = {"eval_loss", "perplexity", "train_loss", "train_runtime"}
+CLS_KEYS = {"eval_loss", "eval_accuracy", "train_loss", "train_runtime"}
+EXPECTED = {
+    "gpt2_pretrain": LM_KEYS,
+    "gpt2_finetune": LM_KEYS,
+    "bert_pretrain": LM_KEYS,
+    "bert_finetune": CLS_KEYS | {"eval_f1"},  # the offline task is a sentence pair task
+    "vit_pretrain": CLS_KEYS,
+    "vit_finetune": CLS_KEYS,
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    cache = tmp_path_factory.mktemp("cache")
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache / "datasets"),
+        "CLION_HF_CACHE": str(cache / "clion_hf"),
+        "CLION_HF_CHECKPOINT_MAX_STEPS": "10",  # finetune recipes build their checkpoint fast
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
+
+
+def launch(env, recipe: str, out: Path, *args: str, config: str = "cpu.yaml"):
+    cmd = [ACCELERATE, "launch", "--config_file", str(CONFIGS / config),
+           str(REPO / "recipes" / f"{recipe}.py"), "--output_dir", str(out),
+           "--optim", "adamw_torch", "--max_steps", "3", "--max_eval_samples", "32",
+           *args]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads((out / "all_results.json").read_text())
+
+
+def checkpoint(env, family: str) -> str:
+    code = f"from clion_hf.models import offline_pretrained_checkpoint as c; print(c({family!r}))"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("recipe", list(EXPECTED))
+def test_offline_default(env, tmp_path, recipe):
+    results = launch(env, recipe, tmp_path)
+    assert EXPECTED[recipe] <= set(results), results
+    # the offline defaults have a held-out test split, reported as test_* metrics
+    held_out = {k.replace("eval_", "test_") for k in EXPECTED[recipe] if k.startswith("eval_")}
+    held_out |= {"test_perplexity"} if "perplexity" in EXPECTED[recipe] else set()
+    assert held_out <= set(results), results
+    history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
+    assert history[-1]["step"] == 3
+    assert all("elapsed_s" in e and "peak_mem_mb" in e for e in history)
+    assert sum("optimizer_state_mb" in e for e in history) == 1
+    assert sum("eval_loss" in e for e in history) >= 2  # periodic evaluation + final one
+    assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_gpt2_finetune_on_wikitext_like_text_files(env, tmp_path):
+    text = "\n".join(f" = Section {i} = \n The value of item {i} is {i * 7} ." for i in range(300))
+    (tmp_path / "train.txt").write_text(text)
+    (tmp_path / "valid.txt").write_text(text[: len(text) // 4])
+    results = launch(
+        env, "gpt2_finetune", tmp_path / "out",
+        "--model_name_or_path", checkpoint(env, "gpt2"),
+        "--train_file", str(tmp_path / "train.txt"),
+        "--validation_file", str(tmp_path / "valid.txt"), "--block_size", "32",
+    )  # fmt: skip
+    assert LM_KEYS <= set(results)
+
+
+def test_bert_pretrain_from_saved_text_dataset(env, tmp_path):
+    rows = [f"The number {i} is followed by {i + 1} in the list." for i in range(400)]
+    DatasetDict(train=Dataset.from_dict({"text": rows})).save_to_disk(tmp_path / "wikitext")
+    results = launch(
+        env, "bert_pretrain", tmp_path / "out", "--dataset_name", str(tmp_path / "wikitext"),
+        "--config_name", "tiny-bert", "--max_seq_length", "32",
+    )  # fmt: skip
+    assert LM_KEYS <= set(results)
+
+
+def test_bert_finetune_on_sst2_like_csv(env, tmp_path):
+    lines = ["sentence,label,idx"] + [
+        f"{'a good film' if i % 2 else 'a bad film'} number {i},{i % 2},{i}" for i in range(64)
+    ]
+    (tmp_path / "sst2.csv").write_text("\n".join(lines) + "\n")
+    results = launch(
+        env, "bert_finetune", tmp_path / "out", "--model_name_or_path", checkpoint(env, "bert"),
+        "--train_file", str(tmp_path / "sst2.csv"), "--validation_file", str(tmp_path / "sst2.csv"),
+    )  # fmt: skip
+    assert CLS_KEYS <= set(results) and "eval_f1" not in results  # single-sentence task
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["id2label"] == {"0": "0", "1": "1"}
+
+
+def test_vit_on_cifar100_like_saved_dataset_and_imagefolder(env, tmp_path):
+    n = 24
+    features = Features({
+        "img": Image(), "fine_label": ClassLabel(names=["apple", "bee", "cup"]),
+        "coarse_label": ClassLabel(names=["x", "y"]),
+    })  # fmt: skip
+    images = [PILImage.new("RGB", (32, 32), (80 * (i % 3), 0, 0)) for i in range(n)]
+    ds = Dataset.from_dict(
+        {"img": images, "fine_label": [i % 3 for i in range(n)], "coarse_label": [0] * n},
+        features=features,
+    )
+    DatasetDict(train=ds, test=ds).save_to_disk(tmp_path / "cifar100")
+    results = launch(
+        env, "vit_finetune", tmp_path / "ft", "--model_name_or_path", checkpoint(env, "vit"),
+        "--dataset_name", str(tmp_path / "cifar100"),
+    )  # fmt: skip
+    assert CLS_KEYS <= set(results)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["id2label"] == {"0": "apple", "1": "bee", "2": "cup"}
+    for split in ("train", "val"):
+        for cls in ("cat", "dog"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                PILImage.new("RGB", (32, 32)).save(tmp_path / "folder" / split / cls / f"{i}.png")
+    results = launch(
+        env, "vit_pretrain", tmp_path / "pt", "--train_dir", str(tmp_path / "folder" / "train"),
+        "--validation_dir", str(tmp_path / "folder" / "val"),
+    )  # fmt: skip
+    assert CLS_KEYS <= set(results)
+
+
+def test_two_process_cpu_ddp(env, tmp_path):
+    results = launch(env, "gpt2_pretrain", tmp_path, config="cpu_ddp_2proc.yaml")
+    assert LM_KEYS <= set(results)
+    # 3 steps of 16 blocks on each of 2 processes: twice the data of a 1-process run
+    assert results["epoch"] == pytest.approx(3 * 16 * 2 / results["train_samples"], rel=0.05)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--train_file", "/no/x.csv"], "--train_file '/no/x.csv' does not exist"),
+        (["--dataset_name", "nosuch"], "unknown dataset 'nosuch' in offline mode"),
+        (["--config_name", "huge-gpt2"], "unknown config 'huge-gpt2' in offline mode"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_exit_2(env, tmp_path, args, message):
+    cmd = [sys.executable, str(REPO / "recipes" / "gpt2_pretrain.py"),
+           "--output_dir", str(tmp_path), *args]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert message in last and "error:" in last and "Traceback" not in proc.stderr
