@@ -1,0 +1,152 @@
+"""``clion-bench``: run a fair AdamW / Lion / CLion comparison and report it.
+
+    clion-bench run --preset smoke --out bench-out
+    clion-bench report bench-out
+    clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
+
+Bad arguments exit with one line on stderr and status 2; an interrupted ``run`` exits
+with 128 + the signal number and resumes on the next call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but an error is exactly one line on stderr (status 2), without the usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--workloads", help=f"comma list (default: preset's): {', '.join(WORKLOADS)}")
+    p.add_argument(
+        "--optimizers",
+        help="comma list of specs NAME[:KEY=VALUE,...], e.g. "
+        "'adamw,lion:caution=true,clion:mode=element,nu=1e-4' (default: the preset's); "
+        "lr=X pins an optimizer's lr instead of its grid",
+    )
+    p.add_argument("--seeds", type=_positive_int, help="seeds per optimizer (default: preset's)")
+    p.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
+    p.add_argument("--jobs", type=_positive_int, help="runs at a time (default: the preset's)")
+    p.add_argument(
+        "--threads", type=_positive_int,
+        help="torch threads per run (default: all cores with --jobs 1, else cores // jobs)",
+    )  # fmt: skip
+    p.add_argument("--max_steps", type=_positive_int, help="override every workload's steps")
+    p.add_argument("--recipes_dir", help="directory with the recipes (default: the checkout's)")
+    p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--keep_outputs", action="store_true", help="keep each run's output_dir")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="clion-bench", description="Fair AdamW / Lion / CLion comparison on the recipes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_arguments(sub.add_parser("run", help="run (or resume) a benchmark matrix"))
+    rep = sub.add_parser("report", help="write report.md, results.csv and plots for DIR")
+    rep.add_argument("dir", help="a `clion-bench run` output directory")
+    steps = sub.add_parser("steps", help="time optimizer steps (clion_hf.bench.steps)")
+    # steps.py is imported only when asked for: run/report must work without it
+    if argv[:1] == ["steps"]:
+        try:
+            from . import steps as steps_module
+        except ImportError as err:
+            parser.error(f"the steps subcommand is unavailable: {err}")
+        steps_module.add_arguments(steps)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .runner import Interrupted, Matrix, Runner, dry_run_lines, find_recipes_dir
+
+    try:
+        preset = get_preset(args.preset)
+        workloads = parse_workloads(args.workloads) if args.workloads else list(preset.workloads)
+        optimizers = parse_optimizers(args.optimizers or ",".join(preset.optimizers))
+    except SpecError as err:
+        parser.error(str(err))
+    recipes_dir = find_recipes_dir(args.recipes_dir)
+    if recipes_dir is None:
+        parser.error(f"recipes directory not found: {args.recipes_dir or 'recipes/'}")
+    config = recipes_dir / "accelerate_configs" / f"{preset.accelerate_config}.yaml"
+    missing = [str(p) for p in [config, *(recipes_dir / WORKLOADS[w].recipe for w in workloads)]
+               if not p.is_file()]  # fmt: skip
+    if missing:
+        parser.error(f"missing recipe file(s): {', '.join(missing)}")
+    matrix = Matrix(preset, workloads, optimizers, args.seeds or preset.seeds, args.max_steps)
+    out = Path(args.out)
+    if args.dry_run:
+        for line in dry_run_lines(matrix, recipes_dir, out.resolve()):
+            print(line)
+        return 0
+    jobs = args.jobs or preset.jobs
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    runner = Runner(matrix, out, recipes_dir, jobs=jobs, threads_per_job=threads,
+                    retry_failed=args.retry_failed, keep_outputs=args.keep_outputs,
+                    progress=not args.no_progress)  # fmt: skip
+    try:
+        counts = runner.run()
+    except KeyboardInterrupt:
+        print("clion-bench: interrupted; finished runs are kept, rerun to resume",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    except Interrupted as err:
+        print("clion-bench: terminated; finished runs are kept, rerun to resume", file=sys.stderr)
+        return 128 + err.signum
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    print(f"clion-bench: done ({summary}; {runner.launched} launched); results in {out}/results")
+    print(f"clion-bench: next: clion-bench report {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .report import load_results, write_report
+
+    out = Path(args.dir)
+    if not out.is_dir():
+        parser.error(f"no such directory: {out}")
+    if not (out / "results").is_dir() or not load_results(out):
+        parser.error(f"no results in {out}/results (run `clion-bench run --out {out}` first)")
+    written = write_report(out)
+    for path in written.values():
+        print(path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return _cmd_run(args, parser)
+    if args.command == "report":
+        return _cmd_report(args, parser)
+    from . import steps as steps_module
+
+    return int(steps_module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
