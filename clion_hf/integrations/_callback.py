@@ -1,0 +1,80 @@
+"""The Trainer callback that reports what Lion / CLion do (added to every Trainer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers.trainer_callback import TrainerCallback
+
+from ..optim import CLion
+from ..optim._base import LionFamily
+from .transformers import logger
+
+SIGN_FRACTION_KEY = "optim/sign_fraction"
+MIN_ABS_C_KEY = "optim/min_abs_c"
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The optimizer inside accelerate's ``AcceleratedOptimizer`` (or DeepSpeed's) wrapper."""
+    for _ in range(8):  # wrappers nest a few levels at most
+        if optimizer is None or isinstance(optimizer, LionFamily):
+            break
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer:
+            break
+        optimizer = inner
+    return optimizer
+
+
+def describe(optimizer: LionFamily) -> str:
+    """One line with the effective settings of a Lion / CLion optimizer."""
+    groups = optimizer.param_groups
+    first = groups[0]
+    skip = ("params", "weight_decay", "lr", "initial_lr", "differentiable")
+    keys = [k for k in first if k not in skip]
+    same = [k for k in keys if all(g.get(k) == first[k] for g in groups)]
+    shared = ", ".join(f"{k}={first[k]!r}" for k in same)
+    per_group = "; ".join(
+        f"group {i}: {len(g['params'])} tensors, lr={_num(g['lr'])}, "
+        f"weight_decay={g['weight_decay']}"
+        for i, g in enumerate(groups)
+    )
+    extra = f", track_stats={optimizer.track_stats}" if isinstance(optimizer, CLion) else ""
+    return f"clion_hf: {type(optimizer).__name__}({shared}{extra}) [{per_group}]"
+
+
+def _num(x: Any) -> float:
+    return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+class LionFamilyCallback(TrainerCallback):
+    """Logs Lion/CLion settings once; adds CLion diagnostics to every training log.
+
+    For a :class:`clion_hf.CLion` optimizer each log that carries ``loss`` gains
+    ``optim/sign_fraction`` (mean over the optimizer steps since the last log of the
+    fraction of coordinates that took the sign branch) and ``optim/min_abs_c`` (the
+    smallest non-zero ``abs(c)`` over those steps; in ``global`` mode already reduced
+    across processes). Both land in ``trainer_state.json``'s ``log_history`` and in every
+    ``report_to`` integration. Does nothing for other optimizers.
+    """
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001
+        opt = unwrap_optimizer(optimizer)
+        if isinstance(opt, LionFamily) and not getattr(opt, "_clion_hf_described", False):
+            opt._clion_hf_described = True  # once per optimizer, also across resumed train()s
+            if state.is_world_process_zero:
+                logger.info(describe(opt))
+
+    def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):  # noqa: ANN001
+        opt = unwrap_optimizer(optimizer)
+        if not isinstance(opt, CLion) or logs is None or "loss" not in logs:
+            return  # eval / summary logs keep their own keys
+        stats = opt.consume_stats()
+        if not stats:
+            return
+        extra = {SIGN_FRACTION_KEY: stats["sign_fraction"], MIN_ABS_C_KEY: stats["min_abs_c"]}
+        logs.update(extra)
+        # Trainer.log appended a copy of `logs` to log_history before calling callbacks.
+        if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:
+            state.log_history[-1].update(extra)

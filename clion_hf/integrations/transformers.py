@@ -1,0 +1,336 @@
+"""``--optim clion`` and ``--optim lion`` for transformers' Trainer (transformers 5.x).
+
+What registration does (each patch idempotent; run by :func:`clion_hf.register`, by
+``import clion_hf``, or by the start-up hook, when the patched module has loaded):
+
+* ``transformers.training_args``: adds two members to ``OptimizerNames``: ``CLION =
+  "clion"`` (:class:`clion_hf.CLion`) and ``LION_TORCH = "lion"`` (:class:`clion_hf.Lion`).
+  transformers' own ``lion_32bit`` / ``lion_8bit`` / ``paged_lion_*`` names stay the
+  bitsandbytes optimizers; the bare name ``lion`` was free and now means the torch Lion of
+  this package. ``TrainingArguments.__post_init__`` additionally checks ``optim_args``,
+  ``learning_rate`` and ``weight_decay`` for these two names, so a bad value fails when the
+  arguments are made, with one line naming the key, the value and what is allowed.
+* ``transformers.hf_argparser``: ``parse_args_into_dataclasses`` turns that error into a
+  ``parser.error`` (usage + one line, exit status 2) instead of a traceback.
+* ``transformers.trainer``: an optimizer handler for both names (Trainer's usual decay /
+  no-decay parameter groups, Lion's betas unless ``optim_args`` sets them), and
+  :class:`~clion_hf.integrations._callback.LionFamilyCallback` in ``DEFAULT_CALLBACKS``:
+  it logs the effective optimizer settings once, and for CLion adds
+  ``optim/sign_fraction`` and ``optim/min_abs_c`` to each training log.
+
+Nothing from transformers is imported at module level: a patch may run while another
+transformers module is half-initialized (``trainer_callback`` imports ``training_args``).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+
+from ..optim import MODES, CLion, Lion
+from ..optim._base import check_lr, check_weight_decay
+
+# A child of transformers' library logger: it follows `--log_level` / the Trainer's
+# verbosity and prints next to the Trainer's own "***** Running training *****" lines.
+logger = logging.getLogger("transformers.clion_hf")
+
+OPTIMIZERS: dict[str, tuple[str, type[torch.optim.Optimizer]]] = {
+    "clion": ("CLION", CLion),
+    "lion": ("LION_TORCH", Lion),
+}
+"""``--optim`` value -> (``OptimizerNames`` member name, optimizer class)."""
+
+LION_BETAS = (0.9, 0.99)
+"""The Lion paper's betas; used unless ``optim_args`` sets ``beta1`` / ``beta2``."""
+
+_MARK = "__clion_hf_patched__"
+
+
+class OptimArgsError(ValueError):
+    """A bad ``--optim_args`` / hyper-parameter for ``clion`` or ``lion``; one-line message."""
+
+
+# --------------------------------------------------------------------------- optim_args
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if value <= 0:
+        raise ValueError
+    return value
+
+
+def _beta(text: str) -> float:
+    value = _number(text)
+    if not 0.0 <= value < 1.0:
+        raise ValueError
+    return value
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError
+
+
+def _mode(text: str) -> str:
+    if text not in MODES:
+        raise ValueError
+    return text
+
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+    "fp64": torch.float64, "float64": torch.float64,
+}  # fmt: skip
+
+
+def _dtype(text: str) -> torch.dtype:
+    return _DTYPES[text.lower()]
+
+
+@dataclass(frozen=True)
+class _Key:
+    parse: Callable[[str], Any]
+    allowed: str
+
+
+_COMMON = {
+    "beta1": _Key(_beta, "a number in [0, 1)"),
+    "beta2": _Key(_beta, "a number in [0, 1)"),
+    "maximize": _Key(_bool, "true or false"),
+    "foreach": _Key(_bool, "true or false"),
+    "momentum_dtype": _Key(_dtype, "fp32, bf16, fp16 or fp64"),
+}
+_KEYS: dict[str, dict[str, _Key]] = {
+    "clion": {
+        "nu": _Key(_positive, "a finite number > 0"),
+        "mode": _Key(_mode, "one of " + ", ".join(MODES)),
+        **_COMMON,
+        "track_stats": _Key(_bool, "true or false"),
+    },
+    "lion": {**_COMMON, "caution": _Key(_bool, "true or false")},
+}
+for _name, (_, _cls) in OPTIMIZERS.items():
+    # `fused=` is being added to the optimizers; accept it once the class takes it.
+    if "fused" in inspect.signature(_cls).parameters:
+        _KEYS[_name]["fused"] = _Key(_bool, "true or false")
+
+_ELSEWHERE = {
+    "lr": "--learning_rate", "learning_rate": "--learning_rate",
+    "weight_decay": "--weight_decay", "wd": "--weight_decay",
+    "betas": "beta1=...,beta2=...",
+}  # fmt: skip
+
+
+def parse_optim_args(optim: str, optim_args: str | None) -> dict[str, Any]:
+    """Typed optimizer keyword arguments from an ``--optim_args`` string.
+
+    ``"nu=1e-4,mode=element,beta1=0.9,beta2=0.99,foreach=true"`` ->
+    ``{"nu": 1e-4, "mode": "element", "betas": (0.9, 0.99), "foreach": True}``;
+    ``betas`` defaults to Lion's ``(0.9, 0.99)``. Raises :class:`OptimArgsError`.
+    """
+    keys = _KEYS[optim]
+    where = f"--optim_args for optim '{optim}'"
+    out: dict[str, Any] = {}
+    for item in (optim_args or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key:
+            raise OptimArgsError(f"{where}: '{item}' is not key=value; expected e.g. nu=1e-4")
+        if key not in keys:
+            hint = f" (set it with {_ELSEWHERE[key]})" if key in _ELSEWHERE else ""
+            raise OptimArgsError(
+                f"{where}: unknown key '{key}' (value '{text}'){hint}; "
+                f"allowed keys: {', '.join(keys)}"
+            )
+        if key in out:
+            raise OptimArgsError(f"{where}: key '{key}' given twice")
+        try:
+            out[key] = keys[key].parse(text)
+        except (ValueError, KeyError):
+            raise OptimArgsError(
+                f"{where}: {key}='{text}' is not allowed; {key} must be {keys[key].allowed}"
+            ) from None
+    beta1, beta2 = out.pop("beta1", LION_BETAS[0]), out.pop("beta2", LION_BETAS[1])
+    return {"betas": (beta1, beta2), **out}
+
+
+def optimizer_cls_and_kwargs(args: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """``(CLion or Lion, kwargs)`` for ``TrainingArguments`` whose ``optim`` is ours.
+
+    ``weight_decay`` here is the default; Trainer's param groups set it per group
+    (``args.weight_decay`` for weights, 0 for biases and norms).
+    """
+    name = _optim_value(args.optim)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optim={name!r} is not one of clion_hf's: {', '.join(OPTIMIZERS)}")
+    kwargs = parse_optim_args(name, args.optim_args)
+    return OPTIMIZERS[name][1], {
+        "lr": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        **kwargs,
+    }
+
+
+def _optim_value(optim: Any) -> str:
+    return optim.value if isinstance(optim, Enum) else str(optim)
+
+
+def validate_training_args(args: Any) -> None:
+    """Argument-time checks for ``optim in {clion, lion}``; raises :class:`OptimArgsError`."""
+    name = _optim_value(args.optim)
+    if name not in OPTIMIZERS:
+        return
+    parse_optim_args(name, args.optim_args)
+    for flag, value, check in (
+        ("--learning_rate", args.learning_rate, check_lr),
+        ("--weight_decay", args.weight_decay, check_weight_decay),
+    ):
+        try:
+            check(value)
+        except ValueError as e:
+            allowed = str(e).split(": ", 1)[-1]
+            raise OptimArgsError(
+                f"{flag}={value!r} is not allowed for optim '{name}': {allowed}"
+            ) from None
+    if (args.adam_beta1, args.adam_beta2) != (0.9, 0.999):
+        logger.warning(
+            "--adam_beta1/--adam_beta2 do not apply to optim '%s' (Lion's betas default to "
+            "%s); set them with --optim_args beta1=...,beta2=...",
+            name, LION_BETAS,
+        )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- patches
+
+
+def _extend_enum(enum_cls: type[Enum], name: str, value: str) -> Enum:
+    """Add a member to an existing (str) Enum class in place; idempotent."""
+    existing = enum_cls._value2member_map_.get(value)
+    if existing is not None:
+        return existing
+    member = str.__new__(enum_cls, value)  # OptimizerNames is a `str, Enum`
+    member._name_ = name
+    member._value_ = value
+    member.__objclass__ = enum_cls
+    member._sort_order_ = len(enum_cls._member_names_)
+    if hasattr(enum_cls, "_add_member_"):  # Python >= 3.13
+        enum_cls._add_member_(name, member)
+    else:
+        type.__setattr__(enum_cls, name, member)  # bypass EnumType's read-only guard
+        enum_cls._member_map_[name] = member
+    enum_cls._member_names_.append(name)
+    enum_cls._value2member_map_[value] = member
+    if isinstance(getattr(enum_cls, "_hashable_values_", None), list):  # Python >= 3.13
+        enum_cls._hashable_values_.append(value)
+    return member
+
+
+def patch_training_args() -> None:
+    """``OptimizerNames`` members and argument-time validation (see module docstring)."""
+    from transformers.training_args import OptimizerNames, TrainingArguments
+
+    for value, (member, _) in OPTIMIZERS.items():
+        _extend_enum(OptimizerNames, member, value)
+
+    original = TrainingArguments.__post_init__
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def __post_init__(self: Any) -> None:
+        original(self)
+        validate_training_args(self)
+
+    setattr(__post_init__, _MARK, True)
+    TrainingArguments.__post_init__ = __post_init__
+
+
+def patch_hf_argparser() -> None:
+    """A bad ``--optim_args`` on the command line: ``parser.error``, not a traceback."""
+    from transformers.hf_argparser import HfArgumentParser
+
+    original = HfArgumentParser.parse_args_into_dataclasses
+    if getattr(original, _MARK, False):
+        return
+
+    @functools.wraps(original)
+    def parse_args_into_dataclasses(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(self, *args, **kwargs)
+        except OptimArgsError as e:
+            self.error(str(e))  # prints usage and the line, exits with status 2
+
+    setattr(parse_args_into_dataclasses, _MARK, True)
+    HfArgumentParser.parse_args_into_dataclasses = parse_args_into_dataclasses
+
+
+def _handler(ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
+    """A ``transformers.trainer_optimizer`` handler: reads ``ctx.args`` only."""
+    return optimizer_cls_and_kwargs(ctx.args)
+
+
+def patch_trainer() -> None:
+    """Optimizer handlers for ``clion``/``lion`` and the diagnostics callback."""
+    import transformers.trainer as trainer_module
+    from transformers.trainer_optimizer import _OPTIMIZER_HANDLERS
+    from transformers.training_args import OptimizerNames
+
+    from ._callback import LionFamilyCallback
+
+    for value in OPTIMIZERS:
+        # Keyed by the enum member; it hashes like its str value, as Trainer looks it up.
+        _OPTIMIZER_HANDLERS[OptimizerNames(value)] = _handler
+    callbacks = trainer_module.DEFAULT_CALLBACKS
+    if not any(getattr(c, "__name__", "") == LionFamilyCallback.__name__ for c in callbacks):
+        # DEFAULT_CALLBACKS come before the reporting ones (TensorBoard, W&B, ...) and the
+        # printer, so they all see the diagnostics this callback adds to the logs.
+        callbacks.append(LionFamilyCallback)
+
+
+def __getattr__(name: str) -> Any:
+    # The callback subclasses transformers.TrainerCallback: imported on first use only.
+    if name in ("LionFamilyCallback", "unwrap_optimizer"):
+        from . import _callback
+
+        return getattr(_callback, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# Also, lazily: LionFamilyCallback, unwrap_optimizer (see __getattr__).
+__all__ = [
+    "LION_BETAS",
+    "OPTIMIZERS",
+    "OptimArgsError",
+    "optimizer_cls_and_kwargs",
+    "parse_optim_args",
+    "patch_hf_argparser",
+    "patch_trainer",
+    "patch_training_args",
+    "validate_training_args",
+]

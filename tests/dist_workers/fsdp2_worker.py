@@ -1,0 +1,135 @@
+"""FSDP2 (``fully_shard``) on CPU/gloo vs an unsharded run with the same global batch.
+
+Launched by tests/test_distributed.py: ``torchrun --nproc_per_node 2 fsdp2_worker.py
+MODE OUT_JSON``. ``nu`` is chosen from the first step's gradient so that at least one
+rank's shard would decide differently from the whole model (``global``) or the whole
+tensor (``tensor``) if the min were not reduced across ranks; the sharded parameters and
+the per-tensor decisions must then match the unsharded run at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+from clion_hf import CLion
+
+BETA1, LR, STEPS = 0.9, 0.05, 4
+
+
+def build() -> nn.Module:
+    torch.manual_seed(0)
+    # Linear(10, 3): 3 rows over 2 ranks (2 + 1), an uneven shard.
+    return nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 3)).double()
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(
+        8, 3, generator=g, dtype=torch.float64
+    )
+
+
+def nonzero_min(t: torch.Tensor) -> float:
+    a = t.abs()
+    a = a[a > 0]
+    return a.min().item() if a.numel() else math.inf
+
+
+def choose_nu(mode: str, world: int) -> tuple[float, str]:
+    """A nu between the reduced min and some shard's own min, from step 1 (c = 0.1 g)."""
+    model = build()
+    x, y = batch()
+    nn.functional.mse_loss(model(x), y).backward()
+    cs = [(1 - BETA1) * p.grad for p in model.parameters()]
+    shard_mins = [
+        [nonzero_min(s) if s.numel() else math.inf for s in torch.chunk(c, world, dim=0)]
+        + [math.inf] * (world - len(torch.chunk(c, world, dim=0)))
+        for c in cs
+    ]
+    if mode == "global":
+        per_rank = [min(m[r] for m in shard_mins) for r in range(world)]
+        lo, hi = min(per_rank), max(per_rank)
+        why = f"rank mins {per_rank}"
+    else:
+        # A tensor whose shards disagree, and a nu that leaves the whole-tensor decisions
+        # mixed (some tensors sign, some not) when possible.
+        candidates = []
+        for m in shard_mins:
+            finite = [v for v in m if v < math.inf]
+            lo_t, hi_t = min(finite), max(finite)
+            nu_t = math.sqrt(lo_t * hi_t)
+            mixed = len({min(k) >= nu_t for k in shard_mins}) == 2
+            candidates.append((mixed, hi_t / lo_t, lo_t, hi_t))
+        _, _, lo, hi = max(candidates)
+        why = f"tensor shard mins {shard_mins}"
+    assert hi > 1.2 * lo, f"no shard decides differently: {why}"
+    return math.sqrt(lo * hi), why
+
+
+def decisions(opt: CLion) -> list[bool]:
+    return [t["sign_fraction"] > 0 for t in opt.last_step_stats(per_tensor=True)["tensors"]]
+
+
+def main() -> None:
+    mode, out = sys.argv[1], sys.argv[2]
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    nu, why = choose_nu(mode, world)
+
+    ref = build()
+    ref_opt = CLion(ref.parameters(), lr=LR, betas=(BETA1, 0.99), nu=nu, mode=mode)
+    sharded = build()
+    mesh = init_device_mesh("cpu", (world,))
+    for layer in (sharded[0], sharded[2]):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(sharded, mesh=mesh)
+    opt = CLion(sharded.parameters(), lr=LR, betas=(BETA1, 0.99), nu=nu, mode=mode)
+
+    x, y = batch()
+    local = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
+    report = {"mode": mode, "nu": nu, "why": why, "steps": []}
+    for _ in range(STEPS):
+        nn.functional.mse_loss(ref(x), y).backward()  # every rank: the whole batch
+        ref_opt.step()
+        ref_opt.zero_grad()
+        # FSDP2 averages the gradients of the local batches: the same global gradient.
+        nn.functional.mse_loss(sharded(x[local]), y[local]).backward()
+        opt.step()
+        opt.zero_grad()
+        diffs = [
+            (p.full_tensor() - q).abs().max().item()
+            for p, q in zip(sharded.parameters(), ref.parameters(), strict=True)
+        ]
+        ref_stats, stats = ref_opt.last_step_stats(True), opt.last_step_stats(True)
+        report["steps"].append({
+            "max_param_diff": max(diffs),
+            "ref_decisions": decisions(ref_opt),
+            "decisions": decisions(opt),
+            "ref_min_abs_c": ref_stats["min_abs_c"],
+            "min_abs_c": stats["min_abs_c"],
+            "ref_tensor_mins": [t["min_abs_c"] for t in ref_stats["tensors"]],
+            "tensor_mins": [t["min_abs_c"] for t in stats["tensors"]],
+        })  # fmt: skip
+    if rank == 0:
+        with open(out, "w") as f:
+            json.dump(report, f)
+    # Both ranks done before either tears gloo down (an early exit can abort the peer).
+    dist.barrier()
+    # Skip interpreter teardown: gloo's background threads intermittently abort there
+    # ("terminate called without an active exception") once the work is all done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Distributed CLion on CPU (gloo, 2 processes): DDP via the Trainer, FSDP2 via fully_shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WORKERS = Path(__file__).parent / "dist_workers"
+
+
+def _torchrun(script: str, *argv: str, cwd: Path) -> None:
+    # --standalone: a free rendezvous port on localhost, so parallel runs cannot collide.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(WORKERS / script), *argv]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # a hung run is killed whole, workers included
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{script} timed out: {err[-3000:]}")
+    assert proc.returncode == 0, out[-3000:] + err[-6000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["global", "element"])
+def test_ddp_trainer_ranks_stay_identical(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "out.json"
+    _torchrun("ddp_trainer_worker.py", mode, str(out), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    assert report["wrapped"] == "DistributedDataParallel"
+    assert report["checks"] == [True] * 6  # after every one of the 6 steps
+    logs = [e for e in report["log_history"] if "loss" in e]
+    assert len(logs) == 3
+    for e in logs:
+        assert 0.0 <= e["optim/sign_fraction"] <= 1.0 and e["optim/min_abs_c"] > 0
+    if mode == "element":
+        assert all(e["optim/sign_fraction"] > 0.5 for e in logs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["global", "tensor"])
+def test_fsdp2_takes_the_unsharded_branch(tmp_path: Path, mode: str) -> None:
+    out = tmp_path / "out.json"
+    _torchrun("fsdp2_worker.py", mode, str(out), cwd=tmp_path)
+    report = json.loads(out.read_text())
+    steps = report["steps"]
+    assert len(steps) == 4
+    for s in steps:
+        assert s["decisions"] == s["ref_decisions"], report["why"]
+        assert s["max_param_diff"] < 1e-12
+        assert s["min_abs_c"] == pytest.approx(s["ref_min_abs_c"], rel=1e-9)
+        assert s["tensor_mins"] == pytest.approx(s["ref_tensor_mins"], rel=1e-9)
+    if mode == "tensor":  # nu was picked so that the first step mixes both branches
+        assert set(steps[0]["decisions"]) == {True, False}
