@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .fused import compiling, default_fused, supported_device
+
 try:  # FSDP2 shards parameters as DTensors; the update runs on the local shards.
     from torch.distributed.tensor import DTensor
 except ImportError:  # pragma: no cover - torch built without distributed
@@ -49,6 +51,13 @@ def check_momentum_dtype(momentum_dtype: torch.dtype | None) -> None:
             "parameter's dtype if wider), torch.float32, torch.bfloat16, torch.float16, "
             "torch.float64"
         )
+
+
+def check_fused(fused: bool | None, foreach: bool | None) -> None:
+    if fused not in (None, True, False):
+        raise ValueError(f"invalid fused={fused!r}: allowed are None (automatic), True, False")
+    if fused and foreach:
+        raise ValueError("fused=True and foreach=True are exclusive; set at most one of them")
 
 
 def local(t: Tensor) -> Tensor:
@@ -103,6 +112,45 @@ class LionFamily(Optimizer):
             grads.append(local(p.grad))
             exp_avgs.append(local(state["exp_avg"]))
         return owners, params, grads, exp_avgs
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """As torch.optim, but the momentum keeps its saved dtype.
+
+        torch.optim casts loaded floating state to each parameter's dtype, which would turn
+        the fp32 momentum of bf16 parameters into bf16 on resume (and lose precision).
+        """
+        saved = {k: v.get("exp_avg") for k, v in state_dict["state"].items()}
+        super().load_state_dict(state_dict)
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params, strict=True):
+            m, state = saved.get(i), self.state.get(p)
+            if isinstance(m, Tensor) and state and state["exp_avg"].dtype != m.dtype:
+                state["exp_avg"] = m.to(device=state["exp_avg"].device, copy=True)
+
+    def _check_fused_devices(self) -> None:
+        """``fused=True`` needs a fused implementation for every parameter's device."""
+        for group in self.param_groups:
+            if not group.get("fused"):
+                continue
+            for p in group["params"]:
+                if not supported_device(p.device):
+                    raise ValueError(
+                        f"fused=True is not available for parameters on {p.device}: the "
+                        "fused paths are CPU (torch.compile) and CUDA (needs triton); use "
+                        "fused=None or fused=False"
+                    )
+
+    @staticmethod
+    def _use_fused(group: dict[str, Any], params: list[Tensor]) -> bool:
+        if compiling() or not params:
+            # Inside a compiled step the functional math is traced and fused by Inductor.
+            return False
+        if group.get("fused") is not None:
+            return bool(group["fused"])
+        if group.get("foreach"):
+            return False
+        return default_fused(params)
 
     @staticmethod
     def _use_foreach(group: dict[str, Any], params: list[Tensor]) -> bool:

@@ -11,11 +11,13 @@ from ._base import (
     LionFamily,
     ParamsT,
     check_betas,
+    check_fused,
     check_lr,
     check_momentum_dtype,
     check_weight_decay,
 )
 from .functional import lion_clion_update
+from .fused import fused_update
 
 
 class Lion(LionFamily):
@@ -34,6 +36,11 @@ class Lion(LionFamily):
         foreach: use ``torch._foreach_*`` kernels (default: on non-CPU devices).
         momentum_dtype: dtype of the momentum buffer (default fp32, or fp64 for fp64
             parameters); ``torch.bfloat16`` halves optimizer state. Math runs in fp32.
+        fused: one fused pass per step: Triton kernels on CUDA, ``torch.compile``d
+            kernels on CPU. ``None`` (default): fused on CUDA when Triton is installed,
+            otherwise foreach/single-tensor. On CPU ``fused=True`` costs a one-off
+            compilation (seconds) at the first step and needs a C++ compiler. Under
+            ``torch.compile`` of the training step the plain math is traced instead.
     """
 
     def __init__(
@@ -47,16 +54,20 @@ class Lion(LionFamily):
         foreach: bool | None = None,
         *,
         momentum_dtype: torch.dtype | None = None,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
+        check_fused(fused, foreach)
         check_betas(betas)
         check_weight_decay(weight_decay)
         check_momentum_dtype(momentum_dtype)
         defaults = dict(
             lr=lr, betas=tuple(betas), weight_decay=weight_decay, caution=bool(caution),
             maximize=bool(maximize), foreach=foreach, momentum_dtype=momentum_dtype,
+            fused=fused,
         )  # fmt: skip
         super().__init__(params, defaults)
+        self._check_fused_devices()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -70,9 +81,14 @@ class Lion(LionFamily):
             if not params:
                 continue
             beta1, beta2 = group["betas"]
-            lion_clion_update(
-                params, grads, exp_avgs, lr=group["lr"], beta1=beta1, beta2=beta2,
-                weight_decay=group["weight_decay"], mode="lion", maximize=group["maximize"],
-                caution=group["caution"], foreach=self._use_foreach(group, params),
+            kw = dict(
+                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                mode="lion", maximize=group["maximize"], caution=group["caution"],
             )  # fmt: skip
+            if self._use_fused(group, params):
+                fused_update(params, grads, exp_avgs, **kw)
+            else:
+                lion_clion_update(
+                    params, grads, exp_avgs, foreach=self._use_foreach(group, params), **kw
+                )
         return loss

@@ -1,0 +1,391 @@
+"""``clion-bench steps``: time one optimizer step on real model parameter shapes.
+
+    python -m clion_hf.bench.steps --models gpt2 --repeats 7 --out steps.md
+
+Shapes come from the Hugging Face configs of GPT-2-small, BERT-base and ViT-B/16 (models
+built on the ``meta`` device, so nothing is downloaded or allocated), then real tensors are
+allocated. Every optimizer steps the same parameters and gradients; steps are timed in
+rounds (each optimizer once per round) so that a slow spell of a shared machine hits all
+of them alike, and the ratio to torch AdamW ``fused=True`` is the median of the per-round
+ratios. The byte floor is the bytes an optimizer must move per step (p, g, state read;
+p, state written; CLion global/tensor read g and m once more) over the copy bandwidth
+measured in the same run. "compile" is the first step's time minus a median step: the
+one-off cost of compiled paths (``torch.compile`` on CPU, Triton on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+MODELS = ("gpt2", "bert", "vit", "tiny")
+DEFAULT_MODELS = "gpt2,bert,vit"
+
+
+def model_shapes(name: str) -> list[tuple[int, ...]]:
+    """Parameter shapes (tied weights once) of a model built from its transformers config."""
+    import transformers as tf
+
+    configs: dict[str, Callable[[], Any]] = {
+        # The library defaults of these configs are the published base models.
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config()),  # GPT-2 small, 124M
+        "bert": lambda: tf.BertForMaskedLM(tf.BertConfig()),  # bert-base-uncased, 110M
+        # ViT-B/16 at 224 px with the 1000-class ImageNet head, 86.6M
+        "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(num_labels=1000)),
+        "tiny": lambda: tf.GPT2LMHeadModel(
+            tf.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
+        ),
+    }
+    if name not in configs:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
+    with torch.device("meta"):
+        model = configs[name]()
+    return [tuple(p.shape) for p in model.parameters()]
+
+
+@dataclass
+class Candidate:
+    """One optimizer implementation in the table."""
+
+    name: str
+    impl: str
+    make: Callable[[list[torch.Tensor]], torch.optim.Optimizer] | None
+    bytes_per_elem: Callable[[int, int], float]  # (param bytes, state bytes) -> bytes/elem
+    note: str = ""
+    times: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    first: float = float("nan")
+    state: int = 0
+    opt: torch.optim.Optimizer | None = None
+
+
+def _lion_bytes(ps: int, ms: int) -> float:
+    return 2 * ps + ps + 2 * ms  # p read+write, g read, m read+write
+
+
+def _two_pass_bytes(ps: int, ms: int) -> float:
+    return _lion_bytes(ps, ms) + ps + ms  # + the reduction pass reading g and m
+
+
+def _adamw_bytes(ps: int, ms: int) -> float:
+    return 2 * ps + ps + 4 * ps  # torch AdamW keeps exp_avg and exp_avg_sq in p's dtype
+
+
+OPTIMIZERS = (
+    "adamw-foreach", "adamw-fused", "lion-pytorch-foreach", "lion-pytorch-triton",
+    "timm-lion", "lion-foreach", "lion-fused", "clion-global-foreach", "clion-global-fused",
+    "clion-tensor-foreach", "clion-tensor-fused", "clion-element-foreach",
+    "clion-element-fused", "clion-soft-foreach", "clion-soft-fused",
+)  # fmt: skip
+
+
+def candidates(device: str, momentum_dtype: torch.dtype | None) -> list[Candidate]:
+    """Every implementation, ``make=None`` (with a note) where it cannot run here."""
+    from clion_hf import CLion, Lion
+
+    lr, wd = 1e-4, 0.1
+    out = [
+        Candidate("adamw-foreach", "torch", lambda ps: torch.optim.AdamW(
+            ps, lr=lr, weight_decay=wd, foreach=True), _adamw_bytes),
+        Candidate("adamw-fused", "torch", lambda ps: torch.optim.AdamW(
+            ps, lr=lr, weight_decay=wd, fused=True), _adamw_bytes),
+    ]  # fmt: skip
+    try:
+        from lion_pytorch import Lion as LionPT
+        from lion_pytorch.foreach import Lion as LionPTForeach
+
+        out.append(Candidate("lion-pytorch-foreach", "lion-pytorch", lambda ps: LionPTForeach(
+            ps, lr=lr, weight_decay=wd), _lion_bytes))  # fmt: skip
+        if device == "cuda":
+            out.append(Candidate("lion-pytorch-triton", "lion-pytorch", lambda ps: LionPT(
+                ps, lr=lr, weight_decay=wd, use_triton=True), _lion_bytes))  # fmt: skip
+        else:
+            out.append(Candidate("lion-pytorch-triton", "lion-pytorch", None, _lion_bytes,
+                                 "CUDA only"))  # fmt: skip
+    except ImportError:
+        for n in ("lion-pytorch-foreach", "lion-pytorch-triton"):
+            out.append(Candidate(n, "lion-pytorch", None, _lion_bytes, "not installed"))
+    try:
+        from timm.optim import Lion as TimmLion
+
+        out.append(Candidate("timm-lion", "timm", lambda ps: TimmLion(
+            ps, lr=lr, weight_decay=wd, foreach=True), _lion_bytes))  # fmt: skip
+    except Exception:  # ImportError, or a timm that fails to import against this torch
+        out.append(Candidate("timm-lion", "timm", None, _lion_bytes, "not installed"))
+    mk = dict(momentum_dtype=momentum_dtype)
+    for fused in (False, True):
+        tag = "fused" if fused else "foreach"
+        kw: dict[str, Any] = dict(fused=True) if fused else dict(foreach=True, fused=False)
+        out.append(Candidate(f"lion-{tag}", "clion_hf", lambda ps, kw=kw: Lion(
+            ps, lr=lr, weight_decay=wd, **kw, **mk), _lion_bytes))  # fmt: skip
+    for mode in ("global", "tensor", "element", "soft"):
+        nbytes = _two_pass_bytes if mode in ("global", "tensor") else _lion_bytes
+        for fused in (False, True):
+            tag = "fused" if fused else "foreach"
+            kw = dict(fused=True) if fused else dict(foreach=True, fused=False)
+            out.append(Candidate(
+                f"clion-{mode}-{tag}", "clion_hf", lambda ps, kw=kw, mode=mode: CLion(
+                    ps, lr=lr, weight_decay=wd, mode=mode, nu=1e-5, **kw, **mk),
+                nbytes))  # fmt: skip
+    return out
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def copy_bandwidth(device: str, n: int = 64 * 2**20, repeats: int = 10) -> float:
+    """Measured copy bandwidth in bytes/s (read + write), fp32, median of ``repeats``."""
+    a = torch.randn(n, device=device)
+    b = torch.empty_like(a)
+    b.copy_(a)
+    ts = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        b.copy_(a)
+        _sync(device)
+        ts.append(time.perf_counter() - t0)
+    return 2 * a.numel() * a.element_size() / statistics.median(ts)
+
+
+def _state_bytes(opt: torch.optim.Optimizer) -> int:
+    return sum(
+        t.numel() * t.element_size()
+        for s in opt.state.values()
+        for t in s.values()
+        if isinstance(t, torch.Tensor) and t.dim() > 0  # not AdamW's 0-d step counters
+    )
+
+
+def _timed_step(opt: torch.optim.Optimizer, device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    opt.step()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_model(
+    model: str, cands: list[Candidate], *, device: str, dtype: torch.dtype, repeats: int,
+    log: Callable[[str], None],
+) -> int:  # fmt: skip
+    """Time every runnable candidate on ``model``'s shapes; returns the element count."""
+    shapes = model_shapes(model)
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device, dtype))
+        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device, dtype)
+        params.append(p)
+    numel = sum(p.numel() for p in params)
+    log(f"{model}: {len(shapes)} tensors, {numel / 1e6:.1f}M parameters")
+    runnable = [c for c in cands if c.make is not None]
+    for c in runnable:
+        c.opt = c.make(params)
+        c.first = _timed_step(c.opt, device)  # allocates state; compiles fused paths
+        c.state = _state_bytes(c.opt)
+        log(f"  {c.name}: first step {c.first * 1e3:.0f} ms")
+    ref = next((c for c in runnable if c.name == "adamw-fused"), None)
+    for _ in range(repeats):
+        for c in runnable:
+            c.times.append(_timed_step(c.opt, device))
+        if ref is not None:
+            for c in runnable:
+                c.ratios.append(c.times[-1] / ref.times[-1])
+    for c in runnable:
+        c.opt = None  # free the state before the next model
+    return numel
+
+
+def _fmt(x: float, spec: str) -> str:
+    return "–" if x != x else format(x, spec)  # NaN -> dash
+
+
+def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch.dtype,
+         momentum_dtype: torch.dtype | None) -> list[dict[str, str]]:  # fmt: skip
+    ps = torch.empty((), dtype=dtype).element_size()
+    ms = torch.empty((), dtype=momentum_dtype or torch.float32).element_size()
+    out = []
+    for c in cands:
+        state_ps = ps if c.name.startswith(("adamw", "lion-pytorch", "timm")) else ms
+        floor = c.bytes_per_elem(ps, state_ps) * numel / bw
+        if c.make is None:
+            out.append(dict(
+                model=model, optimizer=c.name, impl=c.impl, median_ms="–",
+                vs_adamw_fused="–", floor_ms=_fmt(floor * 1e3, ".1f"), floor_fraction="–",
+                state_mb="–", compile_s="–", note=c.note,
+            ))  # fmt: skip
+            continue
+        med = statistics.median(c.times)
+        ratio = statistics.median(c.ratios) if c.ratios else float("nan")
+        compile_s = max(c.first - med, 0.0)
+        out.append(dict(
+            model=model, optimizer=c.name, impl=c.impl, median_ms=_fmt(med * 1e3, ".1f"),
+            vs_adamw_fused=_fmt(ratio, ".2f"), floor_ms=_fmt(floor * 1e3, ".1f"),
+            floor_fraction=_fmt(floor / med, ".2f"), state_mb=_fmt(c.state / 2**20, ".0f"),
+            compile_s=_fmt(compile_s, ".1f") if "fused" in c.name or "triton" in c.name else "–",
+            note=c.note,
+        ))  # fmt: skip
+    return out
+
+
+HEADERS = {
+    "model": "model", "optimizer": "optimizer", "impl": "from", "median_ms": "median ms",
+    "vs_adamw_fused": "× AdamW fused", "floor_ms": "byte floor ms",
+    "floor_fraction": "floor / time", "state_mb": "state MiB", "compile_s": "compile s",
+    "note": "note",
+}  # fmt: skip
+
+
+def markdown(table: list[dict[str, str]]) -> str:
+    keys = list(HEADERS)
+    lines = ["| " + " | ".join(HEADERS[k] for k in keys) + " |",
+             "|" + "|".join("---" for _ in keys) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in table]
+    return "\n".join(lines)
+
+
+def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str:
+    try:
+        import triton
+
+        tv = triton.__version__
+    except Exception:
+        tv = "not installed"
+    if device == "cuda":
+        dev = torch.cuda.get_device_name()
+    else:
+        dev = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"{now}; {device}: {dev}; torch {torch.__version__}, triton {tv}, python "
+            f"{platform.python_version()}; dtype {str(dtype).replace('torch.', '')}; "
+            f"median of {repeats} rounds; measured copy bandwidth {bw / 1e9:.1f} GB/s; "
+            f"OMP_WAIT_POLICY={omp}")  # fmt: skip
+
+
+def _write_atomic(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".steps-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _dtype(text: str) -> torch.dtype:
+    allowed = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+               "bf16": torch.bfloat16}  # fmt: skip
+    if text not in allowed:
+        raise argparse.ArgumentTypeError(f"{text!r}: allowed are float32, bfloat16")
+    return allowed[text]
+
+
+def _repeats(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``steps`` options (shared by ``clion-bench steps`` and ``python -m``)."""
+    parser.add_argument("--models", default=DEFAULT_MODELS,
+                        help=f"comma list of {', '.join(MODELS)} (default: {DEFAULT_MODELS})")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--repeats", type=_repeats, default=5,
+                        help="timed rounds after the first step (default: 5)")
+    parser.add_argument("--dtype", type=_dtype, default=torch.float32,
+                        help="parameter and gradient dtype: float32 or bfloat16")
+    parser.add_argument("--momentum-dtype", type=_dtype, default=None,
+                        help="momentum dtype of our optimizers (default: fp32)")
+    parser.add_argument("--optimizers", default="all",
+                        help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
+    parser.add_argument("--out", help="also write the table here: .md (markdown) or .csv")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="reuse Inductor's on-disk cache (default: a fresh one, so the "
+                             "compile column is the cold one-off cost)")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; print the table (and write ``--out``). Returns the exit status."""
+    device = args.device
+    if device not in ("cpu", "cuda"):
+        print(f"steps: error: --device {device!r}: allowed are cpu, cuda", file=sys.stderr)
+        return 2
+    if device == "cuda" and not torch.cuda.is_available():
+        print("steps: error: --device cuda but CUDA is not available", file=sys.stderr)
+        return 2
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    bad = [m for m in models if m not in MODELS]
+    wanted = None if args.optimizers == "all" else [o.strip() for o in args.optimizers.split(",")]
+    bad += [o for o in wanted or [] if o not in OPTIMIZERS]
+    if bad or not models:
+        print(f"steps: error: unknown models/optimizers {bad}; models: {', '.join(MODELS)}; "
+              f"optimizers: {', '.join(OPTIMIZERS)}", file=sys.stderr)  # fmt: skip
+        return 2
+    if not args.warm_cache:
+        # A fresh Inductor cache: the compile column is then the honest first-run cost.
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="clion-bench-inductor-")
+    if device == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
+        print("steps: note: OMP_WAIT_POLICY is unset; on some VMs OpenMP's default spinning "
+              "makes parallel regions stall for a scheduler tick (~4-8 ms each). Compare with "
+              "OMP_WAIT_POLICY=PASSIVE.", file=sys.stderr)  # fmt: skip
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    bw = copy_bandwidth(device)
+    table: list[dict[str, str]] = []
+    for model in models:
+        cands = [c for c in candidates(device, args.momentum_dtype)
+                 if wanted is None or c.name in wanted]  # fmt: skip
+        numel = bench_model(model, cands, device=device, dtype=args.dtype,
+                            repeats=args.repeats, log=log)  # fmt: skip
+        table += rows(model, numel, cands, bw, args.dtype, args.momentum_dtype)
+    env = environment(device, bw, args.dtype, args.repeats)
+    text = f"{env}\n\n{markdown(table)}\n"
+    print(text)
+    if args.out:
+        if args.out.endswith(".csv"):
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(HEADERS))
+            w.writeheader()
+            w.writerows(table)
+            _write_atomic(args.out, buf.getvalue())
+        else:
+            _write_atomic(args.out, text)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m clion_hf.bench.steps",
+                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
