@@ -291,7 +291,7 @@ def test_global_mode_warns_on_a_transformers_model(caplog):
             model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
             if step < 99:
-                assert not caplog.records
+                assert not [r for r in caplog.records if r.name.startswith("clion_hf")]
     warnings = [r for r in caplog.records if "sign branch on none" in r.getMessage()]
     assert len(warnings) == 1
     msg = warnings[0].getMessage()
@@ -306,7 +306,7 @@ def test_element_mode_does_not_warn(caplog):
         for _ in range(101):
             p.grad = torch.randn(10)
             opt.step()
-    assert not caplog.records
+    assert not [r for r in caplog.records if r.name.startswith("clion_hf")]
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -360,3 +360,24 @@ def test_bf16_momentum_halves_state_and_trains():
     assert o16.state[p16]["exp_avg"].dtype == torch.bfloat16
     assert o16.state_bytes() * 2 == o32.state_bytes()
     torch.testing.assert_close(p16, p32, rtol=0, atol=1e-3)
+
+
+def test_statistics_and_warning_survive_torch_compile(caplog):
+    # Attribute writes inside a compiled optimizer step are dropped by dynamo: the
+    # statistics live in tensors updated in place, and the warning comes at the next read.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 4)
+    opt = CLion(model.parameters(), lr=1e-3, nu=1.0)  # global mode; nu far above |c|
+    x = torch.randn(16, 8)
+    compiled_step = torch.compile(opt.step, fullgraph=True)
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(100):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            compiled_step()
+        # compiled steps cannot sync to check
+        assert not [r for r in caplog.records if r.name.startswith("clion_hf")]
+        stats = opt.consume_stats()
+    assert stats["sign_fraction"] == 0.0 and 0 < stats["min_abs_c"] < 1.0
+    assert len([r for r in caplog.records if "sign branch on none" in r.getMessage()]) == 1
+    assert opt.consume_stats() == {}  # reset by the first read

@@ -16,11 +16,13 @@ from ._base import (
     LionFamily,
     ParamsT,
     check_betas,
+    check_fused,
     check_lr,
     check_momentum_dtype,
     check_weight_decay,
 )
 from .functional import MODES, direction_min_abs, lion_clion_update
+from .fused import fused_direction_min_abs, fused_update
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,8 @@ class CLion(LionFamily):
     Args:
         params: parameters or param groups (groups may set their own ``lr``, ``betas``,
             ``weight_decay``; with ``mode="global"`` all groups must share ``mode``/``nu``).
-        lr, betas, weight_decay, maximize, foreach, momentum_dtype: as for
-            :class:`clion_hf.Lion`.
+        lr, betas, weight_decay, maximize, foreach, momentum_dtype, fused: as for
+            :class:`clion_hf.Lion`. The fused paths produce the same statistics.
         nu: the threshold; must be finite and > 0.
         mode: ``"global"``, ``"tensor"``, ``"element"`` or ``"soft"``.
         track_stats: record the per-step sign-branch fraction and min ``abs(c)`` on the
@@ -81,8 +83,10 @@ class CLion(LionFamily):
         *,
         momentum_dtype: torch.dtype | None = None,
         track_stats: bool = True,
+        fused: bool | None = None,
     ) -> None:
         check_lr(lr)
+        check_fused(fused, foreach)
         check_betas(betas)
         check_weight_decay(weight_decay)
         check_nu(nu)
@@ -91,15 +95,16 @@ class CLion(LionFamily):
         defaults = dict(
             lr=lr, betas=tuple(betas), weight_decay=weight_decay, nu=float(nu), mode=mode,
             maximize=bool(maximize), foreach=foreach, momentum_dtype=momentum_dtype,
+            fused=fused,
         )  # fmt: skip
         self.track_stats = track_stats
         super().__init__(params, defaults)
         self._check_groups()
-        self._last: dict[str, Any] | None = None
-        self._acc: dict[str, Tensor] | None = None
-        self._steps_seen = 0
-        self._warn_acc: dict[str, Tensor] | None = None
+        self._check_fused_devices()
         self.warned = False
+        self._eager_steps = 0
+        self._stats: dict[str, Tensor] = {}
+        self._alloc_stats()
 
     # ---------------------------------------------------------------------- validation
 
@@ -111,6 +116,7 @@ class CLion(LionFamily):
         super().add_param_group(param_group)
         if hasattr(self, "track_stats"):  # not during __init__'s own calls
             self._check_groups()
+            self._alloc_stats()
 
     def _check_groups(self) -> None:
         modes = {(g["mode"], g["nu"]) for g in self.param_groups}
@@ -143,7 +149,9 @@ class CLion(LionFamily):
         gmin: Tensor | None = None
         if mode in ("global", "tensor"):
             per_group = [
-                direction_min_abs(
+                fused_direction_min_abs(x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"])
+                if self._use_fused(g, x[1])
+                else direction_min_abs(
                     x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"],
                     foreach=self._use_foreach(g, x[1]),
                 )  # fmt: skip
@@ -165,13 +173,18 @@ class CLion(LionFamily):
         counts, stat_mins, offset = [], [], 0
         for g, (_, params, grads, exp_avgs) in groups:
             n = len(params)
-            out = lion_clion_update(
-                params, grads, exp_avgs, lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1],
+            kw = dict(
+                lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1],
                 weight_decay=g["weight_decay"], mode=g["mode"], nu=g["nu"],
                 take_sign=None if take is None else take[offset : offset + n],
-                maximize=g["maximize"], foreach=self._use_foreach(g, params),
-                stats=self.track_stats,
+                maximize=g["maximize"], stats=self.track_stats,
             )  # fmt: skip
+            if self._use_fused(g, params):
+                out = fused_update(params, grads, exp_avgs, **kw)
+            else:
+                out = lion_clion_update(
+                    params, grads, exp_avgs, foreach=self._use_foreach(g, params), **kw
+                )
             offset += n
             if out is not None:
                 counts.append(out[0].to(mins.device if mins is not None else out[0].device))
@@ -187,6 +200,33 @@ class CLion(LionFamily):
 
     # ---------------------------------------------------------------------- statistics
 
+    def _alloc_stats(self) -> None:
+        """Statistics buffers, allocated up front and only ever updated in place.
+
+        torch.compile drops attribute assignments made inside a compiled ``step`` on an
+        optimizer, but keeps in-place updates of tensors the optimizer holds: so the
+        statistics live in preallocated tensors (on the parameters' device).
+        """
+        params = [p for g in self.param_groups for p in g["params"]]
+        device = params[0].device if params else torch.device("cpu")
+        n, inf = len(params), math.inf
+        self._stat_index = {id(p): i for i, p in enumerate(params)}
+        self._stat_params = params
+        f32 = dict(dtype=torch.float32, device=device)
+        self._stats = dict(
+            # last step, per parameter (in param-group order) and overall
+            sign_count=torch.zeros(n, **f32), numel=torch.ones(n, **f32),
+            tensor_min=torch.full((n,), inf, **f32),
+            had_grad=torch.zeros(n, dtype=torch.bool, device=device),
+            fraction=torch.zeros((), **f32), min=torch.full((), inf, **f32),
+            # since the last consume_stats()
+            acc_fraction=torch.zeros((), **f32), acc_min=torch.full((), inf, **f32),
+            acc_steps=torch.zeros((), **f32),
+            # the first WARN_AFTER_STEPS steps, for the never-took-the-sign-branch warning
+            steps=torch.zeros((), **f32), warn_signed=torch.zeros((), **f32),
+            warn_lo=torch.full((), inf, **f32), warn_hi=torch.full((), -inf, **f32),
+        )  # fmt: skip
+
     def _record(
         self,
         owners: list[Tensor],
@@ -195,54 +235,59 @@ class CLion(LionFamily):
         tensor_min: Tensor,
         global_min: Tensor | None,
     ) -> None:
-        device = sign_count.device
-        numel = torch.tensor(numels, dtype=torch.float32, device=device)
-        total = max(sum(numels), 1)
-        fraction = sign_count.sum() / total
+        st = self._stats
+        sign_count = sign_count.to(st["fraction"].device)
+        tensor_min = tensor_min.to(st["fraction"].device)
+        idx = [self._stat_index[id(p)] for p in owners]
+        fraction = sign_count.sum() / max(sum(numels), 1)
         if global_min is not None:  # already reduced across ranks
-            step_min = global_min
+            step_min = global_min.to(st["min"].device)
         else:
-            step_min = tensor_min.amin() if tensor_min.numel() else torch.tensor(math.inf)
-        self._last = dict(
-            params=owners, numel=numel, sign_count=sign_count, tensor_min=tensor_min,
-            sign_fraction=fraction, min_abs_c=step_min,
-        )  # fmt: skip
-        if self._acc is None:
-            self._acc = dict(
-                fraction_sum=torch.zeros((), device=device),
-                min=torch.full((), math.inf, device=device),
-                steps=torch.zeros((), device=device),
-            )
-        self._acc["fraction_sum"] += fraction
-        self._acc["min"] = torch.minimum(self._acc["min"], step_min)
-        self._acc["steps"] += 1
-        self._check_never_signed(sign_count.sum(), step_min)
+            step_min = tensor_min.amin() if tensor_min.numel() else st["min"].new_tensor(math.inf)
+        st["had_grad"].fill_(False)
+        st["had_grad"][idx] = True
+        st["sign_count"].zero_()
+        st["sign_count"][idx] = sign_count
+        st["numel"][idx] = torch.tensor(numels, dtype=torch.float32).to(st["numel"].device)
+        st["tensor_min"].fill_(math.inf)
+        st["tensor_min"][idx] = tensor_min
+        st["fraction"].copy_(fraction)
+        st["min"].copy_(step_min)
+        st["acc_fraction"].add_(fraction)
+        st["acc_min"].copy_(torch.minimum(st["acc_min"], step_min))
+        st["acc_steps"].add_(1)
+        in_window = st["steps"] < WARN_AFTER_STEPS
+        st["warn_signed"].add_(torch.where(in_window, sign_count.sum(), 0.0))
+        st["warn_lo"].copy_(torch.where(in_window, torch.minimum(st["warn_lo"], step_min),
+                                        st["warn_lo"]))  # fmt: skip
+        st["warn_hi"].copy_(torch.where(in_window, torch.maximum(st["warn_hi"], step_min),
+                                        st["warn_hi"]))  # fmt: skip
+        st["steps"].add_(1)
+        if not torch.compiler.is_compiling():
+            # The only host sync CLion makes in eager steps: once, at step WARN_AFTER_STEPS.
+            self._eager_steps += 1
+            if self._eager_steps == WARN_AFTER_STEPS:
+                self._maybe_warn()
 
-    def _check_never_signed(self, signed: Tensor, step_min: Tensor) -> None:
-        """One warning if none of the first WARN_AFTER_STEPS steps took the sign branch."""
-        if self.warned or self._steps_seen >= WARN_AFTER_STEPS:
+    def _maybe_warn(self) -> None:
+        """One warning if none of the first WARN_AFTER_STEPS steps took the sign branch.
+
+        Called at that step in eager mode, and by the statistics readers (so compiled
+        training loops, whose steps cannot sync, still get it at their next log).
+        """
+        st = self._stats
+        if self.warned or float(st["steps"]) < WARN_AFTER_STEPS:
             return
-        self._steps_seen += 1
-        if self._warn_acc is None:
-            self._warn_acc = dict(signed=signed.clone(), lo=step_min.clone(), hi=step_min.clone())
-        else:
-            self._warn_acc["signed"] += signed
-            self._warn_acc["lo"] = torch.minimum(self._warn_acc["lo"], step_min)
-            self._warn_acc["hi"] = torch.maximum(self._warn_acc["hi"], step_min)
-        if self._steps_seen < WARN_AFTER_STEPS:
-            return
-        # The only host sync CLion makes: once, at step WARN_AFTER_STEPS.
-        if self._warn_acc["signed"].item() == 0:
-            self.warned = True
+        self.warned = True  # checked once, whatever the outcome
+        if float(st["warn_signed"]) == 0:
             g = self.param_groups[0]
-            lo, hi = self._warn_acc["lo"].item(), self._warn_acc["hi"].item()
             logger.warning(
                 "CLion took the sign branch on none of its first %d steps (mode=%r, nu=%g): "
                 "the per-step min abs(c) ranged %.3g..%.3g, below nu, so every update was "
                 "momentum SGD at lr=%g. Try mode='element' (nu ~1e-4..1e-5), a smaller nu, "
                 "or an SGD-sized learning rate.",
-                WARN_AFTER_STEPS, g["mode"], g["nu"], lo, hi,
-                g["lr"].item() if isinstance(g["lr"], Tensor) else g["lr"],
+                WARN_AFTER_STEPS, g["mode"], g["nu"], float(st["warn_lo"]),
+                float(st["warn_hi"]), float(g["lr"]),
             )  # fmt: skip
 
     def last_step_stats(self, per_tensor: bool = False) -> dict[str, Any]:
@@ -251,42 +296,48 @@ class CLion(LionFamily):
         ``sign_fraction``: fraction of coordinates that took the sign branch;
         ``min_abs_c``: smallest non-zero ``abs(c)`` over the step (``inf`` if ``c == 0``).
         With ``per_tensor``, also ``tensors``: a list of per-parameter dicts (in param
-        group order) with ``shape``, ``sign_fraction`` and ``min_abs_c``.
+        group order, parameters that had a gradient) with ``shape``, ``sign_fraction``
+        and ``min_abs_c``. Empty before the first step.
         """
-        if self._last is None:
+        st = self._stats
+        if not st or float(st["steps"]) == 0:
             return {}
-        last = self._last
+        self._maybe_warn()
         out: dict[str, Any] = {
-            "sign_fraction": float(last["sign_fraction"]),
-            "min_abs_c": float(last["min_abs_c"]),
+            "sign_fraction": float(st["fraction"]),
+            "min_abs_c": float(st["min"]),
         }
         if per_tensor:
-            frac = (last["sign_count"] / last["numel"].clamp_min(1)).tolist()
-            mins = last["tensor_min"].tolist()
+            frac = (st["sign_count"] / st["numel"].clamp_min(1)).tolist()
+            mins, had = st["tensor_min"].tolist(), st["had_grad"].tolist()
             out["tensors"] = [
                 {"shape": tuple(p.shape), "sign_fraction": f, "min_abs_c": m}
-                for p, f, m in zip(last["params"], frac, mins, strict=True)
+                for p, f, m, h in zip(self._stat_params, frac, mins, had, strict=True)
+                if h
             ]
         return out
 
     def last_step_stats_tensors(self) -> dict[str, Tensor]:
         """``sign_fraction`` and ``min_abs_c`` of the last step as 0-d device tensors."""
-        if self._last is None:
-            return {}
-        return {k: self._last[k] for k in ("sign_fraction", "min_abs_c")}
+        return {"sign_fraction": self._stats["fraction"], "min_abs_c": self._stats["min"]}
 
     def consume_stats(self) -> dict[str, float]:
         """Mean sign fraction and min ``abs(c)`` over the steps since the last call; resets.
 
         Meant for loggers (the Trainer callback calls it at each logging step).
         """
-        if self._acc is None or float(self._acc["steps"]) == 0:
+        st = self._stats
+        if not st or float(st["acc_steps"]) == 0:
             return {}
-        acc, self._acc = self._acc, None
-        return {
-            "sign_fraction": float(acc["fraction_sum"] / acc["steps"]),
-            "min_abs_c": float(acc["min"]),
+        self._maybe_warn()
+        out = {
+            "sign_fraction": float(st["acc_fraction"] / st["acc_steps"]),
+            "min_abs_c": float(st["acc_min"]),
         }
+        st["acc_fraction"].zero_()
+        st["acc_min"].fill_(math.inf)
+        st["acc_steps"].zero_()
+        return out
 
 
 def _distributed() -> bool:

@@ -146,6 +146,34 @@ def _sign_count(c: Tensor, mode: str, nu: float, take_sign: Tensor | None) -> Te
     return torch.full((), float(c.numel()), device=c.device)
 
 
+def _tensor_stats(
+    c: Tensor, mode: str, nu: float, take_sign: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(sign-branch count, min non-zero ``abs(c)``) of one tensor, with one ``abs`` pass.
+
+    Global/tensor modes get NaN for the min: their caller computed it in pass 1.
+    """
+    if mode in ("global", "tensor"):
+        return _sign_count(c, mode, nu, take_sign), torch.full((), math.nan, device=c.device)
+    if c.numel() == 0:
+        return _sign_count(c, mode, nu, take_sign), min_nonzero_abs(c)
+    a = c.abs()
+    if mode in ("element", "soft"):
+        count = (a >= nu).sum().float()
+    else:
+        count = torch.full((), float(c.numel()), device=c.device)
+    return count, torch.where(a == 0, math.inf, a).amin().float()
+
+
+def _apply_update(p: Tensor, h: Tensor, lr: float | Tensor) -> None:
+    # add_(alpha=-lr) is one fused pass; a tensor lr (schedulers that keep lr on device)
+    # cannot be an alpha, so it takes a multiply first.
+    if isinstance(lr, Tensor):
+        p.sub_(h * lr)
+    else:
+        p.add_(h, alpha=-lr)
+
+
 def _caution(u: Tensor, g: Tensor) -> Tensor:
     """Cautious mask of Liang et al. (arXiv:2411.16085), Algorithm 2, applied to ``u``.
 
@@ -195,17 +223,11 @@ def lion_clion_update(
 def _collect_stats(
     cs: list[Tensor], mode: str, nu: float, take_sign: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    counts = torch.stack(
-        [
-            _sign_count(c, mode, nu, None if take_sign is None else take_sign[i])
-            for i, c in enumerate(cs)
-        ]
-    )
-    if mode in ("global", "tensor"):
-        mins = torch.full_like(counts, math.nan)
-    else:
-        mins = torch.stack([min_nonzero_abs(c) for c in cs])
-    return counts, mins
+    pairs = [
+        _tensor_stats(c, mode, nu, None if take_sign is None else take_sign[i])
+        for i, c in enumerate(cs)
+    ]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def _single_tensor_update(
@@ -221,15 +243,12 @@ def _single_tensor_update(
         if caution:
             h = _caution(h, g)
         if stats:
-            counts.append(_sign_count(c, mode, nu, t))
-            mins.append(
-                torch.full((), math.nan, device=c.device)
-                if mode in ("global", "tensor")
-                else min_nonzero_abs(c)
-            )
+            count, mn = _tensor_stats(c, mode, nu, t)
+            counts.append(count)
+            mins.append(mn)
         if weight_decay != 0:
             p.mul_(1.0 - lr * weight_decay)
-        p.sub_(h * lr)
+        _apply_update(p, h, lr)
         m.lerp_(g, 1.0 - beta2)
     _write_back(p_c, p_store)
     _write_back(m_c, [_as_real(m) for m in exp_avgs])
@@ -245,12 +264,15 @@ def _foreach_update(
     p_c, g_c, m_c, p_store = _prepare(params, grads, exp_avgs, maximize)
     cs = torch._foreach_lerp(m_c, g_c, 1.0 - beta1)
     result = _collect_stats(cs, mode, nu, take_sign) if stats else None
+    # cs is a temporary: transform it in place rather than allocating another list
     if mode == "lion":
-        hs = torch._foreach_sign(cs)
+        torch._foreach_sign_(cs)
+        hs = cs
     elif mode == "soft":
-        hs = torch._foreach_div(cs, nu)
-        torch._foreach_clamp_min_(hs, -1.0)
-        torch._foreach_clamp_max_(hs, 1.0)
+        torch._foreach_div_(cs, nu)
+        torch._foreach_clamp_min_(cs, -1.0)
+        torch._foreach_clamp_max_(cs, 1.0)
+        hs = cs
     else:
         # No foreach "where": a per-tensor select on top of the foreach passes.
         hs = [
@@ -261,8 +283,11 @@ def _foreach_update(
         hs = [_caution(h, g) for h, g in zip(hs, g_c, strict=True)]
     if weight_decay != 0:
         torch._foreach_mul_(p_c, 1.0 - lr * weight_decay)
-    torch._foreach_mul_(hs, lr)
-    torch._foreach_sub_(p_c, hs)
+    if isinstance(lr, Tensor):  # as _apply_update
+        torch._foreach_mul_(hs, lr)
+        torch._foreach_sub_(p_c, hs)
+    else:
+        torch._foreach_add_(p_c, hs, alpha=-lr)
     torch._foreach_lerp_(m_c, g_c, 1.0 - beta2)
     _write_back(p_c, p_store)
     _write_back(m_c, [_as_real(m) for m in exp_avgs])
