@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-import threading
-import warnings
-from types import ModuleType
-from typing import Any
+
+# Only what Python has already imported at start-up (this runs from a .pth file, for
+# every interpreter); ``warnings`` is imported where it is used.
+Any = object  # annotations only
+ModuleType = type(sys)
 
 ENV_VAR = "CLION_HF_AUTOREGISTER"
 """Set to ``0`` to keep the start-up (``.pth``) hook from registering anything."""
@@ -44,6 +45,8 @@ def _run(name: str) -> None:
     try:
         getattr(importlib.import_module(module_name), func)()
     except Exception as e:  # noqa: BLE001 - never break the user's import of transformers
+        import warnings
+
         warnings.warn(
             f"clion_hf could not register its optimizers with {name}: {e!r}",
             RuntimeWarning,
@@ -80,12 +83,15 @@ class PostImportFinder:
 
     def __init__(self, names: tuple[str, ...]) -> None:
         self.names = set(names)
-        self._busy = threading.local()
+        # Names being resolved right now (to skip ourselves when asking the other
+        # finders). Python holds the module's import lock around find_spec, so a plain
+        # set is thread-safe here, and start-up does not pay for importing threading.
+        self._resolving: set[str] = set()
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname not in self.names or getattr(self._busy, "on", False):
+        if fullname not in self.names or fullname in self._resolving:
             return None
-        self._busy.on = True
+        self._resolving.add(fullname)
         try:
             for finder in sys.meta_path:
                 if finder is self or not hasattr(finder, "find_spec"):
@@ -96,7 +102,7 @@ class PostImportFinder:
             else:
                 return None
         finally:
-            self._busy.on = False
+            self._resolving.discard(fullname)
         if spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
         spec.loader = _Loader(spec.loader, fullname)

@@ -1,31 +1,40 @@
 """Start-up hook of clion-hf, imported by ``clion_hf-autoregister.pth`` in site-packages.
 
 It makes ``--optim clion`` / ``--optim lion`` work in Trainer scripts that never import
-clion_hf. It costs one small file read at start-up: it loads ``clion_hf/_hook.py`` (the
-standard library only) without running ``clion_hf/__init__.py`` (which imports torch),
-and that installs a finder that acts only when ``transformers.training_args``,
-``transformers.hf_argparser`` or ``transformers.trainer`` is imported.
-Set ``CLION_HF_AUTOREGISTER=0`` to turn it off.
+clion_hf. It costs a few file lookups at start-up: it finds ``clion_hf/_hook.py`` on
+``sys.path`` (site-packages, or the checkout of an editable install) and runs it without
+running ``clion_hf/__init__.py`` (which imports torch); that installs a finder that acts
+only when ``transformers.training_args``, ``transformers.hf_argparser`` or
+``transformers.trainer`` is imported. Set ``CLION_HF_AUTOREGISTER=0`` to turn it off.
 """
 
 import os
 import sys
 
 
+def _hook_path() -> str | None:
+    # sys.path, not importlib.util.find_spec: that import alone would double the cost.
+    for entry in sys.path:
+        path = os.path.join(entry or os.curdir, "clion_hf", "_hook.py")
+        if os.path.isfile(path):
+            return path
+    return None  # clion_hf was uninstalled but this file was left behind
+
+
 def _install() -> None:
     if os.environ.get("CLION_HF_AUTOREGISTER", "1").strip().lower() in ("0", "false", "no", "off"):
         return
     if "clion_hf._hook" not in sys.modules:
-        import importlib.util
-
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clion_hf", "_hook.py")
-        spec = importlib.util.spec_from_file_location("clion_hf._hook", path)
-        if spec is None or spec.loader is None or not os.path.exists(path):
-            return  # clion_hf was uninstalled but this file was left behind
-        module = importlib.util.module_from_spec(spec)
+        path = _hook_path()
+        if path is None:
+            return
+        module = type(sys)("clion_hf._hook")
+        module.__file__ = path
+        with open(path, encoding="utf-8") as f:
+            code = compile(f.read(), path, "exec")
         # Registered under its real name: `import clion_hf` later reuses this module.
         sys.modules["clion_hf._hook"] = module
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)
     sys.modules["clion_hf._hook"].install_at_startup()
 
 

@@ -111,3 +111,17 @@ def test_env_var_turns_the_hook_off(fresh_venv: Path, tmp_path: Path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 2 and "invalid choice: 'clion'" in r.stderr
+
+
+@pytest.mark.slow
+def test_this_environments_install_registers_too():
+    # Whatever install this test runs from (CI: editable, where clion_hf/_hook.py lives in
+    # the checkout rather than in site-packages), a script that never imports clion_hf
+    # accepts --optim clion.
+    env = {k: v for k, v in os.environ.items() if k != "CLION_HF_AUTOREGISTER"}
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "--output_dir", "unused", "--optim", "clion"],
+        capture_output=True, text=True, env=env, cwd=ROOT.parent,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OPTIM clion" in proc.stdout and "HELP_HAS_CLION True" in proc.stdout
