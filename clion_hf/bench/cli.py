@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -44,14 +44,14 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "'adamw,lion:caution=true,clion:mode=element,nu=1e-4' (default: the preset's); "
         "lr=X pins an optimizer's lr instead of its grid",
     )
-    p.add_argument("--seeds", type=_positive_int, help="seeds per optimizer (default: preset's)")
+    p.add_argument("--seeds", type=positive_int, help="seeds per optimizer (default: preset's)")
     p.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
-    p.add_argument("--jobs", type=_positive_int, help="runs at a time (default: the preset's)")
+    p.add_argument("--jobs", type=positive_int, help="runs at a time (default: the preset's)")
     p.add_argument(
-        "--threads", type=_positive_int,
+        "--threads", type=positive_int,
         help="torch threads per run (default: all cores with --jobs 1, else cores // jobs)",
     )  # fmt: skip
-    p.add_argument("--max_steps", type=_positive_int, help="override every workload's steps")
+    p.add_argument("--max_steps", type=positive_int, help="override every workload's steps")
     p.add_argument("--recipes_dir", help="directory with the recipes (default: the checkout's)")
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")

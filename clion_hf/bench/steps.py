@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from .cli import positive_int
+
 MODELS = ("gpt2", "bert", "vit", "tiny")
 DEFAULT_MODELS = "gpt2,bert,vit"
 
@@ -300,22 +302,12 @@ def _dtype(text: str) -> torch.dtype:
     return allowed[text]
 
 
-def _repeats(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``steps`` options (shared by ``clion-bench steps`` and ``python -m``)."""
     parser.add_argument("--models", default=DEFAULT_MODELS,
                         help=f"comma list of {', '.join(MODELS)} (default: {DEFAULT_MODELS})")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--repeats", type=_repeats, default=5,
+    parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed rounds after the first step (default: 5)")
     parser.add_argument("--dtype", type=_dtype, default=torch.float32,
                         help="parameter and gradient dtype: float32 or bfloat16")
