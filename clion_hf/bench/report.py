@@ -345,6 +345,15 @@ def group_markdown(g: Group, plots: dict[str, str]) -> list[str]:
         sweep.append([describe_optimizer(opt), *cells])
     lines += ["", f"LR sweep (seed 0, final {w.metric}; bold = chosen):", ""]
     lines += _table(["optimizer", *[fmt_float(lr) for lr in lrs]], sweep)
+    edge = []
+    for opt in g.optimizers:
+        tried = sorted({r["lr"] for r in g.results if r["optimizer"] == opt
+                        and r.get("phase", "tune") == "tune"})  # fmt: skip
+        if len(tried) > 1 and g.chosen.get(opt) in (tried[0], tried[-1]):
+            edge.append(describe_optimizer(opt))
+    if edge:
+        lines += ["", "Chosen lr on the edge of its grid (the optimum may lie outside it): "
+                  + ", ".join(edge) + "."]  # fmt: skip
     failed = [g.rows[r["run_id"]] for r in g.results if r["status"] != "ok"]
     if failed:
         lines += ["", "Runs that did not finish ok:", ""]

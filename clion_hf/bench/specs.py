@@ -384,13 +384,15 @@ PRESETS["smoke"] = Preset(
 
 PRESETS["cpu"] = Preset(
     name="cpu",
-    description="offline, CPU: 3 seeds, a 3-point lr grid per optimizer (+SGD-sized lr for "
+    description="offline, CPU: 3 seeds, a 4-point lr grid per optimizer (+SGD-sized lr for "
     "CLion global/tensor), CLion global/tensor/element/soft",
     accelerate_config="cpu",
     optimizers=CPU_OPTIMIZERS,
     seeds=3,
-    adamw_factors=(1 / 3, 1.0, 3.0),
-    lion_factors=(1 / 10, 1 / 3, 1.0),
+    # 4 points each: a first 3-point run put the chosen lr on the grid's upper edge for
+    # AdamW (4 of 6 workloads) and Lion (3 of 6) on these tiny models
+    adamw_factors=(1 / 3, 1.0, 3.0, 10.0),
+    lion_factors=(1 / 10, 1 / 3, 1.0, 3.0),
     with_sgd_point=True,
     workloads=_offline(
         {
@@ -403,8 +405,8 @@ PRESETS["cpu"] = Preset(
         },  # fmt: skip
         OFFLINE_LR,
     ),
-    # 192 runs; measured per run, two at a time on 2 cores: ~12 s start-up + 0.03-0.08 s/step
-    # (GPT-2/BERT; idle machine vs. one loaded by other work): ~30 min idle, ~45 min loaded
+    # 228 runs; measured per run, two at a time on 2 cores: ~12 s start-up + 0.03-0.08 s/step
+    # (GPT-2/BERT; idle machine vs. one loaded by other work): ~35 min idle, ~55 min loaded
     jobs=2,  # see smoke
     extra_args=("--eval_steps", "0.125", "--logging_steps", "0.05"),
 )
