@@ -99,8 +99,8 @@ def test_grid_keeps_lr_times_wd_equal():
         for t in ("adamw", "lion", "clion", "clion:mode=tensor", "clion:mode=element")
     }
     c = ws.adamw_lr
-    assert grids["adamw"] == pytest.approx([c / 3, c, 3 * c], rel=1e-2)
-    assert grids["lion"] == pytest.approx([c / 10, c / 3, c], rel=1e-2)
+    assert grids["adamw"] == pytest.approx([c / 3, c, 3 * c, 10 * c], rel=1e-2)
+    assert grids["lion"] == pytest.approx([c / 10, c / 3, c, 3 * c], rel=1e-2)
     assert grids["clion:mode=element"] == grids["lion"]
     # global/tensor also get the SGD-sized point (they rarely take the sign branch)
     assert grids["clion"] == grids["clion:mode=tensor"] == sorted([*grids["lion"], ws.sgd_lr])
