@@ -479,9 +479,12 @@ def make_plots(groups: list[Group], plot_dir: Path) -> dict[str, str]:
         for key, diag, log in (("sign", SIGN_KEY, False), ("minc", MINC_KEY, True)):
             fig, ax = plt.subplots(figsize=(6, 4))
             drawn = False
-            for opt in clion:
+            for i, opt in enumerate(clion):
+                # one line style per mode, one colour per lr: tab10 repeats after 10 lines
+                style = ("-", "--", ":", "-.")[i % 4]
                 # every grid point: the branch taken depends on the lr through c's scale
-                for lr in sorted({r["lr"] for r in g.results if r["optimizer"] == opt}):
+                lrs = sorted({r["lr"] for r in g.results if r["optimizer"] == opt})
+                for j, lr in enumerate(lrs):
                     runs = [r for r in g.results if r["optimizer"] == opt and r["lr"] == lr
                             and r["status"] != "failed"]  # fmt: skip
                     steps, mean, _, _ = _mean_curve(runs, diag)
@@ -489,7 +492,8 @@ def make_plots(groups: list[Group], plot_dir: Path) -> dict[str, str]:
                         kept = [(s, v) for s, v in zip(steps, mean, strict=True) if v > 0]
                         steps, mean = [s for s, _ in kept], [v for _, v in kept]
                     if steps:
-                        ax.plot(steps, mean, label=f"{describe_optimizer(opt)} lr {fmt_float(lr)}")
+                        ax.plot(steps, mean, style, color=f"C{j}",
+                                label=f"{describe_optimizer(opt)} lr {fmt_float(lr)}")
                         drawn = True
             if drawn:
                 ax.set_title(f"{g.workload.name}: CLion {diag}")
@@ -518,7 +522,7 @@ def make_plots(groups: list[Group], plot_dir: Path) -> dict[str, str]:
             ax.bar(range(len(labels)), means, yerr=stds, capsize=4, color="C0")
             ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=7)
             ax.set_title(f"{g.workload.name} ({g.max_steps} st.)", fontsize=9)
-            ax.set_ylabel(f"held-out {g.workload.metric}")
+            ax.set_ylabel(f"held-out {g.workload.metric.removeprefix('eval_')}")
             if g.workload.metric == "perplexity":
                 ax.set_yscale("log")
         fig.tight_layout()
