@@ -37,10 +37,11 @@ class Lion(LionFamily):
         momentum_dtype: dtype of the momentum buffer (default fp32, or fp64 for fp64
             parameters); ``torch.bfloat16`` halves optimizer state. Math runs in fp32.
         fused: one fused pass per step: Triton kernels on CUDA, ``torch.compile``d
-            kernels on CPU. ``None`` (default): fused on CUDA when Triton is installed,
-            otherwise foreach/single-tensor. On CPU ``fused=True`` costs a one-off
-            compilation (seconds) at the first step and needs a C++ compiler. Under
-            ``torch.compile`` of the training step the plain math is traced instead.
+            kernels on CPU. Opt-in: ``None`` (default) means foreach/single-tensor (the
+            Triton kernels are so far tested only under Triton's CPU interpreter). On CPU
+            ``fused=True`` costs a one-off compilation (seconds) at the first step and
+            needs a C++ compiler. Under ``torch.compile`` of the training step the plain
+            math is traced instead.
     """
 
     def __init__(
