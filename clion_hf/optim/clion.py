@@ -212,6 +212,10 @@ class CLion(LionFamily):
         n, inf = len(params), math.inf
         self._stat_index = {id(p): i for i, p in enumerate(params)}
         self._stat_params = params
+        # (indices of the parameters with a gradient) -> those indices and their numels as
+        # device tensors: built once, since a host-to-device copy per step would be a sync
+        # (and would break CUDA-graph capture of the step)
+        self._stat_slots: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
         f32 = dict(dtype=torch.float32, device=device)
         self._stats = dict(
             # last step, per parameter (in param-group order) and overall
@@ -236,21 +240,28 @@ class CLion(LionFamily):
         global_min: Tensor | None,
     ) -> None:
         st = self._stats
-        sign_count = sign_count.to(st["fraction"].device)
-        tensor_min = tensor_min.to(st["fraction"].device)
-        idx = [self._stat_index[id(p)] for p in owners]
+        device = st["fraction"].device
+        sign_count = sign_count.to(device)
+        tensor_min = tensor_min.to(device)
+        key = tuple(self._stat_index[id(p)] for p in owners)
+        if key not in self._stat_slots:
+            self._stat_slots[key] = (
+                torch.tensor(key, dtype=torch.long).to(device),
+                torch.tensor(numels, dtype=torch.float32).to(device),
+            )
+        idx, numel = self._stat_slots[key]
         fraction = sign_count.sum() / max(sum(numels), 1)
         if global_min is not None:  # already reduced across ranks
             step_min = global_min.to(st["min"].device)
         else:
-            step_min = tensor_min.amin() if tensor_min.numel() else st["min"].new_tensor(math.inf)
-        st["had_grad"].fill_(False)
-        st["had_grad"][idx] = True
-        st["sign_count"].zero_()
-        st["sign_count"][idx] = sign_count
-        st["numel"][idx] = torch.tensor(numels, dtype=torch.float32).to(st["numel"].device)
-        st["tensor_min"].fill_(math.inf)
-        st["tensor_min"][idx] = tensor_min
+            step_min = (
+                tensor_min.amin() if tensor_min.numel() else torch.full_like(st["min"], math.inf)
+            )
+        # index_fill_/index_copy_ with device indices: no host-to-device copies per step
+        st["had_grad"].fill_(False).index_fill_(0, idx, True)
+        st["sign_count"].zero_().index_copy_(0, idx, sign_count)
+        st["numel"].index_copy_(0, idx, numel)
+        st["tensor_min"].fill_(math.inf).index_copy_(0, idx, tensor_min)
         st["fraction"].copy_(fraction)
         st["min"].copy_(step_min)
         st["acc_fraction"].add_(fraction)
