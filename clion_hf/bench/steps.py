@@ -9,8 +9,12 @@ rounds (each optimizer once per round) so that a slow spell of a shared machine 
 of them alike, and the ratio to torch AdamW ``fused=True`` is the median of the per-round
 ratios. The byte floor is the bytes an optimizer must move per step (p, g, state read;
 p, state written; CLion global/tensor read g and m once more) over the copy bandwidth
-measured in the same run. "compile" is the first step's time minus a median step: the
-one-off cost of compiled paths (``torch.compile`` on CPU, Triton on CUDA).
+measured in the same run; for CLion global/tensor it assumes the full reduction pass, which
+the fused CPU path stops early once a ``abs(c)`` below nu is found (the note gives the
+fraction of coordinates that took the sign branch: 0% means the early exit; the
+``-fused-sign`` rows force the full pass with nu=1e-30). "compile" is the first step's
+time minus a median step: the one-off cost of compiled paths (clion_hf's C++ kernel on
+CPU, Triton on CUDA).
 """
 
 from __future__ import annotations
@@ -89,7 +93,8 @@ def _adamw_bytes(ps: int, ms: int) -> float:
 OPTIMIZERS = (
     "adamw-foreach", "adamw-fused", "lion-pytorch-foreach", "lion-pytorch-triton",
     "timm-lion", "lion-foreach", "lion-fused", "clion-global-foreach", "clion-global-fused",
-    "clion-tensor-foreach", "clion-tensor-fused", "clion-element-foreach",
+    "clion-global-fused-sign", "clion-tensor-foreach", "clion-tensor-fused",
+    "clion-tensor-fused-sign", "clion-element-foreach",
     "clion-element-fused", "clion-soft-foreach", "clion-soft-fused",
 )  # fmt: skip
 
@@ -142,6 +147,13 @@ def candidates(device: str, momentum_dtype: torch.dtype | None) -> list[Candidat
                 f"clion-{mode}-{tag}", "clion_hf", lambda ps, kw=kw, mode=mode: CLion(
                     ps, lr=lr, weight_decay=wd, mode=mode, nu=1e-5, **kw, **mk),
                 nbytes))  # fmt: skip
+        if mode in ("global", "tensor"):
+            # nu so small that every tensor takes the sign branch: the reduction pass
+            # cannot stop early and reads all of g and m (the worst case).
+            out.append(Candidate(
+                f"clion-{mode}-fused-sign", "clion_hf", lambda ps, mode=mode: CLion(
+                    ps, lr=lr, weight_decay=wd, mode=mode, nu=1e-30, fused=True, **mk),
+                nbytes, "nu=1e-30"))  # fmt: skip
     return out
 
 
@@ -210,6 +222,10 @@ def bench_model(
             for c in runnable:
                 c.ratios.append(c.times[-1] / ref.times[-1])
     for c in runnable:
+        stats = getattr(c.opt, "last_step_stats", None)
+        if stats is not None:  # CLion: how often the sign branch was taken decides its cost
+            frac = f"sign branch {stats()['sign_fraction']:.0%}"
+            c.note = f"{c.note}; {frac}" if c.note else frac
         c.opt = None  # free the state before the next model
     return numel
 
@@ -317,8 +333,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
     parser.add_argument("--out", help="also write the table here: .md (markdown) or .csv")
     parser.add_argument("--warm-cache", action="store_true",
-                        help="reuse Inductor's on-disk cache (default: a fresh one, so the "
-                             "compile column is the cold one-off cost)")  # fmt: skip
+                        help="reuse the on-disk caches of Inductor and of clion_hf's CPU "
+                             "kernel (default: fresh ones, so the compile column is the cold "
+                             "one-off cost)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -339,8 +356,10 @@ def run(args: argparse.Namespace) -> int:
               f"optimizers: {', '.join(OPTIMIZERS)}", file=sys.stderr)  # fmt: skip
         return 2
     if not args.warm_cache:
-        # A fresh Inductor cache: the compile column is then the honest first-run cost.
+        # Fresh caches (Inductor's, and clion_hf's built CPU kernel): the compile column is
+        # then the honest first-run cost.
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="clion-bench-inductor-")
+        os.environ["CLION_HF_CACHE"] = tempfile.mkdtemp(prefix="clion-bench-cache-")
     if device == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
         print("steps: note: OMP_WAIT_POLICY is unset; on some VMs OpenMP's default spinning "
               "makes parallel regions stall for a scheduler tick (~4-8 ms each). Compare with "

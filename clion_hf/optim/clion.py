@@ -22,7 +22,7 @@ from ._base import (
     check_weight_decay,
 )
 from .functional import MODES, direction_min_abs, lion_clion_update
-from .fused import fused_direction_min_abs, fused_update
+from .fused import fused_direction_min_abs, fused_update, stops_early
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,20 @@ class CLion(LionFamily):
         mins: Tensor | None = None
         take: Tensor | None = None
         gmin: Tensor | None = None
+        min_in_pass2 = False
+        # Single-process fused CPU steps stop pass 1 at the first |c| below nu (the
+        # decision is then known); the exact min for the statistics comes from pass 2.
+        stop_early = (
+            mode in ("global", "tensor") and not sharded and not _distributed()
+            and all(self._use_fused(g, x[1]) and stops_early(x[1]) for g, x in groups)
+        )  # fmt: skip
         if mode in ("global", "tensor"):
             per_group = [
-                fused_direction_min_abs(x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"])
+                fused_direction_min_abs(
+                    x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"],
+                    stop_below=g["nu"] if stop_early else None,
+                    stop=("all" if mode == "global" else "tensor") if stop_early else None,
+                )  # fmt: skip
                 if self._use_fused(g, x[1])
                 else direction_min_abs(
                     x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"],
@@ -169,6 +180,11 @@ class CLion(LionFamily):
                     # different shard of c. (Under DDP this is redundant but harmless.)
                     gmin = _all_reduce_min(gmin)
                 take = (gmin >= groups[0][0]["nu"]).expand(mins.numel())
+            # After an early exit the pass-1 values below nu are witnesses, not minima:
+            # then pass 2 takes the exact ones (on CPU this check costs no sync).
+            min_in_pass2 = (
+                stop_early and self.track_stats and bool((mins < groups[0][0]["nu"]).any())
+            )
 
         counts, stat_mins, offset = [], [], 0
         for g, (_, params, grads, exp_avgs) in groups:
@@ -179,7 +195,9 @@ class CLion(LionFamily):
                 take_sign=None if take is None else take[offset : offset + n],
                 maximize=g["maximize"], stats=self.track_stats,
             )  # fmt: skip
-            if self._use_fused(g, params):
+            if min_in_pass2:
+                out = fused_update(params, grads, exp_avgs, min_stats=True, **kw)
+            elif self._use_fused(g, params):
                 out = fused_update(params, grads, exp_avgs, **kw)
             else:
                 out = lion_clion_update(
@@ -194,7 +212,11 @@ class CLion(LionFamily):
             numels = [p.numel() for _, x in groups for p in x[1]]
             sign_count = torch.cat(counts)
             # Under sharding, element/soft statistics describe this rank's shard.
-            tensor_min = mins if mins is not None else torch.cat(stat_mins)
+            tensor_min = torch.cat(stat_mins) if min_in_pass2 else mins
+            if tensor_min is None:
+                tensor_min = torch.cat(stat_mins)
+            if min_in_pass2 and gmin is not None:
+                gmin = tensor_min.amin()  # pass 1 gave a witness below nu, not the min
             self._record(owners, numels, sign_count, tensor_min.to(sign_count.device), gmin)
         return loss
 

@@ -73,10 +73,25 @@ def fused_update(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tenso
     return fused_cpu_update(params, grads, exp_avgs, **kw)
 
 
+def stops_early(params: list[Tensor]) -> bool:
+    """Whether :func:`fused_direction_min_abs` honours ``stop`` for these tensors (CPU)."""
+    return bool(params) and params[0].device.type == "cpu" and not _FORCE_TRITON
+
+
 def fused_direction_min_abs(
-    grads: list[Tensor], exp_avgs: list[Tensor], *, beta1: float, maximize: bool
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    beta1: float,
+    maximize: bool,
+    stop_below: float | None = None,
+    stop: str | None = None,
 ) -> Tensor:
-    """:func:`~clion_hf.optim.functional.direction_min_abs` on the fused path."""
+    """:func:`~clion_hf.optim.functional.direction_min_abs` on the fused path.
+
+    ``stop``/``stop_below``: see :func:`~clion_hf.optim.fused_cpu.fused_cpu_direction_min_abs`;
+    honoured where :func:`stops_early` (the result is exact elsewhere).
+    """
     if not grads:
         return direction_min_abs(grads, exp_avgs, beta1=beta1, maximize=maximize)
     if grads[0].device.type == "cuda" or _FORCE_TRITON:
@@ -85,4 +100,6 @@ def fused_direction_min_abs(
         return triton_direction_min_abs(grads, exp_avgs, beta1=beta1)
     from .fused_cpu import fused_cpu_direction_min_abs
 
-    return fused_cpu_direction_min_abs(grads, exp_avgs, beta1=beta1)
+    return fused_cpu_direction_min_abs(
+        grads, exp_avgs, beta1=beta1, stop_below=stop_below, stop=stop
+    )

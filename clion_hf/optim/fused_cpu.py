@@ -1,110 +1,168 @@
-"""Fused CPU path: one ``torch.compile``d pass per tensor, one graph for every shape.
+"""Fused CPU path: one multi-tensor C++ kernel (``csrc/lion_cpu.cpp``) per param group.
 
-Each parameter is updated by a compiled function of one flat tensor triple ``(p, g, m)``
-compiled with ``dynamic=True``: the sizes are symbolic, so one graph (and one C++ kernel)
-serves every tensor of the model and the one-off compile cost does not grow with the
-number of parameters. Inductor fuses the whole update (direction, ``h(c)``, weight decay,
-momentum, and the element/soft statistics) into one loop that reads p, g, m once and
-writes p, m once (20 bytes per fp32 element). CLion's ``global``/``tensor`` modes first
-run a compiled reduction pass (min non-zero ``abs(c)``, 8 bytes per element) per tensor.
+The kernel reads p, g, m once and writes p, m once (20 bytes per fp32 element), with the
+CLion statistics (sign-branch count, min non-zero ``abs(c)``) taken in the same pass.
+``global``/``tensor`` modes and cautious Lion run a reduction pass first (8 bytes per
+element). OpenMP threads share chunks of all tensors, so small tensors cost no launches.
 
-The arithmetic mirrors :mod:`clion_hf.optim.functional` operation by operation, so the
-results agree with the foreach path bitwise in fp32 (tested).
+The source is compiled on first use with the system C++ compiler (about a second, no
+torch headers) and cached under ``$CLION_HF_CACHE/kernels`` (default
+``~/.cache/clion_hf/kernels``), keyed by source, compiler and CPU; it is called through
+``ctypes``. Without a working compiler :func:`available` is False and the optimizers use
+the foreach path (``fused=True`` then raises, naming the compiler error).
 
-Hyper-parameters travel as a small tensor, not Python floats, so a learning-rate schedule
-does not trigger recompilation. Each static configuration (mode, caution, maximize, stats)
-gets its own copy of the function's code object, hence its own dynamo cache, so many
-optimizers in one process do not exhaust dynamo's per-function recompile limit.
+The arithmetic mirrors :mod:`clion_hf.optim.functional` operation by operation (fma
+where ATen's vectorised kernels use one), so results match the foreach path (tested).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import math
-import types
-from collections.abc import Callable
-from typing import Any
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .functional import _as_real, _single_tensor_update, compute_dtype
+from .functional import _as_real, _single_tensor_update, compute_dtype, direction_min_abs
 
-_COMPILED: dict[tuple[Any, ...], Callable[..., Any]] = {}
+SOURCE = Path(__file__).with_name("csrc") / "lion_cpu.cpp"
+_DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+_MODES = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
+_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
 
-
-def _update_one(
-    p: Tensor, g: Tensor, m: Tensor, hp: Tensor, take: Tensor | None,
-    mode: str, caution: bool, maximize: bool, stats: bool,
-) -> tuple[Tensor, Tensor] | None:  # fmt: skip
-    """One tensor's update in place; ``hp = [lr, 1 - lr*wd, 1 - beta1, 1 - beta2, nu]``."""
-    ct = hp.dtype
-    lr, decay, w1, w2, nu = hp[0], hp[1], hp[2], hp[3], hp[4]
-    pc, gc, mc = p.to(ct), g.to(ct), m.to(ct)
-    if maximize:
-        gc = -gc
-    c = torch.lerp(mc, gc, w1)
-    if mode == "lion":
-        h = torch.sign(c)
-    elif mode in ("global", "tensor"):
-        h = torch.where(take, torch.sign(c), c)
-    elif mode == "element":
-        h = torch.where(c.abs() >= nu, torch.sign(c), c)
-    else:  # soft
-        h = (c / nu).clamp(-1.0, 1.0)
-    if caution:
-        # As functional._caution: u * mask * (numel / (count + 1)), where Tensor.__rtruediv__
-        # is reciprocal() * numel. An int count is exact where an fp32 sum may not be.
-        mask = (h * gc > 0).to(ct)
-        count = (h * gc > 0).sum(dtype=torch.int32).to(ct)
-        h = h * mask * ((count + 1).reciprocal() * p.numel())
-    p.copy_(pc * decay - h * lr)
-    m.copy_(torch.lerp(mc, gc, w2))
-    if not stats:
-        return None
-    a = c.abs()
-    if mode == "lion":
-        signed = torch.full((), p.numel(), dtype=torch.int32)
-    else:  # element/soft: soft equals sign(c) exactly where abs(c) >= nu
-        signed = (a >= nu).sum(dtype=torch.int32)
-    return signed, torch.where(a == 0, math.inf, a).amin().float()
+_p = ctypes.c_void_p
+_i64 = ctypes.c_int64
+_f64 = ctypes.c_double
+_int = ctypes.c_int
 
 
-def _min_abs_one(g: Tensor, m: Tensor, hp: Tensor) -> Tensor:
-    """Smallest non-zero ``abs(c)`` of one tensor (fp32, 0-d; ``inf`` if ``c == 0``)."""
-    ct = hp.dtype
-    a = torch.lerp(m.to(ct), g.to(ct), hp[2]).abs()
-    return torch.where(a == 0, math.inf, a).amin().float()
+def _cache_root() -> Path:
+    root = os.environ.get("CLION_HF_CACHE") or Path.home() / ".cache" / "clion_hf"
+    return Path(root) / "kernels"
 
 
-def _compiled(fn: Callable[..., Any], key: tuple[Any, ...]) -> Callable[..., Any]:
-    """``torch.compile(fn, dynamic=True)`` with a private code object (its own cache)."""
-    full = (fn.__name__, *key)
-    if full not in _COMPILED:
-        name = f"{fn.__name__}__" + "_".join(str(k).replace("torch.", "") for k in key)
-        code = fn.__code__.replace(co_name=name)
-        clone = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
-        _COMPILED[full] = torch.compile(clone, dynamic=True, fullgraph=True)
-    return _COMPILED[full]
+def _cpu_id() -> str:
+    # -march=native code must not be reused on a different CPU (shared home directories).
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
+        return "".join(lines)
+    except OSError:
+        return platform.processor() + platform.machine()
 
 
-def _hparams(lr: float | Tensor, weight_decay: float, beta1: float, beta2: float,
-             nu: float, dtype: torch.dtype) -> Tensor:  # fmt: skip
-    # Scalars are rounded from Python doubles to ``dtype`` exactly as ATen rounds a
-    # Python-scalar operand, so the compiled math sees the eager path's numbers.
-    if isinstance(lr, Tensor):
-        lr_t = lr.detach().to("cpu", dtype)
-        rest = torch.tensor([1.0 - beta1, 1.0 - beta2, nu], dtype=dtype)
-        decay = (1.0 - lr.detach().double().cpu() * weight_decay).to(dtype)
-        return torch.cat([lr_t.reshape(1), decay.reshape(1), rest])
-    return torch.tensor([lr, 1.0 - lr * weight_decay, 1.0 - beta1, 1.0 - beta2, nu], dtype=dtype)
+def _compile(cxx: str, out: Path, openmp: bool) -> None:
+    flags = [*_FLAGS, "-fopenmp"] if openmp else _FLAGS
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        subprocess.run([cxx, *flags, str(SOURCE), "-o", str(tmp)], check=True,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+        os.replace(tmp, out)  # atomic: concurrent ranks may build the same file
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The compiled kernel library, or ``(None, reason)`` if it cannot be built."""
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        return None, "no C++ compiler found (set CXX or install g++/clang++)"
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                                 timeout=60).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"C++ compiler {cxx!r} does not run: {e}"
+    key = hashlib.sha256(
+        "\0".join([SOURCE.read_text(), " ".join(_FLAGS), version, _cpu_id()]).encode()
+    ).hexdigest()[:16]
+    out = _cache_root() / f"lion_cpu-{key}.so"
+    errors: list[str] = []
+    if not out.exists():
+        # OpenMP where the compiler has it (g++, clang++ with libomp); else one thread.
+        for openmp in (True, False):
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                _compile(cxx, out, openmp)
+                break
+            except subprocess.CalledProcessError as e:
+                errors.append((e.stderr.strip().splitlines() or ["failed"])[-1])
+            except (OSError, subprocess.SubprocessError) as e:
+                errors.append(str(e))
+        else:
+            return None, f"{cxx} could not build {SOURCE.name}: {errors[0]}"
+    try:
+        lib = ctypes.CDLL(str(out))
+    except OSError as e:
+        return None, f"the built kernel {out} does not load: {e}"
+    lib.clion_update.argtypes = [
+        _i64, _p, _p, _p, _p, _int, _int, _int, _f64, _f64, _f64, _f64, _f64, _int, _int,
+        _p, _p, _p, _p, _int,
+    ]  # fmt: skip
+    lib.clion_reduce.argtypes = [
+        _i64, _p, _p, _p, _int, _int, _f64, _int, _int, _f64, _p, _p, _int,
+    ]  # fmt: skip
+    lib.clion_supported.argtypes = [_int, _int]
+    return lib, ""
+
+
+def available() -> bool:
+    """Whether the fused CPU kernel is built (compiling it on the first call)."""
+    return _load()[0] is not None
+
+
+def _library() -> ctypes.CDLL:
+    lib, reason = _load()
+    if lib is None:
+        raise RuntimeError(f"fused=True on CPU needs the C++ kernel, but {reason}")
+    return lib
 
 
 def _flat(t: Tensor) -> Tensor:
     return _as_real(t).view(-1)
 
 
-def _fusable(*ts: Tensor) -> bool:
-    return all(_as_real(t).is_contiguous() for t in ts)
+def _kernel_ok(lib: ctypes.CDLL, p: Tensor, g: Tensor, m: Tensor) -> bool:
+    p, g, m = _as_real(p), _as_real(g), _as_real(m)
+    return (
+        p.dtype == g.dtype
+        and p.dtype in _DTYPES
+        and m.dtype in _DTYPES
+        and lib.clion_supported(_DTYPES[p.dtype], _DTYPES[m.dtype]) == 0
+        and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
+    )  # fmt: skip
+
+
+def _pointers(ts: list[Tensor]) -> ctypes.Array:
+    return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
+
+
+def _batches(lib, params, grads, exp_avgs):
+    """Indices of kernel-eligible tensors grouped by (param, momentum) dtype; the rest."""
+    batches: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+    rest = []
+    for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
+        if _as_real(p).numel() == 0:
+            continue
+        if _kernel_ok(lib, p, g, m):
+            batches.setdefault((_as_real(p).dtype, _as_real(m).dtype), []).append(i)
+        else:
+            rest.append(i)
+    return batches, rest
+
+
+def _caution_scale(agree: Tensor, numel: list[int], dtype: torch.dtype) -> Tensor:
+    # As functional._caution: numel / (mask.sum() + 1) in the compute dtype, which
+    # Tensor.__rtruediv__ evaluates as reciprocal() * numel.
+    counts = agree.to(dtype)
+    return torch.stack([(c + 1).reciprocal() * n for c, n in zip(counts, numel, strict=True)])
 
 
 @torch.no_grad()
@@ -123,71 +181,120 @@ def fused_cpu_update(
     maximize: bool = False,
     caution: bool = False,
     stats: bool = False,
+    min_stats: bool = False,
 ) -> tuple[Tensor, Tensor] | None:
-    """:func:`clion_hf.optim.functional.lion_clion_update`, fused and compiled, on CPU."""
+    """:func:`clion_hf.optim.functional.lion_clion_update` as one fused C++ pass on CPU.
+
+    ``min_stats``: also take the exact per-tensor min ``abs(c)`` in global/tensor modes
+    (wanted after a pass 1 that stopped early); otherwise, as on the other paths, those
+    modes report NaN there, since their caller has the min from pass 1.
+    """
     if not params:
         return None
-    kernel_stats = stats and mode in ("lion", "element", "soft")
-    takes = take_sign.unbind() if take_sign is not None else [None] * len(params)
-    hps: dict[torch.dtype, Tensor] = {}
-    counts: list[Tensor] = []
-    mins: list[Tensor] = []
-    for p, g, m, take in zip(params, grads, exp_avgs, takes, strict=True):
-        if p.numel() == 0:
-            if stats:
-                counts.append(torch.zeros((), dtype=torch.float32))
-                mins.append(torch.full((), math.inf))
-            continue
-        if not _fusable(p, g, m):
-            # Rare (strided views as parameters): the eager math, one tensor.
-            out = _single_tensor_update(
-                [p], [g], [m], lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay,
-                mode=mode, nu=nu, take_sign=None if take is None else take.reshape(1),
-                maximize=maximize, caution=caution, stats=stats,
-            )  # fmt: skip
-            if out is not None:
-                counts.append(out[0][0])
-                mins.append(out[1][0])
-            continue
-        ct = compute_dtype(_as_real(p).dtype)
-        if ct not in hps:
-            hps[ct] = _hparams(lr, weight_decay, beta1, beta2, nu, ct)
-        # One code object per dtype combination keeps each under dynamo's recompile limit.
-        fn = _compiled(_update_one, (mode, caution, maximize, kernel_stats, p.dtype, g.dtype,
-                                     m.dtype))
-        out = fn(_flat(p), _flat(g), _flat(m), hps[ct], take, mode, caution, maximize,
-                 kernel_stats)  # fmt: skip
-        if kernel_stats:
-            counts.append(out[0].float())
-            mins.append(out[1])
-        elif stats:
-            n = float(_as_real(p).numel())
-            counts.append(take.float() * n if take is not None else torch.tensor(n))
-            mins.append(torch.full((), math.nan))
-    if stats:
-        return torch.stack(counts), torch.stack(mins)
-    return None
+    lib = _library()
+    n = len(params)
+    two_pass = mode in ("global", "tensor")
+    counts = torch.zeros(n, dtype=torch.float32)
+    mins = torch.full((n,), math.nan if two_pass and not min_stats else math.inf)
+    if isinstance(lr, Tensor):
+        # The foreach path multiplies by these tensors; their values, rounded alike.
+        lr_t = lr.detach().cpu()
+        lr_value, decay, lr_is_tensor = float(lr_t), float(1.0 - lr_t * weight_decay), 1
+    else:
+        lr_value, decay, lr_is_tensor = lr, 1.0 - lr * weight_decay, 0
+    if weight_decay == 0:
+        decay = 1.0
+    take_np = take_sign.to("cpu", torch.uint8) if take_sign is not None else None
+    batches, rest = _batches(lib, params, grads, exp_avgs)
+    threads = torch.get_num_threads()
+    want_min = stats and (min_stats or not two_pass)
+    for (pdt, mdt), idx in batches.items():
+        ps = [_flat(params[i]) for i in idx]
+        gs = [_flat(grads[i]) for i in idx]
+        ms = [_flat(exp_avgs[i]) for i in idx]
+        numel = torch.tensor([t.numel() for t in ps], dtype=torch.int64)
+        k = len(idx)
+        count = torch.zeros(k, dtype=torch.int64)
+        min_abs = torch.empty(k, dtype=torch.float64)
+        p_ptr, g_ptr, m_ptr = _pointers(ps), _pointers(gs), _pointers(ms)
+        take = take_np[idx].contiguous() if take_np is not None else None
+        scale = None
+        if caution:
+            agree = torch.empty(k, dtype=torch.int64)
+            rc = lib.clion_reduce(k, g_ptr, m_ptr, numel.data_ptr(), _DTYPES[pdt], _DTYPES[mdt],
+                                  1.0 - beta1, int(maximize), 0, 0.0, agree.data_ptr(), None,
+                                  threads)  # fmt: skip
+            assert rc == 0
+            scale = _caution_scale(agree, numel.tolist(), compute_dtype(pdt)).double()
+        rc = lib.clion_update(
+            k, p_ptr, g_ptr, m_ptr, numel.data_ptr(), _DTYPES[pdt], _DTYPES[mdt], _MODES[mode],
+            lr_value, decay, 1.0 - beta1, 1.0 - beta2, nu, lr_is_tensor, int(maximize),
+            None if take is None else take.data_ptr(),
+            None if scale is None else scale.data_ptr(),
+            count.data_ptr(), min_abs.data_ptr() if want_min else None, threads,
+        )  # fmt: skip
+        assert rc == 0, "dtype pair was checked by clion_supported"
+        at = torch.tensor(idx)
+        counts[at] = count.float()
+        if want_min:
+            mins[at] = min_abs.float()
+    for i in rest:
+        # Rare (strided views, mixed grad dtype): the eager math, one tensor.
+        if stats and two_pass and min_stats:  # its exact min, before m changes
+            mins[i] = direction_min_abs([grads[i]], [exp_avgs[i]], beta1=beta1,
+                                        maximize=maximize)[0]  # fmt: skip
+        out = _single_tensor_update(
+            [params[i]], [grads[i]], [exp_avgs[i]], lr=lr, beta1=beta1, beta2=beta2,
+            weight_decay=weight_decay, mode=mode, nu=nu,
+            take_sign=None if take_sign is None else take_sign[i].reshape(1),
+            maximize=maximize, caution=caution, stats=True,
+        )  # fmt: skip
+        counts[i] = out[0][0]
+        if not two_pass:
+            mins[i] = out[1][0]
+    return (counts, mins) if stats else None
+
+
+_STOP = {None: 0, "tensor": 1, "all": 2}
 
 
 @torch.no_grad()
 def fused_cpu_direction_min_abs(
-    grads: list[Tensor], exp_avgs: list[Tensor], *, beta1: float
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    *,
+    beta1: float,
+    stop_below: float | None = None,
+    stop: str | None = None,
 ) -> Tensor:
-    """:func:`clion_hf.optim.functional.direction_min_abs`, compiled, on CPU."""
-    out = []
-    hps: dict[torch.dtype, Tensor] = {}
-    for g, m in zip(grads, exp_avgs, strict=True):
-        gr, mr = _as_real(g), _as_real(m)
-        if gr.numel() == 0:
-            out.append(torch.full((), math.inf))
-            continue
+    """:func:`clion_hf.optim.functional.direction_min_abs` as one fused pass on CPU.
+
+    With ``stop="tensor"`` (or ``"all"``) and ``stop_below=nu`` the pass stops reading a
+    tensor (or every tensor) once it has found a non-zero ``abs(c)`` below ``nu``: the
+    result is then only good for the comparison with ``nu`` (a witness below it, ``inf``
+    for skipped tensors), and the exact min must come from the update pass.
+    """
+    if stop not in _STOP:
+        raise ValueError(f"invalid stop={stop!r}: allowed are None, 'tensor', 'all'")
+    lib = _library()
+    n = len(grads)
+    out = torch.full((n,), math.inf)
+    batches, rest = _batches(lib, grads, grads, exp_avgs)
+    threads = torch.get_num_threads()
+    for (gdt, mdt), idx in batches.items():
+        gs = [_flat(grads[i]) for i in idx]
+        ms = [_flat(exp_avgs[i]) for i in idx]
+        numel = torch.tensor([t.numel() for t in gs], dtype=torch.int64)
+        min_abs = torch.empty(len(idx), dtype=torch.float64)
+        rc = lib.clion_reduce(len(idx), _pointers(gs), _pointers(ms), numel.data_ptr(),
+                              _DTYPES[gdt], _DTYPES[mdt], 1.0 - beta1, 0, _STOP[stop],
+                              -math.inf if stop_below is None else stop_below, None,
+                              min_abs.data_ptr(), threads)  # fmt: skip
+        assert rc == 0
+        out[torch.tensor(idx)] = min_abs.float()
+    for i in rest:
+        gr, mr = _as_real(grads[i]), _as_real(exp_avgs[i])
         ct = compute_dtype(gr.dtype)
-        if ct not in hps:
-            hps[ct] = _hparams(0.0, 0.0, beta1, 0.0, 1.0, ct)
-        if gr.is_contiguous() and mr.is_contiguous():
-            fn = _compiled(_min_abs_one, (gr.dtype, mr.dtype))
-            out.append(fn(gr.view(-1), mr.view(-1), hps[ct]))
-        else:
-            c = torch.lerp(mr.to(ct), gr.to(ct), 1.0 - beta1).abs()
-            out.append(torch.where(c == 0, math.inf, c).amin().float())
-    return torch.stack(out) if out else torch.empty(0, dtype=torch.float32)
+        c = torch.lerp(mr.to(ct), gr.to(ct), 1.0 - beta1).abs()
+        out[i] = torch.where(c == 0, math.inf, c).amin().float()
+    return out
