@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import subprocess
 import sys
@@ -15,79 +16,177 @@ import torch
 from test_optim import TOL, make_problem, run_ours, run_ref
 
 from clion_hf import CLion, Lion
+from clion_hf.optim import fused_cpu
+from clion_hf.optim.functional import compute_dtype
 from clion_hf.optim.fused import default_fused
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01), ("element", 0.3), ("soft", 0.5)]
-EPS32 = torch.finfo(torch.float32).eps
 
 
-def _one_step_pair(opt_cls, shapes, pdt, mdt, **kw):
-    """Two optimizers from the same state (after 3 foreach steps), then one step each."""
+def _step_pair(opt_cls, shapes, pdt, mdt, steps=4, grads=None, **kw):
+    """A foreach and a fused optimizer over equal parameters, ``steps`` equal steps each."""
     gen = torch.Generator().manual_seed(7)
     ps = [torch.nn.Parameter(torch.randn(s, generator=gen).to(pdt)) for s in shapes]
-    opt = opt_cls(ps, foreach=True, fused=False, momentum_dtype=mdt, **kw)
-    for _ in range(3):
-        for p in ps:
-            p.grad = torch.randn(p.shape, generator=gen).to(pdt)
+    qs = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt = opt_cls(ps, foreach=True, momentum_dtype=mdt, **kw)
+    opt_f = opt_cls(qs, fused=True, momentum_dtype=mdt, **kw)
+    for step in range(steps):
+        for p, q in zip(ps, qs, strict=True):
+            g = grads(p, step) if grads else torch.randn(p.shape, generator=gen).to(pdt)
+            p.grad, q.grad = g, g.clone()
         opt.step()
-    for p in ps:
-        p.grad = torch.randn(p.shape, generator=gen).to(pdt)
-    ps_f = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    for a, b in zip(ps_f, ps, strict=True):
-        a.grad = b.grad.clone()
-    opt_f = opt_cls(ps_f, fused=True, momentum_dtype=mdt, **kw)
-    opt_f.load_state_dict(copy.deepcopy(opt.state_dict()))
-    m_before = [opt.state[p]["exp_avg"].clone() for p in ps]
-    opt.step()
-    opt_f.step()
-    return ps, opt, ps_f, opt_f, m_before
+        opt_f.step()
+    return ps, opt, qs, opt_f
 
 
-def _assert_within_one_ulp(a, b, *scales):
-    """|a - b| <= one fp32 ulp of the largest operand (fma vs mul+add in lerp)."""
-    bound = torch.stack([s.detach().abs().float() for s in (a, *scales)]).amax(0) * EPS32
-    diff = (a.detach().float() - b.detach().float()).abs()
-    assert bool((diff <= bound).all()), float((diff - bound).max())
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
 
 
-SHAPES = [(64, 48), (1000,), (3, 5, 8), (2,)]
+def _assert_same(ps, opt, qs, opt_f):
+    """Parameters, momenta and (CLion) statistics equal bit for bit (NaN equal to NaN)."""
+    exact = dict(rtol=0, atol=0, equal_nan=True)
+    for p, q in zip(ps, qs, strict=True):
+        torch.testing.assert_close(q.detach(), p.detach(), **exact)
+        torch.testing.assert_close(opt_f.state[q]["exp_avg"], opt.state[p]["exp_avg"], **exact)
+    if isinstance(opt, CLion):
+        a, b = opt.last_step_stats(per_tensor=True), opt_f.last_step_stats(per_tensor=True)
+        assert a["sign_fraction"] == b["sign_fraction"]
+        assert _same(a["min_abs_c"], b["min_abs_c"])
+        for x, y in zip(a["tensors"], b["tensors"], strict=True):
+            assert x["sign_fraction"] == y["sign_fraction"]
+            assert _same(x["min_abs_c"], y["min_abs_c"])
+        a, b = opt.consume_stats(), opt_f.consume_stats()
+        assert a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+
+
+# (70000,): several kernel chunks (32768 elements each) in one tensor
+SHAPES = [(64, 48), (1000,), (3, 5, 8), (2,), (70000,)]
 CASES = [("lion", {}), ("lion-caution", {"caution": True})] + [
     (f"clion-{m}", {"mode": m, "nu": nu}) for m, nu in MODES
 ]
+DTYPES = [(torch.float32, None), (torch.bfloat16, None), (torch.float32, torch.bfloat16),
+          (torch.bfloat16, torch.bfloat16), (torch.float16, None), (torch.float64, None)]
 
 
+@pytest.mark.parametrize("pdt,mdt", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("name,kw", CASES, ids=[c[0] for c in CASES])
-def test_fused_cpu_matches_foreach_one_step_fp32(name, kw):
+def test_fused_cpu_equals_foreach_bitwise(name, kw, pdt, mdt):
+    # The kernel replays the foreach path's operations, fma where ATen's vector kernels
+    # have one and no other contraction, so the results are the same bits.
     opt_cls = Lion if name.startswith("lion") else CLion
-    kw = {**kw, "lr": 0.01, "weight_decay": 0.1}
-    ps, opt, ps_f, opt_f, m_before = _one_step_pair(opt_cls, SHAPES, torch.float32, None, **kw)
-    for p, q, m0 in zip(ps, ps_f, m_before, strict=True):
-        _assert_within_one_ulp(p, q, m0, p.grad)
-        _assert_within_one_ulp(opt.state[p]["exp_avg"], opt_f.state[q]["exp_avg"], m0, p.grad)
-    if opt_cls is CLion:
-        a, b = opt.last_step_stats(per_tensor=True), opt_f.last_step_stats(per_tensor=True)
-        assert a["sign_fraction"] == pytest.approx(b["sign_fraction"])
-        for x, y in zip(a["tensors"], b["tensors"], strict=True):
-            assert x["sign_fraction"] == y["sign_fraction"]
-            assert x["min_abs_c"] == pytest.approx(y["min_abs_c"], rel=1e-5, abs=1e-6)
+    run = _step_pair(opt_cls, SHAPES, pdt, mdt, lr=0.01, weight_decay=0.1, **kw)
+    _assert_same(*run)
+    assert run[3].state[run[2][0]]["exp_avg"].dtype == (mdt or compute_dtype(pdt))
 
 
-@pytest.mark.parametrize("pdt,mdt", [(torch.bfloat16, None), (torch.float32, torch.bfloat16),
-                                     (torch.bfloat16, torch.bfloat16)])
-@pytest.mark.parametrize("name,kw", CASES[:2] + CASES[3:],
-                         ids=[c[0] for c in CASES[:2] + CASES[3:]])
-def test_fused_cpu_matches_foreach_low_precision(name, kw, pdt, mdt):
-    opt_cls = Lion if name.startswith("lion") else CLion
-    kw = {**kw, "lr": 0.01, "weight_decay": 0.1}
-    ps, opt, ps_f, opt_f, _ = _one_step_pair(opt_cls, SHAPES, pdt, mdt, **kw)
-    for p, q in zip(ps, ps_f, strict=True):
-        assert p.dtype == q.dtype == pdt
-        assert opt_f.state[q]["exp_avg"].dtype == (mdt or torch.float32)
-        # Math is fp32 on both paths; storage rounding may differ by one unit of bf16.
-        torch.testing.assert_close(q, p, rtol=2 ** -7, atol=1e-6)
-        torch.testing.assert_close(opt_f.state[q]["exp_avg"], opt.state[p]["exp_avg"],
-                                   rtol=2 ** -7, atol=1e-6)
+@pytest.mark.parametrize("name,kw", [("lion", {}), ("clion-element", {"mode": "element",
+                                      "nu": 0.3}), ("clion-global", {"mode": "global",
+                                      "nu": 1e-9})], ids=["lion", "element", "global"])
+def test_fused_cpu_equals_foreach_maximize_tensor_lr_complex(name, kw):
+    opt_cls = Lion if name == "lion" else CLion
+    for extra in ({"maximize": True}, {"lr": torch.tensor(0.01)}):
+        _assert_same(*_step_pair(opt_cls, SHAPES, torch.float32, None, weight_decay=0.1,
+                                 **{"lr": 0.01, **kw, **extra}))  # fmt: skip
+    _assert_same(*_step_pair(opt_cls, [(40, 3), (7,)], torch.complex64, None, lr=0.01, **kw))
+
+
+def test_fused_cpu_nan_and_strided_grads_follow_foreach():
+    def grads(p, step):
+        g = torch.randn(tuple(reversed(p.shape))).t() if p.dim() == 2 else torch.randn(p.shape)
+        if step == 2 and p.numel() == 1000:
+            g[17] = float("nan")  # NaN propagates into p, m and the min statistic alike
+        return g
+
+    for mode in ("element", "global", "tensor"):
+        run = _step_pair(CLion, SHAPES, torch.float32, None, grads=grads, lr=0.01,
+                         mode=mode, nu=1e-3)  # fmt: skip
+        assert not run[2][0].grad.is_contiguous()  # taken by the eager fallback
+        _assert_same(*run)
+
+
+@pytest.mark.parametrize("mode", ["global", "tensor"])
+@pytest.mark.parametrize("nu", [1e-30, 1e-4, 10.0], ids=["sign", "mixed", "identity"])
+def test_early_exit_of_the_reduction_keeps_decisions_and_exact_statistics(mode, nu):
+    # Pass 1 stops at the first |c| below nu; decisions, updates and the reported min |c|
+    # must still equal the foreach path's (which reads everything). 300000 elements:
+    # ten chunks, so later chunks are really skipped. "mixed": with tensor mode some
+    # tensors take the sign branch (the tiny one has no |c| below 1e-4), others do not.
+    shapes = [(300000,), (5,), (1000,)]
+
+    def grads(p, step):
+        return torch.full(p.shape, 0.5) if p.numel() == 5 else torch.randn(p.shape)
+
+    run = _step_pair(CLion, shapes, torch.float32, None, grads=grads, lr=0.01, mode=mode,
+                     nu=nu)  # fmt: skip
+    _assert_same(*run)
+    fractions = [t["sign_fraction"] for t in run[3].last_step_stats(per_tensor=True)["tensors"]]
+    if nu == 1e-4 and mode == "tensor":
+        assert fractions == [0.0, 1.0, 0.0]
+
+
+def test_reduction_stop_returns_a_witness_below_nu():
+    gs = [torch.randn(200000), torch.randn(100000), torch.full((10,), 2.0)]
+    ms = [torch.zeros_like(g) for g in gs]
+    exact = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9)
+    ref = torch.stack([torch.where(g == 0, math.inf, (0.1 * g).abs()).amin() for g in gs])
+    torch.testing.assert_close(exact, ref, rtol=0, atol=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # chunks in order: the first one decides
+    try:
+        per_tensor = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="tensor",
+                                                           stop_below=1e-3)  # fmt: skip
+        everything = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="all",
+                                                           stop_below=1e-3)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert per_tensor[0] < 1e-3 and per_tensor[1] < 1e-3  # witnesses, maybe not the min
+    assert per_tensor[2] == exact[2] == pytest.approx(0.2)  # no |c| below nu: exact
+    assert everything[0] < 1e-3 and everything[1:].isinf().all()  # the rest was skipped
+    with pytest.raises(ValueError, match="stop='some'"):
+        fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="some")
+
+
+NO_COMPILER = textwrap.dedent("""
+    import torch
+    from clion_hf import CLion
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = CLion([p], mode="element")
+    p.grad = torch.ones(3)
+    opt.step()  # default: falls back to the eager path
+    assert not opt._use_fused(opt.param_groups[0], [p])
+    try:
+        CLion([p], fused=True)
+    except ValueError as e:
+        print("ERROR", e)
+""")
+
+
+@pytest.mark.slow
+def test_without_a_compiler_the_default_falls_back_and_fused_true_explains(tmp_path):
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-c++"), "CLION_HF_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", NO_COMPILER], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ERROR fused=True is not available for parameters on cpu: C++ compiler" in proc.stdout
+    assert "no-such-c++" in proc.stdout and proc.stdout.count("\n") == 1
+
+
+def test_kernel_is_built_once_into_the_cache_and_reused(tmp_path):
+    env = {**os.environ, "CLION_HF_CACHE": str(tmp_path)}
+    code = ("from clion_hf.optim import fused_cpu as f; assert f.available(); "
+            "print(f._load()[0]._name)")
+    first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-2000:]
+    built = Path(first.stdout.strip())
+    assert built.parent == tmp_path / "kernels" and built.exists()
+    stamp = built.stat().st_mtime_ns
+    again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                           text=True, timeout=300)  # fmt: skip
+    assert Path(again.stdout.strip()) == built and built.stat().st_mtime_ns == stamp
+    assert not list((tmp_path / "kernels").glob("*.tmp"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -131,9 +230,14 @@ def test_fused_argument_validation_and_default():
         Lion([torch.nn.Parameter(torch.zeros(3, device="meta"))], fused=True)
     with pytest.raises(ValueError, match="fused='yes'"):
         Lion([p], fused="yes")
-    # Automatic choice: CPU stays on the eager paths (compiling costs seconds up front).
-    assert not default_fused([p])
-    assert not CLion([p])._use_fused(CLion([p]).param_groups[0], [p])
+    # Automatic choice: the C++ kernel on CPU (built here), unless foreach is chosen.
+    assert default_fused([p])
+    assert CLion([p])._use_fused(CLion([p]).param_groups[0], [p])
+    for foreach in (True, False):
+        opt = Lion([p], foreach=foreach)
+        assert not opt._use_fused(opt.param_groups[0], [p])
+    meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    assert not default_fused([meta])
 
 
 @pytest.mark.slow

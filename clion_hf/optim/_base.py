@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from .fused import compiling, default_fused, supported_device
+from .fused import compiling, default_fused, unavailable_reason
 
 try:  # FSDP2 shards parameters as DTensors; the update runs on the local shards.
     from torch.distributed.tensor import DTensor
@@ -134,11 +134,11 @@ class LionFamily(Optimizer):
             if not group.get("fused"):
                 continue
             for p in group["params"]:
-                if not supported_device(p.device):
+                reason = unavailable_reason(p.device)
+                if reason is not None:
                     raise ValueError(
-                        f"fused=True is not available for parameters on {p.device}: the "
-                        "fused paths are CPU (torch.compile) and CUDA (needs triton); use "
-                        "fused=None or fused=False"
+                        f"fused=True is not available for parameters on {p.device}: "
+                        f"{reason}; use fused=None or fused=False"
                     )
 
     @staticmethod
@@ -148,7 +148,7 @@ class LionFamily(Optimizer):
             return False
         if group.get("fused") is not None:
             return bool(group["fused"])
-        if group.get("foreach"):
+        if group.get("foreach") is not None:  # an explicit foreach=True/False choice
             return False
         return default_fused(params)
 

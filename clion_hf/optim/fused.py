@@ -1,15 +1,15 @@
-"""Dispatch of the fused paths: compiled CPU kernels or Triton kernels on CUDA.
+"""Dispatch of the fused paths: a C++ kernel on CPU, Triton kernels on CUDA.
 
-The fused paths are opt-in (``fused=True``); ``fused=None`` (the default) keeps the
-foreach/single-tensor path. On CPU the fused path is several times faster per step but
-compiles C++ kernels at the first step (seconds, once per process; a C++ compiler must be
-installed), the wrong surprise for small models and tests. The Triton kernels are tested
-under ``TRITON_INTERPRET=1`` only: they become the CUDA default once
-``benchmarks/gpu_check.sh`` has passed on a GPU.
+On CPU the fused path is the default (``fused=None``) wherever its kernel builds: it
+gives the foreach path's results bit for bit at a fraction of the time, and costs a
+one-off compilation of a few seconds per machine (cached on disk). Without a C++
+compiler the default falls back to the eager paths. On CUDA the fused path is opt-in
+(``fused=True``): the Triton kernels are tested under ``TRITON_INTERPRET=1`` only, and
+become the CUDA default once ``benchmarks/gpu_check.sh`` has passed on a GPU.
 
 Under ``torch.compile`` of a training step the fused paths step aside and the plain
 functional math is traced instead: Inductor then fuses it into the surrounding graph,
-and no host-side launch code (pointer tables, nested compiles) breaks the graph.
+and no host-side launch code (pointer tables, foreign calls) breaks the graph.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import os
 import torch
 from torch import Tensor
 
+from . import fused_cpu
 from .functional import direction_min_abs
 
 # Testing only: route the fused path through the Triton kernels even for CPU tensors, so
@@ -38,21 +39,23 @@ def triton_available() -> bool:
     return True
 
 
-def supported_device(device: torch.device) -> bool:
-    """Whether a fused implementation exists for tensors on ``device``."""
-    if device.type == "cpu":
-        return True
-    return device.type == "cuda" and triton_available()
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why ``fused=True`` cannot run on ``device``, or None if it can."""
+    if device.type == "cpu" and not _FORCE_TRITON:
+        return None if fused_cpu.available() else fused_cpu.unavailable_reason()
+    if device.type in ("cuda", "cpu"):
+        return None if triton_available() else "the fused CUDA path needs triton"
+    return f"there is no fused path for {device.type} tensors (only cpu and cuda)"
 
 
 def default_fused(params: list[Tensor]) -> bool:
-    """The automatic choice for ``fused=None``: off everywhere for now (see the module doc).
-
-    Not yet validated on GPU hardware, the Triton path must not be what CUDA users get
-    without asking.
-    """
-    del params
-    return False
+    """The automatic choice for ``fused=None`` (and ``foreach=None``): CPU only, see above."""
+    return (
+        bool(params)
+        and not _FORCE_TRITON
+        and all(p.device.type == "cpu" for p in params)
+        and fused_cpu.available()
+    )
 
 
 def compiling() -> bool:

@@ -9,7 +9,7 @@ The source is compiled on first use with the system C++ compiler (about a second
 torch headers) and cached under ``$CLION_HF_CACHE/kernels`` (default
 ``~/.cache/clion_hf/kernels``), keyed by source, compiler and CPU; it is called through
 ``ctypes``. Without a working compiler :func:`available` is False and the optimizers use
-the foreach path (``fused=True`` then raises, naming the compiler error).
+the eager paths (``fused=True`` then raises, naming the compiler error).
 
 The arithmetic mirrors :mod:`clion_hf.optim.functional` operation by operation (fma
 where ATen's vectorised kernels use one), so results match the foreach path (tested).
@@ -116,6 +116,11 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 def available() -> bool:
     """Whether the fused CPU kernel is built (compiling it on the first call)."""
     return _load()[0] is not None
+
+
+def unavailable_reason() -> str:
+    """Why the kernel could not be built ("" if it was)."""
+    return _load()[1]
 
 
 def _library() -> ctypes.CDLL:

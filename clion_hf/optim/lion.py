@@ -33,15 +33,17 @@ class Lion(LionFamily):
             rescale the rest (Liang et al., "Cautious Optimizers", Algorithm 2). This is
             not CLion (:class:`clion_hf.CLion`), which shares the name "cautious".
         maximize: maximize the objective instead of minimizing it.
-        foreach: use ``torch._foreach_*`` kernels (default: on non-CPU devices).
+        foreach: use ``torch._foreach_*`` kernels (default: on non-CPU devices);
+            ``False`` forces the single-tensor loop.
         momentum_dtype: dtype of the momentum buffer (default fp32, or fp64 for fp64
             parameters); ``torch.bfloat16`` halves optimizer state. Math runs in fp32.
-        fused: one fused pass per step: Triton kernels on CUDA, ``torch.compile``d
-            kernels on CPU. Opt-in: ``None`` (default) means foreach/single-tensor (the
-            Triton kernels are so far tested only under Triton's CPU interpreter). On CPU
-            ``fused=True`` costs a one-off compilation (seconds) at the first step and
-            needs a C++ compiler. Under ``torch.compile`` of the training step the plain
-            math is traced instead.
+        fused: one multi-tensor pass per step: a C++ kernel on CPU (built with the
+            system compiler on first use, a few seconds once per machine, then cached),
+            Triton kernels on CUDA. ``None`` (default, with ``foreach=None``) picks the CPU
+            kernel where it builds, whose results equal the foreach path's bit for bit,
+            and the eager paths elsewhere: the Triton kernels are so far tested only under
+            Triton's CPU interpreter, so CUDA needs ``fused=True``. Under
+            ``torch.compile`` of the training step the plain math is traced instead.
     """
 
     def __init__(
