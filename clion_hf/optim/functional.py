@@ -45,8 +45,31 @@ def min_nonzero_abs(c: Tensor) -> Tensor:
     """
     if c.numel() == 0:
         return torch.full((), math.inf, dtype=torch.float32, device=c.device)
-    a = c.abs()
-    return torch.where(a == 0, math.inf, a).amin().float()
+    return _min_nonzero_of_abs(c.abs())
+
+
+_BITS = {torch.float32: (torch.int32, 0x7FFFFFFF), torch.float64: (torch.int64, 2**63 - 1)}
+
+
+def _min_nonzero_of_abs(a: Tensor) -> Tensor:
+    """Min non-zero entry of ``a = abs(c)``, a temporary of the caller that is overwritten.
+
+    In place, because on CPU a fresh allocation costs a page-faulting pass. On CPU (where
+    reading a value is no device sync) the plain ``amin`` answers unless it is 0; only
+    then do zeros get masked, through the integer view: for non-negative floats the order
+    of the bit patterns is the order of the values, and ``(bits - 1) & max`` sends 0 to the
+    largest integer. Elsewhere: one masked fill, no sync.
+    """
+    if a.device.type != "cpu" or torch.compiler.is_compiling() or a.dtype not in _BITS:
+        return a.masked_fill_(a == 0, math.inf).amin().float()
+    low = a.amin()  # NaN if any entry is NaN, as the masked path
+    if bool(low != 0):
+        return low.float()
+    int_dtype, top = _BITS[a.dtype]
+    key = a.view(int_dtype).sub_(1).bitwise_and_(top).amin()
+    if int(key) == top:  # every entry is 0
+        return torch.full((), math.inf)
+    return (key + 1).view(a.dtype).float()
 
 
 def _direction(m: Tensor, g: Tensor, beta1: float) -> Tensor:
@@ -114,7 +137,10 @@ def direction_min_abs(
         cs = torch._foreach_lerp(ms, gs, 1.0 - beta1)
     else:
         cs = [_direction(m, g, beta1) for m, g in zip(ms, gs, strict=True)]
-    return torch.stack([min_nonzero_abs(c).to(device) for c in cs])
+    return torch.stack([
+        _min_nonzero_of_abs(c.abs_()).to(device) if c.numel() else min_nonzero_abs(c)
+        for c in cs
+    ])  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -122,47 +148,45 @@ def direction_min_abs(
 # --------------------------------------------------------------------------------------
 
 
-def _h_single(c: Tensor, mode: str, nu: float, take_sign: Tensor | None) -> Tensor:
-    if mode == "lion":
-        return c.sign()
-    if mode in ("global", "tensor"):
-        assert take_sign is not None
-        return torch.where(take_sign, c.sign(), c)
-    if mode == "element":
-        return torch.where(c.abs() >= nu, c.sign(), c)
-    if mode == "soft":
-        return (c / nu).clamp_(-1.0, 1.0)
-    raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+def _h_and_stats(
+    c: Tensor, mode: str, nu: float, take_sign: Tensor | None, stats: bool
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """``h(c)`` and, with ``stats``, (sign-branch count, min non-zero ``abs(c)``) of a tensor.
 
-
-def _sign_count(c: Tensor, mode: str, nu: float, take_sign: Tensor | None) -> Tensor:
-    """How many coordinates of this tensor took the sign branch (fp32, 0-d)."""
-    if mode in ("global", "tensor"):
-        assert take_sign is not None
-        return take_sign.float() * c.numel()
-    if mode in ("element", "soft"):
-        # soft saturates exactly where |c| >= nu: there it equals sign(c).
-        return (c.abs() >= nu).sum().float()
-    return torch.full((), float(c.numel()), device=c.device)
-
-
-def _tensor_stats(
-    c: Tensor, mode: str, nu: float, take_sign: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    """(sign-branch count, min non-zero ``abs(c)``) of one tensor, with one ``abs`` pass.
-
-    Global/tensor modes get NaN for the min: their caller computed it in pass 1.
+    ``c`` is the caller's temporary and is overwritten (``h`` may be ``c`` itself): buffers
+    are shared between ``h`` and the statistics, because on CPU every fresh allocation
+    costs a page-faulting pass. Global/tensor modes get NaN for the min (their caller has
+    it from pass 1); counts are fp32.
     """
+    count = mn = None
     if mode in ("global", "tensor"):
-        return _sign_count(c, mode, nu, take_sign), torch.full((), math.nan, device=c.device)
-    if c.numel() == 0:
-        return _sign_count(c, mode, nu, take_sign), min_nonzero_abs(c)
+        assert take_sign is not None
+        if stats:
+            count = take_sign.float() * c.numel()
+            mn = torch.full((), math.nan, device=c.device)
+        if take_sign.device.type == "cpu" and not torch.compiler.is_compiling():
+            # Reading a CPU bool is no device sync: skip the select and its temporaries.
+            return (c.sign_() if bool(take_sign) else c), count, mn
+        return torch.where(take_sign, c.sign(), c), count, mn
+    if mode not in ("lion", "element", "soft"):
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    if mode == "lion" and not stats:
+        return c.sign_(), None, None
     a = c.abs()
-    if mode in ("element", "soft"):
-        count = (a >= nu).sum().float()
-    else:
+    if mode == "lion":
         count = torch.full((), float(c.numel()), device=c.device)
-    return count, torch.where(a == 0, math.inf, a).amin().float()
+    else:  # soft saturates exactly where abs(c) >= nu: there it equals sign(c)
+        mask = a >= nu
+        if stats:
+            count = torch.count_nonzero(mask).float()  # a bool .sum() is slow on CPU
+    if stats:
+        mn = _min_nonzero_of_abs(a) if c.numel() else min_nonzero_abs(c)
+    if mode == "lion":
+        return c.sign_(), count, mn
+    if mode == "soft":
+        return c.div_(nu).clamp_(-1.0, 1.0), count, mn
+    # element: sign(c) where abs(c) >= nu, else c; the sign goes into a's buffer
+    return torch.where(mask, torch.sign(c, out=a), c, out=c), count, mn
 
 
 def _apply_update(p: Tensor, h: Tensor, lr: float | Tensor) -> None:
@@ -220,16 +244,6 @@ def lion_clion_update(
     )  # fmt: skip
 
 
-def _collect_stats(
-    cs: list[Tensor], mode: str, nu: float, take_sign: Tensor | None
-) -> tuple[Tensor, Tensor]:
-    pairs = [
-        _tensor_stats(c, mode, nu, None if take_sign is None else take_sign[i])
-        for i, c in enumerate(cs)
-    ]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-
-
 def _single_tensor_update(
     params, grads, exp_avgs, *, lr, beta1, beta2, weight_decay, mode, nu, take_sign,
     maximize, caution, stats,
@@ -239,11 +253,10 @@ def _single_tensor_update(
     for i, (p, g, m) in enumerate(zip(p_c, g_c, m_c, strict=True)):
         c = _direction(m, g, beta1)
         t = None if take_sign is None else take_sign[i]
-        h = _h_single(c, mode, nu, t)
+        h, count, mn = _h_and_stats(c, mode, nu, t, stats)
         if caution:
             h = _caution(h, g)
         if stats:
-            count, mn = _tensor_stats(c, mode, nu, t)
             counts.append(count)
             mins.append(mn)
         if weight_decay != 0:
@@ -263,22 +276,20 @@ def _foreach_update(
 ):  # fmt: skip
     p_c, g_c, m_c, p_store = _prepare(params, grads, exp_avgs, maximize)
     cs = torch._foreach_lerp(m_c, g_c, 1.0 - beta1)
-    result = _collect_stats(cs, mode, nu, take_sign) if stats else None
-    # cs is a temporary: transform it in place rather than allocating another list
-    if mode == "lion":
+    # cs is a temporary: h(c) is computed in its buffers
+    if mode == "lion" and not stats:
         torch._foreach_sign_(cs)
-        hs = cs
-    elif mode == "soft":
-        torch._foreach_div_(cs, nu)
-        torch._foreach_clamp_min_(cs, -1.0)
-        torch._foreach_clamp_max_(cs, 1.0)
-        hs = cs
+        hs, result = cs, None
     else:
-        # No foreach "where": a per-tensor select on top of the foreach passes.
-        hs = [
-            _h_single(c, mode, nu, None if take_sign is None else take_sign[i])
+        # No foreach "where": per-tensor selects (sharing buffers with the statistics).
+        out = [
+            _h_and_stats(c, mode, nu, None if take_sign is None else take_sign[i], stats)
             for i, c in enumerate(cs)
         ]
+        hs = [o[0] for o in out]
+        result = None
+        if stats:
+            result = torch.stack([o[1] for o in out]), torch.stack([o[2] for o in out])
     if caution:
         hs = [_caution(h, g) for h, g in zip(hs, g_c, strict=True)]
     if weight_decay != 0:
