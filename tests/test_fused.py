@@ -114,9 +114,14 @@ def test_early_exit_of_the_reduction_keeps_decisions_and_exact_statistics(mode, 
     # ten chunks, so later chunks are really skipped. "mixed": with tensor mode some
     # tensors take the sign branch (the tiny one has no |c| below 1e-4), others do not.
     shapes = [(300000,), (5,), (1000,)]
+    gen = torch.Generator().manual_seed(3)
 
     def grads(p, step):
-        return torch.full(p.shape, 0.5) if p.numel() == 5 else torch.randn(p.shape)
+        if p.numel() == 5:
+            return torch.full(p.shape, 0.5)
+        g = torch.randn(p.shape, generator=gen)
+        g[-1] = 1e-8  # so "mixed" has |c| below nu in these tensors, at every step
+        return g
 
     run = _step_pair(CLion, shapes, torch.float32, None, grads=grads, lr=0.01, mode=mode,
                      nu=nu)  # fmt: skip

@@ -2,7 +2,7 @@
 //
 // Built on first use by clion_hf/optim/fused_cpu.py with the system C++ compiler
 // (-O3 -march=native -fopenmp -ffp-contract=off) and called through ctypes: no torch
-// headers, so it compiles in about a second. One call updates every tensor of a param
+// headers, so it compiles in a few seconds; plain C++17 (GCC >= 7, clang >= 5). One call updates every tensor of a param
 // group: the work is cut into chunks of at most CHUNK elements across all tensors and
 // the chunks are shared among OpenMP threads.
 //
@@ -36,18 +36,39 @@ enum Dtype : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
 // update rules, shared with fused_cpu.py
 enum Mode : int { LION = 0, TAKE = 1, ELEMENT = 2, SOFT = 3 };
 
+// Storage types for the 16-bit formats: plain bits, converted in software (branch-free,
+// so loops vectorise), which needs neither f16 (GCC >= 12) nor F16C.
 struct bf16 {
   uint16_t bits;
 };
+struct f16 {
+  uint16_t bits;
+};
+
+inline uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float float_of(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
 
 inline float load(float x) { return x; }
 inline double load(double x) { return x; }
-inline float load(_Float16 x) { return static_cast<float>(x); }
-inline float load(bf16 x) {
-  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
+inline float load(bf16 x) { return float_of(static_cast<uint32_t>(x.bits) << 16); }
+inline float load(f16 x) {
+  // IEEE half -> float, exact (the FP16 library's method, as c10::detail)
+  const uint32_t w = static_cast<uint32_t>(x.bits) << 16;
+  const uint32_t sign = w & 0x80000000u;
+  const uint32_t two_w = w + w;
+  const float normalized = float_of((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = float_of((two_w >> 17) | (126u << 23)) - 0.5f;
+  const uint32_t magnitude =
+      two_w < (1u << 27) ? bits_of(denormalized) : bits_of(normalized);
+  return float_of(sign | magnitude);
 }
 
 template <typename T, typename C>
@@ -57,14 +78,25 @@ inline float store<float, float>(float x) { return x; }
 template <>
 inline double store<double, double>(double x) { return x; }
 template <>
-inline _Float16 store<_Float16, float>(float x) { return static_cast<_Float16>(x); }
-template <>
 inline bf16 store<bf16, float>(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
+  uint32_t u = bits_of(x);
   if (x != x) return bf16{0x7FC0};
   u += 0x7FFF + ((u >> 16) & 1);  // round to nearest even, as c10::BFloat16
   return bf16{static_cast<uint16_t>(u >> 16)};
+}
+template <>
+inline f16 store<f16, float>(float x) {
+  // float -> IEEE half, round to nearest even (the FP16 library's method, as c10)
+  float base = (std::fabs(x) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = bits_of(x);
+  const uint32_t shl1_w = w + w;
+  const uint32_t sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  bias = bias < 0x71000000u ? 0x71000000u : bias;
+  base = float_of((bias >> 1) + 0x07800000u) + base;
+  const uint32_t b = bits_of(base);
+  const uint32_t nonsign = ((b >> 13) & 0x00007C00u) + (b & 0x00000FFFu);
+  return f16{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
 }
 
 template <typename T> struct Compute { using type = float; };
@@ -79,7 +111,9 @@ template <> struct Bits<double> { using type = uint64_t; };
 
 template <typename C>
 inline typename Bits<C>::type min_key(C a) {
-  return __builtin_bit_cast(typename Bits<C>::type, a) - 1;
+  typename Bits<C>::type u;
+  std::memcpy(&u, &a, sizeof(C));
+  return u - 1;
 }
 
 template <typename C>
@@ -87,7 +121,10 @@ inline double from_min_key(typename Bits<C>::type key, int nan_seen) {
   using U = typename Bits<C>::type;
   if (nan_seen) return std::numeric_limits<double>::quiet_NaN();
   if (key == ~U(0)) return std::numeric_limits<double>::infinity();  // no non-zero |c|
-  return static_cast<double>(__builtin_bit_cast(C, U(key + 1)));
+  const U u = key + 1;
+  C a;
+  std::memcpy(&a, &u, sizeof(C));
+  return static_cast<double>(a);
 }
 
 // ATen's lerp: fma(w, end - start, start) for |w| < 0.5, else fma(w - 1, end - start, end)
@@ -179,29 +216,16 @@ Stats reduce_chunk(const P* __restrict g, const M* __restrict m, int64_t n, cons
   int agree = 0;
   U key = ~U(0);
   int nan_seen = 0;
-  // A read-only pass over two arrays leaves too few memory streams in flight per core
-  // to reach the bandwidth of the update pass (measured: half of it), so each loop
-  // iteration walks four quarters of the chunk at once: eight streams.
-#define CLION_REDUCE_AT(j)                                        \
-  {                                                               \
-    const C gc = load(g[j]) * gsign;                              \
-    const C c = lerp(load(m[j]), gc, w1, small1);                 \
-    const C a = std::fabs(c);                                     \
-    if (AGREE) agree += int(sgn(c) * gc > C(0));                  \
-    const U k = min_key(a);                                       \
-    key = k < key ? k : key;                                      \
-    nan_seen |= (a != a);                                         \
-  }
-  const int64_t q = n / 4;
 #pragma omp simd reduction(+ : agree) reduction(min : key) reduction(| : nan_seen)
-  for (int64_t i = 0; i < q; ++i) {
-    CLION_REDUCE_AT(i)
-    CLION_REDUCE_AT(i + q)
-    CLION_REDUCE_AT(i + 2 * q)
-    CLION_REDUCE_AT(i + 3 * q)
+  for (int64_t i = 0; i < n; ++i) {
+    const C gc = load(g[i]) * gsign;
+    const C c = lerp(load(m[i]), gc, w1, small1);
+    const C a = std::fabs(c);
+    if (AGREE) agree += int(sgn(c) * gc > C(0));
+    const U k = min_key(a);
+    key = k < key ? k : key;
+    nan_seen |= (a != a);
   }
-  for (int64_t i = 4 * q; i < n; ++i) CLION_REDUCE_AT(i)
-#undef CLION_REDUCE_AT
   return Stats{0, agree, from_min_key<C>(key, nan_seen)};
 }
 
@@ -313,14 +337,14 @@ void run_reduce(int64_t ntensors, void** gs, void** ms, const int64_t* numel, co
   do {                                                                               \
     if (PD == F32 && MD == F32) return FN<float, float>(__VA_ARGS__), 0;             \
     if (PD == F32 && MD == BF16) return FN<float, bf16>(__VA_ARGS__), 0;             \
-    if (PD == F32 && MD == F16) return FN<float, _Float16>(__VA_ARGS__), 0;          \
+    if (PD == F32 && MD == F16) return FN<float, f16>(__VA_ARGS__), 0;          \
     if (PD == F64 && MD == F64) return FN<double, double>(__VA_ARGS__), 0;           \
     if (PD == BF16 && MD == F32) return FN<bf16, float>(__VA_ARGS__), 0;             \
     if (PD == BF16 && MD == BF16) return FN<bf16, bf16>(__VA_ARGS__), 0;             \
-    if (PD == F16 && MD == F32) return FN<_Float16, float>(__VA_ARGS__), 0;          \
-    if (PD == F16 && MD == F16) return FN<_Float16, _Float16>(__VA_ARGS__), 0;       \
-    if (PD == F16 && MD == BF16) return FN<_Float16, bf16>(__VA_ARGS__), 0;          \
-    if (PD == BF16 && MD == F16) return FN<bf16, _Float16>(__VA_ARGS__), 0;          \
+    if (PD == F16 && MD == F32) return FN<f16, float>(__VA_ARGS__), 0;          \
+    if (PD == F16 && MD == F16) return FN<f16, f16>(__VA_ARGS__), 0;       \
+    if (PD == F16 && MD == BF16) return FN<f16, bf16>(__VA_ARGS__), 0;          \
+    if (PD == BF16 && MD == F16) return FN<bf16, f16>(__VA_ARGS__), 0;          \
     return 1;                                                                        \
   } while (0)
 
