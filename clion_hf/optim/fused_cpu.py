@@ -5,7 +5,7 @@ CLion statistics (sign-branch count, min non-zero ``abs(c)``) taken in the same 
 ``global``/``tensor`` modes and cautious Lion run a reduction pass first (8 bytes per
 element). OpenMP threads share chunks of all tensors, so small tensors cost no launches.
 
-The source is compiled on first use with the system C++ compiler (about a second, no
+The source is compiled on first use with the system C++ compiler (a few seconds, no
 torch headers) and cached under ``$CLION_HF_CACHE/kernels`` (default
 ``~/.cache/clion_hf/kernels``), keyed by source, compiler and CPU; it is called through
 ``ctypes``. Without a working compiler :func:`available` is False and the optimizers use
@@ -35,7 +35,10 @@ from .functional import _as_real, _single_tensor_update, compute_dtype, directio
 SOURCE = Path(__file__).with_name("csrc") / "lion_cpu.cpp"
 _DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 _MODES = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
-_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+_FLAGS = ["-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
+# Tried in order: OpenMP threads and this CPU's vector units; then without OpenMP (Apple
+# clang has none); then portable code (compilers without -march=native).
+_VARIANTS = (["-march=native", "-fopenmp"], ["-march=native"], [])
 
 _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
@@ -58,11 +61,12 @@ def _cpu_id() -> str:
         return platform.processor() + platform.machine()
 
 
-def _compile(cxx: str, out: Path, openmp: bool) -> None:
-    flags = [*_FLAGS, "-fopenmp"] if openmp else _FLAGS
+def _compile(cxx: str, out: Path, flags: list[str]) -> None:
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        subprocess.run([cxx, *flags, str(SOURCE), "-o", str(tmp)], check=True,
+        # With -fopenmp the library links libgomp.so.1; torch (imported first) has loaded
+        # its own copy under that name, so both share one OpenMP runtime and thread pool.
+        subprocess.run([cxx, *_FLAGS, *flags, str(SOURCE), "-o", str(tmp)], check=True,
                        capture_output=True, text=True, timeout=300)  # fmt: skip
         os.replace(tmp, out)  # atomic: concurrent ranks may build the same file
     finally:
@@ -81,16 +85,15 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, subprocess.SubprocessError) as e:
         return None, f"C++ compiler {cxx!r} does not run: {e}"
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), " ".join(_FLAGS), version, _cpu_id()]).encode()
+        "\0".join([SOURCE.read_text(), str((_FLAGS, _VARIANTS)), version, _cpu_id()]).encode()
     ).hexdigest()[:16]
     out = _cache_root() / f"lion_cpu-{key}.so"
     errors: list[str] = []
     if not out.exists():
-        # OpenMP where the compiler has it (g++, clang++ with libomp); else one thread.
-        for openmp in (True, False):
+        for flags in _VARIANTS:
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
-                _compile(cxx, out, openmp)
+                _compile(cxx, out, flags)
                 break
             except subprocess.CalledProcessError as e:
                 errors.append((e.stderr.strip().splitlines() or ["failed"])[-1])
