@@ -1,10 +1,10 @@
 // Fused multi-tensor Lion / CLion step for CPU tensors.
 //
 // Built on first use by clion_hf/optim/fused_cpu.py with the system C++ compiler
-// (-O3 -march=native -fopenmp -ffp-contract=off) and called through ctypes: no torch
-// headers, so it compiles in a few seconds; plain C++17 (GCC >= 7, clang >= 5). One call updates every tensor of a param
-// group: the work is cut into chunks of at most CHUNK elements across all tensors and
-// the chunks are shared among OpenMP threads.
+// (-O3 -march=native -fopenmp -ffp-contract=off) and called through ctypes: plain
+// C++17 without torch headers, so it compiles in a few seconds. One call updates every
+// tensor of a param group: the work is cut into chunks of at most CHUNK elements across
+// all tensors and the chunks are shared among OpenMP threads.
 //
 // The arithmetic is the foreach path's (clion_hf/optim/functional.py), operation by
 // operation, with fma written out exactly where ATen's vectorised CPU kernels use one
