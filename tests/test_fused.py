@@ -354,6 +354,7 @@ def test_bench_steps_smoke(tmp_path):
         row = next(r for r in table.splitlines() if f"| tiny | {name} |" in r)
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[3]) > 0 and float(cells[4]) > 0, row  # median ms, ratio
+        assert float(cells[5]) > 0, row  # ratio to lion-pytorch foreach
     timm = next(r for r in table.splitlines() if "| timm-lion |" in r)
     assert "not installed" in timm or float(timm.split("|")[4]) > 0
     assert "measured copy bandwidth" in table

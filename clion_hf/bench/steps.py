@@ -6,15 +6,17 @@ Shapes come from the Hugging Face configs of GPT-2-small, BERT-base and ViT-B/16
 built on the ``meta`` device, so nothing is downloaded or allocated), then real tensors are
 allocated. Every optimizer steps the same parameters and gradients; steps are timed in
 rounds (each optimizer once per round) so that a slow spell of a shared machine hits all
-of them alike, and the ratio to torch AdamW ``fused=True`` is the median of the per-round
-ratios. The byte floor is the bytes an optimizer must move per step (p, g, state read;
-p, state written; CLion global/tensor read g and m once more) over the copy bandwidth
-measured in the same run; for CLion global/tensor it assumes the full reduction pass, which
-the fused CPU path stops early once a ``abs(c)`` below nu is found (the note gives the
-fraction of coordinates that took the sign branch: 0% means the early exit; the
-``-fused-sign`` rows force the full pass with nu=1e-30). "compile" is the first step's
-time minus a median step: the one-off cost of compiled paths (clion_hf's C++ kernel on
-CPU, Triton on CUDA).
+of them alike, and the ratios to torch AdamW ``fused=True`` and to lion-pytorch's foreach
+Lion are medians of the per-round ratios.
+
+The byte floor is the bytes an optimizer must move per step (p, g, state read; p, state
+written; CLion global/tensor read g and m once more) over the copy bandwidth measured at
+the start of the run. For CLion global/tensor it assumes the full reduction pass, which
+the fused CPU path stops early once an ``abs(c)`` below nu is found: the note gives the
+fraction of coordinates that took the sign branch (0%: the early exit), and the
+``-fused-sign`` rows force the full pass with nu=1e-30. "compile" is the first step's
+time (construction included) minus a median step: the one-off cost of compiled paths
+(clion_hf's C++ kernel on CPU, Triton on CUDA).
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class Candidate:
     bytes_per_elem: Callable[[int, int], float]  # (param bytes, state bytes) -> bytes/elem
     note: str = ""
     times: list[float] = field(default_factory=list)
-    ratios: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)  # to torch AdamW fused, per round
+    peer_ratios: list[float] = field(default_factory=list)  # to lion-pytorch foreach
     first: float = float("nan")
     state: int = 0
     opt: torch.optim.Optimizer | None = None
@@ -210,17 +213,23 @@ def bench_model(
     log(f"{model}: {len(shapes)} tensors, {numel / 1e6:.1f}M parameters")
     runnable = [c for c in cands if c.make is not None]
     for c in runnable:
+        # Construction counts into the first step: fused=True builds its kernel there.
+        _sync(device)
+        t0 = time.perf_counter()
         c.opt = c.make(params)
-        c.first = _timed_step(c.opt, device)  # allocates state; compiles fused paths
+        c.first = time.perf_counter() - t0 + _timed_step(c.opt, device)  # allocates state
         c.state = _state_bytes(c.opt)
         log(f"  {c.name}: first step {c.first * 1e3:.0f} ms")
     ref = next((c for c in runnable if c.name == "adamw-fused"), None)
+    peer = next((c for c in runnable if c.name == "lion-pytorch-foreach"), None)
     for _ in range(repeats):
         for c in runnable:
             c.times.append(_timed_step(c.opt, device))
-        if ref is not None:
-            for c in runnable:
+        for c in runnable:
+            if ref is not None:
                 c.ratios.append(c.times[-1] / ref.times[-1])
+            if peer is not None:
+                c.peer_ratios.append(c.times[-1] / peer.times[-1])
     for c in runnable:
         stats = getattr(c.opt, "last_step_stats", None)
         if stats is not None:  # CLion: how often the sign branch was taken decides its cost
@@ -245,16 +254,19 @@ def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch
         if c.make is None:
             out.append(dict(
                 model=model, optimizer=c.name, impl=c.impl, median_ms="–",
-                vs_adamw_fused="–", floor_ms=_fmt(floor * 1e3, ".1f"), floor_fraction="–",
+                vs_adamw_fused="–", vs_lion_pytorch="–", floor_ms=_fmt(floor * 1e3, ".1f"),
+                floor_fraction="–",
                 state_mb="–", compile_s="–", note=c.note,
             ))  # fmt: skip
             continue
         med = statistics.median(c.times)
         ratio = statistics.median(c.ratios) if c.ratios else float("nan")
+        peer_ratio = statistics.median(c.peer_ratios) if c.peer_ratios else float("nan")
         compile_s = max(c.first - med, 0.0)
         out.append(dict(
             model=model, optimizer=c.name, impl=c.impl, median_ms=_fmt(med * 1e3, ".1f"),
-            vs_adamw_fused=_fmt(ratio, ".2f"), floor_ms=_fmt(floor * 1e3, ".1f"),
+            vs_adamw_fused=_fmt(ratio, ".2f"), vs_lion_pytorch=_fmt(peer_ratio, ".2f"),
+            floor_ms=_fmt(floor * 1e3, ".1f"),
             floor_fraction=_fmt(floor / med, ".2f"), state_mb=_fmt(c.state / 2**20, ".0f"),
             compile_s=_fmt(compile_s, ".1f") if "fused" in c.name or "triton" in c.name else "–",
             note=c.note,
@@ -264,7 +276,8 @@ def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch
 
 HEADERS = {
     "model": "model", "optimizer": "optimizer", "impl": "from", "median_ms": "median ms",
-    "vs_adamw_fused": "× AdamW fused", "floor_ms": "byte floor ms",
+    "vs_adamw_fused": "× AdamW fused", "vs_lion_pytorch": "× lion-pytorch foreach",
+    "floor_ms": "byte floor ms",
     "floor_fraction": "floor / time", "state_mb": "state MiB", "compile_s": "compile s",
     "note": "note",
 }  # fmt: skip
