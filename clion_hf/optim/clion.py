@@ -212,9 +212,7 @@ class CLion(LionFamily):
             numels = [p.numel() for _, x in groups for p in x[1]]
             sign_count = torch.cat(counts)
             # Under sharding, element/soft statistics describe this rank's shard.
-            tensor_min = torch.cat(stat_mins) if min_in_pass2 else mins
-            if tensor_min is None:
-                tensor_min = torch.cat(stat_mins)
+            tensor_min = torch.cat(stat_mins) if min_in_pass2 or mins is None else mins
             if min_in_pass2 and gmin is not None:
                 gmin = tensor_min.amin()  # pass 1 gave a witness below nu, not the min
             self._record(owners, numels, sign_count, tensor_min.to(sign_count.device), gmin)
