@@ -1,4 +1,4 @@
-"""Fused paths: compiled CPU kernels and Triton kernels, against foreach and float64 refs."""
+"""Fused paths: the C++ CPU kernel and the Triton kernels, against foreach and float64 refs."""
 
 from __future__ import annotations
 

@@ -346,8 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
     parser.add_argument("--out", help="also write the table here: .md (markdown) or .csv")
     parser.add_argument("--warm-cache", action="store_true",
-                        help="reuse the on-disk caches of Inductor and of clion_hf's CPU "
-                             "kernel (default: fresh ones, so the compile column is the cold "
+                        help="reuse the on-disk caches of clion_hf's CPU kernel and of "
+                             "Triton (default: fresh ones, so the compile column is the cold "
                              "one-off cost)")  # fmt: skip
 
 
@@ -369,10 +369,10 @@ def run(args: argparse.Namespace) -> int:
               f"optimizers: {', '.join(OPTIMIZERS)}", file=sys.stderr)  # fmt: skip
         return 2
     if not args.warm_cache:
-        # Fresh caches (Inductor's, and clion_hf's built CPU kernel): the compile column is
-        # then the honest first-run cost.
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="clion-bench-inductor-")
+        # Fresh caches (clion_hf's built CPU kernel, Triton's kernels): the compile column
+        # is then the honest first-run cost.
         os.environ["CLION_HF_CACHE"] = tempfile.mkdtemp(prefix="clion-bench-cache-")
+        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="clion-bench-triton-")
     if device == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
         print("steps: note: OMP_WAIT_POLICY is unset; on some VMs OpenMP's default spinning "
               "makes parallel regions stall for a scheduler tick (~4-8 ms each). Compare with "
