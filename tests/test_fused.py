@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -192,6 +193,29 @@ def test_kernel_is_built_once_into_the_cache_and_reused(tmp_path):
                            text=True, timeout=300)  # fmt: skip
     assert Path(again.stdout.strip()) == built and built.stat().st_mtime_ns == stamp
     assert not list((tmp_path / "kernels").glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_builds_once(tmp_path):
+    # Several ranks of one job start at once on an empty cache: one builds, the others
+    # wait on the lock and load the same file. A compiler wrapper counts the builds.
+    real = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    log, cxx = tmp_path / "builds.log", tmp_path / "cxx"
+    cxx.write_text(f'#!/bin/sh\ncase " $* " in *" -o "*) echo build >> "{log}";; esac\n'
+                   f'exec "{real}" "$@"\n')  # fmt: skip
+    cxx.chmod(0o755)
+    env = {**os.environ, "CLION_HF_CACHE": str(tmp_path), "CXX": str(cxx)}
+    code = ("import time; from clion_hf.optim import fused_cpu as f; t = time.time(); "
+            "assert f.available(); print(f._load()[0]._name, time.time() - t)")
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-1000:] for o in outs]
+    paths = {o[0].split()[0] for o in outs}
+    assert len(paths) == 1 and Path(paths.pop()).exists()
+    assert len(list((tmp_path / "kernels").glob("*.so"))) == 1
+    assert not list((tmp_path / "kernels").glob("*.tmp"))
+    assert log.read_text().splitlines() == ["build"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -17,6 +17,7 @@ where ATen's vectorised kernels use one), so results match the foreach path (tes
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -25,6 +26,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -73,6 +75,36 @@ def _compile(cxx: str, out: Path, flags: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _build_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on ``out``'s build (POSIX ``flock``; elsewhere none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: concurrent builds still end in one atomic rename
+        yield
+        return
+    with open(out.with_name(out.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(cxx: str, out: Path) -> str | None:
+    """Compile to ``out`` with the first flag variant that works; None, or the first error."""
+    errors: list[str] = []
+    for flags in _VARIANTS:
+        try:
+            _compile(cxx, out, flags)
+            return None
+        except subprocess.CalledProcessError as e:
+            errors.append((e.stderr.strip().splitlines() or ["failed"])[-1])
+        except (OSError, subprocess.SubprocessError) as e:
+            errors.append(str(e))
+    return errors[0]
+
+
 @functools.cache
 def _load() -> tuple[ctypes.CDLL | None, str]:
     """The compiled kernel library, or ``(None, reason)`` if it cannot be built."""
@@ -88,19 +120,15 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         "\0".join([SOURCE.read_text(), str((_FLAGS, _VARIANTS)), version, _cpu_id()]).encode()
     ).hexdigest()[:16]
     out = _cache_root() / f"lion_cpu-{key}.so"
-    errors: list[str] = []
     if not out.exists():
-        for flags in _VARIANTS:
-            try:
-                out.parent.mkdir(parents=True, exist_ok=True)
-                _compile(cxx, out, flags)
-                break
-            except subprocess.CalledProcessError as e:
-                errors.append((e.stderr.strip().splitlines() or ["failed"])[-1])
-            except (OSError, subprocess.SubprocessError) as e:
-                errors.append(str(e))
-        else:
-            return None, f"{cxx} could not build {SOURCE.name}: {errors[0]}"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with _build_lock(out):  # the ranks of one job build once, the others wait
+                error = None if out.exists() else _build(cxx, out)
+        except OSError as e:
+            error = str(e)
+        if error is not None:
+            return None, f"{cxx} could not build {SOURCE.name}: {error}"
     try:
         lib = ctypes.CDLL(str(out))
     except OSError as e:
