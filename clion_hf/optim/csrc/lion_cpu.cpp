@@ -152,9 +152,9 @@ struct Stats {
 };
 
 // One chunk of one tensor. Everything that is fixed for the chunk is a template
-// parameter, so each instantiation is a straight, vectorised loop: the kernel is close to
-// compute bound with AVX2 on two cores, and work not needed (the min |c| already taken in
-// pass 1, the statistics Lion does not keep) is not done.
+// parameter, so each instantiation is a straight, branch-free, vectorised loop that runs
+// at memory speed; work not needed (the statistics Lion does not keep, a min |c| that
+// pass 1 already has) is not compiled in.
 template <typename P, typename M, int MODE, bool CAUTION, bool TRACK_MIN>
 Stats update_chunk(P* __restrict p, const P* __restrict g, M* __restrict m, int64_t n,
                    const Hyper& hp, bool take, double caution_scale) {
