@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import logging
 import math
 import os
 import platform
@@ -33,6 +34,8 @@ import torch
 from torch import Tensor
 
 from .functional import _as_real, _single_tensor_update, compute_dtype, direction_min_abs
+
+logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "lion_cpu.cpp"
 _DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
@@ -121,6 +124,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     ).hexdigest()[:16]
     out = _cache_root() / f"lion_cpu-{key}.so"
     if not out.exists():
+        logger.info("building clion_hf's CPU kernel into %s (once per machine)", out)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             with _build_lock(out):  # the ranks of one job build once, the others wait
