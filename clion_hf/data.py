@@ -27,6 +27,8 @@ from typing import Any
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
+from ._cache import cache_dir
+
 OFFLINE_TEXT = "pydoc-topics"
 OFFLINE_PAIRS = "pydoc-paraphrase"
 OFFLINE_IMAGES = "sklearn-digits"
@@ -49,12 +51,6 @@ _IMAGE_SIZE = 16  # offline digits: 8x8 upsampled, so a 4x4 patch ViT sees 16 pa
 
 class RecipeError(ValueError):
     """Bad user input; recipes print it as a single line and exit with status 2."""
-
-
-def cache_dir() -> Path:
-    """Root of clion_hf's caches: ``$CLION_HF_CACHE`` or ``~/.cache/clion_hf``."""
-    root = os.environ.get("CLION_HF_CACHE") or Path.home() / ".cache" / "clion_hf"
-    return Path(root)
 
 
 def atomic_cache_dir(final: Path, build) -> Path:

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
-from clion_hf.data import RecipeError, _sha, atomic_cache_dir, cache_dir, hub_offline
+from clion_hf._cache import cache_dir
+from clion_hf.data import RecipeError, _sha, atomic_cache_dir, hub_offline
 
 FAMILIES = ("gpt2", "bert", "vit")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .._cache import cache_dir
 from .functional import _as_real, _single_tensor_update, compute_dtype, direction_min_abs
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,6 @@ _p = ctypes.c_void_p
 _i64 = ctypes.c_int64
 _f64 = ctypes.c_double
 _int = ctypes.c_int
-
-
-def _cache_root() -> Path:
-    root = os.environ.get("CLION_HF_CACHE") or Path.home() / ".cache" / "clion_hf"
-    return Path(root) / "kernels"
 
 
 def _cpu_id() -> str:
@@ -122,7 +118,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), str((_FLAGS, _VARIANTS)), version, _cpu_id()]).encode()
     ).hexdigest()[:16]
-    out = _cache_root() / f"lion_cpu-{key}.so"
+    out = cache_dir() / "kernels" / f"lion_cpu-{key}.so"
     if not out.exists():
         logger.info("building clion_hf's CPU kernel into %s (once per machine)", out)
         try:
@@ -332,9 +328,9 @@ def fused_cpu_direction_min_abs(
                               min_abs.data_ptr(), threads)  # fmt: skip
         assert rc == 0
         out[torch.tensor(idx)] = min_abs.float()
-    for i in rest:
-        gr, mr = _as_real(grads[i]), _as_real(exp_avgs[i])
-        ct = compute_dtype(gr.dtype)
-        c = torch.lerp(mr.to(ct), gr.to(ct), 1.0 - beta1).abs()
-        out[i] = torch.where(c == 0, math.inf, c).amin().float()
+    if rest:  # strided or mixed-dtype tensors: the eager reduction
+        out[torch.tensor(rest)] = direction_min_abs(
+            [grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1=beta1,
+            maximize=False,
+        ).cpu()  # fmt: skip
     return out

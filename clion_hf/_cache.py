@@ -1,0 +1,12 @@
+"""Where clion_hf keeps its caches (a leaf module: the optimizers import it too)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Root of clion_hf's caches: ``$CLION_HF_CACHE`` or ``~/.cache/clion_hf``."""
+    root = os.environ.get("CLION_HF_CACHE") or Path.home() / ".cache" / "clion_hf"
+    return Path(root)
