@@ -12,11 +12,11 @@ offline run (built on first use) on the embedded ``pydoc-paraphrase`` pair task
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, set_seed
 
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
-from clion_hf.callbacks import RunStatsCallback
-from clion_hf.data import is_hub_dataset, load_classification_datasets
-from clion_hf.metrics import classification_metrics
-from clion_hf.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
-from clion_hf.recipe_args import parse_args, run, train_and_evaluate
+from clion_hf.workloads.args import parse_args, run, train_and_evaluate
+from clion_hf.workloads.data import is_hub_dataset, load_classification_datasets
+from clion_hf.workloads.metrics import classification_metrics
+from clion_hf.workloads.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
+from clion_hf.workloads.run_stats import RunStatsCallback
 
 OFFLINE_DEFAULTS = {
     "max_steps": 150,

@@ -13,11 +13,16 @@ offline run (digits 0-4, built on first use) with a new head, on digits 5-9. Onl
 from transformers import AutoImageProcessor, AutoModelForImageClassification, Trainer, set_seed
 
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
-from clion_hf.callbacks import RunStatsCallback
-from clion_hf.data import image_collate, image_transform, is_hub_dataset, load_image_datasets
-from clion_hf.metrics import classification_metrics
-from clion_hf.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
-from clion_hf.recipe_args import parse_args, run, train_and_evaluate
+from clion_hf.workloads.args import parse_args, run, train_and_evaluate
+from clion_hf.workloads.data import (
+    image_collate,
+    image_transform,
+    is_hub_dataset,
+    load_image_datasets,
+)
+from clion_hf.workloads.metrics import classification_metrics
+from clion_hf.workloads.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
+from clion_hf.workloads.run_stats import RunStatsCallback
 
 OFFLINE_DEFAULTS = {
     "max_steps": 100,

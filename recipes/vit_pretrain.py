@@ -17,11 +17,16 @@ from transformers import (
 )
 
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
-from clion_hf.callbacks import RunStatsCallback
-from clion_hf.data import image_collate, image_transform, is_hub_dataset, load_image_datasets
-from clion_hf.metrics import classification_metrics
-from clion_hf.models import ONLINE_PRESET, TINY_PRESET, load_config
-from clion_hf.recipe_args import parse_args, run, train_and_evaluate
+from clion_hf.workloads.args import parse_args, run, train_and_evaluate
+from clion_hf.workloads.data import (
+    image_collate,
+    image_transform,
+    is_hub_dataset,
+    load_image_datasets,
+)
+from clion_hf.workloads.metrics import classification_metrics
+from clion_hf.workloads.models import ONLINE_PRESET, TINY_PRESET, load_config
+from clion_hf.workloads.run_stats import RunStatsCallback
 
 OFFLINE_DEFAULTS = {
     "max_steps": 150,

@@ -187,7 +187,7 @@ def test_gpu_dry_run_prints_valid_recipe_commands():
     """Every command of the online preset parses with the recipes' own argument parser."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    from clion_hf.recipe_args import DataTrainingArguments, ModelArguments
+    from clion_hf.workloads.args import DataTrainingArguments, ModelArguments
 
     proc = subprocess.run([*BENCH, "run", "--preset", "gpu", "--dry_run"],
                           capture_output=True, text=True, cwd=REPO)  # fmt: skip

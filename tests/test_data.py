@@ -12,9 +12,9 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from clion_hf import data
-from clion_hf.callbacks import RunStatsCallback
-from clion_hf.data import RecipeError
+from clion_hf.workloads import data
+from clion_hf.workloads.data import RecipeError
+from clion_hf.workloads.run_stats import RunStatsCallback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -241,7 +241,7 @@ def test_bad_inputs_name_the_value_and_what_is_allowed(tmp_path, monkeypatch):
 def test_metrics_load_with_the_network_unreachable(tmp_path):
     code = (
         "import numpy as np\n"
-        "from clion_hf.metrics import classification_metrics, perplexity\n"
+        "from clion_hf.workloads.metrics import classification_metrics, perplexity\n"
         "m = classification_metrics(with_f1=True)\n"
         "logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])\n"
         "print(m((logits, np.array([1, 0, 0, 1]))), perplexity(0.0))\n"

@@ -52,7 +52,10 @@ def launch(env, recipe: str, out: Path, *args: str, config: str = "cpu.yaml"):
 
 
 def checkpoint(env, family: str) -> str:
-    code = f"from clion_hf.models import offline_pretrained_checkpoint as c; print(c({family!r}))"
+    code = (
+        "from clion_hf.workloads.models import offline_pretrained_checkpoint as c; "
+        f"print(c({family!r}))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]

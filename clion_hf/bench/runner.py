@@ -500,7 +500,7 @@ class Runner:
         ]  # fmt: skip
         if not offline:
             return
-        from clion_hf.models import offline_pretrained_checkpoint
+        from clion_hf.workloads.models import offline_pretrained_checkpoint
 
         for family in offline:
             t0 = time.time()

@@ -1,7 +1,7 @@
 """Evaluation metrics through ``evaluate``, usable with no network.
 
 ``evaluate.load("accuracy")`` fetches a script from the Hub, so the scripts ship in
-``clion_hf/evaluate_metrics/`` and are loaded from there by path.
+``clion_hf/workloads/evaluate_metrics/`` and are loaded from there by path.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from typing import Any
 import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
-from ._cache import cache_dir
+from clion_hf._cache import cache_dir
 
 OFFLINE_TEXT = "pydoc-topics"
 OFFLINE_PAIRS = "pydoc-paraphrase"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from clion_hf.data import RecipeError, uses_offline_default
-from clion_hf.metrics import perplexity
+from clion_hf.workloads.data import RecipeError, uses_offline_default
+from clion_hf.workloads.metrics import perplexity
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
 from clion_hf._cache import cache_dir
-from clion_hf.data import RecipeError, _sha, atomic_cache_dir, hub_offline
+from clion_hf.workloads.data import RecipeError, _sha, atomic_cache_dir, hub_offline
 
 FAMILIES = ("gpt2", "bert", "vit")
 
@@ -80,7 +80,7 @@ def load_config(name_or_path: str, **overrides) -> PretrainedConfig:
 # Offline pretrained checkpoints for the finetune recipes
 # ----------------------------------------------------------------------------------------
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 # Fixed recipe of the cached checkpoints: AdamW, fixed seed, no evaluation or saving on the way
 CHECKPOINT_ARGS: dict[str, list[str]] = {
     "gpt2": ["--max_steps", "500", "--learning_rate", "2e-3"],
@@ -131,7 +131,7 @@ def offline_pretrained_checkpoint(family: str) -> str:
             for k, v in os.environ.items()
             if k not in _LAUNCH_ENV and not k.startswith(_LAUNCH_ENV_PREFIXES)
         }
-        package_root = str(Path(__file__).resolve().parents[1])
+        package_root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         cmd = [sys.executable, str(recipe), "--output_dir", str(run_dir), *args]
         log = tmp / "pretrain.log"
