@@ -8,13 +8,11 @@ the few watched modules is imported; then, right after that module has finished
 executing, it runs the matching function of :mod:`clion_hf.integrations`.
 """
 
-from __future__ import annotations
-
-import importlib
 import sys
 
 # Only what Python has already imported at start-up (this runs from a .pth file, for
-# every interpreter); ``warnings`` is imported where it is used.
+# every interpreter; even ``importlib`` and ``__future__`` would cost more than the rest
+# together): ``importlib`` and ``warnings`` are imported where they are used.
 Any = object  # annotations only
 ModuleType = type(sys)
 
@@ -29,22 +27,27 @@ WATCHED: dict[str, tuple[str, str]] = {
     "transformers.training_args": ("clion_hf.integrations.transformers", "patch_training_args"),
     "transformers.hf_argparser": ("clion_hf.integrations.transformers", "patch_hf_argparser"),
     "transformers.trainer": ("clion_hf.integrations.transformers", "patch_trainer"),
+    # TRL 1.x parses its command line (`trl sft ...`) with its own copy of HfArgumentParser
+    "trl.scripts._hf_argparser": ("clion_hf.integrations.transformers", "patch_trl_argparser"),
     "timm.optim._optim_factory": ("clion_hf.integrations.timm", "patch_timm"),
 }
-STARTUP_WATCHED = (
-    "transformers.training_args",
-    "transformers.hf_argparser",
-    "transformers.trainer",
-)
-"""What the start-up hook watches: transformers only. timm's registry already has names
-``lion``/``clion`` of its own, so only an explicit ``import clion_hf`` replaces them."""
+STARTUP_WATCHED = tuple(WATCHED)
+"""What the start-up hook watches: everything. In timm's registry our optimizers have
+names of their own (``clionhf``, ``lionhf``); timm's ``lion``/``clion`` stay timm's."""
 
 
 def _run(name: str) -> None:
     module_name, func = WATCHED[name]
     try:
+        import importlib
+
         getattr(importlib.import_module(module_name), func)()
     except Exception as e:  # noqa: BLE001 - never break the user's import of transformers
+        if getattr(e, "one_line", False):
+            # e.g. a transformers without an internal the integration needs: the message
+            # says which version and what to do; a traceback would not help.
+            sys.stderr.write(f"{e}\n")
+            return
         import warnings
 
         warnings.warn(

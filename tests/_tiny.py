@@ -31,3 +31,24 @@ class TinyData(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over the words ``w0 .. w29`` (+ pad, eos): VOCAB ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, **{f"w{i}": i + 2 for i in range(VOCAB - 2)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>",
+        model_max_length=SEQ,
+    )  # fmt: skip
+
+
+def tiny_texts(n: int = 64, seed: int = 0) -> list[str]:
+    """Texts of TinyData's pattern (each word the next of the previous), for text trainers."""
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, VOCAB - 2, (n,), generator=g).tolist()
+    return [" ".join(f"w{(s + k) % (VOCAB - 2)}" for k in range(SEQ - 2)) for s in starts]

@@ -6,6 +6,7 @@ Checked from a non-editable install of the built wheel into a fresh virtual envi
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,6 +100,72 @@ def test_hook_is_cheap_and_non_editable(fresh_venv: Path, tmp_path: Path) -> Non
     assert "FINDER True" in r.stdout
     assert "HEAVY []" in r.stdout  # the hook imported neither torch nor transformers
     assert str(fresh_venv.parents[1]) in r.stdout.split("FROM", 1)[1]  # the wheel, not /work
+
+
+MODULES = "import sys, json; print(json.dumps(sorted(sys.modules)))"
+
+PLANTED_HOOK = """
+import os
+with open(os.path.join(os.path.dirname(__file__), "..", "RAN"), "w") as f:
+    f.write(__file__)
+def install_at_startup():
+    pass
+"""
+
+
+def _plant(directory: Path) -> Path:
+    """A ``clion_hf/_hook.py`` in ``directory`` that leaves a file ``RAN`` when it runs."""
+    (directory / "clion_hf").mkdir()
+    (directory / "clion_hf" / "_hook.py").write_text(PLANTED_HOOK)
+    return directory / "RAN"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pythonpath", [":", ".", "{cwd}"])
+def test_hook_never_runs_code_from_the_current_directory(
+    fresh_venv: Path, tmp_path: Path, pythonpath: str
+) -> None:
+    # PYTHONPATH=: puts '' (the current directory) on sys.path; the hook must still load
+    # the installed clion_hf/_hook.py only, and never a planted one.
+    ran = _plant(tmp_path)
+    env = {"PYTHONPATH": pythonpath.format(cwd=tmp_path)}
+    r = _run(fresh_venv, PROBE, env=env, cwd=tmp_path)
+    assert not ran.exists(), f"planted hook ran: {ran.read_text()}"
+    assert r.returncode == 0 and "FINDER True" in r.stdout, r.stderr
+    r = _run(fresh_venv, "pass", env=env, cwd=tmp_path)
+    assert r.returncode == 0 and not ran.exists() and not r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_editable_install_ignores_the_current_directory_too(tmp_path: Path) -> None:
+    # This environment's install (CI: editable, the hook in the checkout).
+    ran = _plant(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "CLION_HF_AUTOREGISTER"}
+    r = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=tmp_path,
+        env={**env, "PYTHONPATH": ":"},
+    )  # fmt: skip
+    assert not ran.exists() and r.returncode == 0, r.stderr
+    assert "FINDER True" in r.stdout
+
+
+@pytest.mark.slow
+def test_hook_loads_one_cached_module_and_nothing_else(fresh_venv: Path, tmp_path: Path) -> None:
+    # What the hook costs each interpreter: exactly one module more than with the hook off
+    # (no importlib, no __future__, no warnings), loaded from its bytecode cache rather
+    # than compiled from source each time.
+    on = json.loads(_run(fresh_venv, MODULES, cwd=tmp_path).stdout)
+    off = json.loads(
+        _run(fresh_venv, MODULES, env={"CLION_HF_AUTOREGISTER": "0"}, cwd=tmp_path).stdout
+    )
+    assert sorted(set(on) - set(off)) == ["clion_hf._hook"]
+    r = _run(fresh_venv, "import sys; print(sys.modules['clion_hf._hook'].__cached__)",
+             cwd=tmp_path)  # fmt: skip
+    cached = Path(r.stdout.strip())
+    assert cached.is_file() and cached.suffix == ".pyc", r.stdout + r.stderr
+    before = cached.stat().st_mtime_ns
+    _run(fresh_venv, "pass", cwd=tmp_path)
+    assert cached.stat().st_mtime_ns == before  # reused, not rewritten
 
 
 @pytest.mark.slow

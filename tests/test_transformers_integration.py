@@ -12,9 +12,10 @@ import torch
 
 import clion_hf
 from clion_hf import CLion, Lion
-from clion_hf.integrations import timm as timm_integration
+from clion_hf.integrations import transformers as integration
 from clion_hf.integrations.transformers import (
     LION_BETAS,
+    IncompatibleTransformers,
     OptimArgsError,
     parse_optim_args,
     unwrap_optimizer,
@@ -27,7 +28,6 @@ from transformers import (  # noqa: E402  (after clion_hf on purpose: the lazy h
     Trainer,
     TrainingArguments,
 )
-from transformers.trainer_optimizer import _OPTIMIZER_HANDLERS  # noqa: E402
 from transformers.training_args import OptimizerNames  # noqa: E402
 
 
@@ -66,12 +66,89 @@ def test_register_is_idempotent() -> None:
 
     before = (len(OptimizerNames), list(trainer_module.DEFAULT_CALLBACKS))
     post_init = TrainingArguments.__post_init__
+    get_cls = Trainer.get_optimizer_cls_and_kwargs
     for _ in range(3):
         clion_hf.register()
+        integration.patch_trainer()
     assert (len(OptimizerNames), list(trainer_module.DEFAULT_CALLBACKS)) == before
     assert TrainingArguments.__post_init__ is post_init
+    assert Trainer.get_optimizer_cls_and_kwargs is get_cls
     assert [m.value for m in OptimizerNames].count("clion") == 1
-    assert _OPTIMIZER_HANDLERS[OptimizerNames.CLION] is _OPTIMIZER_HANDLERS["lion"]
+
+
+def test_other_optimizers_stay_transformers(tmp_path: Path) -> None:
+    # The patched Trainer.get_optimizer_cls_and_kwargs defers to transformers for its names.
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(_args(tmp_path, optim="adamw_torch"))
+    assert cls is torch.optim.AdamW and kwargs["betas"] == (0.9, 0.999)
+    cls, _ = Trainer.get_optimizer_cls_and_kwargs(_args(tmp_path, optim="clion"))
+    assert cls is CLion
+
+
+def test_declared_transformers_range_is_the_tested_one() -> None:
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+
+    declared = [Requirement(r) for r in requires("clion-hf") or []]
+    (req,) = [r for r in declared if r.name == "transformers" and not r.marker]
+    assert req.specifier == SpecifierSet(integration.SUPPORTED_TRANSFORMERS)
+
+
+# --------------------------------------------------------------------------- a transformers
+# without an internal the integration needs: one line, never another optimizer
+
+
+def test_missing_internal_is_one_line_and_refuses_clion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import transformers
+
+    monkeypatch.delattr(Trainer, "get_optimizer_cls_and_kwargs")
+    monkeypatch.setattr(integration, "_FAILED", {})
+    with pytest.raises(IncompatibleTransformers) as info:
+        integration.patch_trainer()
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"transformers {transformers.__version__} has no " in message
+    assert "transformers.trainer.Trainer.get_optimizer_cls_and_kwargs" in message
+    assert f"pip install 'transformers{integration.SUPPORTED_TRANSFORMERS}'" in message
+    # --optim clion is then refused when the arguments are made (not AdamW in disguise),
+    with pytest.raises(OptimArgsError, match="has no transformers.trainer.Trainer"):
+        _args(tmp_path, optim="clion")
+    _args(tmp_path, optim="adamw_torch")  # while transformers' own names still work.
+
+
+MISSING_INTERNAL = """
+import sys
+import transformers.trainer
+del transformers.trainer.Trainer.get_optimizer_cls_and_kwargs  # as if transformers lacked it
+import clion_hf  # registers now: the trainer patch fails
+from transformers import HfArgumentParser, TrainingArguments
+HfArgumentParser(TrainingArguments).parse_args_into_dataclasses(
+    ["--output_dir", sys.argv[1], "--optim", "clion"])
+print("PARSED")
+"""
+
+
+@pytest.mark.slow
+def test_missing_internal_on_the_command_line(tmp_path: Path) -> None:
+    import subprocess
+
+    import transformers
+
+    env = {**__import__("os").environ, "CLION_HF_AUTOREGISTER": "0"}
+    r = subprocess.run(
+        [sys.executable, "-c", MISSING_INTERNAL, str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 2 and "PARSED" not in r.stdout, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr and "Warning" not in r.stderr, r.stderr
+    lines = [line for line in r.stderr.splitlines() if "clion_hf: transformers" in line]
+    # once when registration fails, once as the parser's error for --optim clion
+    assert len(lines) == 2, r.stderr
+    assert f"transformers {transformers.__version__} has no" in lines[0]
+    assert lines[1].endswith(lines[0]) and "error: " in lines[1]
 
 
 # --------------------------------------------------------------------------- optim_args
@@ -215,6 +292,17 @@ def test_diagnostics_reach_the_trainer_logs(tmp_path: Path) -> None:
     assert "weight_decay=0.0" in described[0]
 
 
+def test_settings_line_says_set_and_scheduled_lr() -> None:
+    from clion_hf.integrations._callback import describe
+
+    model = torch.nn.Linear(2, 2)
+    opt = CLion(model.parameters(), lr=1e-3, mode="element")
+    assert "lr=0.001, weight_decay" in describe(opt)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.005)
+    assert sched.get_last_lr() == [5e-6]
+    assert "lr=0.001 (scheduled now: 5e-06), weight_decay" in describe(opt)
+
+
 def test_global_mode_reports_no_sign_branch(tmp_path: Path) -> None:
     args = _args(tmp_path, optim="clion", optim_args="mode=global,nu=1e3", max_steps=4,
                  logging_steps=2)  # fmt: skip
@@ -279,98 +367,7 @@ def test_plain_accelerate_loop() -> None:
         assert torch.equal(p, q)
 
 
-# --------------------------------------------------------------------------- timm
-
-
-# A stand-in for timm 1.0.x's `timm/optim/_optim_factory.py` (timm itself cannot be
-# imported next to this torch build): the same OptimInfo fields, registry table and the
-# part of `create_optimizer` that turns a name and kwargs into an optimizer.
-FAKE_TIMM_FACTORY = '''
-from dataclasses import dataclass
-from typing import Any, Optional
-
-@dataclass(frozen=True)
-class OptimInfo:
-    name: str
-    opt_class: Any
-    description: str = ""
-    has_eps: bool = True
-    has_momentum: bool = False
-    has_betas: bool = False
-    num_betas: int = 2
-    second_order: bool = False
-    defaults: Optional[dict] = None
-
-class CautiousLionFromTimm: ...
-
-class OptimizerRegistry:
-    def __init__(self):
-        self._optimizers = {}
-    def register(self, info):
-        self._optimizers[info.name.lower()] = info
-    def get_optimizer_info(self, name):
-        return self._optimizers[name.lower()]
-    def create_optimizer(self, params, opt, lr=None, weight_decay=0.0, momentum=0.9,
-                         foreach=None, **kwargs):
-        info = self.get_optimizer_info(opt.lower().split("_")[-1])
-        args = {"weight_decay": weight_decay, **kwargs}
-        if lr is not None:
-            args["lr"] = lr
-        for k, v in (info.defaults or {}).items():
-            args.setdefault(k, v)
-        if info.has_momentum:
-            args.setdefault("momentum", momentum)
-        if not info.has_eps:
-            args.pop("eps", None)
-        if not info.has_betas:
-            args.pop("betas", None)
-        if foreach is not None:
-            args.setdefault("foreach", foreach)
-        return info.opt_class(params, **args)
-
-default_registry = OptimizerRegistry()
-default_registry.register(OptimInfo("clion", CautiousLionFromTimm, "Cautious Lion",
-                                    has_eps=False, has_betas=True, defaults={"caution": True}))
-
-def create_optimizer_v2(model_or_params, opt="sgd", **kwargs):
-    return default_registry.create_optimizer(model_or_params, opt, **kwargs)
-'''
-
-
-def test_timm_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pkg = tmp_path / "timm" / "optim"
-    pkg.mkdir(parents=True)
-    (tmp_path / "timm" / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text("from ._optim_factory import create_optimizer_v2\n")
-    (pkg / "_optim_factory.py").write_text(FAKE_TIMM_FACTORY)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
-        monkeypatch.delitem(sys.modules, name)
-    try:
-        # Importing timm's factory runs the registration (the hook `import clion_hf` set).
-        import timm.optim
-
-        factory = sys.modules["timm.optim._optim_factory"]
-        table = factory.default_registry._optimizers
-        assert table["clion"].opt_class is CLion and table["lion"].opt_class is Lion
-        assert table["timmclion"].opt_class.__name__ == "CautiousLionFromTimm"
-        assert timm_integration.register_into(factory.default_registry, factory.OptimInfo) == []
-
-        model = torch.nn.Linear(4, 2)
-        opt = timm.optim.create_optimizer_v2(
-            model.parameters(), "clion", lr=1e-3, weight_decay=0.1, betas=(0.9, 0.95),
-            eps=1e-8, nu=1e-5, mode="element", foreach=False,
-        )  # fmt: skip
-        assert type(opt) is CLion
-        g = opt.param_groups[0]
-        assert (g["lr"], g["betas"], g["nu"], g["mode"], g["weight_decay"]) == (
-            1e-3, (0.9, 0.95), 1e-5, "element", 0.1
-        )
-        opt = timm.optim.create_optimizer_v2(model.parameters(), "lion", caution=True)
-        assert type(opt) is Lion and opt.param_groups[0]["caution"]
-    finally:
-        for name in [m for m in sys.modules if m == "timm" or m.startswith("timm.")]:
-            del sys.modules[name]
+# --------------------------------------------------------------------------- hook
 
 
 def test_hook_leaves_other_modules_alone() -> None:

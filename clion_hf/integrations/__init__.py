@@ -9,7 +9,7 @@ from .. import _hook
 
 
 def register() -> None:
-    """Register ``clion`` and ``lion`` with transformers (and timm, if it gets imported).
+    """Register ``clion``/``lion`` with transformers (``clionhf``/``lionhf`` with timm).
 
     Idempotent. ``import clion_hf`` already does this lazily; calling it explicitly also
     imports ``transformers.training_args`` so that ``OptimizerNames``,

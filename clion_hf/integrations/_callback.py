@@ -9,7 +9,7 @@ from transformers.trainer_callback import TrainerCallback
 
 from ..optim import CLion
 from ..optim._base import LionFamily
-from .transformers import logger
+from ._log import logger
 
 SIGN_FRACTION_KEY = "optim/sign_fraction"
 MIN_ABS_C_KEY = "optim/min_abs_c"
@@ -36,8 +36,7 @@ def describe(optimizer: LionFamily) -> str:
     same = [k for k in keys if all(g.get(k) == first[k] for g in groups)]
     shared = ", ".join(f"{k}={first[k]!r}" for k in same)
     per_group = "; ".join(
-        f"group {i}: {len(g['params'])} tensors, lr={_num(g['lr'])}, "
-        f"weight_decay={g['weight_decay']}"
+        f"group {i}: {len(g['params'])} tensors, {_lr(g)}, weight_decay={g['weight_decay']}"
         for i, g in enumerate(groups)
     )
     extra = f", track_stats={optimizer.track_stats}" if isinstance(optimizer, CLion) else ""
@@ -46,6 +45,16 @@ def describe(optimizer: LionFamily) -> str:
 
 def _num(x: Any) -> float:
     return float(x.item()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def _lr(group: dict[str, Any]) -> str:
+    """``lr=<set>``; with a scheduler that has moved it (warm-up, decay, a resumed run) also
+    the value it has now, so the two are never confused."""
+    lr = _num(group["lr"])
+    initial = group.get("initial_lr")  # set by torch's LR schedulers: the lr the user set
+    if initial is None or _num(initial) == lr:
+        return f"lr={lr:g}"
+    return f"lr={_num(initial):g} (scheduled now: {lr:g})"
 
 
 class LionFamilyCallback(TrainerCallback):

@@ -1,4 +1,4 @@
-"""``--optim clion`` and ``--optim lion`` for transformers' Trainer (transformers 5.x).
+"""``--optim clion`` and ``--optim lion`` for transformers' Trainer (transformers 4.57 - 5.x).
 
 What registration does (each patch idempotent; run by :func:`clion_hf.register`, by
 ``import clion_hf``, or by the start-up hook, when the patched module has loaded):
@@ -10,13 +10,25 @@ What registration does (each patch idempotent; run by :func:`clion_hf.register`,
   this package. ``TrainingArguments.__post_init__`` additionally checks ``optim_args``,
   ``learning_rate`` and ``weight_decay`` for these two names, so a bad value fails when the
   arguments are made, with one line naming the key, the value and what is allowed.
+  Subclasses (TRL's ``SFTConfig``, ``DPOConfig``, ...) inherit both.
 * ``transformers.hf_argparser``: ``parse_args_into_dataclasses`` turns that error into a
-  ``parser.error`` (usage + one line, exit status 2) instead of a traceback.
-* ``transformers.trainer``: an optimizer handler for both names (Trainer's usual decay /
-  no-decay parameter groups, Lion's betas unless ``optim_args`` sets them), and
-  :class:`~clion_hf.integrations._callback.LionFamilyCallback` in ``DEFAULT_CALLBACKS``:
+  ``parser.error`` (usage + one line, exit status 2) instead of a traceback; likewise
+  ``trl.scripts._hf_argparser`` (TRL's own copy, under ``TrlParser`` and ``trl sft``).
+* ``transformers.trainer``: ``Trainer.get_optimizer_cls_and_kwargs`` returns
+  :class:`~clion_hf.CLion` / :class:`~clion_hf.Lion` for the two names (with Trainer's usual
+  decay / no-decay parameter groups, Lion's betas unless ``optim_args`` sets them) and
+  defers to transformers for every other name; and
+  :class:`~clion_hf.integrations._callback.LionFamilyCallback` joins ``DEFAULT_CALLBACKS``:
   it logs the effective optimizer settings once, and for CLion adds
   ``optim/sign_fraction`` and ``optim/min_abs_c`` to each training log.
+
+The transformers internals used are exactly those four names (``OptimizerNames``,
+``TrainingArguments.__post_init__``, ``HfArgumentParser.parse_args_into_dataclasses``,
+``Trainer.get_optimizer_cls_and_kwargs`` with ``DEFAULT_CALLBACKS``), present and
+unchanged in shape from transformers 4.57 to 5.x (:data:`SUPPORTED_TRANSFORMERS`). Where
+one is missing, registration stops with one line naming the transformers version and what
+to do (:class:`IncompatibleTransformers`), and ``--optim clion`` then fails with that line
+rather than training with another optimizer.
 
 Nothing from transformers is imported at module level: a patch may run while another
 transformers module is half-initialized (``trainer_callback`` imports ``training_args``).
@@ -26,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,10 +48,7 @@ import torch
 
 from ..optim import MODES, CLion, Lion
 from ..optim._base import check_lr, check_weight_decay
-
-# A child of transformers' library logger: it follows `--log_level` / the Trainer's
-# verbosity and prints next to the Trainer's own "***** Running training *****" lines.
-logger = logging.getLogger("transformers.clion_hf")
+from ._log import logger
 
 OPTIMIZERS: dict[str, tuple[str, type[torch.optim.Optimizer]]] = {
     "clion": ("CLION", CLion),
@@ -206,6 +214,8 @@ def validate_training_args(args: Any) -> None:
     name = _optim_value(args.optim)
     if name not in OPTIMIZERS:
         return
+    if _FAILED:  # e.g. the Trainer side could not be patched: never train with another
+        raise OptimArgsError(next(iter(_FAILED.values())))
     parse_optim_args(name, args.optim_args)
     for flag, value, check in (
         ("--learning_rate", args.learning_rate, check_lr),
@@ -251,14 +261,60 @@ def _extend_enum(enum_cls: type[Enum], name: str, value: str) -> Enum:
     return member
 
 
+SUPPORTED_TRANSFORMERS = ">=4.57.1,<6"
+"""The transformers versions this integration is tested with (oldest and newest in CI);
+the same range as clion-hf's declared dependency."""
+
+_FAILED: dict[str, str] = {}
+"""Patch name -> the one-line reason it could not be applied (see IncompatibleTransformers)."""
+
+
+class IncompatibleTransformers(RuntimeError):
+    """transformers lacks an internal the integration relies on; the message is one line."""
+
+    one_line = True  # the start-up hook prints it as it is, without a traceback
+
+
+def _require(owner: Any, attr: str, patch: str) -> Any:
+    """``owner.attr`` (looked up statically), or record and raise IncompatibleTransformers."""
+    try:
+        return inspect.getattr_static(owner, attr)
+    except AttributeError:
+        pass
+    try:
+        from transformers import __version__ as version
+    except ImportError:  # half-initialized: say so rather than fail differently
+        version = "(unknown version)"
+    where = getattr(owner, "__qualname__", None) or getattr(owner, "__name__", repr(owner))
+    module = getattr(owner, "__module__", None)
+    name = f"{module}.{where}" if module and module != where else where
+    message = (
+        f"clion_hf: transformers {version} has no {name}.{attr}, which --optim clion/lion "
+        f"needs; install a supported transformers (pip install 'transformers"
+        f"{SUPPORTED_TRANSFORMERS}') or pass the optimizer yourself "
+        "(Trainer(optimizer_cls_and_kwargs=(clion_hf.CLion, {...})))"
+    )
+    _FAILED[patch] = message
+    raise IncompatibleTransformers(message)
+
+
 def patch_training_args() -> None:
     """``OptimizerNames`` members and argument-time validation (see module docstring)."""
-    from transformers.training_args import OptimizerNames, TrainingArguments
+    import transformers.training_args as training_args
 
+    names = _require(training_args, "OptimizerNames", "training_args")
+    args_cls = _require(training_args, "TrainingArguments", "training_args")
+    original = _require(args_cls, "__post_init__", "training_args")
+    if not (isinstance(names, type) and issubclass(names, Enum) and issubclass(names, str)):
+        _FAILED["training_args"] = message = (
+            f"clion_hf: transformers' OptimizerNames is no longer a str Enum; install a "
+            f"supported transformers (pip install 'transformers{SUPPORTED_TRANSFORMERS}')"
+        )
+        raise IncompatibleTransformers(message)
+    _FAILED.pop("training_args", None)
     for value, (member, _) in OPTIMIZERS.items():
-        _extend_enum(OptimizerNames, member, value)
+        _extend_enum(names, member, value)
 
-    original = TrainingArguments.__post_init__
     if getattr(original, _MARK, False):
         return
 
@@ -268,14 +324,11 @@ def patch_training_args() -> None:
         validate_training_args(self)
 
     setattr(__post_init__, _MARK, True)
-    TrainingArguments.__post_init__ = __post_init__
+    args_cls.__post_init__ = __post_init__
 
 
-def patch_hf_argparser() -> None:
-    """A bad ``--optim_args`` on the command line: ``parser.error``, not a traceback."""
-    from transformers.hf_argparser import HfArgumentParser
-
-    original = HfArgumentParser.parse_args_into_dataclasses
+def _patch_parser(parser_cls: Any) -> None:
+    original = parser_cls.parse_args_into_dataclasses
     if getattr(original, _MARK, False):
         return
 
@@ -287,26 +340,60 @@ def patch_hf_argparser() -> None:
             self.error(str(e))  # prints usage and the line, exits with status 2
 
     setattr(parse_args_into_dataclasses, _MARK, True)
-    HfArgumentParser.parse_args_into_dataclasses = parse_args_into_dataclasses
+    parser_cls.parse_args_into_dataclasses = parse_args_into_dataclasses
 
 
-def _handler(ctx: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]]:
-    """A ``transformers.trainer_optimizer`` handler: reads ``ctx.args`` only."""
-    return optimizer_cls_and_kwargs(ctx.args)
+def patch_hf_argparser() -> None:
+    """A bad ``--optim_args`` on the command line: ``parser.error``, not a traceback."""
+    import transformers.hf_argparser as hf_argparser
+
+    parser_cls = _require(hf_argparser, "HfArgumentParser", "hf_argparser")
+    _require(parser_cls, "parse_args_into_dataclasses", "hf_argparser")
+    _FAILED.pop("hf_argparser", None)
+    _patch_parser(parser_cls)
+
+
+def patch_trl_argparser() -> None:
+    """The same for TRL's command line (``trl sft ...``, ``TrlParser``): TRL 1.x parses with
+    its own copy of ``HfArgumentParser`` (``trl.scripts._hf_argparser``). Where that copy
+    is missing or changed, TRL still parses through transformers' class or reports a bad
+    ``--optim_args`` with a traceback ending in the same line: nothing is patched then."""
+    from trl.scripts import _hf_argparser
+
+    parser_cls = getattr(_hf_argparser, "HfArgumentParser", None)
+    if callable(getattr(parser_cls, "parse_args_into_dataclasses", None)):
+        _patch_parser(parser_cls)
 
 
 def patch_trainer() -> None:
-    """Optimizer handlers for ``clion``/``lion`` and the diagnostics callback."""
+    """``Trainer.get_optimizer_cls_and_kwargs`` for ``clion``/``lion``; the callback."""
     import transformers.trainer as trainer_module
-    from transformers.trainer_optimizer import _OPTIMIZER_HANDLERS
-    from transformers.training_args import OptimizerNames
+
+    trainer_cls = _require(trainer_module, "Trainer", "trainer")
+    static = _require(trainer_cls, "get_optimizer_cls_and_kwargs", "trainer")
+    callbacks = _require(trainer_module, "DEFAULT_CALLBACKS", "trainer")
+    if not isinstance(static, staticmethod) or not isinstance(callbacks, list):
+        _FAILED["trainer"] = message = (
+            "clion_hf: transformers' Trainer.get_optimizer_cls_and_kwargs / DEFAULT_CALLBACKS "
+            f"changed shape; install a supported transformers (pip install 'transformers"
+            f"{SUPPORTED_TRANSFORMERS}')"
+        )
+        raise IncompatibleTransformers(message)
+    _FAILED.pop("trainer", None)
+    original = static.__func__
 
     from ._callback import LionFamilyCallback
 
-    for value in OPTIMIZERS:
-        # Keyed by the enum member; it hashes like its str value, as Trainer looks it up.
-        _OPTIMIZER_HANDLERS[OptimizerNames(value)] = _handler
-    callbacks = trainer_module.DEFAULT_CALLBACKS
+    if not getattr(original, _MARK, False):
+
+        @functools.wraps(original)
+        def get_optimizer_cls_and_kwargs(args: Any, *rest: Any, **kwargs: Any) -> Any:
+            if _optim_value(args.optim) in OPTIMIZERS:
+                return optimizer_cls_and_kwargs(args)
+            return original(args, *rest, **kwargs)
+
+        setattr(get_optimizer_cls_and_kwargs, _MARK, True)
+        trainer_cls.get_optimizer_cls_and_kwargs = staticmethod(get_optimizer_cls_and_kwargs)
     if not any(getattr(c, "__name__", "") == LionFamilyCallback.__name__ for c in callbacks):
         # DEFAULT_CALLBACKS come before the reporting ones (TensorBoard, W&B, ...) and the
         # printer, so they all see the diagnostics this callback adds to the logs.
@@ -326,11 +413,14 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "LION_BETAS",
     "OPTIMIZERS",
+    "SUPPORTED_TRANSFORMERS",
+    "IncompatibleTransformers",
     "OptimArgsError",
     "optimizer_cls_and_kwargs",
     "parse_optim_args",
     "patch_hf_argparser",
     "patch_trainer",
+    "patch_trl_argparser",
     "patch_training_args",
     "validate_training_args",
 ]
