@@ -3,6 +3,7 @@
     clion-bench run --preset smoke --out bench-out
     clion-bench report bench-out
     clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
+    clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
 
 Bad arguments exit with one line on stderr and status 2; an interrupted ``run`` exits
 with 128 + the signal number and resumes on the next call.
@@ -52,7 +53,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         help="torch threads per run (default: all cores with --jobs 1, else cores // jobs)",
     )  # fmt: skip
     p.add_argument("--max_steps", type=positive_int, help="override every workload's steps")
-    p.add_argument("--recipes_dir", help="directory with the recipes (default: the checkout's)")
+    p.add_argument(
+        "--recipes_dir",
+        help="directory with the recipes (default: the installed package's, or the checkout's)",
+    )
     p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
     p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--keep_outputs", action="store_true", help="keep each run's output_dir")
@@ -68,6 +72,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write report.md, results.csv and plots for DIR")
     rep.add_argument("dir", help="a `clion-bench run` output directory")
     steps = sub.add_parser("steps", help="time optimizer steps (clion_hf.bench.steps)")
+    throughput = sub.add_parser(
+        "throughput", help="samples/s of whole Trainer steps per --optim (bench/throughput.py)"
+    )
     # steps.py is imported only when asked for: run/report must work without it
     if argv[:1] == ["steps"]:
         try:
@@ -75,6 +82,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         except ImportError as err:
             parser.error(f"the steps subcommand is unavailable: {err}")
         steps_module.add_arguments(steps)
+    if argv[:1] == ["throughput"]:
+        from . import throughput as throughput_module
+
+        throughput_module.add_arguments(throughput)
     return parser
 
 
@@ -89,7 +100,11 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(str(err))
     recipes_dir = find_recipes_dir(args.recipes_dir)
     if recipes_dir is None:
-        parser.error(f"recipes directory not found: {args.recipes_dir or 'recipes/'}")
+        parser.error(
+            f"recipes directory not found: {args.recipes_dir}" if args.recipes_dir else
+            "this clion-hf installation has no recipes (neither clion_hf/recipes/ of a wheel "
+            "nor a checkout's recipes/); reinstall clion-hf or pass --recipes_dir"
+        )
     config = recipes_dir / "accelerate_configs" / f"{preset.accelerate_config}.yaml"
     missing = [str(p) for p in [config, *(recipes_dir / WORKLOADS[w].recipe for w in workloads)]
                if not p.is_file()]  # fmt: skip
@@ -143,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_run(args, parser)
     if args.command == "report":
         return _cmd_report(args, parser)
+    if args.command == "throughput":
+        from . import throughput
+
+        return throughput.run(args)
     from . import steps as steps_module
 
     return int(steps_module.run(args) or 0)
