@@ -40,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..workloads import recipes_dir as installed_recipes_dir
 from .specs import (
     COMMON_RECIPE_ARGS,
     WORKLOADS,
@@ -97,15 +98,11 @@ def read_json(path: Path) -> Any | None:
 
 
 def find_recipes_dir(explicit: str | None = None) -> Path | None:
-    """``explicit``, else the checkout's ``recipes/`` next to the package, else ``./recipes``."""
+    """``explicit``, else the installation's recipes (the wheel's copy or the checkout's)."""
     if explicit:
         path = Path(explicit)
         return path if path.is_dir() else None
-    package_root = Path(__file__).resolve().parents[2]
-    for candidate in (package_root / "recipes", Path.cwd() / "recipes"):
-        if candidate.is_dir():
-            return candidate
-    return None
+    return installed_recipes_dir()
 
 
 def launcher() -> list[str]:

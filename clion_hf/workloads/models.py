@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
 from clion_hf._cache import cache_dir
+from clion_hf.workloads import recipes_dir
 from clion_hf.workloads.data import RecipeError, _sha, atomic_cache_dir, hub_offline
 
 FAMILIES = ("gpt2", "bert", "vit")
@@ -80,7 +81,7 @@ def load_config(name_or_path: str, **overrides) -> PretrainedConfig:
 # Offline pretrained checkpoints for the finetune recipes
 # ----------------------------------------------------------------------------------------
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = recipes_dir()  # None: neither a checkout's recipes/ nor the wheel's copy
 # Fixed recipe of the cached checkpoints: AdamW, fixed seed, no evaluation or saving on the way
 CHECKPOINT_ARGS: dict[str, list[str]] = {
     "gpt2": ["--max_steps", "500", "--learning_rate", "2e-3"],
@@ -111,11 +112,12 @@ def offline_pretrained_checkpoint(family: str) -> str:
     """
     if family not in FAMILIES:
         raise RecipeError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
-    recipe = RECIPES_DIR / f"{family}_pretrain.py"
+    recipe = (RECIPES_DIR or Path("recipes")) / f"{family}_pretrain.py"
     if not recipe.is_file():
         raise RecipeError(
-            f"the offline {family} checkpoint is built with {recipe}, which is missing; "
-            "run from a clion-hf checkout or pass --model_name_or_path"
+            f"the offline {family} checkpoint is built with {recipe}, which is missing "
+            "(a clion-hf wheel carries it as clion_hf/recipes/; reinstall clion-hf) "
+            "or pass --model_name_or_path"
         )
     args = _COMMON_ARGS + CHECKPOINT_ARGS[family]
     if os.environ.get("CLION_HF_CHECKPOINT_MAX_STEPS"):  # tests: a quick, weaker checkpoint
