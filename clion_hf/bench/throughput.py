@@ -276,6 +276,11 @@ def run(args: argparse.Namespace) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if not torch.cuda.is_available() and "OMP_WAIT_POLICY" not in os.environ:
+        log("throughput: note: OMP_WAIT_POLICY is unset; on a busy or shared machine "
+            "OpenMP's spinning can stall every parallel region (compare with "
+            "OMP_WAIT_POLICY=PASSIVE)")  # fmt: skip
+
     def make_model() -> torch.nn.Module:
         torch.manual_seed(0)
         return build_model(args.family, args.size)
