@@ -64,16 +64,21 @@ def main() -> int:
             t_on.append(_start(with_hf, on))
             t_off.append(_start(with_hf, off))
             t_bare.append(_start(bare, on))
-        imports = subprocess.run([str(with_hf), "-X", "importtime", "-c", "pass"], env=on,
+        cumulative: dict[str, list[int]] = {}
+        for _ in range(21):
+            err = subprocess.run([str(with_hf), "-X", "importtime", "-c", "pass"], env=on,
                                  capture_output=True, text=True).stderr  # fmt: skip
+            for line in err.splitlines():
+                if "clion" in line:
+                    _, cum, name = (part.strip() for part in line.split(":", 1)[1].split("|"))
+                    cumulative.setdefault(name, []).append(int(cum))
     print(f"clion-hf start-up hook, {args.pairs} interleaved starts each; load average "
           f"{' '.join(Path('/proc/loadavg').read_text().split()[:3])}")  # fmt: skip
     print(_summary("hook on - hook off (CLION_HF_AUTOREGISTER=0)", t_on, t_off))
     print(_summary("hook on - environment without clion-hf", t_on, t_bare))
-    print("modules the hook imports (-X importtime, microseconds self | cumulative):")
-    for line in imports.splitlines():
-        if "clion" in line:
-            print("  " + line.split(":", 1)[1].strip())
+    print("modules the hook imports (-X importtime, median of 21 starts, cumulative):")
+    for name, values in cumulative.items():
+        print(f"  {name}: {statistics.median(values)} us")
     return 0
 
 
