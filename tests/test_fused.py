@@ -17,9 +17,9 @@ import torch
 from test_optim import TOL, make_problem, run_ours, run_ref
 
 from clion_hf import CLion, Lion
-from clion_hf.optim import fused_cpu
-from clion_hf.optim.functional import compute_dtype
-from clion_hf.optim.fused import default_fused
+from clion_hf.optim.functional import choose_impl, compute_dtype
+from clion_hf.optim.kernels import cpu as fused_cpu
+from clion_hf.optim.kernels import default_fused
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01), ("element", 0.3), ("soft", 0.5)]
@@ -135,23 +135,22 @@ def test_early_exit_of_the_reduction_keeps_decisions_and_exact_statistics(mode, 
 def test_reduction_stop_returns_a_witness_below_nu():
     gs = [torch.randn(200000), torch.randn(100000), torch.full((10,), 2.0)]
     ms = [torch.zeros_like(g) for g in gs]
-    exact = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9)
+    exact = fused_cpu.direction_min_abs(gs, ms, 0.9)
     ref = torch.stack([torch.where(g == 0, math.inf, (0.1 * g).abs()).amin() for g in gs])
+    ref = ref.double()
     torch.testing.assert_close(exact, ref, rtol=0, atol=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # chunks in order: the first one decides
     try:
-        per_tensor = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="tensor",
-                                                           stop_below=1e-3)  # fmt: skip
-        everything = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="all",
-                                                           stop_below=1e-3)  # fmt: skip
+        per_tensor = fused_cpu.direction_min_abs(gs, ms, 0.9, stop="tensor", stop_below=1e-3)
+        everything = fused_cpu.direction_min_abs(gs, ms, 0.9, stop="all", stop_below=1e-3)
     finally:
         torch.set_num_threads(threads)
     assert per_tensor[0] < 1e-3 and per_tensor[1] < 1e-3  # witnesses, maybe not the min
     assert per_tensor[2] == exact[2] == pytest.approx(0.2)  # no |c| below nu: exact
     assert everything[0] < 1e-3 and everything[1:].isinf().all()  # the rest was skipped
     with pytest.raises(ValueError, match="stop='some'"):
-        fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="some")
+        fused_cpu.direction_min_abs(gs, ms, 0.9, stop="some")
 
 
 NO_COMPILER = textwrap.dedent("""
@@ -161,7 +160,8 @@ NO_COMPILER = textwrap.dedent("""
     opt = CLion([p], mode="element")
     p.grad = torch.ones(3)
     opt.step()  # default: falls back to the eager path
-    assert not opt._use_fused(opt.param_groups[0], [p])
+    from clion_hf.optim.functional import choose_impl
+    assert choose_impl([p]) == "single"
     try:
         CLion([p], fused=True)
     except ValueError as e:
@@ -181,7 +181,7 @@ def test_without_a_compiler_the_default_falls_back_and_fused_true_explains(tmp_p
 
 def test_kernel_is_built_once_into_the_cache_and_reused(tmp_path):
     env = {**os.environ, "CLION_HF_CACHE": str(tmp_path)}
-    code = ("from clion_hf.optim import fused_cpu as f; assert f.available(); "
+    code = ("from clion_hf.optim.kernels import cpu as f; assert f.available(); "
             "print(f._load()[0]._name)")
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
@@ -205,7 +205,7 @@ def test_concurrent_first_use_builds_once(tmp_path):
                    f'exec "{real}" "$@"\n')  # fmt: skip
     cxx.chmod(0o755)
     env = {**os.environ, "CLION_HF_CACHE": str(tmp_path), "CXX": str(cxx)}
-    code = ("import time; from clion_hf.optim import fused_cpu as f; t = time.time(); "
+    code = ("import time; from clion_hf.optim.kernels import cpu as f; t = time.time(); "
             "assert f.available(); print(f._load()[0]._name, time.time() - t)")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
@@ -261,10 +261,9 @@ def test_fused_argument_validation_and_default():
         Lion([p], fused="yes")
     # Automatic choice: the C++ kernel on CPU (built here), unless foreach is chosen.
     assert default_fused([p])
-    assert CLion([p])._use_fused(CLion([p]).param_groups[0], [p])
+    assert choose_impl([p]) == "fused"
     for foreach in (True, False):
-        opt = Lion([p], foreach=foreach)
-        assert not opt._use_fused(opt.param_groups[0], [p])
+        assert choose_impl([p], foreach=foreach) == ("foreach" if foreach else "single")
     meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
     assert not default_fused([meta])
 
@@ -301,7 +300,7 @@ TRITON_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_optim import TOL, make_problem, run_ours, run_ref
     from clion_hf import CLion, Lion
-    import clion_hf.optim.triton_kernels as tk
+    import clion_hf.optim.kernels.cuda as tk
     assert tk.BLOCK == 32, "the interpreter's small blocks"
     out = {{}}
     for dtype in (torch.float32, torch.bfloat16):

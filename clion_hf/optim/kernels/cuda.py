@@ -1,4 +1,6 @@
-"""Fused CUDA path: Triton kernels that update many tensors per launch.
+"""The fused CUDA kernels: Triton kernels that update many tensors per launch.
+
+Called from the custom op ``clion_hf::fused_update_`` (:mod:`clion_hf.optim.kernels`).
 
 Tensors of one dtype combination are described by a table (one row per tensor: the
 addresses of p, g, m and the element count) and cut into chunks of ``CHUNK`` elements; a
@@ -10,8 +12,9 @@ program updates one chunk. So one launch covers the whole model:
 * ``_reduce_kernel``: CLion ``global``/``tensor`` pass 1 (min non-zero ``abs(c)`` per
   tensor, reading g and m) and, for cautious Lion, the per-tensor count of the mask.
 
-The per-tensor minimum is an ``atomic_min`` on the int32 bit pattern of a non-negative
-float (its order is the float order). Nothing is read back to the host: the CLion decision
+The per-tensor minimum is an ``atomic_min`` on the bit pattern of a non-negative float
+(its order is the float order): int32 for fp32 compute, int64 for fp64. Nothing is read
+back to the host: the CLion decision
 is a device tensor that the update kernel loads, and the tables are cached by tensor
 addresses, so steady-state steps launch kernels only and can be captured in a CUDA graph.
 
@@ -29,7 +32,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .functional import _as_real, _single_tensor_update, compute_dtype, direction_min_abs
+from ..functional import Hyper, _as_real, _single_tensor_update, compute_dtype
+from ..functional import direction_min_abs as eager_direction_min_abs
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     # The interpreter runs programs one by one in numpy: small blocks keep it fast, and
@@ -38,13 +42,15 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 else:
     BLOCK, CHUNK = 1024, 16 * 1024
 _MODE_ID = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
-_INF_BITS = 0x7F800000  # +inf as int32 bits
+# +inf as the bits of the compute dtype: (integer dtype, value)
+_INF_BITS = {torch.float32: (torch.int32, 0x7F800000),
+             torch.float64: (torch.int64, 0x7FF0000000000000)}  # fmt: skip
 
 
 def _tl_dtype(dt: torch.dtype) -> Any:
     return {
         torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-        torch.float64: tl.float64,
+        torch.float64: tl.float64, torch.int32: tl.int32, torch.int64: tl.int64,
     }[dt]  # fmt: skip
 
 
@@ -59,6 +65,12 @@ def _lerp(a, b, w):
 def _sign(c):
     s = tl.where(c > 0, 1.0, tl.where(c < 0, -1.0, 0.0)).to(c.dtype)
     return tl.where(c != c, c, s)  # NaN stays NaN, as torch.sign
+
+
+@triton.jit
+def _finite_or_nan(h, c):
+    # h where c is finite, NaN where it is not (the rule of every path)
+    return tl.where(c - c == 0, h, float("nan")).to(h.dtype)
 
 
 @triton.jit
@@ -77,7 +89,7 @@ def _store(ptr, x, mask, DT: tl.constexpr):
 def _reduce_kernel(
     table, chunk_tensor, chunk_start, out, w1,
     WHAT: tl.constexpr, MAXIMIZE: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-    CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+    CT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """WHAT=0: atomic_min of min non-zero abs(c) bits; WHAT=1: atomic_add of sign(c)*g > 0."""
     pid = tl.program_id(0)
@@ -86,7 +98,7 @@ def _reduce_kernel(
     g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
     m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
     n = tl.load(table + t * 4 + 3)
-    acc_min = tl.full([BLOCK], float("inf"), tl.float32)
+    acc_min = tl.full([BLOCK], float("inf"), CT)
     acc_cnt = tl.zeros([BLOCK], tl.int32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -98,13 +110,13 @@ def _reduce_kernel(
         c = _lerp(m, g, w1)
         if WHAT == 0:
             a = tl.abs(c)
-            a = tl.where(mask & (a != 0), a, float("inf")).to(tl.float32)
+            a = tl.where(mask & (a != 0), a, float("inf")).to(CT)
             acc_min = tl.minimum(acc_min, a)
         else:
-            agree = (_sign(c) * g > 0) & mask
+            agree = (_finite_or_nan(_sign(c), c) * g > 0) & mask
             acc_cnt += agree.to(tl.int32)
     if WHAT == 0:
-        tl.atomic_min(out + t, tl.min(acc_min, axis=0).to(tl.int32, bitcast=True))
+        tl.atomic_min(out + t, tl.min(acc_min, axis=0).to(BITS, bitcast=True))
     else:
         tl.atomic_add(out + t, tl.sum(acc_cnt, axis=0))
 
@@ -115,7 +127,7 @@ def _update_kernel(
     lr, decay, wd, w1, w2, nu,
     MODE: tl.constexpr, CAUTION: tl.constexpr, MAXIMIZE: tl.constexpr, STATS: tl.constexpr,
     LR_TENSOR: tl.constexpr, P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-    CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+    CT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """One pass: c, h(c), decoupled weight decay, momentum; stats with atomics."""
     pid = tl.program_id(0)
@@ -137,7 +149,7 @@ def _update_kernel(
     if CAUTION:
         scale = (1.0 / (tl.load(caution_cnt + t).to(CT) + 1.0)) * n.to(CT)
     acc_cnt = tl.zeros([BLOCK], tl.int32)
-    acc_min = tl.full([BLOCK], float("inf"), tl.float32)
+    acc_min = tl.full([BLOCK], float("inf"), CT)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < n
@@ -156,8 +168,10 @@ def _update_kernel(
             h = tl.where(a >= nu, _sign(c), c)
         else:
             h = tl.clamp(c / nu, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
+        h = _finite_or_nan(h, c)
         if CAUTION:
-            h = tl.where(h * g > 0, h, 0.0) * scale
+            # (h * mask) * scale as the eager path: a NaN h stays NaN
+            h = (h * (h * g > 0).to(CT)) * scale
         p = p * decay_v - h * lr_v
         m = _lerp(m, g, w2)
         _store(p_ptr + offs, p, mask, P_DT)
@@ -167,10 +181,10 @@ def _update_kernel(
                 acc_cnt += mask.to(tl.int32)
             else:
                 acc_cnt += ((a >= nu) & mask).to(tl.int32)
-            acc_min = tl.minimum(acc_min, tl.where(mask & (a != 0), a, float("inf")).to(tl.float32))
+            acc_min = tl.minimum(acc_min, tl.where(mask & (a != 0), a, float("inf")).to(CT))
     if STATS:
         tl.atomic_add(stat_cnt + t, tl.sum(acc_cnt, axis=0))
-        tl.atomic_min(stat_min + t, tl.min(acc_min, axis=0).to(tl.int32, bitcast=True))
+        tl.atomic_min(stat_min + t, tl.min(acc_min, axis=0).to(BITS, bitcast=True))
 
 
 # ----------------------------------------------------------------------------- host side
@@ -243,58 +257,61 @@ def _buckets(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]):
     return groups, rest
 
 
-@torch.no_grad()
-def triton_direction_min_abs(grads: list[Tensor], exp_avgs: list[Tensor], *, beta1: float,
-                             maximize: bool = False) -> Tensor:  # fmt: skip
-    """:func:`~clion_hf.optim.functional.direction_min_abs` with one launch per dtype combo."""
+def _min_bits(n: int, cdt: torch.dtype, device: torch.device) -> Tensor:
+    int_dtype, inf = _INF_BITS[cdt]
+    return torch.full((n,), inf, dtype=int_dtype, device=device)
+
+
+def _bits_to_float64(bits: Tensor, cdt: torch.dtype) -> Tensor:
+    return bits.view(cdt).to(torch.float64)
+
+
+def direction_min_abs(grads: list[Tensor], exp_avgs: list[Tensor], beta1: float) -> Tensor:
+    """Per-tensor min non-zero ``abs(c)`` (fp64) with one launch per dtype combination."""
     if not grads:
-        return torch.empty(0, dtype=torch.float32)
+        return torch.empty(0, dtype=torch.float64)
     device = grads[0].device
-    bits = torch.full((len(grads),), _INF_BITS, dtype=torch.int32, device=device)
+    mins = torch.full((len(grads),), math.inf, dtype=torch.float64, device=device)
     groups, rest = _buckets(grads, grads, exp_avgs)
     for (_, gdt, mdt), idx in groups.items():
         gs = [_flat(grads[i]) for i in idx]
         ms = [_flat(exp_avgs[i]) for i in idx]
         table, ct, cs = _tables(gs, gs, ms)
-        out = torch.full((len(idx),), _INF_BITS, dtype=torch.int32, device=device)
+        cdt = compute_dtype(gdt)
+        out = _min_bits(len(idx), cdt, device)
         _reduce_kernel[(ct.numel(),)](
             table, ct, cs, out, 1.0 - beta1, WHAT=0, MAXIMIZE=False, G_DT=_tl_dtype(gdt),
-            M_DT=_tl_dtype(mdt), CT=_tl_dtype(compute_dtype(gdt)), BLOCK=BLOCK, CHUNK=CHUNK,
+            M_DT=_tl_dtype(mdt), CT=_tl_dtype(cdt), BITS=_tl_dtype(out.dtype), BLOCK=BLOCK,
+            CHUNK=CHUNK,
         )  # fmt: skip
-        bits[_const(idx, torch.int64, device)] = out
-    mins = bits.view(torch.float32)
+        mins[_const(idx, torch.int64, device)] = _bits_to_float64(out, cdt)
     if rest:
-        sub = direction_min_abs([grads[i] for i in rest], [exp_avgs[i] for i in rest],
-                                beta1=beta1, maximize=maximize)  # fmt: skip
-        mins = mins.clone()
-        mins[_const(rest, torch.int64, device)] = sub.to(device)
+        sub = eager_direction_min_abs([grads[i] for i in rest], [exp_avgs[i] for i in rest],
+                                      beta1=beta1, impl="single")  # fmt: skip
+        mins[_const(rest, torch.int64, device)] = sub.to(mins)
     return mins
 
 
-@torch.no_grad()
-def triton_update(
+def update(
     params: list[Tensor],
     grads: list[Tensor],
     exp_avgs: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    mode: str,
-    nu: float = 1.0,
-    take_sign: Tensor | None = None,
-    maximize: bool = False,
-    caution: bool = False,
-    stats: bool = False,
-) -> tuple[Tensor, Tensor] | None:
-    """:func:`~clion_hf.optim.functional.lion_clion_update` with Triton kernels."""
-    if not params:
-        return None
+    hyper: Hyper,
+    take: Tensor | None,
+    want_min: bool,
+) -> tuple[Tensor, Tensor]:
+    """One fused update in place: per-tensor (sign-branch count fp32, min abs(c) fp64).
+
+    Statistics only with ``want_min`` (the min is NaN otherwise), except the counts of
+    global/tensor modes, which follow from ``take``.
+    """
     device = params[0].device
     n_all = len(params)
-    counts = torch.zeros(n_all, dtype=torch.int32, device=device) if stats else None
-    min_bits = torch.full((n_all,), _INF_BITS, dtype=torch.int32, device=device) if stats else None
+    two_pass = hyper.mode in ("global", "tensor")
+    counts = torch.zeros(n_all, dtype=torch.float32, device=device)
+    mins = torch.full((n_all,), math.inf if want_min else math.nan, dtype=torch.float64,
+                      device=device)  # fmt: skip
+    lr, wd = hyper.lr, hyper.weight_decay
     lr_is_tensor = isinstance(lr, Tensor)
     lr_f = 0.0 if lr_is_tensor else float(lr)
     lr_ptr = lr.to(device=device, dtype=torch.float32).reshape(1) if lr_is_tensor else None
@@ -304,55 +321,37 @@ def triton_update(
         gs = [_flat(grads[i]) for i in idx]
         ms = [_flat(exp_avgs[i]) for i in idx]
         table, ct, cs = _tables(ps, gs, ms)
-        cdt = _tl_dtype(compute_dtype(pdt))
-        sel = _const(idx, torch.int64, device) if len(idx) != n_all else None
-        common = dict(MAXIMIZE=maximize, G_DT=_tl_dtype(gdt), M_DT=_tl_dtype(mdt), CT=cdt,
-                      BLOCK=BLOCK, CHUNK=CHUNK)  # fmt: skip
+        cdt = compute_dtype(pdt)
+        sel = _const(idx, torch.int64, device)
+        common = dict(MAXIMIZE=hyper.maximize, G_DT=_tl_dtype(gdt), M_DT=_tl_dtype(mdt),
+                      CT=_tl_dtype(cdt), BITS=_tl_dtype(_INF_BITS[cdt][0]), BLOCK=BLOCK,
+                      CHUNK=CHUNK)  # fmt: skip
         caution_cnt = None
-        if caution:
+        if hyper.caution:
             caution_cnt = torch.zeros(len(idx), dtype=torch.int32, device=device)
-            _reduce_kernel[(ct.numel(),)](table, ct, cs, caution_cnt, 1.0 - beta1, WHAT=1,
-                                          **common)  # fmt: skip
-        take = None
-        if take_sign is not None:
-            take = (take_sign if sel is None else take_sign[sel]).to(torch.int8)
-        cnt = torch.zeros(len(idx), dtype=torch.int32, device=device) if stats else None
-        mnb = (
-            torch.full((len(idx),), _INF_BITS, dtype=torch.int32, device=device) if stats else None
-        )
+            _reduce_kernel[(ct.numel(),)](table, ct, cs, caution_cnt, 1.0 - hyper.beta1,
+                                          WHAT=1, **common)  # fmt: skip
+        take_i8 = None if take is None else take[sel].to(torch.int8)
+        cnt = torch.zeros(len(idx), dtype=torch.int32, device=device)
+        mnb = _min_bits(len(idx), cdt, device)
         _update_kernel[(ct.numel(),)](
-            table, ct, cs, take, caution_cnt, cnt, mnb, lr_ptr,
-            lr_f, 1.0 - lr_f * weight_decay, weight_decay, 1.0 - beta1, 1.0 - beta2, nu,
-            MODE=_MODE_ID[mode], CAUTION=caution, STATS=stats, LR_TENSOR=lr_is_tensor,
-            P_DT=_tl_dtype(pdt), **common,
+            table, ct, cs, take_i8, caution_cnt, cnt, mnb, lr_ptr,
+            lr_f, 1.0 - lr_f * wd, wd, 1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.nu,
+            MODE=_MODE_ID[hyper.mode], CAUTION=hyper.caution, STATS=want_min,
+            LR_TENSOR=lr_is_tensor, P_DT=_tl_dtype(pdt), **common,
         )  # fmt: skip
-        if stats:
-            if sel is None:
-                counts, min_bits = cnt, mnb
-            else:
-                counts[sel] = cnt
-                min_bits[sel] = mnb
-    if not stats and not rest:
-        return None
-    result = None
-    if stats:
-        assert counts is not None and min_bits is not None
-        count_f = counts.float()
-        mins = min_bits.view(torch.float32).clone()
-        if mode in ("global", "tensor"):
-            assert take_sign is not None
-            numel = _const([float(_as_real(p).numel()) for p in params], torch.float32, device)
-            count_f = take_sign.float() * numel
-            mins = torch.full_like(mins, math.nan)
-        result = (count_f, mins)
+        counts[sel] = cnt.float()
+        if want_min:
+            mins[sel] = _bits_to_float64(mnb, cdt)
+    if two_pass:
+        assert take is not None
+        numel = _const([float(_as_real(p).numel()) for p in params], torch.float32, device)
+        counts = take.float() * numel
     for i in rest:  # strided tensors: the eager math, one at a time
         out = _single_tensor_update(
-            [params[i]], [grads[i]], [exp_avgs[i]], lr=lr, beta1=beta1, beta2=beta2,
-            weight_decay=weight_decay, mode=mode, nu=nu,
-            take_sign=None if take_sign is None else take_sign[i : i + 1], maximize=maximize,
-            caution=caution, stats=stats,
+            [params[i]], [grads[i]], [exp_avgs[i]], hyper,
+            None if take is None else take[i : i + 1], True, want_min,
         )  # fmt: skip
-        if result is not None and out is not None:
-            result[0][i] = out[0][0]
-            result[1][i] = out[1][0]
-    return result
+        counts[i] = out.count[0]
+        mins[i] = out.min_abs[0]
+    return counts, mins
