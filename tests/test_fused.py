@@ -340,6 +340,23 @@ TRITON_SCRIPT = textwrap.dedent("""
         g = torch.randn(200); p.grad, q.grad = g, g.clone(); a.step(); b.step()
     ok = torch.allclose(p, q, rtol=0, atol=1e-6) and a.state[p]["exp_avg"].dtype == torch.bfloat16
     out["bf16-momentum"] = [None if ok else "bf16 momentum differs", 0.0, 0.0]
+    # the rule for non-finite values, the fp64 decision and version counters, as on CPU
+    for rule, kw in (("lion", dict(caution=True)), ("clion", dict(mode="element", nu=1e-3))):
+        for bad in (float("nan"), float("inf")):
+            p = torch.nn.Parameter(torch.randn(100))
+            opt = (Lion if rule == "lion" else CLion)([p], fused=True, **kw)
+            g = torch.randn(100); g[7] = bad; p.grad = g
+            version = p._version
+            opt.step()
+            ok = bool(p[7].isnan()) and int(p.isfinite().sum()) == 99 and p._version > version
+            out[f"nonfinite-{{rule}}-{{bad}}"] = [None if ok else str(p[5:9]), 0.0, 0.0]
+    c = 1e-4 * (1 - 1e-9)
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = CLion([p], lr=0.1, nu=1e-4, betas=(0.0, 0.0), fused=True)
+    p.grad = torch.tensor([c, 1.0], dtype=torch.float64)
+    opt.step()
+    ok = p[0].item() == 1 - 0.1 * c and opt.last_step_stats()["min_abs_c"] == c
+    out["fp64-decision"] = [None if ok else str(p), 0.0, 0.0]
     print("RESULT" + json.dumps(out))
 """)
 
@@ -353,7 +370,7 @@ def test_triton_kernels_match_float64_reference_under_interpreter():
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
     results = json.loads(line[0][len("RESULT"):])
-    assert len(results) == 2 * len(MODES) + 2 * 2 + 1
+    assert len(results) == 2 * len(MODES) + 2 * 2 + 1 + 4 + 1
     for key, (err, got_min, ref_min) in results.items():
         assert err is None, (key, err)
         if key.startswith(("element", "soft")):  # min |c| produced by the update kernel
@@ -384,3 +401,59 @@ def test_bench_steps_smoke(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "clion_hf.bench.steps", "--models", "nope"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert bad.returncode == 2 and "unknown models" in bad.stderr
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+def _op_args(n: int = 3, device: str = "cpu"):
+    ps = [torch.randn(5, device=device) for _ in range(n)]
+    gs = [torch.randn(5, device=device) for _ in range(n)]
+    ms = [torch.zeros(5, device=device) for _ in range(n)]
+    return ps, gs, ms
+
+
+def test_custom_ops_have_shapes_under_fake_and_meta_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for mode in (FakeTensorMode(), torch.device("meta")):
+        with mode:
+            ps, gs, ms = _op_args(device="meta" if isinstance(mode, torch.device) else "cpu")
+            count, min_abs = torch.ops.clion_hf.fused_update_(
+                ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.0, 1.0, "lion", False, False, True
+            )
+            mins = torch.ops.clion_hf.fused_direction_min_abs(gs, ms, 0.9, False, "", 0.0)
+        assert count.shape == min_abs.shape == mins.shape == (3,)
+        assert count.dtype == torch.float32 and min_abs.dtype == mins.dtype == torch.float64
+
+
+def test_custom_op_declares_its_mutations_and_the_profiler_sees_it():
+    schema = str(torch.ops.clion_hf.fused_update_.default._schema)
+    assert "Tensor(a0!)[] params" in schema and "Tensor(a2!)[] exp_avgs" in schema
+    assert "Tensor[] grads" in schema  # read only
+    p = torch.nn.Parameter(torch.randn(100))
+    opt = Lion([p], fused=True)
+    p.grad = torch.randn(100)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "clion_hf::fused_update_" in {e.name for e in prof.events()}
+
+
+@pytest.mark.slow
+def test_fused_custom_op_runs_inside_a_compiled_function():
+    # The op has a fake kernel and declared mutations, so Dynamo/Inductor can put it in a
+    # graph (auto-functionalized, then re-inplaced): same bits as calling it eagerly.
+    ps, gs, ms = _op_args(n=4)
+    qs, ns = [p.clone() for p in ps], [m.clone() for m in ms]
+
+    def step(ps, gs, ms):
+        return torch.ops.clion_hf.fused_update_(
+            ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.1, 0.3, "element", False, False, True
+        )
+
+    compiled = torch.compile(step, fullgraph=True)
+    for _ in range(3):
+        a = compiled(ps, gs, ms)
+        b = step(qs, gs, ns)
+    for x, y in zip(ps + ms + list(a), qs + ns + list(b), strict=True):
+        assert torch.equal(x, y)

@@ -159,7 +159,8 @@ class CLion(LionFamily):
                 mins[id(b)] = torch.full((len(b.params),), math.inf, dtype=torch.float64)
                 continue
             mins[id(b)] = F.direction_min_abs(
-                b.grads, b.exp_avgs, beta1=b.group["betas"][0], impl=b.impl, stop_below=stop_below,
+                b.grads, b.exp_avgs, beta1=b.group["betas"][0], maximize=b.group["maximize"],
+                impl=b.impl, stop_below=stop_below,
                 stop=("all" if is_global else "tensor") if early else None,
             )  # fmt: skip
             if early and self.track_stats:

@@ -145,11 +145,14 @@ def direction_min_abs(
     exp_avgs: list[Tensor],
     *,
     beta1: float,
+    maximize: bool = False,
     impl: Impl = "foreach",
     stop_below: float | None = None,
     stop: str | None = None,
 ) -> Tensor:
     """Per-tensor smallest non-zero ``abs(c)``, 1-d in :func:`stat_dtype` (inf where c == 0).
+
+    ``maximize``: the momentum follows ``-g``, so ``c = beta1 * m - (1 - beta1) * g``.
 
     Exact in every compute dtype (fp64 holds every fp32/bf16/fp16 value). NaN where ``c``
     has a NaN. ``stop``/``stop_below`` (fused CPU kernel only): stop reading a tensor
@@ -161,12 +164,13 @@ def direction_min_abs(
     if impl == "fused":
         from . import kernels
 
-        return kernels.direction_min_abs(grads, exp_avgs, beta1, stop, stop_below)
+        return kernels.direction_min_abs(grads, exp_avgs, beta1, maximize, stop, stop_below)
     device = grads[0].device
     gs = [_as_real(g) for g in grads]
     ms = [_as_real(m) for m in exp_avgs]
     dts = [compute_dtype(g.dtype) for g in gs]
     gs = [_upcast(g, dt) for g, dt in zip(gs, dts, strict=True)]
+    gs = [-g for g in gs] if maximize else gs
     ms = [_upcast(m, dt) for m, dt in zip(ms, dts, strict=True)]
     if impl == "foreach":
         cs = torch._foreach_lerp(ms, gs, 1.0 - beta1)
@@ -273,7 +277,7 @@ def clion(
     hyper = Hyper(lr, beta1, beta2, weight_decay, mode, nu, maximize)
     if mode in ("global", "tensor") and take is None and params:
         impl = impl or choose_impl(params)
-        min_abs = direction_min_abs(grads, exp_avgs, beta1=beta1, impl=impl)
+        min_abs = direction_min_abs(grads, exp_avgs, beta1=beta1, maximize=maximize, impl=impl)
         take = take_sign(min_abs, nu, [p.dtype for p in params], mode)
     out = _update(params, grads, exp_avgs, hyper, take, stats, impl,
                   want_min=min_abs is None)  # fmt: skip

@@ -137,21 +137,26 @@ def _fused_update_fake(params, grads, exp_avgs, *args):  # noqa: ANN001, ANN202
 
 @torch.library.custom_op("clion_hf::fused_direction_min_abs", mutates_args=())
 def _fused_direction_min_abs(
-    grads: list[Tensor], exp_avgs: list[Tensor], beta1: float, stop: str, stop_below: float
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    beta1: float,
+    maximize: bool,
+    stop: str,
+    stop_below: float,
 ) -> Tensor:
     device = grads[0].device if grads else "?"
     raise NotImplementedError(f"clion_hf::fused_direction_min_abs has no kernel for {device}")
 
 
 @_fused_direction_min_abs.register_kernel(("cpu", "cuda"))
-def _fused_direction_min_abs_kernel(grads, exp_avgs, beta1, stop, stop_below):  # noqa: ANN001, ANN202
+def _fused_direction_min_abs_kernel(grads, exp_avgs, beta1, maximize, stop, stop_below):  # noqa: ANN001, ANN202
     if grads and _is_triton(grads[0]):
         from . import cuda
 
-        return cuda.direction_min_abs(grads, exp_avgs, beta1)
+        return cuda.direction_min_abs(grads, exp_avgs, beta1, maximize)
     from . import cpu
 
-    return cpu.direction_min_abs(grads, exp_avgs, beta1, stop or None,
+    return cpu.direction_min_abs(grads, exp_avgs, beta1, maximize, stop or None,
                                  None if stop == "" else stop_below)  # fmt: skip
 
 
@@ -187,6 +192,7 @@ def direction_min_abs(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     beta1: float,
+    maximize: bool = False,
     stop: str | None = None,
     stop_below: float | None = None,
 ) -> Tensor:
@@ -194,5 +200,5 @@ def direction_min_abs(
     if stop is not None and stop not in ("tensor", "all"):
         raise ValueError(f"invalid stop={stop!r}: allowed are None, 'tensor', 'all'")
     return torch.ops.clion_hf.fused_direction_min_abs(
-        grads, exp_avgs, beta1, stop or "", 0.0 if stop_below is None else stop_below
+        grads, exp_avgs, beta1, maximize, stop or "", 0.0 if stop_below is None else stop_below
     )

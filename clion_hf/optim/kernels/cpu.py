@@ -328,6 +328,7 @@ def direction_min_abs(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     beta1: float,
+    maximize: bool = False,
     stop: str | None = None,
     stop_below: float | None = None,
 ) -> Tensor:
@@ -342,7 +343,7 @@ def direction_min_abs(
         raise ValueError(f"invalid stop={stop!r}: allowed are None, 'tensor', 'all'")
     lib = _library()
     out = torch.full((len(grads),), math.inf, dtype=torch.float64)
-    chyper = CHyper(w1=1.0 - beta1, stop=_STOP[stop],
+    chyper = CHyper(w1=1.0 - beta1, maximize=int(maximize), stop=_STOP[stop],
                     stop_below=-math.inf if stop_below is None else stop_below)  # fmt: skip
     batches, rest = _batches(lib, grads, grads, exp_avgs)
     threads = torch.get_num_threads()
@@ -356,6 +357,7 @@ def direction_min_abs(
         out[torch.tensor(idx)] = min_abs
     if rest:  # strided or mixed-dtype tensors: the eager reduction
         out[torch.tensor(rest)] = eager_direction_min_abs(
-            [grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1=beta1, impl="single"
+            [grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1=beta1,
+            maximize=maximize, impl="single",
         ).to(out)
     return out

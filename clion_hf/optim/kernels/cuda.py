@@ -12,9 +12,8 @@ program updates one chunk. So one launch covers the whole model:
 * ``_reduce_kernel``: CLion ``global``/``tensor`` pass 1 (min non-zero ``abs(c)`` per
   tensor, reading g and m) and, for cautious Lion, the per-tensor count of the mask.
 
-The per-tensor minimum is an ``atomic_min`` on the bit pattern of a non-negative float
-(its order is the float order): int32 for fp32 compute, int64 for fp64. Nothing is read
-back to the host: the CLion decision
+The per-tensor minimum is an ``atomic_min`` on the int32 bit pattern of a non-negative
+float (its order is the float order). Nothing is read back to the host: the CLion decision
 is a device tensor that the update kernel loads, and the tables are cached by tensor
 addresses, so steady-state steps launch kernels only and can be captured in a CUDA graph.
 
@@ -42,15 +41,12 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 else:
     BLOCK, CHUNK = 1024, 16 * 1024
 _MODE_ID = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
-# +inf as the bits of the compute dtype: (integer dtype, value)
-_INF_BITS = {torch.float32: (torch.int32, 0x7F800000),
-             torch.float64: (torch.int64, 0x7FF0000000000000)}  # fmt: skip
+_INF_BITS = 0x7F800000  # +inf as int32 bits
 
 
 def _tl_dtype(dt: torch.dtype) -> Any:
     return {
         torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-        torch.float64: tl.float64, torch.int32: tl.int32, torch.int64: tl.int64,
     }[dt]  # fmt: skip
 
 
@@ -89,7 +85,7 @@ def _store(ptr, x, mask, DT: tl.constexpr):
 def _reduce_kernel(
     table, chunk_tensor, chunk_start, out, w1,
     WHAT: tl.constexpr, MAXIMIZE: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-    CT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+    CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """WHAT=0: atomic_min of min non-zero abs(c) bits; WHAT=1: atomic_add of sign(c)*g > 0."""
     pid = tl.program_id(0)
@@ -98,7 +94,7 @@ def _reduce_kernel(
     g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
     m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
     n = tl.load(table + t * 4 + 3)
-    acc_min = tl.full([BLOCK], float("inf"), CT)
+    acc_min = tl.full([BLOCK], float("inf"), tl.float32)
     acc_cnt = tl.zeros([BLOCK], tl.int32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
@@ -110,13 +106,13 @@ def _reduce_kernel(
         c = _lerp(m, g, w1)
         if WHAT == 0:
             a = tl.abs(c)
-            a = tl.where(mask & (a != 0), a, float("inf")).to(CT)
+            a = tl.where(mask & (a != 0), a, float("inf")).to(tl.float32)
             acc_min = tl.minimum(acc_min, a)
         else:
             agree = (_finite_or_nan(_sign(c), c) * g > 0) & mask
             acc_cnt += agree.to(tl.int32)
     if WHAT == 0:
-        tl.atomic_min(out + t, tl.min(acc_min, axis=0).to(BITS, bitcast=True))
+        tl.atomic_min(out + t, tl.min(acc_min, axis=0).to(tl.int32, bitcast=True))
     else:
         tl.atomic_add(out + t, tl.sum(acc_cnt, axis=0))
 
@@ -127,7 +123,7 @@ def _update_kernel(
     lr, decay, wd, w1, w2, nu,
     MODE: tl.constexpr, CAUTION: tl.constexpr, MAXIMIZE: tl.constexpr, STATS: tl.constexpr,
     LR_TENSOR: tl.constexpr, P_DT: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
-    CT: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+    CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """One pass: c, h(c), decoupled weight decay, momentum; stats with atomics."""
     pid = tl.program_id(0)
@@ -149,7 +145,7 @@ def _update_kernel(
     if CAUTION:
         scale = (1.0 / (tl.load(caution_cnt + t).to(CT) + 1.0)) * n.to(CT)
     acc_cnt = tl.zeros([BLOCK], tl.int32)
-    acc_min = tl.full([BLOCK], float("inf"), CT)
+    acc_min = tl.full([BLOCK], float("inf"), tl.float32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < n
@@ -181,10 +177,10 @@ def _update_kernel(
                 acc_cnt += mask.to(tl.int32)
             else:
                 acc_cnt += ((a >= nu) & mask).to(tl.int32)
-            acc_min = tl.minimum(acc_min, tl.where(mask & (a != 0), a, float("inf")).to(CT))
+            acc_min = tl.minimum(acc_min, tl.where(mask & (a != 0), a, float("inf")).to(tl.float32))
     if STATS:
         tl.atomic_add(stat_cnt + t, tl.sum(acc_cnt, axis=0))
-        tl.atomic_min(stat_min + t, tl.min(acc_min, axis=0).to(BITS, bitcast=True))
+        tl.atomic_min(stat_min + t, tl.min(acc_min, axis=0).to(tl.int32, bitcast=True))
 
 
 # ----------------------------------------------------------------------------- host side
@@ -243,30 +239,35 @@ def _flat(t: Tensor) -> Tensor:
 
 
 def _buckets(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]):
-    """Indices of fusable tensors grouped by dtype combination; the rest (strided) apart."""
+    """Indices of fusable tensors grouped by dtype combination; the rest (strided, fp64)."""
     groups: dict[tuple[torch.dtype, ...], list[int]] = {}
     rest: list[int] = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
         pr, gr, mr = _as_real(p), _as_real(g), _as_real(m)
         if pr.numel() == 0:
             continue
-        if not (pr.is_contiguous() and gr.is_contiguous() and mr.is_contiguous()):
+        if not (pr.is_contiguous() and gr.is_contiguous() and mr.is_contiguous()) or (
+            compute_dtype(pr.dtype) == torch.float64
+        ):
+            # strided views: the eager math; so are fp64 tensors, because Triton passes
+            # Python floats (lr, nu, ...) to a kernel as fp32
             rest.append(i)
             continue
         groups.setdefault((pr.dtype, gr.dtype, mr.dtype), []).append(i)
     return groups, rest
 
 
-def _min_bits(n: int, cdt: torch.dtype, device: torch.device) -> Tensor:
-    int_dtype, inf = _INF_BITS[cdt]
-    return torch.full((n,), inf, dtype=int_dtype, device=device)
+def _min_bits(n: int, device: torch.device) -> Tensor:
+    return torch.full((n,), _INF_BITS, dtype=torch.int32, device=device)
 
 
-def _bits_to_float64(bits: Tensor, cdt: torch.dtype) -> Tensor:
-    return bits.view(cdt).to(torch.float64)
+def _bits_to_float64(bits: Tensor) -> Tensor:
+    return bits.view(torch.float32).to(torch.float64)
 
 
-def direction_min_abs(grads: list[Tensor], exp_avgs: list[Tensor], beta1: float) -> Tensor:
+def direction_min_abs(
+    grads: list[Tensor], exp_avgs: list[Tensor], beta1: float, maximize: bool = False
+) -> Tensor:
     """Per-tensor min non-zero ``abs(c)`` (fp64) with one launch per dtype combination."""
     if not grads:
         return torch.empty(0, dtype=torch.float64)
@@ -277,17 +278,15 @@ def direction_min_abs(grads: list[Tensor], exp_avgs: list[Tensor], beta1: float)
         gs = [_flat(grads[i]) for i in idx]
         ms = [_flat(exp_avgs[i]) for i in idx]
         table, ct, cs = _tables(gs, gs, ms)
-        cdt = compute_dtype(gdt)
-        out = _min_bits(len(idx), cdt, device)
+        out = _min_bits(len(idx), device)
         _reduce_kernel[(ct.numel(),)](
-            table, ct, cs, out, 1.0 - beta1, WHAT=0, MAXIMIZE=False, G_DT=_tl_dtype(gdt),
-            M_DT=_tl_dtype(mdt), CT=_tl_dtype(cdt), BITS=_tl_dtype(out.dtype), BLOCK=BLOCK,
-            CHUNK=CHUNK,
+            table, ct, cs, out, 1.0 - beta1, WHAT=0, MAXIMIZE=maximize, G_DT=_tl_dtype(gdt),
+            M_DT=_tl_dtype(mdt), CT=_tl_dtype(compute_dtype(gdt)), BLOCK=BLOCK, CHUNK=CHUNK,
         )  # fmt: skip
-        mins[_const(idx, torch.int64, device)] = _bits_to_float64(out, cdt)
+        mins[_const(idx, torch.int64, device)] = _bits_to_float64(out)
     if rest:
         sub = eager_direction_min_abs([grads[i] for i in rest], [exp_avgs[i] for i in rest],
-                                      beta1=beta1, impl="single")  # fmt: skip
+                                      beta1=beta1, maximize=maximize, impl="single")  # fmt: skip
         mins[_const(rest, torch.int64, device)] = sub.to(mins)
     return mins
 
@@ -321,11 +320,9 @@ def update(
         gs = [_flat(grads[i]) for i in idx]
         ms = [_flat(exp_avgs[i]) for i in idx]
         table, ct, cs = _tables(ps, gs, ms)
-        cdt = compute_dtype(pdt)
         sel = _const(idx, torch.int64, device)
         common = dict(MAXIMIZE=hyper.maximize, G_DT=_tl_dtype(gdt), M_DT=_tl_dtype(mdt),
-                      CT=_tl_dtype(cdt), BITS=_tl_dtype(_INF_BITS[cdt][0]), BLOCK=BLOCK,
-                      CHUNK=CHUNK)  # fmt: skip
+                      CT=_tl_dtype(compute_dtype(pdt)), BLOCK=BLOCK, CHUNK=CHUNK)  # fmt: skip
         caution_cnt = None
         if hyper.caution:
             caution_cnt = torch.zeros(len(idx), dtype=torch.int32, device=device)
@@ -333,7 +330,7 @@ def update(
                                           WHAT=1, **common)  # fmt: skip
         take_i8 = None if take is None else take[sel].to(torch.int8)
         cnt = torch.zeros(len(idx), dtype=torch.int32, device=device)
-        mnb = _min_bits(len(idx), cdt, device)
+        mnb = _min_bits(len(idx), device)
         _update_kernel[(ct.numel(),)](
             table, ct, cs, take_i8, caution_cnt, cnt, mnb, lr_ptr,
             lr_f, 1.0 - lr_f * wd, wd, 1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.nu,
@@ -342,7 +339,7 @@ def update(
         )  # fmt: skip
         counts[sel] = cnt.float()
         if want_min:
-            mins[sel] = _bits_to_float64(mnb, cdt)
+            mins[sel] = _bits_to_float64(mnb)
     if two_pass:
         assert take is not None
         numel = _const([float(_as_real(p).numel()) for p in params], torch.float32, device)
