@@ -230,41 +230,21 @@ _BITS = {torch.float32: (torch.int32, 0x7FFFFFFF), torch.float64: (torch.int64, 
 # --------------------------------------------------------------------------------------
 
 
-def lion(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float = 0.0,
-    maximize: bool = False,
-    caution: bool = False,
-    impl: Impl | None = None,
-) -> None:
+TensorList = list[Tensor]
+
+
+def lion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: float | Tensor,
+         beta1: float, beta2: float, weight_decay: float = 0.0, maximize: bool = False,
+         caution: bool = False, impl: Impl | None = None) -> None:  # fmt: skip
     """One Lion step in place (``caution``: the cautious mask of arXiv:2411.16085)."""
     hyper = Hyper(lr, beta1, beta2, weight_decay, "lion", 1.0, maximize, caution)
     _update(params, grads, exp_avgs, hyper, None, False, impl)
 
 
-def clion(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float = 0.0,
-    nu: float,
-    mode: str,
-    maximize: bool = False,
-    take: Tensor | None = None,
-    min_abs: Tensor | None = None,
-    stats: bool = False,
-    impl: Impl | None = None,
-) -> Stats | None:
+def clion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: float | Tensor,
+          beta1: float, beta2: float, weight_decay: float = 0.0, nu: float, mode: str,
+          maximize: bool = False, take: Tensor | None = None, min_abs: Tensor | None = None,
+          stats: bool = False, impl: Impl | None = None) -> Stats | None:  # fmt: skip
     """One CLion step in place; with ``stats``, the per-tensor :class:`Stats`.
 
     ``global``/``tensor`` modes: ``take`` (1-d bool, one decision per tensor) is the
@@ -286,16 +266,9 @@ def clion(
     return out
 
 
-def _update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hyper: Hyper,
-    take: Tensor | None,
-    stats: bool,
-    impl: Impl | None,
-    want_min: bool = True,
-) -> Stats | None:
+def _update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
+            take: Tensor | None, stats: bool, impl: Impl | None,
+            want_min: bool = True) -> Stats | None:  # fmt: skip
     if not params:
         return None
     check_update_lists(params, grads, exp_avgs)

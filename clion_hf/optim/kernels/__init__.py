@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional import Hyper, Stats, stat_dtype
+from ..functional import Hyper, Stats, TensorList, stat_dtype
 
 _FORCE_TRITON = os.environ.get("CLION_HF_FORCE_TRITON") == "1"
 
@@ -169,15 +169,8 @@ def _fused_direction_min_abs_fake(grads, exp_avgs, *args):  # noqa: ANN001, ANN2
 # ------------------------------------------------------------------- called by functional
 
 
-def update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hyper: Hyper,
-    take: Tensor | None,
-    stats: bool,
-    want_min: bool,
-) -> Stats | None:
+def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
+           take: Tensor | None, stats: bool, want_min: bool) -> Stats | None:  # fmt: skip
     """:func:`clion_hf.optim.functional.clion`'s fused implementation (the custom op)."""
     lr_tensor = hyper.lr if isinstance(hyper.lr, Tensor) else None
     count, min_abs = torch.ops.clion_hf.fused_update_(
@@ -188,14 +181,9 @@ def update(
     return Stats(count, min_abs) if stats else None
 
 
-def direction_min_abs(
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    beta1: float,
-    maximize: bool = False,
-    stop: str | None = None,
-    stop_below: float | None = None,
-) -> Tensor:
+def direction_min_abs(grads: TensorList, exp_avgs: TensorList, beta1: float,
+                      maximize: bool = False, stop: str | None = None,
+                      stop_below: float | None = None) -> Tensor:  # fmt: skip
     """CLion pass 1 on the fused path (see :func:`.cpu.direction_min_abs` for ``stop``)."""
     if stop is not None and stop not in ("tensor", "all"):
         raise ValueError(f"invalid stop={stop!r}: allowed are None, 'tensor', 'all'")

@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..._cache import cache_dir
-from ..functional import Hyper, _as_real, _single_tensor_update, compute_dtype
+from ..functional import Hyper, TensorList, _as_real, _single_tensor_update, compute_dtype
 from ..functional import direction_min_abs as eager_direction_min_abs
 
 logger = logging.getLogger(__name__)
@@ -61,12 +61,8 @@ _VARIANTS = (["-march=native", "-fopenmp"], ["-march=native"], [])
 class CHyper(ctypes.Structure):
     """``ClionHyper``: the hyper-parameters of one kernel call (:class:`Hyper` as C sees it)."""
 
-    _fields_ = [
-        ("lr", ctypes.c_double), ("decay", ctypes.c_double), ("w1", ctypes.c_double),
-        ("w2", ctypes.c_double), ("nu", ctypes.c_double), ("stop_below", ctypes.c_double),
-        ("rule", ctypes.c_int32), ("lr_is_tensor", ctypes.c_int32),
-        ("maximize", ctypes.c_int32), ("stop", ctypes.c_int32),
-    ]  # fmt: skip
+    _fields_ = [(name, ctypes.c_double) for name in ("lr", "decay", "w1", "w2", "nu", "stop_below")]
+    _fields_ += [(name, ctypes.c_int32) for name in ("rule", "lr_is_tensor", "maximize", "stop")]
 
     @classmethod
     def of(cls, hyper: Hyper, stop: str | None = None, stop_below: float | None = None) -> CHyper:
@@ -88,13 +84,11 @@ class CHyper(ctypes.Structure):
 class CLists(ctypes.Structure):
     """``ClionLists``: the tensors of one kernel call (one dtype pair) and its outputs."""
 
-    _fields_ = [
-        ("ntensors", ctypes.c_int64), ("ps", ctypes.c_void_p), ("gs", ctypes.c_void_p),
-        ("ms", ctypes.c_void_p), ("numel", ctypes.c_void_p), ("p_dtype", ctypes.c_int32),
-        ("m_dtype", ctypes.c_int32), ("take", ctypes.c_void_p),
-        ("caution_scale", ctypes.c_void_p), ("count", ctypes.c_void_p),
-        ("agree", ctypes.c_void_p), ("min_abs", ctypes.c_void_p),
-    ]  # fmt: skip
+    _fields_ = [("ntensors", ctypes.c_int64)]
+    _fields_ += [(name, ctypes.c_void_p) for name in ("ps", "gs", "ms", "numel")]
+    _fields_ += [(name, ctypes.c_int32) for name in ("p_dtype", "m_dtype")]
+    _fields_ += [(name, ctypes.c_void_p)
+                 for name in ("take", "caution_scale", "count", "agree", "min_abs")]  # fmt: skip
 
 
 def _layout() -> list[int]:
@@ -269,14 +263,8 @@ def _caution_scale(agree: Tensor, numel: list[int], dtype: torch.dtype) -> Tenso
     return torch.stack([(c + 1).reciprocal() * n for c, n in zip(counts, numel, strict=True)])
 
 
-def update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hyper: Hyper,
-    take: Tensor | None,
-    want_min: bool,
-) -> tuple[Tensor, Tensor]:
+def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
+           take: Tensor | None, want_min: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One fused update of CPU tensors in place: per-tensor (sign-branch count, min abs(c)).
 
     The min is NaN unless ``want_min`` (global/tensor callers have it from pass 1, unless
@@ -324,14 +312,9 @@ def update(
     return counts, mins
 
 
-def direction_min_abs(
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    beta1: float,
-    maximize: bool = False,
-    stop: str | None = None,
-    stop_below: float | None = None,
-) -> Tensor:
+def direction_min_abs(grads: TensorList, exp_avgs: TensorList, beta1: float,
+                      maximize: bool = False, stop: str | None = None,
+                      stop_below: float | None = None) -> Tensor:  # fmt: skip
     """Per-tensor min non-zero ``abs(c)`` (fp64) in one fused pass.
 
     With ``stop="tensor"`` (or ``"all"``) and ``stop_below=nu`` the pass stops reading a

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..functional import Hyper, _as_real, _single_tensor_update, compute_dtype
+from ..functional import Hyper, TensorList, _as_real, _single_tensor_update, compute_dtype
 from ..functional import direction_min_abs as eager_direction_min_abs
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -82,28 +82,39 @@ def _store(ptr, x, mask, DT: tl.constexpr):
 
 
 @triton.jit
+def _chunk_of(table, chunk_tensor, chunk_start, G_DT: tl.constexpr, M_DT: tl.constexpr):
+    """This program's tensor (index, element count), chunk start, and g/m pointers."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor + pid)
+    g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
+    m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
+    return t, tl.load(table + t * 4 + 3), tl.load(chunk_start + pid), g_ptr, m_ptr
+
+
+@triton.jit
+def _direction_at(g_ptr, m_ptr, offs, mask, w1, MAXIMIZE: tl.constexpr, CT: tl.constexpr):
+    """g (negated for maximize), m and c = lerp(m, g, w1) at ``offs``, in the compute dtype."""
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CT)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CT)
+    if MAXIMIZE:
+        g = -g
+    return g, m, _lerp(m, g, w1)
+
+
+@triton.jit
 def _reduce_kernel(
     table, chunk_tensor, chunk_start, out, w1,
     WHAT: tl.constexpr, MAXIMIZE: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
     CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """WHAT=0: atomic_min of min non-zero abs(c) bits; WHAT=1: atomic_add of sign(c)*g > 0."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor + pid)
-    start = tl.load(chunk_start + pid)
-    g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
-    m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
-    n = tl.load(table + t * 4 + 3)
+    t, n, start, g_ptr, m_ptr = _chunk_of(table, chunk_tensor, chunk_start, G_DT, M_DT)
     acc_min = tl.full([BLOCK], float("inf"), tl.float32)
     acc_cnt = tl.zeros([BLOCK], tl.int32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < n
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CT)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CT)
-        if MAXIMIZE:
-            g = -g
-        c = _lerp(m, g, w1)
+        g, m, c = _direction_at(g_ptr, m_ptr, offs, mask, w1, MAXIMIZE, CT)
         if WHAT == 0:
             a = tl.abs(c)
             a = tl.where(mask & (a != 0), a, float("inf")).to(tl.float32)
@@ -126,13 +137,8 @@ def _update_kernel(
     CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """One pass: c, h(c), decoupled weight decay, momentum; stats with atomics."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor + pid)
-    start = tl.load(chunk_start + pid)
+    t, n, start, g_ptr, m_ptr = _chunk_of(table, chunk_tensor, chunk_start, G_DT, M_DT)
     p_ptr = tl.load(table + t * 4 + 0).to(tl.pointer_type(P_DT))
-    g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
-    m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
-    n = tl.load(table + t * 4 + 3)
     if LR_TENSOR:
         # A device learning rate (schedulers under CUDA graphs): read it, no host sync.
         lr_v = tl.load(lr_ptr).to(CT)
@@ -150,11 +156,7 @@ def _update_kernel(
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < n
         p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CT)
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CT)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CT)
-        if MAXIMIZE:
-            g = -g
-        c = _lerp(m, g, w1)
+        g, m, c = _direction_at(g_ptr, m_ptr, offs, mask, w1, MAXIMIZE, CT)
         a = tl.abs(c)
         if MODE == 0:
             h = _sign(c)
@@ -291,14 +293,8 @@ def direction_min_abs(
     return mins
 
 
-def update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    hyper: Hyper,
-    take: Tensor | None,
-    want_min: bool,
-) -> tuple[Tensor, Tensor]:
+def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
+           take: Tensor | None, want_min: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
     """One fused update in place: per-tensor (sign-branch count fp32, min abs(c) fp64).
 
     Statistics only with ``want_min`` (the min is NaN otherwise), except the counts of
