@@ -54,7 +54,7 @@ class LionFamily(Optimizer):
     """
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        super().__init__(params, check_group(defaults, "defaults"))
+        super().__init__(params, check_group(defaults))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

@@ -119,15 +119,15 @@ def choose_impl(
     Explicit choices win (``fused=True``, else ``foreach=True``/``False``). Automatic
     (both None): the fused kernel on CPU where it builds (it gives the foreach path's bits
     at a fraction of the time), foreach on accelerators, the single-tensor loop otherwise.
-    Under ``torch.compile`` the plain math is traced: Inductor fuses it with the rest of the
-    step, which an opaque custom op would prevent (see :mod:`clion_hf.optim.kernels`).
+    Under ``torch.compile`` the plain math is traced unless ``fused=True``: Inductor fuses
+    it with the rest of the step, which an opaque custom op would prevent.
     """
     from . import kernels
 
+    if fused:
+        return "fused"  # under torch.compile too: the custom op goes into the graph
     if _compiling():
         return "foreach" if foreach else "single"
-    if fused:
-        return "fused"
     if foreach is not None or fused is not None:
         return "foreach" if foreach else "single"
     if params and kernels.default_fused(params):

@@ -164,7 +164,7 @@ _GROUP_CHECKS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def check_group(group: Mapping[str, Any], where: str = "param group") -> dict[str, Any]:
+def check_group(group: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """A param group's hyper-parameters, checked and normalised (a new dict; ``params`` kept).
 
     Keys other than the optimizer's own (``initial_lr`` of schedulers, user tags) pass
@@ -178,7 +178,7 @@ def check_group(group: Mapping[str, Any], where: str = "param group") -> dict[st
         if "foreach" in out or "fused" in out:
             out["foreach"], out["fused"] = check_impl(out.get("foreach"), out.get("fused"))
     except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
+        raise ValueError(f"{where}: {e}" if where else str(e)) from None
     return out
 
 
