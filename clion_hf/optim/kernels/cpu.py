@@ -195,6 +195,14 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return lib, ""
 
 
+@functools.cache
+def dtype_pairs() -> frozenset[tuple[torch.dtype, torch.dtype]]:
+    """The (parameter, momentum) dtype pairs the kernel has, as the library reports them."""
+    lib = _library()
+    return frozenset((p, m) for p in _DTYPES for m in _DTYPES
+                     if lib.clion_supported(_DTYPES[p], _DTYPES[m]) == 0)  # fmt: skip
+
+
 def available() -> bool:
     """Whether the fused CPU kernel is built (compiling it on the first call)."""
     return _load()[0] is not None
@@ -221,7 +229,7 @@ def _pointers(ts: list[Tensor]) -> ctypes.Array:
 
 
 def _batches(
-    lib: ctypes.CDLL, params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
+    params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
 ) -> tuple[dict[tuple[torch.dtype, torch.dtype], list[int]], list[int]]:
     """Indices of kernel-eligible tensors by (param, momentum) dtype pair; the rest."""
     batches: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
@@ -232,7 +240,7 @@ def _batches(
             continue
         if (
             p.dtype == g.dtype and p.dtype in _DTYPES and m.dtype in _DTYPES
-            and lib.clion_supported(_DTYPES[p.dtype], _DTYPES[m.dtype]) == 0
+            and (p.dtype, m.dtype) in dtype_pairs()
             and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
         ):  # fmt: skip
             batches.setdefault((p.dtype, m.dtype), []).append(i)
@@ -276,7 +284,7 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
     mins = torch.full((n,), math.inf if want_min else math.nan, dtype=torch.float64)
     chyper = CHyper.of(hyper)
     take_u8 = take.to("cpu", torch.uint8) if take is not None else None
-    batches, rest = _batches(lib, params, grads, exp_avgs)
+    batches, rest = _batches(params, grads, exp_avgs)
     threads = torch.get_num_threads()
     for (pdt, mdt), idx in batches.items():
         ps = [_flat(params[i]) for i in idx]
@@ -328,7 +336,7 @@ def direction_min_abs(grads: TensorList, exp_avgs: TensorList, beta1: float,
     out = torch.full((len(grads),), math.inf, dtype=torch.float64)
     chyper = CHyper(w1=1.0 - beta1, maximize=int(maximize), stop=_STOP[stop],
                     stop_below=-math.inf if stop_below is None else stop_below)  # fmt: skip
-    batches, rest = _batches(lib, grads, grads, exp_avgs)
+    batches, rest = _batches(grads, grads, exp_avgs)
     threads = torch.get_num_threads()
     for (gdt, mdt), idx in batches.items():
         gs = [_flat(grads[i]) for i in idx]
