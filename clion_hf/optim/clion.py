@@ -150,11 +150,12 @@ class CLion(LionFamily):
         )
         mins: dict[int, Tensor] = {}
         exact = True
+        all_dtypes = {p.dtype for b in two_pass for p in b.params}
         for b in two_pass:
             # stop below the smallest threshold that a tensor of the decision compares with
-            ps = [p for x in two_pass for p in x.params] if is_global else b.params
-            stop_below = min(F.rounded(b.group["nu"], F.compute_dtype(p.dtype))
-                             for p in ps) if early else None  # fmt: skip
+            dtypes = all_dtypes if is_global else {p.dtype for p in b.params}
+            stop_below = min(F.rounded(b.group["nu"], F.compute_dtype(d))
+                             for d in dtypes) if early else None  # fmt: skip
             if early and is_global and not exact:  # a witness below nu: decision known
                 mins[id(b)] = torch.full((len(b.params),), math.inf, dtype=torch.float64)
                 continue
@@ -163,19 +164,18 @@ class CLion(LionFamily):
                 impl=b.impl, stop_below=stop_below,
                 stop=("all" if is_global else "tensor") if early else None,
             )  # fmt: skip
-            if early and self.track_stats:
+            if early:  # on CPU: reading the flag costs no sync
                 exact = exact and not bool((mins[id(b)] < stop_below).any())
         global_min = None
         if is_global:
             device = self._stats["min"].device
-            all_mins = [m.to(device) for m in mins.values()]
-            low = torch.cat(all_mins).amin() if all_mins else torch.full((), math.inf,
-                                                                          dtype=torch.float64,
-                                                                          device=device)
+            low = torch.full((), math.inf, dtype=F.stat_dtype(device), device=device)
+            if mins:
+                low = torch.cat([m.to(device) for m in mins.values()]).amin()
             if reduce:
                 global_min = low = _all_reduce_min(low)
-            dtypes = [p.dtype for b in two_pass for p in b.params]
-            take = F.take_sign(low.reshape(1), self.param_groups[0]["nu"], dtypes, "global")
+            take = F.take_sign(low.reshape(1), self.param_groups[0]["nu"], list(all_dtypes),
+                               "global")  # fmt: skip
         out = []
         for b in batches:
             if id(b) not in mins:
