@@ -8,6 +8,10 @@ with one line that names the argument, the value and what is allowed.
 
 Numbers may be Python or numpy scalars (as torch's AdamW accepts them) and are stored as
 Python floats; ``lr`` may also be a 1-element tensor (schedulers that keep lr on device).
+
+Why by hand: torch.optim checks the constructor's arguments only (a param group added or
+loaded later is taken as it is), and argparse-style libraries would check the text but
+not a value passed in Python; one function per value serves all of them.
 """
 
 from __future__ import annotations
