@@ -533,3 +533,37 @@ def test_maximize_decides_on_the_direction_of_the_negated_gradient(mode, impl):
         assert torch.equal(p, q)
         assert maximizing.last_step_stats() == minimizing.last_step_stats()
     assert maximizing.last_step_stats()["sign_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("impl", ["single", "foreach", "fused"])
+def test_functional_entry_points_match_the_optimizers(impl):
+    from clion_hf.optim import functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=gen) for s in SHAPES]
+    gs = [torch.randn(s, generator=gen) for s in SHAPES]
+    for mode in ("lion", "tensor", "element"):
+        qs = [torch.nn.Parameter(p.clone()) for p in ps]
+        ms = [torch.zeros_like(p) for p in ps]
+        kw = dict(lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.1)
+        if mode == "lion":
+            opt = Lion(qs, lr=0.01, weight_decay=0.1, foreach=False)
+            F.lion(ps, gs, ms, impl=impl, **kw)
+            out = None
+        else:
+            opt = CLion(qs, lr=0.01, weight_decay=0.1, mode=mode, nu=0.05, foreach=False)
+            out = F.clion(ps, gs, ms, nu=0.05, mode=mode, stats=True, impl=impl, **kw)
+        for q, g in zip(qs, gs, strict=True):
+            q.grad = g
+        opt.step()
+        for p, q, m in zip(ps, qs, ms, strict=True):
+            assert torch.equal(p, q) and torch.equal(m, opt.state[q]["exp_avg"])
+        if out is not None:
+            tensors = opt.last_step_stats(per_tensor=True)["tensors"]
+            assert out.min_abs.tolist() == [t["min_abs_c"] for t in tensors]
+            counts = (out.count / torch.tensor([p.numel() for p in ps])).tolist()
+            assert counts == pytest.approx([t["sign_fraction"] for t in tensors])
+    with pytest.raises(ValueError, match="mode='layer'"):
+        F.clion(ps, gs, ms, lr=0.01, beta1=0.9, beta2=0.99, nu=0.1, mode="layer")
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\]|params\[0\]: exp_avg has shape"):
+        F.lion(ps, gs, [torch.zeros(3)] + ms[1:], lr=0.01, beta1=0.9, beta2=0.99)
