@@ -74,7 +74,7 @@ def test_optimizer_list_splits_on_names_only():
     "text, message",
     [
         ("sgd", "unknown optimizer 'sgd'"),
-        ("clion:mode=row", "mode 'row' unknown"),
+        ("clion:mode=row", "invalid mode='row': allowed are global"),
         ("clion:nu=0", "must be > 0"),
         ("clion:nu=nan", "not finite"),
         ("clion:caution=true", "unknown option 'caution' for clion"),
@@ -162,7 +162,7 @@ def test_classify_statuses():
         (["run", "--preset", "smoke", "--workloads", "gpt3-pretrain"], "unknown workload"),
         (["run", "--preset", "smoke", "--optimizers", "adam"], "unknown optimizer 'adam'"),
         (["run", "--preset", "smoke", "--optimizers", "clion:tau=1"], "unknown option 'tau'"),
-        (["run", "--preset", "smoke", "--optimizers", "clion:mode=hard"], "mode 'hard'"),
+        (["run", "--preset", "smoke", "--optimizers", "clion:mode=hard"], "mode='hard'"),
         (["run", "--preset", "smoke", "--seeds", "0"], "must be >= 1"),
         (["run", "--preset", "smoke", "--recipes_dir", "/nonexistent/r"], "recipes directory"),
         (["report", "/nonexistent/bench-out"], "no such directory"),

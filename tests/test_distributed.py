@@ -62,3 +62,21 @@ def test_fsdp2_takes_the_unsharded_branch(tmp_path: Path, mode: str) -> None:
         assert s["tensor_mins"] == pytest.approx(s["ref_tensor_mins"], rel=1e-9)
     if mode == "tensor":  # nu was picked so that the first step mixes both branches
         assert set(steps[0]["decisions"]) == {True, False}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("impl", ["fused", "foreach", "single"])
+def test_global_mode_rank_without_gradients_joins_the_reduction(tmp_path: Path, impl: str) -> None:
+    # issue 9 defect 5: a rank with no gradients returned before the MIN all-reduce and
+    # the other ranks hung; now it joins with +inf.
+    out = tmp_path / "out.json"
+    _torchrun("global_no_grad_worker.py", impl, str(out), cwd=tmp_path)
+    r0 = json.loads(Path(f"{out}.rank0").read_text())
+    r1 = json.loads(Path(f"{out}.rank1").read_text())
+    assert r0["step0"]["params"] == r0["reference_step0"]  # +inf changed nothing
+    assert r0["step0"]["stats"]["sign_fraction"] == 1.0
+    assert r1["step0"]["params"] == [[1.0, 1.0], [1.0, 1.0]]  # no gradient: untouched
+    # step 2: rank 1's tiny |c| (1e-7 < nu) vetoes the sign branch on both ranks
+    assert r0["step1"]["stats"]["sign_fraction"] == r1["step1"]["stats"]["sign_fraction"] == 0
+    assert r0["step1"]["stats"]["min_abs_c"] == r1["step1"]["stats"]["min_abs_c"]
+    assert r0["step1"]["stats"]["min_abs_c"] == pytest.approx(1e-7)

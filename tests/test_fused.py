@@ -17,9 +17,9 @@ import torch
 from test_optim import TOL, make_problem, run_ours, run_ref
 
 from clion_hf import CLion, Lion
-from clion_hf.optim import fused_cpu
-from clion_hf.optim.functional import compute_dtype
-from clion_hf.optim.fused import default_fused
+from clion_hf.optim.functional import choose_impl, compute_dtype
+from clion_hf.optim.kernels import cpu as fused_cpu
+from clion_hf.optim.kernels import default_fused
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01), ("element", 0.3), ("soft", 0.5)]
@@ -135,23 +135,22 @@ def test_early_exit_of_the_reduction_keeps_decisions_and_exact_statistics(mode, 
 def test_reduction_stop_returns_a_witness_below_nu():
     gs = [torch.randn(200000), torch.randn(100000), torch.full((10,), 2.0)]
     ms = [torch.zeros_like(g) for g in gs]
-    exact = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9)
+    exact = fused_cpu.direction_min_abs(gs, ms, 0.9)
     ref = torch.stack([torch.where(g == 0, math.inf, (0.1 * g).abs()).amin() for g in gs])
+    ref = ref.double()
     torch.testing.assert_close(exact, ref, rtol=0, atol=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # chunks in order: the first one decides
     try:
-        per_tensor = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="tensor",
-                                                           stop_below=1e-3)  # fmt: skip
-        everything = fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="all",
-                                                           stop_below=1e-3)  # fmt: skip
+        per_tensor = fused_cpu.direction_min_abs(gs, ms, 0.9, stop="tensor", stop_below=1e-3)
+        everything = fused_cpu.direction_min_abs(gs, ms, 0.9, stop="all", stop_below=1e-3)
     finally:
         torch.set_num_threads(threads)
     assert per_tensor[0] < 1e-3 and per_tensor[1] < 1e-3  # witnesses, maybe not the min
     assert per_tensor[2] == exact[2] == pytest.approx(0.2)  # no |c| below nu: exact
     assert everything[0] < 1e-3 and everything[1:].isinf().all()  # the rest was skipped
     with pytest.raises(ValueError, match="stop='some'"):
-        fused_cpu.fused_cpu_direction_min_abs(gs, ms, beta1=0.9, stop="some")
+        fused_cpu.direction_min_abs(gs, ms, 0.9, stop="some")
 
 
 NO_COMPILER = textwrap.dedent("""
@@ -161,7 +160,8 @@ NO_COMPILER = textwrap.dedent("""
     opt = CLion([p], mode="element")
     p.grad = torch.ones(3)
     opt.step()  # default: falls back to the eager path
-    assert not opt._use_fused(opt.param_groups[0], [p])
+    from clion_hf.optim.functional import choose_impl
+    assert choose_impl([p]) == "single"
     try:
         CLion([p], fused=True)
     except ValueError as e:
@@ -181,7 +181,7 @@ def test_without_a_compiler_the_default_falls_back_and_fused_true_explains(tmp_p
 
 def test_kernel_is_built_once_into_the_cache_and_reused(tmp_path):
     env = {**os.environ, "CLION_HF_CACHE": str(tmp_path)}
-    code = ("from clion_hf.optim import fused_cpu as f; assert f.available(); "
+    code = ("from clion_hf.optim.kernels import cpu as f; assert f.available(); "
             "print(f._load()[0]._name)")
     first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
@@ -205,7 +205,7 @@ def test_concurrent_first_use_builds_once(tmp_path):
                    f'exec "{real}" "$@"\n')  # fmt: skip
     cxx.chmod(0o755)
     env = {**os.environ, "CLION_HF_CACHE": str(tmp_path), "CXX": str(cxx)}
-    code = ("import time; from clion_hf.optim import fused_cpu as f; t = time.time(); "
+    code = ("import time; from clion_hf.optim.kernels import cpu as f; t = time.time(); "
             "assert f.available(); print(f._load()[0]._name, time.time() - t)")
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
@@ -261,10 +261,9 @@ def test_fused_argument_validation_and_default():
         Lion([p], fused="yes")
     # Automatic choice: the C++ kernel on CPU (built here), unless foreach is chosen.
     assert default_fused([p])
-    assert CLion([p])._use_fused(CLion([p]).param_groups[0], [p])
+    assert choose_impl([p]) == "fused"
     for foreach in (True, False):
-        opt = Lion([p], foreach=foreach)
-        assert not opt._use_fused(opt.param_groups[0], [p])
+        assert choose_impl([p], foreach=foreach) == ("foreach" if foreach else "single")
     meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
     assert not default_fused([meta])
 
@@ -301,7 +300,7 @@ TRITON_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_optim import TOL, make_problem, run_ours, run_ref
     from clion_hf import CLion, Lion
-    import clion_hf.optim.triton_kernels as tk
+    import clion_hf.optim.kernels.cuda as tk
     assert tk.BLOCK == 32, "the interpreter's small blocks"
     out = {{}}
     for dtype in (torch.float32, torch.bfloat16):
@@ -341,6 +340,23 @@ TRITON_SCRIPT = textwrap.dedent("""
         g = torch.randn(200); p.grad, q.grad = g, g.clone(); a.step(); b.step()
     ok = torch.allclose(p, q, rtol=0, atol=1e-6) and a.state[p]["exp_avg"].dtype == torch.bfloat16
     out["bf16-momentum"] = [None if ok else "bf16 momentum differs", 0.0, 0.0]
+    # the rule for non-finite values, the fp64 decision and version counters, as on CPU
+    for rule, kw in (("lion", dict(caution=True)), ("clion", dict(mode="element", nu=1e-3))):
+        for bad in (float("nan"), float("inf")):
+            p = torch.nn.Parameter(torch.randn(100))
+            opt = (Lion if rule == "lion" else CLion)([p], fused=True, **kw)
+            g = torch.randn(100); g[7] = bad; p.grad = g
+            version = p._version
+            opt.step()
+            ok = bool(p[7].isnan()) and int(p.isfinite().sum()) == 99 and p._version > version
+            out[f"nonfinite-{{rule}}-{{bad}}"] = [None if ok else str(p[5:9]), 0.0, 0.0]
+    c = 1e-4 * (1 - 1e-9)
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = CLion([p], lr=0.1, nu=1e-4, betas=(0.0, 0.0), fused=True)
+    p.grad = torch.tensor([c, 1.0], dtype=torch.float64)
+    opt.step()
+    ok = p[0].item() == 1 - 0.1 * c and opt.last_step_stats()["min_abs_c"] == c
+    out["fp64-decision"] = [None if ok else str(p), 0.0, 0.0]
     print("RESULT" + json.dumps(out))
 """)
 
@@ -354,7 +370,7 @@ def test_triton_kernels_match_float64_reference_under_interpreter():
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
     results = json.loads(line[0][len("RESULT"):])
-    assert len(results) == 2 * len(MODES) + 2 * 2 + 1
+    assert len(results) == 2 * len(MODES) + 2 * 2 + 1 + 4 + 1
     for key, (err, got_min, ref_min) in results.items():
         assert err is None, (key, err)
         if key.startswith(("element", "soft")):  # min |c| produced by the update kernel
@@ -369,7 +385,8 @@ def test_bench_steps_smoke(tmp_path):
     cmd = [sys.executable, "-m", "clion_hf.bench.steps", "--models", "tiny", "--repeats", "2",
            "--optimizers", "adamw-fused,lion-pytorch-foreach,timm-lion,lion-fused,"
            "clion-element-fused,clion-global-foreach", "--out", str(out)]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # no spin-wait stalls (see README)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = out.read_text()
     assert table == proc.stdout.split("\n", 0)[0] or "| tiny | lion-fused |" in table
@@ -377,11 +394,68 @@ def test_bench_steps_smoke(tmp_path):
                  "clion-global-foreach"):
         row = next(r for r in table.splitlines() if f"| tiny | {name} |" in r)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert float(cells[3]) > 0 and float(cells[4]) > 0, row  # median ms, ratio
-        assert float(cells[5]) > 0, row  # ratio to lion-pytorch foreach
+        # median ms, and the ratios to AdamW fused and to lion-pytorch foreach: numbers
+        # (a ratio prints as 0.00 when a peer stalls for a while on a loaded machine)
+        assert float(cells[3]) > 0 and float(cells[4]) >= 0 and float(cells[5]) >= 0, row
     timm = next(r for r in table.splitlines() if "| timm-lion |" in r)
     assert "not installed" in timm or float(timm.split("|")[4]) > 0
     assert "measured copy bandwidth" in table
     bad = subprocess.run([sys.executable, "-m", "clion_hf.bench.steps", "--models", "nope"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert bad.returncode == 2 and "unknown models" in bad.stderr
+
+
+# --------------------------------------------------------------------------- custom ops
+
+
+def _op_args(n: int = 3, device: str = "cpu"):
+    ps = [torch.randn(5, device=device) for _ in range(n)]
+    gs = [torch.randn(5, device=device) for _ in range(n)]
+    ms = [torch.zeros(5, device=device) for _ in range(n)]
+    return ps, gs, ms
+
+
+def test_custom_ops_have_shapes_under_fake_and_meta_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    for mode in (FakeTensorMode(), torch.device("meta")):
+        with mode:
+            ps, gs, ms = _op_args(device="meta" if isinstance(mode, torch.device) else "cpu")
+            count, min_abs = torch.ops.clion_hf.fused_update_(
+                ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.0, 1.0, "lion", False, False, True
+            )
+            mins = torch.ops.clion_hf.fused_direction_min_abs(gs, ms, 0.9, False, "", 0.0)
+        assert count.shape == min_abs.shape == mins.shape == (3,)
+        assert count.dtype == torch.float32 and min_abs.dtype == mins.dtype == torch.float64
+
+
+def test_custom_op_declares_its_mutations_and_the_profiler_sees_it():
+    schema = str(torch.ops.clion_hf.fused_update_.default._schema)
+    assert "Tensor(a0!)[] params" in schema and "Tensor(a2!)[] exp_avgs" in schema
+    assert "Tensor[] grads" in schema  # read only
+    p = torch.nn.Parameter(torch.randn(100))
+    opt = Lion([p], fused=True)
+    p.grad = torch.randn(100)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        opt.step()
+    assert "clion_hf::fused_update_" in {e.name for e in prof.events()}
+
+
+@pytest.mark.slow
+def test_fused_custom_op_runs_inside_a_compiled_function():
+    # The op has a fake kernel and declared mutations, so Dynamo/Inductor can put it in a
+    # graph (auto-functionalized, then re-inplaced): same bits as calling it eagerly.
+    ps, gs, ms = _op_args(n=4)
+    qs, ns = [p.clone() for p in ps], [m.clone() for m in ms]
+
+    def step(ps, gs, ms):
+        return torch.ops.clion_hf.fused_update_(
+            ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.1, 0.3, "element", False, False, True
+        )
+
+    compiled = torch.compile(step, fullgraph=True)
+    for _ in range(3):
+        a = compiled(ps, gs, ms)
+        b = step(qs, gs, ns)
+    for x, y in zip(ps + ms + list(a), qs + ns + list(b), strict=True):
+        assert torch.equal(x, y)

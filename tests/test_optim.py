@@ -381,3 +381,189 @@ def test_statistics_and_warning_survive_torch_compile(caplog):
     assert stats["sign_fraction"] == 0.0 and 0 < stats["min_abs_c"] < 1.0
     assert len([r for r in caplog.records if "sign branch on none" in r.getMessage()]) == 1
     assert opt.consume_stats() == {}  # reset by the first read
+
+
+# --------------------------------------------------------------------------- regressions
+
+IMPLS = [{"fused": True}, {"foreach": True}, {"foreach": False}, {}]
+IMPL_IDS = ["fused", "foreach", "single", "default"]
+
+
+def _groups_step(groups, impl, grad=0.5):
+    """One CLion step on one-element parameters (value 1, lr 0.1, grad ``grad``)."""
+    ps = [torch.nn.Parameter(torch.ones(1)) for _ in groups]
+    opt = CLion([{"params": [p], **g} for p, g in zip(ps, groups, strict=True)], lr=0.1, **impl)
+    for p in ps:
+        p.grad = torch.full((1,), grad)
+    opt.step()
+    return [p.item() for p in ps]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+def test_each_param_group_is_decided_with_its_own_mode_and_nu(impl):
+    # issue 9 defect 1: the step read mode/nu from the first group only. c = 0.1 * 0.5 =
+    # 0.05: the sign branch gives 1 - 0.1 = 0.9, the identity 1 - 0.1 * 0.05 = 0.995.
+    sign, identity = pytest.approx(0.9), pytest.approx(0.995)
+    tensor_small, tensor_big = {"mode": "tensor", "nu": 1e-6}, {"mode": "tensor", "nu": 10.0}
+    assert _groups_step([tensor_small, tensor_big], impl) == [sign, identity]
+    assert _groups_step([tensor_big, tensor_small], impl) == [identity, sign]
+    # an element group before a tensor group (foreach=True raised a bare AssertionError)
+    element, tensor = {"mode": "element", "nu": 1e-4}, {"mode": "tensor", "nu": 1e-4}
+    assert _groups_step([element, tensor], impl) == [sign, sign]
+    assert _groups_step([{"mode": "soft", "nu": 0.1}, tensor], impl) == [pytest.approx(0.95),
+                                                                          sign]  # fmt: skip
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("mode", ["global", "tensor", "element"])
+def test_fp64_minimum_is_compared_with_nu_in_fp64(mode, impl):
+    # issue 9 defect 2: a min of 1e-4 * (1 - 1e-9) was compared with nu in fp32, where it
+    # rounds to nu, and took the sign branch; element mode decided the same data right.
+    c = 1e-4 * (1 - 1e-9)
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = CLion([p], lr=0.1, nu=1e-4, mode=mode, betas=(0.0, 0.0), **impl)
+    p.grad = torch.tensor([c, 1.0], dtype=torch.float64)
+    opt.step()
+    assert p[0].item() == 1 - 0.1 * c  # identity branch for the small coordinate
+    assert opt.last_step_stats()["min_abs_c"] == c
+    # fp32 parameters compare in fp32, where the same value is nu itself: sign branch
+    q = torch.nn.Parameter(torch.ones(2))
+    opt32 = CLion([q], lr=0.1, nu=1e-4, mode=mode, betas=(0.0, 0.0), **impl)
+    q.grad = torch.tensor([c, 1.0])
+    opt32.step()
+    assert q[0].item() == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+def test_fp64_minimum_below_fp32_range_is_reported(impl):
+    # issue 9 defect 2: a non-zero fp64 min below fp32's range was reported as 0
+    p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    opt = CLion([p], lr=0.1, nu=1e-4, betas=(0.0, 0.0), **impl)
+    p.grad = torch.tensor([1e-50, 1.0], dtype=torch.float64)
+    opt.step()
+    stats = opt.last_step_stats(per_tensor=True)
+    assert stats["min_abs_c"] == 1e-50 and stats["tensors"][0]["min_abs_c"] == 1e-50
+    assert opt.consume_stats()["min_abs_c"] == 1e-50
+
+
+@pytest.mark.parametrize("opt_cls", [CLion, Lion])
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+def test_step_between_forward_and_backward_is_caught_by_autograd(opt_cls, impl):
+    # issue 9 defect 3: the default (fused CPU) path wrote behind autograd's back, so the
+    # backward silently used the modified parameter; torch's optimizers raise.
+    w = torch.nn.Parameter(torch.randn(5))
+    opt = opt_cls([w], lr=0.1, **impl)
+    w.grad = torch.randn(5)
+    loss = (w * w).sum()  # saves w for the backward
+    version = w._version
+    opt.step()
+    assert w._version > version
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("opt_cls,kw", [(CLion, {}), (CLion, {"mode": "element"}), (Lion, {})])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_deepcopy_and_pickle_round_trips_keep_stepping(opt_cls, kw, how):
+    # issue 9 defect 4: step() after copy.deepcopy(opt) raised AttributeError: '_stats'
+    import pickle
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = opt_cls(model.parameters(), lr=0.01, **kw)
+    x = torch.randn(8, 4)
+    model(x).pow(2).sum().backward()
+    opt.step()
+    twin_model, twin = (copy.deepcopy((model, opt)) if how == "deepcopy"
+                        else pickle.loads(pickle.dumps((model, opt))))  # fmt: skip
+    for m, o in ((model, opt), (twin_model, twin)):
+        o.zero_grad()
+        m(x).pow(2).sum().backward()
+        o.step()
+    for a, b in zip(model.parameters(), twin_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    if opt_cls is CLion:  # statistics are rebuilt (fresh) and then kept as before
+        assert twin.track_stats and twin.last_step_stats() == opt.last_step_stats()
+
+
+def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
+    # issue 9 defect 6: one cache entry per distinct set of parameters with a gradient
+    # (mixture-of-experts routing, frozen layers toggled) grew without bound
+    from clion_hf.optim.clion import _SLOTS
+
+    ps = [torch.nn.Parameter(torch.randn(3)) for _ in range(12)]
+    opt = CLion(ps, mode="element", nu=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    for step in range(200):
+        chosen = torch.randperm(12, generator=gen)[: 1 + step % 11].tolist()
+        for i, p in enumerate(ps):
+            p.grad = torch.randn(3, generator=gen) if i in chosen else None
+        opt.step()
+        stats = opt.last_step_stats(per_tensor=True)
+        assert len(stats["tensors"]) == len(chosen)
+    assert len(opt._stat_slots) <= _SLOTS
+
+
+def test_docstrings_do_not_point_outside_the_package():
+    # issue 9 defect 7: docstrings pointed at ../shared/CLION.md, in neither repo nor wheel
+    from pathlib import Path
+
+    import clion_hf
+
+    root = Path(clion_hf.__file__).parent
+    for path in root.rglob("*.py"):
+        assert "shared/CLION.md" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
+@pytest.mark.parametrize("mode", ["global", "tensor"])
+def test_maximize_decides_on_the_direction_of_the_negated_gradient(mode, impl):
+    # Found while building the matrix tests: pass 1 (the min |c| that decides the branch)
+    # ignored maximize, as if |beta1 * m + (1 - beta1) * g| did not depend on g's sign
+    # once m != 0. With beta1 = beta2 = 0.5 and g = 1, then -0.4: the true c at step 2 is
+    # 0.5 * (-0.5) + 0.5 * 0.4 = -0.05 (identity at nu = 0.1), the wrong one -0.45 (sign).
+    p = torch.nn.Parameter(torch.zeros(1))
+    q = torch.nn.Parameter(torch.zeros(1))
+    kw = dict(lr=0.1, betas=(0.5, 0.5), nu=0.1, mode=mode, **impl)
+    maximizing, minimizing = CLion([p], maximize=True, **kw), CLion([q], **kw)
+    for g in (1.0, -0.4):
+        p.grad, q.grad = torch.full((1,), g), torch.full((1,), -g)
+        maximizing.step()
+        minimizing.step()
+        assert torch.equal(p, q)
+        assert maximizing.last_step_stats() == minimizing.last_step_stats()
+    assert maximizing.last_step_stats()["sign_fraction"] == 0.0
+
+
+@pytest.mark.parametrize("impl", ["single", "foreach", "fused"])
+def test_functional_entry_points_match_the_optimizers(impl):
+    from clion_hf.optim import functional as F
+
+    gen = torch.Generator().manual_seed(0)
+    ps = [torch.randn(s, generator=gen) for s in SHAPES]
+    gs = [torch.randn(s, generator=gen) for s in SHAPES]
+    for mode in ("lion", "tensor", "element"):
+        qs = [torch.nn.Parameter(p.clone()) for p in ps]
+        ms = [torch.zeros_like(p) for p in ps]
+        kw = dict(lr=0.01, beta1=0.9, beta2=0.99, weight_decay=0.1)
+        if mode == "lion":
+            opt = Lion(qs, lr=0.01, weight_decay=0.1, foreach=False)
+            F.lion(ps, gs, ms, impl=impl, **kw)
+            out = None
+        else:
+            opt = CLion(qs, lr=0.01, weight_decay=0.1, mode=mode, nu=0.05, foreach=False)
+            out = F.clion(ps, gs, ms, nu=0.05, mode=mode, stats=True, impl=impl, **kw)
+        for q, g in zip(qs, gs, strict=True):
+            q.grad = g
+        opt.step()
+        for p, q, m in zip(ps, qs, ms, strict=True):
+            assert torch.equal(p, q) and torch.equal(m, opt.state[q]["exp_avg"])
+        if out is not None:
+            tensors = opt.last_step_stats(per_tensor=True)["tensors"]
+            assert out.min_abs.tolist() == [t["min_abs_c"] for t in tensors]
+            counts = (out.count / torch.tensor([p.numel() for p in ps])).tolist()
+            assert counts == pytest.approx([t["sign_fraction"] for t in tensors])
+    with pytest.raises(ValueError, match="mode='layer'"):
+        F.clion(ps, gs, ms, lr=0.01, beta1=0.9, beta2=0.99, nu=0.1, mode="layer")
+    with pytest.raises(ValueError, match=r"exp_avgs\[0\]|params\[0\]: exp_avg has shape"):
+        F.lion(ps, gs, [torch.zeros(3)] + ms[1:], lr=0.01, beta1=0.9, beta2=0.99)

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from clion_hf.optim.functional import MODES
+from clion_hf.optim.validate import MODES as MODES  # report.py imports it from here
+from clion_hf.optim.validate import parse_option
 
 
 class SpecError(ValueError):
@@ -54,43 +55,25 @@ def round_sig(value: float, digits: int = 3) -> float:
     return round(value, digits - 1 - math.floor(math.log10(abs(value))))
 
 
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise SpecError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise SpecError(f"{text!r} is not finite")
-    return value
+def _option(name: str, check: Callable[[Any], Any] | None = None) -> Callable[[str], Any]:
+    """A spec option's parser: clion_hf.optim.validate's, with ``check`` added."""
+
+    def parse(text: str) -> Any:
+        value = parse_option(name, text)
+        if check is not None:
+            check(value)
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> float:
-    value = _float(text)
-    if value <= 0:
-        raise SpecError(f"{text!r} must be > 0")
-    return value
+def _pinned_lr(value: float) -> None:
+    if value <= 0:  # a pinned lr of 0 would train nothing
+        raise SpecError(f"invalid lr={value!r}: must be > 0")
 
 
-def _beta(text: str) -> float:
-    value = _float(text)
-    if not 0 <= value < 1:
-        raise SpecError(f"{text!r} must be in [0, 1)")
-    return value
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("true", "1", "yes"):
-        return True
-    if lowered in ("false", "0", "no"):
-        return False
-    raise SpecError(f"{text!r} is not a boolean (true/false)")
-
-
-def _mode(text: str) -> str:
-    if text not in MODES:
-        raise SpecError(f"mode {text!r} unknown; allowed: {', '.join(MODES)}")
-    return text
+_positive_lr = _option("lr", _pinned_lr)
+_beta1, _beta2 = _option("beta1"), _option("beta2")
 
 
 # ------------------------------------------------------------------------------ optimizers
@@ -98,19 +81,19 @@ def _mode(text: str) -> str:
 # Per optimizer: option -> (parser, default). Order here is the canonical order in labels.
 # ``lr`` is the runner's (pins the lr); every other key goes to the optimizer.
 OPTION_KEYS: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
-    "adamw": {"beta1": (_beta, 0.9), "beta2": (_beta, 0.999), "lr": (_positive, None)},
+    "adamw": {"beta1": (_beta1, 0.9), "beta2": (_beta2, 0.999), "lr": (_positive_lr, None)},
     "lion": {
-        "caution": (_bool, False),
-        "beta1": (_beta, 0.9),
-        "beta2": (_beta, 0.99),
-        "lr": (_positive, None),
+        "caution": (_option("caution"), False),
+        "beta1": (_beta1, 0.9),
+        "beta2": (_beta2, 0.99),
+        "lr": (_positive_lr, None),
     },
     "clion": {
-        "mode": (_mode, "global"),
-        "nu": (_positive, 1e-4),
-        "beta1": (_beta, 0.9),
-        "beta2": (_beta, 0.99),
-        "lr": (_positive, None),
+        "mode": (_option("mode"), "global"),
+        "nu": (_option("nu"), 1e-4),
+        "beta1": (_beta1, 0.9),
+        "beta2": (_beta2, 0.99),
+        "lr": (_positive_lr, None),
     },
 }
 OPTIMIZERS = tuple(OPTION_KEYS)
@@ -193,7 +176,7 @@ def parse_optimizer(text: str) -> OptimizerSpec:
                 raise SpecError(f"option {key!r} given twice in {text!r}")
             try:
                 values[key] = allowed[key][0](raw)
-            except SpecError as err:
+            except ValueError as err:  # SpecError too
                 raise SpecError(f"{name} option {key}: {err}") from None
     options = tuple(
         (key, values[key]) for key in allowed if key in values and values[key] != allowed[key][1]

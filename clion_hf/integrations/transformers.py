@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -46,8 +45,8 @@ from typing import Any
 
 import torch
 
-from ..optim import MODES, CLion, Lion
-from ..optim._base import check_lr, check_weight_decay
+from ..optim import CLion, Lion
+from ..optim.validate import TEXT_OPTIONS, check_lr, check_weight_decay
 from ._log import logger
 
 OPTIMIZERS: dict[str, tuple[str, type[torch.optim.Optimizer]]] = {
@@ -69,81 +68,28 @@ class OptimArgsError(ValueError):
 # --------------------------------------------------------------------------- optim_args
 
 
-def _number(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError
-    return value
-
-
-def _positive(text: str) -> float:
-    value = _number(text)
-    if value <= 0:
-        raise ValueError
-    return value
-
-
-def _beta(text: str) -> float:
-    value = _number(text)
-    if not 0.0 <= value < 1.0:
-        raise ValueError
-    return value
-
-
-_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
-
-
-def _bool(text: str) -> bool:
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise ValueError
-
-
-def _mode(text: str) -> str:
-    if text not in MODES:
-        raise ValueError
-    return text
-
-
-_DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-    "fp64": torch.float64, "float64": torch.float64,
-}  # fmt: skip
-
-
-def _dtype(text: str) -> torch.dtype:
-    return _DTYPES[text.lower()]
-
-
 @dataclass(frozen=True)
 class _Key:
     parse: Callable[[str], Any]
     allowed: str
 
 
-_COMMON = {
-    "beta1": _Key(_beta, "a number in [0, 1)"),
-    "beta2": _Key(_beta, "a number in [0, 1)"),
-    "maximize": _Key(_bool, "true or false"),
-    "foreach": _Key(_bool, "true or false"),
-    "momentum_dtype": _Key(_dtype, "fp32, bf16, fp16 or fp64"),
-}
+def _key(name: str) -> _Key:
+    """An ``--optim_args`` key, parsed and checked by clion_hf.optim.validate."""
+    parse, allowed = TEXT_OPTIONS[name]
+    return _Key(functools.partial(parse, name), allowed)
+
+
+_COMMON = {k: _key(k) for k in ("beta1", "beta2", "maximize", "foreach", "momentum_dtype")}
 _KEYS: dict[str, dict[str, _Key]] = {
-    "clion": {
-        "nu": _Key(_positive, "a finite number > 0"),
-        "mode": _Key(_mode, "one of " + ", ".join(MODES)),
-        **_COMMON,
-        "track_stats": _Key(_bool, "true or false"),
-    },
-    "lion": {**_COMMON, "caution": _Key(_bool, "true or false")},
-}
+    "clion": {"nu": _key("nu"), "mode": _key("mode"), **_COMMON,
+              "track_stats": _key("track_stats")},
+    "lion": {**_COMMON, "caution": _key("caution")},
+}  # fmt: skip
 for _name, (_, _cls) in OPTIMIZERS.items():
     # `fused=` is being added to the optimizers; accept it once the class takes it.
     if "fused" in inspect.signature(_cls).parameters:
-        _KEYS[_name]["fused"] = _Key(_bool, "true or false")
+        _KEYS[_name]["fused"] = _key("fused")
 
 _ELSEWHERE = {
     "lr": "--learning_rate", "learning_rate": "--learning_rate",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -11,33 +12,18 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ._base import (
-    DTensor,
-    LionFamily,
-    ParamsT,
-    check_betas,
-    check_fused,
-    check_lr,
-    check_momentum_dtype,
-    check_weight_decay,
-)
-from .functional import MODES, direction_min_abs, lion_clion_update
-from .fused import fused_direction_min_abs, fused_update, stops_early
+from . import functional as F
+from . import kernels
+from ._base import Batch, DTensor, LionFamily, ParamsT, run_closure
+from .validate import check_flag, check_groups_agree
 
 logger = logging.getLogger(__name__)
 
 WARN_AFTER_STEPS = 100
 """CLion warns once if none of its first this-many steps took the sign branch."""
 
-
-def check_nu(nu: float) -> None:
-    if not (isinstance(nu, int | float) and math.isfinite(nu) and nu > 0):
-        raise ValueError(f"invalid nu={nu!r}: must be a finite number > 0")
-
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"invalid mode={mode!r}: allowed are {', '.join(MODES)}")
+_SLOTS = 16
+"""Statistics index tensors kept for this many distinct sets of parameters with grads."""
 
 
 class CLion(LionFamily):
@@ -52,15 +38,24 @@ class CLion(LionFamily):
     * ``"element"``: each coordinate on its own: ``sign(c_j)`` if ``abs(c_j) >= nu``.
     * ``"soft"``: ``clamp(c / nu, -1, 1)`` (this project's continuous extension).
 
-    Caveat measured on GPT-2 (``../shared/CLION.md``): the smallest ``abs(c)`` over a whole
-    model is ~1e-15, so ``global`` (and usually ``tensor``) mode never takes the sign
-    branch and CLion becomes momentum SGD at Lion's small learning rate. Use
-    ``mode="element"`` with ``nu`` ~1e-4..1e-5 for Lion-like training, or an SGD-sized
-    ``lr`` for ``global``. The optimizer warns after 100 steps without a sign branch.
+    The minimum is compared with ``nu`` in the compute dtype (fp64 for fp64 parameters,
+    else fp32), as ``element`` compares each coordinate.
+
+    Caveat, measured on a 2-layer GPT-2 before this package existed: the smallest
+    ``abs(c)`` over a whole model is ~1e-15, so ``global`` (and usually ``tensor``) mode
+    never takes the sign branch and CLion becomes momentum SGD at Lion's small learning
+    rate (it did not train at lr=3e-4). Use ``mode="element"`` with ``nu`` ~1e-4..1e-5
+    for Lion-like training, or an SGD-sized ``lr`` for ``global``. The optimizer warns
+    after 100 steps without a sign branch.
+
+    A NaN or infinite gradient makes the parameter's coordinate NaN (see
+    :mod:`clion_hf.optim.functional`), on every implementation.
 
     Args:
-        params: parameters or param groups (groups may set their own ``lr``, ``betas``,
-            ``weight_decay``; with ``mode="global"`` all groups must share ``mode``/``nu``).
+        params: parameters or param groups. Each group may set its own ``lr``, ``betas``,
+            ``weight_decay``, ``mode`` and ``nu`` and is decided with them; with
+            ``mode="global"`` all groups must share ``mode`` and ``nu`` (one decision).
+            Parameters must not share memory (overlapping views are refused).
         lr, betas, weight_decay, maximize, foreach, momentum_dtype, fused: as for
             :class:`clion_hf.Lion`. The fused paths produce the same statistics.
         nu: the threshold; must be finite and > 0.
@@ -85,138 +80,116 @@ class CLion(LionFamily):
         track_stats: bool = True,
         fused: bool | None = None,
     ) -> None:
-        check_lr(lr)
-        check_fused(fused, foreach)
-        check_betas(betas)
-        check_weight_decay(weight_decay)
-        check_nu(nu)
-        check_mode(mode)
-        check_momentum_dtype(momentum_dtype)
         defaults = dict(
-            lr=lr, betas=tuple(betas), weight_decay=weight_decay, nu=float(nu), mode=mode,
-            maximize=bool(maximize), foreach=foreach, momentum_dtype=momentum_dtype,
-            fused=fused,
+            lr=lr, betas=betas, weight_decay=weight_decay, nu=nu, mode=mode, maximize=maximize,
+            foreach=foreach, momentum_dtype=momentum_dtype, fused=fused,
         )  # fmt: skip
-        self.track_stats = track_stats
+        self.track_stats = check_flag("track_stats", track_stats)
         super().__init__(params, defaults)
-        self._check_groups()
-        self._check_fused_devices()
-        self.warned = False
-        self._eager_steps = 0
-        self._stats: dict[str, Tensor] = {}
         self._alloc_stats()
 
-    # ---------------------------------------------------------------------- validation
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "track_stats": self.track_stats}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # deepcopy/pickle: what torch.optim keeps, then the statistics rebuilt (fresh)
+        self.track_stats = state.pop("track_stats", True)
+        super().__setstate__(state)
+        self._alloc_stats()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        for key, check in (("mode", check_mode), ("nu", check_nu), ("lr", check_lr),
-                           ("weight_decay", check_weight_decay), ("betas", check_betas)):
-            if key in param_group:
-                check(param_group[key])
         super().add_param_group(param_group)
-        if hasattr(self, "track_stats"):  # not during __init__'s own calls
-            self._check_groups()
+        if hasattr(self, "_stats"):  # not during __init__'s own calls
             self._alloc_stats()
 
-    def _check_groups(self) -> None:
-        modes = {(g["mode"], g["nu"]) for g in self.param_groups}
-        if any(g["mode"] == "global" for g in self.param_groups) and len(modes) > 1:
-            raise ValueError(
-                f"param groups disagree on (mode, nu): {sorted(modes)}; mode='global' takes "
-                "one decision over all groups, so every group must use the same mode and nu"
-            )
+    def _check_new_group(self, group: dict[str, Any]) -> None:
+        check_groups_agree([*self.param_groups, group])
+
+    def _check_loaded_groups(self, groups: list[dict[str, Any]]) -> None:
+        check_groups_agree(groups)
 
     # ---------------------------------------------------------------------- the step
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        gathered = [self._gather(g) for g in self.param_groups]
-        groups = [(g, x) for g, x in zip(self.param_groups, gathered, strict=True) if x[1]]
-        if not groups:
-            return loss
-        mode = groups[0][0]["mode"]
-        sharded = any(isinstance(p, DTensor) for _, x in groups for p in x[0])
-
-        # Pass 1 (global/tensor): the min |c| that decides the branch, on the device.
-        mins: Tensor | None = None
-        take: Tensor | None = None
-        gmin: Tensor | None = None
-        min_in_pass2 = False
-        # Single-process fused CPU steps stop pass 1 at the first |c| below nu (the
-        # decision is then known); the exact min for the statistics comes from pass 2.
-        stop_early = (
-            mode in ("global", "tensor") and not sharded and not _distributed()
-            and all(self._use_fused(g, x[1]) and stops_early(x[1]) for g, x in groups)
-        )  # fmt: skip
-        if mode in ("global", "tensor"):
-            per_group = [
-                fused_direction_min_abs(
-                    x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"],
-                    stop_below=g["nu"] if stop_early else None,
-                    stop=("all" if mode == "global" else "tensor") if stop_early else None,
-                )  # fmt: skip
-                if self._use_fused(g, x[1])
-                else direction_min_abs(
-                    x[2], x[3], beta1=g["betas"][0], maximize=g["maximize"],
-                    foreach=self._use_foreach(g, x[1]),
-                )  # fmt: skip
-                for g, x in groups
-            ]
-            mins = torch.cat(per_group)
-            if mode == "tensor":
-                if sharded:
-                    mins = _all_reduce_min(mins)
-                take = mins >= groups[0][0]["nu"]
-            else:
-                gmin = mins.amin()
-                if _distributed():
-                    # Every rank must take the same branch: under FSDP/ZeRO each holds a
-                    # different shard of c. (Under DDP this is redundant but harmless.)
-                    gmin = _all_reduce_min(gmin)
-                take = (gmin >= groups[0][0]["nu"]).expand(mins.numel())
-            # After an early exit the pass-1 values below nu are witnesses, not minima:
-            # then pass 2 takes the exact ones (on CPU this check costs no sync).
-            min_in_pass2 = (
-                stop_early and self.track_stats and bool((mins < groups[0][0]["nu"]).any())
-            )
-
-        counts, stat_mins, offset = [], [], 0
-        for g, (_, params, grads, exp_avgs) in groups:
-            n = len(params)
-            kw = dict(
-                lr=g["lr"], beta1=g["betas"][0], beta2=g["betas"][1],
-                weight_decay=g["weight_decay"], mode=g["mode"], nu=g["nu"],
-                take_sign=None if take is None else take[offset : offset + n],
-                maximize=g["maximize"], stats=self.track_stats,
-            )  # fmt: skip
-            if min_in_pass2:
-                out = fused_update(params, grads, exp_avgs, min_stats=True, **kw)
-            elif self._use_fused(g, params):
-                out = fused_update(params, grads, exp_avgs, **kw)
-            else:
-                out = lion_clion_update(
-                    params, grads, exp_avgs, foreach=self._use_foreach(g, params), **kw
-                )
-            offset += n
-            if out is not None:
-                counts.append(out[0].to(mins.device if mins is not None else out[0].device))
-                stat_mins.append(out[1])
-        if self.track_stats:
-            owners = [p for _, x in groups for p in x[0]]
-            numels = [p.numel() for _, x in groups for p in x[1]]
-            sign_count = torch.cat(counts)
-            # Under sharding, element/soft statistics describe this rank's shard.
-            tensor_min = torch.cat(stat_mins) if min_in_pass2 or mins is None else mins
-            if min_in_pass2 and gmin is not None:
-                gmin = tensor_min.amin()  # pass 1 gave a witness below nu, not the min
-            self._record(owners, numels, sign_count, tensor_min.to(sign_count.device), gmin)
+        loss = run_closure(closure)
+        batches = [b for b in map(self._gather, self.param_groups) if b.params]
+        decisions, global_min = self._decide(batches)
+        results = [
+            F.clion(b.params, b.grads, b.exp_avgs, lr=b.group["lr"], beta1=b.group["betas"][0],
+                    beta2=b.group["betas"][1], weight_decay=b.group["weight_decay"],
+                    nu=b.group["nu"], mode=b.group["mode"], maximize=b.group["maximize"],
+                    take=take, min_abs=min_abs, stats=self.track_stats, impl=b.impl)
+            for b, (take, min_abs) in zip(batches, decisions, strict=True)
+        ]  # fmt: skip
+        if self.track_stats and batches:
+            self._record(batches, results, global_min)
         return loss
+
+    def _decide(
+        self, batches: list[Batch]
+    ) -> tuple[list[tuple[Tensor | None, Tensor | None]], Tensor | None]:
+        """Per batch ``(take, exact pass-1 minima or None)``; global mode's reduced min.
+
+        ``tensor`` groups decide each tensor with their own ``nu``; ``element``/``soft``
+        need no pass 1. ``global`` takes one MIN over every group and, in distributed
+        runs, every rank: a rank without gradients joins the all-reduce with +inf, so the
+        others never wait for it. Single-process fused CPU steps stop pass 1 at the first
+        ``abs(c)`` below ``nu`` (the decision is then known); the exact minima then come
+        from the update pass (``min_abs=None``).
+        """
+        is_global = self.param_groups[0]["mode"] == "global"  # then every group is
+        two_pass = [b for b in batches if b.group["mode"] in ("global", "tensor")]
+        reduce = _distributed() and (is_global or any(isinstance(p, DTensor)
+                                                      for b in two_pass for p in b.owners))
+        if not two_pass and not (is_global and reduce):
+            return [(None, None)] * len(batches), None
+        early = not reduce and not torch.compiler.is_compiling() and all(
+            b.impl == "fused" and kernels.stops_early(b.params[0].device) for b in two_pass
+        )
+        mins: dict[int, Tensor] = {}
+        exact = True
+        all_dtypes = {p.dtype for b in two_pass for p in b.params}
+        for b in two_pass:
+            # stop below the smallest threshold that a tensor of the decision compares with
+            dtypes = all_dtypes if is_global else {p.dtype for p in b.params}
+            stop_below = min(F.rounded(b.group["nu"], F.compute_dtype(d))
+                             for d in dtypes) if early else None  # fmt: skip
+            if early and is_global and not exact:  # a witness below nu: decision known
+                mins[id(b)] = torch.full((len(b.params),), math.inf, dtype=torch.float64)
+                continue
+            mins[id(b)] = F.direction_min_abs(
+                b.grads, b.exp_avgs, beta1=b.group["betas"][0], maximize=b.group["maximize"],
+                impl=b.impl, stop_below=stop_below,
+                stop=("all" if is_global else "tensor") if early else None,
+            )  # fmt: skip
+            if early:  # on CPU: reading the flag costs no sync
+                exact = exact and not bool((mins[id(b)] < stop_below).any())
+        global_min = None
+        if is_global:
+            device = self._stats["min"].device
+            low = torch.full((), math.inf, dtype=F.stat_dtype(device), device=device)
+            if mins:
+                low = torch.cat([m.to(device) for m in mins.values()]).amin()
+            if reduce:
+                global_min = low = _all_reduce_min(low)
+            take = F.take_sign(low.reshape(1), self.param_groups[0]["nu"], list(all_dtypes),
+                               "global")  # fmt: skip
+        out = []
+        for b in batches:
+            if id(b) not in mins:
+                out.append((None, None))
+                continue
+            m = mins[id(b)]
+            if is_global:
+                t = take.to(m.device).expand(len(b.params))
+            else:
+                if reduce:  # FSDP2: each rank holds a shard of every tensor
+                    m = _all_reduce_min(m)
+                t = F.take_sign(m, b.group["nu"], [p.dtype for p in b.params], "tensor")
+            out.append((t, m if exact else None))
+        return out, global_min
 
     # ---------------------------------------------------------------------- statistics
 
@@ -225,58 +198,62 @@ class CLion(LionFamily):
 
         torch.compile drops attribute assignments made inside a compiled ``step`` on an
         optimizer, but keeps in-place updates of tensors the optimizer holds: so the
-        statistics live in preallocated tensors (on the parameters' device).
+        statistics live in preallocated tensors (on the parameters' device). Minima are
+        kept in fp64 (exact for every compute dtype; fp32 on MPS).
         """
         params = [p for g in self.param_groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
         n, inf = len(params), math.inf
+        self.warned = False
+        self._eager_steps = 0
         self._stat_index = {id(p): i for i, p in enumerate(params)}
         self._stat_params = params
         # (indices of the parameters with a gradient) -> those indices and their numels as
-        # device tensors: built once, since a host-to-device copy per step would be a sync
-        # (and would break CUDA-graph capture of the step)
-        self._stat_slots: dict[tuple[int, ...], tuple[Tensor, Tensor]] = {}
+        # device tensors, so that a step makes no host-to-device copy (a sync, which would
+        # also break CUDA-graph capture). A few sets recur (frozen layers, routed experts):
+        # the most recent _SLOTS are kept.
+        self._stat_slots: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor]] = OrderedDict()
         f32 = dict(dtype=torch.float32, device=device)
+        f64 = dict(dtype=F.stat_dtype(device), device=device)
         self._stats = dict(
             # last step, per parameter (in param-group order) and overall
             sign_count=torch.zeros(n, **f32), numel=torch.ones(n, **f32),
-            tensor_min=torch.full((n,), inf, **f32),
+            tensor_min=torch.full((n,), inf, **f64),
             had_grad=torch.zeros(n, dtype=torch.bool, device=device),
-            fraction=torch.zeros((), **f32), min=torch.full((), inf, **f32),
+            fraction=torch.zeros((), **f32), min=torch.full((), inf, **f64),
             # since the last consume_stats()
-            acc_fraction=torch.zeros((), **f32), acc_min=torch.full((), inf, **f32),
+            acc_fraction=torch.zeros((), **f32), acc_min=torch.full((), inf, **f64),
             acc_steps=torch.zeros((), **f32),
             # the first WARN_AFTER_STEPS steps, for the never-took-the-sign-branch warning
             steps=torch.zeros((), **f32), warn_signed=torch.zeros((), **f32),
-            warn_lo=torch.full((), inf, **f32), warn_hi=torch.full((), -inf, **f32),
+            warn_lo=torch.full((), inf, **f64), warn_hi=torch.full((), -inf, **f64),
         )  # fmt: skip
 
-    def _record(
-        self,
-        owners: list[Tensor],
-        numels: list[int],
-        sign_count: Tensor,
-        tensor_min: Tensor,
-        global_min: Tensor | None,
-    ) -> None:
-        st = self._stats
-        device = st["fraction"].device
-        sign_count = sign_count.to(device)
-        tensor_min = tensor_min.to(device)
+    def _slots(self, owners: list[Tensor], numels: list[int]) -> tuple[Tensor, Tensor]:
         key = tuple(self._stat_index[id(p)] for p in owners)
-        if key not in self._stat_slots:
+        if key in self._stat_slots:
+            self._stat_slots.move_to_end(key)
+        else:
+            device = self._stats["fraction"].device
             self._stat_slots[key] = (
                 torch.tensor(key, dtype=torch.long).to(device),
                 torch.tensor(numels, dtype=torch.float32).to(device),
             )
-        idx, numel = self._stat_slots[key]
+            if len(self._stat_slots) > _SLOTS:
+                self._stat_slots.popitem(last=False)
+        return self._stat_slots[key]
+
+    def _record(self, batches: list[Batch], results: list[Any], global_min: Tensor | None) -> None:
+        st = self._stats
+        device = st["fraction"].device
+        numels = [p.numel() for b in batches for p in b.params]
+        idx, numel = self._slots([p for b in batches for p in b.owners], numels)
+        sign_count = torch.cat([r.count.to(device) for r in results])
+        tensor_min = torch.cat([r.min_abs.to(st["min"]) for r in results])
         fraction = sign_count.sum() / max(sum(numels), 1)
-        if global_min is not None:  # already reduced across ranks
-            step_min = global_min.to(st["min"].device)
-        else:
-            step_min = (
-                tensor_min.amin() if tensor_min.numel() else torch.full_like(st["min"], math.inf)
-            )
+        # global: reduced across ranks already; else (element/soft under sharding: this
+        # rank's shard) the min of the exact per-tensor minima
+        step_min = tensor_min.amin() if global_min is None else global_min.to(st["min"])
         # index_fill_/index_copy_ with device indices: no host-to-device copies per step
         st["had_grad"].fill_(False).index_fill_(0, idx, True)
         st["sign_count"].zero_().index_copy_(0, idx, sign_count)

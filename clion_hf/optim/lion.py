@@ -7,17 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ._base import (
-    LionFamily,
-    ParamsT,
-    check_betas,
-    check_fused,
-    check_lr,
-    check_momentum_dtype,
-    check_weight_decay,
-)
-from .functional import lion_clion_update
-from .fused import fused_update
+from . import functional as F
+from ._base import LionFamily, ParamsT, run_closure
 
 
 class Lion(LionFamily):
@@ -43,7 +34,13 @@ class Lion(LionFamily):
             kernel where it builds, whose results equal the foreach path's bit for bit,
             and the eager paths elsewhere: the Triton kernels are so far tested only under
             Triton's CPU interpreter, so CUDA needs ``fused=True``. Under
-            ``torch.compile`` of the training step the plain math is traced instead.
+            ``torch.compile`` of the training step the plain math is traced instead
+            (unless ``fused=True``: then the fused custom op is called from the graph).
+
+    Param groups are checked when added or loaded (a bad one is refused whole, with one
+    line naming the value); parameters must not share memory. A NaN or infinite gradient
+    makes the parameter's coordinate NaN on every implementation, so that divergence shows
+    (see :mod:`clion_hf.optim.functional`).
     """
 
     def __init__(
@@ -59,39 +56,19 @@ class Lion(LionFamily):
         momentum_dtype: torch.dtype | None = None,
         fused: bool | None = None,
     ) -> None:
-        check_lr(lr)
-        check_fused(fused, foreach)
-        check_betas(betas)
-        check_weight_decay(weight_decay)
-        check_momentum_dtype(momentum_dtype)
         defaults = dict(
-            lr=lr, betas=tuple(betas), weight_decay=weight_decay, caution=bool(caution),
-            maximize=bool(maximize), foreach=foreach, momentum_dtype=momentum_dtype,
-            fused=fused,
+            lr=lr, betas=betas, weight_decay=weight_decay, caution=caution, maximize=maximize,
+            foreach=foreach, momentum_dtype=momentum_dtype, fused=fused,
         )  # fmt: skip
         super().__init__(params, defaults)
-        self._check_fused_devices()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Perform one optimization step."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            _, params, grads, exp_avgs = self._gather(group)
-            if not params:
-                continue
-            beta1, beta2 = group["betas"]
-            kw = dict(
-                lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
-                mode="lion", maximize=group["maximize"], caution=group["caution"],
-            )  # fmt: skip
-            if self._use_fused(group, params):
-                fused_update(params, grads, exp_avgs, **kw)
-            else:
-                lion_clion_update(
-                    params, grads, exp_avgs, foreach=self._use_foreach(group, params), **kw
-                )
+        loss = run_closure(closure)
+        for b in map(self._gather, self.param_groups):
+            g = b.group
+            F.lion(b.params, b.grads, b.exp_avgs, lr=g["lr"], beta1=g["betas"][0],
+                   beta2=g["betas"][1], weight_decay=g["weight_decay"], maximize=g["maximize"],
+                   caution=g["caution"], impl=b.impl)  # fmt: skip
         return loss

@@ -8,7 +8,6 @@ Trainer's log_history (with the CLion diagnostics) to OUT_JSON.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch.distributed as dist
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _finish import finish  # noqa: E402
 from _tiny import TinyData, tiny_model  # noqa: E402
 
 import clion_hf  # noqa: E402, F401  (registers --optim clion)
@@ -50,13 +50,7 @@ def main() -> None:
         Path(out).write_text(json.dumps({
             "checks": check.checks, "wrapped": wrapped, "log_history": trainer.state.log_history,
         }))  # fmt: skip
-    # Both ranks done before either tears gloo down (an early exit can abort the peer).
-    dist.barrier()
-    # Skip interpreter teardown: gloo's background threads intermittently abort there
-    # ("terminate called without an active exception") once the work is all done.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    finish()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""Fused CUDA path: Triton kernels that update many tensors per launch.
+"""The fused CUDA kernels: Triton kernels that update many tensors per launch.
+
+Called from the custom op ``clion_hf::fused_update_`` (:mod:`clion_hf.optim.kernels`).
 
 Tensors of one dtype combination are described by a table (one row per tensor: the
 addresses of p, g, m and the element count) and cut into chunks of ``CHUNK`` elements; a
@@ -29,7 +31,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .functional import _as_real, _single_tensor_update, compute_dtype, direction_min_abs
+from ..functional import Hyper, TensorList, _as_real, _single_tensor_update, compute_dtype
+from ..functional import direction_min_abs as eager_direction_min_abs
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     # The interpreter runs programs one by one in numpy: small blocks keep it fast, and
@@ -44,7 +47,6 @@ _INF_BITS = 0x7F800000  # +inf as int32 bits
 def _tl_dtype(dt: torch.dtype) -> Any:
     return {
         torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16,
-        torch.float64: tl.float64,
     }[dt]  # fmt: skip
 
 
@@ -62,6 +64,12 @@ def _sign(c):
 
 
 @triton.jit
+def _finite_or_nan(h, c):
+    # h where c is finite, NaN where it is not (the rule of every path)
+    return tl.where(c - c == 0, h, float("nan")).to(h.dtype)
+
+
+@triton.jit
 def _store(ptr, x, mask, DT: tl.constexpr):
     if DT == tl.bfloat16:
         # Round to nearest even by hand: the same bits as torch on every backend (Triton's
@@ -74,34 +82,45 @@ def _store(ptr, x, mask, DT: tl.constexpr):
 
 
 @triton.jit
+def _chunk_of(table, chunk_tensor, chunk_start, G_DT: tl.constexpr, M_DT: tl.constexpr):
+    """This program's tensor (index, element count), chunk start, and g/m pointers."""
+    pid = tl.program_id(0)
+    t = tl.load(chunk_tensor + pid)
+    g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
+    m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
+    return t, tl.load(table + t * 4 + 3), tl.load(chunk_start + pid), g_ptr, m_ptr
+
+
+@triton.jit
+def _direction_at(g_ptr, m_ptr, offs, mask, w1, MAXIMIZE: tl.constexpr, CT: tl.constexpr):
+    """g (negated for maximize), m and c = lerp(m, g, w1) at ``offs``, in the compute dtype."""
+    g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CT)
+    m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CT)
+    if MAXIMIZE:
+        g = -g
+    return g, m, _lerp(m, g, w1)
+
+
+@triton.jit
 def _reduce_kernel(
     table, chunk_tensor, chunk_start, out, w1,
     WHAT: tl.constexpr, MAXIMIZE: tl.constexpr, G_DT: tl.constexpr, M_DT: tl.constexpr,
     CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """WHAT=0: atomic_min of min non-zero abs(c) bits; WHAT=1: atomic_add of sign(c)*g > 0."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor + pid)
-    start = tl.load(chunk_start + pid)
-    g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
-    m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
-    n = tl.load(table + t * 4 + 3)
+    t, n, start, g_ptr, m_ptr = _chunk_of(table, chunk_tensor, chunk_start, G_DT, M_DT)
     acc_min = tl.full([BLOCK], float("inf"), tl.float32)
     acc_cnt = tl.zeros([BLOCK], tl.int32)
     for i in range(0, CHUNK, BLOCK):
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < n
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CT)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CT)
-        if MAXIMIZE:
-            g = -g
-        c = _lerp(m, g, w1)
+        g, m, c = _direction_at(g_ptr, m_ptr, offs, mask, w1, MAXIMIZE, CT)
         if WHAT == 0:
             a = tl.abs(c)
             a = tl.where(mask & (a != 0), a, float("inf")).to(tl.float32)
             acc_min = tl.minimum(acc_min, a)
         else:
-            agree = (_sign(c) * g > 0) & mask
+            agree = (_finite_or_nan(_sign(c), c) * g > 0) & mask
             acc_cnt += agree.to(tl.int32)
     if WHAT == 0:
         tl.atomic_min(out + t, tl.min(acc_min, axis=0).to(tl.int32, bitcast=True))
@@ -118,13 +137,8 @@ def _update_kernel(
     CT: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):  # fmt: skip
     """One pass: c, h(c), decoupled weight decay, momentum; stats with atomics."""
-    pid = tl.program_id(0)
-    t = tl.load(chunk_tensor + pid)
-    start = tl.load(chunk_start + pid)
+    t, n, start, g_ptr, m_ptr = _chunk_of(table, chunk_tensor, chunk_start, G_DT, M_DT)
     p_ptr = tl.load(table + t * 4 + 0).to(tl.pointer_type(P_DT))
-    g_ptr = tl.load(table + t * 4 + 1).to(tl.pointer_type(G_DT))
-    m_ptr = tl.load(table + t * 4 + 2).to(tl.pointer_type(M_DT))
-    n = tl.load(table + t * 4 + 3)
     if LR_TENSOR:
         # A device learning rate (schedulers under CUDA graphs): read it, no host sync.
         lr_v = tl.load(lr_ptr).to(CT)
@@ -142,11 +156,7 @@ def _update_kernel(
         offs = start + i + tl.arange(0, BLOCK)
         mask = offs < n
         p = tl.load(p_ptr + offs, mask=mask, other=0.0).to(CT)
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(CT)
-        m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(CT)
-        if MAXIMIZE:
-            g = -g
-        c = _lerp(m, g, w1)
+        g, m, c = _direction_at(g_ptr, m_ptr, offs, mask, w1, MAXIMIZE, CT)
         a = tl.abs(c)
         if MODE == 0:
             h = _sign(c)
@@ -156,8 +166,10 @@ def _update_kernel(
             h = tl.where(a >= nu, _sign(c), c)
         else:
             h = tl.clamp(c / nu, -1.0, 1.0, propagate_nan=tl.PropagateNan.ALL)
+        h = _finite_or_nan(h, c)
         if CAUTION:
-            h = tl.where(h * g > 0, h, 0.0) * scale
+            # (h * mask) * scale as the eager path: a NaN h stays NaN
+            h = (h * (h * g > 0).to(CT)) * scale
         p = p * decay_v - h * lr_v
         m = _lerp(m, g, w2)
         _store(p_ptr + offs, p, mask, P_DT)
@@ -229,72 +241,72 @@ def _flat(t: Tensor) -> Tensor:
 
 
 def _buckets(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]):
-    """Indices of fusable tensors grouped by dtype combination; the rest (strided) apart."""
+    """Indices of fusable tensors grouped by dtype combination; the rest (strided, fp64)."""
     groups: dict[tuple[torch.dtype, ...], list[int]] = {}
     rest: list[int] = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
         pr, gr, mr = _as_real(p), _as_real(g), _as_real(m)
         if pr.numel() == 0:
             continue
-        if not (pr.is_contiguous() and gr.is_contiguous() and mr.is_contiguous()):
+        if not (pr.is_contiguous() and gr.is_contiguous() and mr.is_contiguous()) or (
+            compute_dtype(pr.dtype) == torch.float64
+        ):
+            # strided views: the eager math; so are fp64 tensors, because Triton passes
+            # Python floats (lr, nu, ...) to a kernel as fp32
             rest.append(i)
             continue
         groups.setdefault((pr.dtype, gr.dtype, mr.dtype), []).append(i)
     return groups, rest
 
 
-@torch.no_grad()
-def triton_direction_min_abs(grads: list[Tensor], exp_avgs: list[Tensor], *, beta1: float,
-                             maximize: bool = False) -> Tensor:  # fmt: skip
-    """:func:`~clion_hf.optim.functional.direction_min_abs` with one launch per dtype combo."""
+def _min_bits(n: int, device: torch.device) -> Tensor:
+    return torch.full((n,), _INF_BITS, dtype=torch.int32, device=device)
+
+
+def _bits_to_float64(bits: Tensor) -> Tensor:
+    return bits.view(torch.float32).to(torch.float64)
+
+
+def direction_min_abs(
+    grads: list[Tensor], exp_avgs: list[Tensor], beta1: float, maximize: bool = False
+) -> Tensor:
+    """Per-tensor min non-zero ``abs(c)`` (fp64) with one launch per dtype combination."""
     if not grads:
-        return torch.empty(0, dtype=torch.float32)
+        return torch.empty(0, dtype=torch.float64)
     device = grads[0].device
-    bits = torch.full((len(grads),), _INF_BITS, dtype=torch.int32, device=device)
+    mins = torch.full((len(grads),), math.inf, dtype=torch.float64, device=device)
     groups, rest = _buckets(grads, grads, exp_avgs)
     for (_, gdt, mdt), idx in groups.items():
         gs = [_flat(grads[i]) for i in idx]
         ms = [_flat(exp_avgs[i]) for i in idx]
         table, ct, cs = _tables(gs, gs, ms)
-        out = torch.full((len(idx),), _INF_BITS, dtype=torch.int32, device=device)
+        out = _min_bits(len(idx), device)
         _reduce_kernel[(ct.numel(),)](
-            table, ct, cs, out, 1.0 - beta1, WHAT=0, MAXIMIZE=False, G_DT=_tl_dtype(gdt),
+            table, ct, cs, out, 1.0 - beta1, WHAT=0, MAXIMIZE=maximize, G_DT=_tl_dtype(gdt),
             M_DT=_tl_dtype(mdt), CT=_tl_dtype(compute_dtype(gdt)), BLOCK=BLOCK, CHUNK=CHUNK,
         )  # fmt: skip
-        bits[_const(idx, torch.int64, device)] = out
-    mins = bits.view(torch.float32)
+        mins[_const(idx, torch.int64, device)] = _bits_to_float64(out)
     if rest:
-        sub = direction_min_abs([grads[i] for i in rest], [exp_avgs[i] for i in rest],
-                                beta1=beta1, maximize=maximize)  # fmt: skip
-        mins = mins.clone()
-        mins[_const(rest, torch.int64, device)] = sub.to(device)
+        sub = eager_direction_min_abs([grads[i] for i in rest], [exp_avgs[i] for i in rest],
+                                      beta1=beta1, maximize=maximize, impl="single")  # fmt: skip
+        mins[_const(rest, torch.int64, device)] = sub.to(mins)
     return mins
 
 
-@torch.no_grad()
-def triton_update(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    *,
-    lr: float | Tensor,
-    beta1: float,
-    beta2: float,
-    weight_decay: float,
-    mode: str,
-    nu: float = 1.0,
-    take_sign: Tensor | None = None,
-    maximize: bool = False,
-    caution: bool = False,
-    stats: bool = False,
-) -> tuple[Tensor, Tensor] | None:
-    """:func:`~clion_hf.optim.functional.lion_clion_update` with Triton kernels."""
-    if not params:
-        return None
+def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
+           take: Tensor | None, want_min: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """One fused update in place: per-tensor (sign-branch count fp32, min abs(c) fp64).
+
+    Statistics only with ``want_min`` (the min is NaN otherwise), except the counts of
+    global/tensor modes, which follow from ``take``.
+    """
     device = params[0].device
     n_all = len(params)
-    counts = torch.zeros(n_all, dtype=torch.int32, device=device) if stats else None
-    min_bits = torch.full((n_all,), _INF_BITS, dtype=torch.int32, device=device) if stats else None
+    two_pass = hyper.mode in ("global", "tensor")
+    counts = torch.zeros(n_all, dtype=torch.float32, device=device)
+    mins = torch.full((n_all,), math.inf if want_min else math.nan, dtype=torch.float64,
+                      device=device)  # fmt: skip
+    lr, wd = hyper.lr, hyper.weight_decay
     lr_is_tensor = isinstance(lr, Tensor)
     lr_f = 0.0 if lr_is_tensor else float(lr)
     lr_ptr = lr.to(device=device, dtype=torch.float32).reshape(1) if lr_is_tensor else None
@@ -304,55 +316,35 @@ def triton_update(
         gs = [_flat(grads[i]) for i in idx]
         ms = [_flat(exp_avgs[i]) for i in idx]
         table, ct, cs = _tables(ps, gs, ms)
-        cdt = _tl_dtype(compute_dtype(pdt))
-        sel = _const(idx, torch.int64, device) if len(idx) != n_all else None
-        common = dict(MAXIMIZE=maximize, G_DT=_tl_dtype(gdt), M_DT=_tl_dtype(mdt), CT=cdt,
-                      BLOCK=BLOCK, CHUNK=CHUNK)  # fmt: skip
+        sel = _const(idx, torch.int64, device)
+        common = dict(MAXIMIZE=hyper.maximize, G_DT=_tl_dtype(gdt), M_DT=_tl_dtype(mdt),
+                      CT=_tl_dtype(compute_dtype(pdt)), BLOCK=BLOCK, CHUNK=CHUNK)  # fmt: skip
         caution_cnt = None
-        if caution:
+        if hyper.caution:
             caution_cnt = torch.zeros(len(idx), dtype=torch.int32, device=device)
-            _reduce_kernel[(ct.numel(),)](table, ct, cs, caution_cnt, 1.0 - beta1, WHAT=1,
-                                          **common)  # fmt: skip
-        take = None
-        if take_sign is not None:
-            take = (take_sign if sel is None else take_sign[sel]).to(torch.int8)
-        cnt = torch.zeros(len(idx), dtype=torch.int32, device=device) if stats else None
-        mnb = (
-            torch.full((len(idx),), _INF_BITS, dtype=torch.int32, device=device) if stats else None
-        )
+            _reduce_kernel[(ct.numel(),)](table, ct, cs, caution_cnt, 1.0 - hyper.beta1,
+                                          WHAT=1, **common)  # fmt: skip
+        take_i8 = None if take is None else take[sel].to(torch.int8)
+        cnt = torch.zeros(len(idx), dtype=torch.int32, device=device)
+        mnb = _min_bits(len(idx), device)
         _update_kernel[(ct.numel(),)](
-            table, ct, cs, take, caution_cnt, cnt, mnb, lr_ptr,
-            lr_f, 1.0 - lr_f * weight_decay, weight_decay, 1.0 - beta1, 1.0 - beta2, nu,
-            MODE=_MODE_ID[mode], CAUTION=caution, STATS=stats, LR_TENSOR=lr_is_tensor,
-            P_DT=_tl_dtype(pdt), **common,
+            table, ct, cs, take_i8, caution_cnt, cnt, mnb, lr_ptr,
+            lr_f, 1.0 - lr_f * wd, wd, 1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.nu,
+            MODE=_MODE_ID[hyper.mode], CAUTION=hyper.caution, STATS=want_min,
+            LR_TENSOR=lr_is_tensor, P_DT=_tl_dtype(pdt), **common,
         )  # fmt: skip
-        if stats:
-            if sel is None:
-                counts, min_bits = cnt, mnb
-            else:
-                counts[sel] = cnt
-                min_bits[sel] = mnb
-    if not stats and not rest:
-        return None
-    result = None
-    if stats:
-        assert counts is not None and min_bits is not None
-        count_f = counts.float()
-        mins = min_bits.view(torch.float32).clone()
-        if mode in ("global", "tensor"):
-            assert take_sign is not None
-            numel = _const([float(_as_real(p).numel()) for p in params], torch.float32, device)
-            count_f = take_sign.float() * numel
-            mins = torch.full_like(mins, math.nan)
-        result = (count_f, mins)
+        counts[sel] = cnt.float()
+        if want_min:
+            mins[sel] = _bits_to_float64(mnb)
+    if two_pass:
+        assert take is not None
+        numel = _const([float(_as_real(p).numel()) for p in params], torch.float32, device)
+        counts = take.float() * numel
     for i in rest:  # strided tensors: the eager math, one at a time
         out = _single_tensor_update(
-            [params[i]], [grads[i]], [exp_avgs[i]], lr=lr, beta1=beta1, beta2=beta2,
-            weight_decay=weight_decay, mode=mode, nu=nu,
-            take_sign=None if take_sign is None else take_sign[i : i + 1], maximize=maximize,
-            caution=caution, stats=stats,
+            [params[i]], [grads[i]], [exp_avgs[i]], hyper,
+            None if take is None else take[i : i + 1], True, want_min,
         )  # fmt: skip
-        if result is not None and out is not None:
-            result[0][i] = out[0][0]
-            result[1][i] = out[1][0]
-    return result
+        counts[i] = out.count[0]
+        mins[i] = out.min_abs[0]
+    return counts, mins

@@ -1,7 +1,8 @@
 // Fused multi-tensor Lion / CLion step for CPU tensors.
 //
-// Built on first use by clion_hf/optim/fused_cpu.py with the system C++ compiler
-// (-O3 -march=native -fopenmp -ffp-contract=off) and called through ctypes: plain
+// Built on first use by clion_hf/optim/kernels/cpu.py with the system C++ compiler
+// (-O3 -march=native -fopenmp -ffp-contract=off), loaded with ctypes and called from the
+// torch custom op clion_hf::fused_update_ (clion_hf/optim/kernels/__init__.py): plain
 // C++17 without torch headers, so it compiles in a few seconds. One call updates every
 // tensor of a param group: the work is cut into chunks of at most CHUNK elements across
 // all tensors and the chunks are shared among OpenMP threads.
@@ -12,11 +13,17 @@
 //   c  = lerp(m, g, 1 - beta1)
 //   p  = fma(h(c), -lr, p * (1 - lr * wd))      (tensor lr: p * decay - h(c) * lr)
 //   m  = lerp(m, g, 1 - beta2)
-// Low-precision storage (bf16, fp16) is computed in fp32 and rounded to nearest even on
-// store, as Tensor.copy_ does.
+// h(c) is NaN wherever c is not finite, in every mode (the parameter then shows the
+// divergence). Low-precision storage (bf16, fp16) is computed in fp32 and rounded to
+// nearest even on store, as Tensor.copy_ does.
+//
+// The arguments come in two records, ClionHyper and ClionLists below, which
+// kernels/cpu.py mirrors with ctypes; clion_layout() reports their sizes and offsets so
+// that a library built from another version of this file is refused.
 
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -27,13 +34,44 @@
 #include <omp.h>
 #endif
 
+extern "C" {
+
+// The hyper-parameters of one call (mirrored by kernels/cpu.py's CHyper).
+struct ClionHyper {
+  double lr;          // learning rate (a tensor lr's value)
+  double decay;       // 1 - lr * weight_decay, as the foreach path rounds it
+  double w1, w2;      // 1 - beta1, 1 - beta2
+  double nu;          // CLion's threshold
+  double stop_below;  // reduction with stop != STOP_NONE: stop below this
+  int32_t rule;       // update rule: LION, TAKE, ELEMENT or SOFT
+  int32_t lr_is_tensor, maximize, stop;
+};
+
+// The tensors of one call, all of one (parameter, momentum) dtype pair, contiguous
+// (mirrored by kernels/cpu.py's CLists). Outputs are per tensor; NULL ones are skipped.
+struct ClionLists {
+  int64_t ntensors;
+  void* const* ps;               // parameters (unused by the reduction)
+  void* const* gs;               // gradients, in the parameters' dtype
+  void* const* ms;               // momenta
+  const int64_t* numel;          // elements per tensor (real elements for complex)
+  int32_t p_dtype, m_dtype;      // Dtype codes
+  const uint8_t* take;           // rule TAKE: the decision per tensor
+  const double* caution_scale;   // cautious Lion: d / (nnz + 1) per tensor, or NULL
+  int64_t* count;                // update: coordinates that took the sign branch
+  int64_t* agree;                // reduction: coordinates with sign(c) * g > 0, or NULL
+  double* min_abs;               // smallest non-zero |c|, or NULL
+};
+
+}  // extern "C"
+
 namespace {
 
 constexpr int64_t CHUNK = 1 << 15;
 
-// dtype codes, shared with fused_cpu.py
+// dtype codes, shared with kernels/cpu.py
 enum Dtype : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
-// update rules, shared with fused_cpu.py
+// update rules, shared with kernels/cpu.py
 enum Mode : int { LION = 0, TAKE = 1, ELEMENT = 2, SOFT = 3 };
 
 // Storage types for the 16-bit formats: plain bits, converted in software (branch-free,
@@ -140,10 +178,13 @@ inline C sgn(C x) {
   return x != x ? x : s;
 }
 
-struct Hyper {
-  double lr, decay, w1, w2, nu;
-  int lr_is_tensor, maximize;
-};
+// h where c is finite, NaN where it is not (c - c is 0 exactly when c is finite).
+template <typename C>
+inline C finite_or_nan(C h, C c) {
+  return c - c == C(0) ? h : std::numeric_limits<C>::quiet_NaN();
+}
+
+using Hyper = ClionHyper;
 
 struct Stats {
   int64_t count;   // coordinates that took the sign branch (element/soft/lion)
@@ -186,6 +227,7 @@ Stats update_chunk(P* __restrict p, const P* __restrict g, M* __restrict m, int6
       const C q = c / nu;
       h = q < C(-1) ? C(-1) : (q > C(1) ? C(1) : q);
     }
+    h = finite_or_nan(h, c);
     if (MODE == ELEMENT || MODE == SOFT) count += int(a >= nu);
     if (CAUTION) h = h * gc > C(0) ? (h * C(1)) * scale : (h * C(0)) * scale;
     if (TRACK_MIN) {
@@ -221,7 +263,7 @@ Stats reduce_chunk(const P* __restrict g, const M* __restrict m, int64_t n, cons
     const C gc = load(g[i]) * gsign;
     const C c = lerp(load(m[i]), gc, w1, small1);
     const C a = std::fabs(c);
-    if (AGREE) agree += int(sgn(c) * gc > C(0));
+    if (AGREE) agree += int(finite_or_nan(sgn(c), c) * gc > C(0));
     const U k = min_key(a);
     key = k < key ? k : key;
     nan_seen |= (a != a);
@@ -260,11 +302,16 @@ void combine(const std::vector<Work>& work, const std::vector<Stats>& parts, int
 }
 
 template <typename P, typename M>
-void run_update(int64_t ntensors, void** ps, void** gs, void** ms, const int64_t* numel,
-                int mode, const Hyper& hp, const uint8_t* take, const double* caution_scale,
-                int64_t* count, double* min_abs, int nthreads) {
-  const bool track_min = min_abs != nullptr;
-  const std::vector<Work> work = plan(ntensors, numel);
+void run_update(const Hyper& hp, const ClionLists& t, int nthreads) {
+  const int64_t ntensors = t.ntensors;
+  void* const* ps = t.ps;
+  void* const* gs = t.gs;
+  void* const* ms = t.ms;
+  const uint8_t* take = t.take;
+  const double* caution_scale = t.caution_scale;
+  const int mode = hp.rule;
+  const bool track_min = t.min_abs != nullptr;
+  const std::vector<Work> work = plan(ntensors, t.numel);
   std::vector<Stats> parts(work.size());
   const int64_t nwork = static_cast<int64_t>(work.size());
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nwork > 1)
@@ -294,7 +341,7 @@ void run_update(int64_t ntensors, void** ps, void** gs, void** ms, const int64_t
     }
     parts[w] = s;
   }
-  combine(work, parts, ntensors, count, nullptr, min_abs);
+  combine(work, parts, ntensors, t.count, nullptr, t.min_abs);
 }
 
 // Early exit of the reduction: CLion only compares the min with nu, so once a chunk
@@ -305,9 +352,11 @@ void run_update(int64_t ntensors, void** ps, void** gs, void** ms, const int64_t
 enum Stop : int { STOP_NONE = 0, STOP_TENSOR = 1, STOP_ALL = 2 };
 
 template <typename P, typename M>
-void run_reduce(int64_t ntensors, void** gs, void** ms, const int64_t* numel, const Hyper& hp,
-                int stop, double stop_below, int64_t* agree, double* min_abs, int nthreads) {
-  const std::vector<Work> work = plan(ntensors, numel);
+void run_reduce(const Hyper& hp, const ClionLists& t, int nthreads) {
+  const int64_t ntensors = t.ntensors;
+  const int stop = hp.stop;
+  const double stop_below = hp.stop_below;
+  const std::vector<Work> work = plan(ntensors, t.numel);
   std::vector<Stats> parts(work.size());
   std::vector<std::atomic<int>> found(stop == STOP_TENSOR ? ntensors : 0);
   std::atomic<int> found_any{0};
@@ -320,33 +369,36 @@ void run_reduce(int64_t ntensors, void** gs, void** ms, const int64_t* numel, co
       parts[w] = Stats{0, 0, std::numeric_limits<double>::infinity()};
       continue;
     }
-    const P* g = static_cast<const P*>(gs[k.tensor]) + k.start;
-    const M* m = static_cast<const M*>(ms[k.tensor]) + k.start;
-    parts[w] = agree ? reduce_chunk<P, M, true>(g, m, k.len, hp)
+    const P* g = static_cast<const P*>(t.gs[k.tensor]) + k.start;
+    const M* m = static_cast<const M*>(t.ms[k.tensor]) + k.start;
+    parts[w] = t.agree ? reduce_chunk<P, M, true>(g, m, k.len, hp)
                      : reduce_chunk<P, M, false>(g, m, k.len, hp);
     if (stop != STOP_NONE && parts[w].min_abs < stop_below) {
       if (stop == STOP_ALL) found_any.store(1, std::memory_order_relaxed);
       else found[k.tensor].store(1, std::memory_order_relaxed);
     }
   }
-  combine(work, parts, ntensors, nullptr, agree, min_abs);
+  combine(work, parts, ntensors, nullptr, t.agree, t.min_abs);
 }
 
-// (parameter dtype, momentum dtype) -> instantiation; gradients share the parameter dtype.
-#define CLION_DISPATCH(FN, PD, MD, ...)                                              \
-  do {                                                                               \
-    if (PD == F32 && MD == F32) return FN<float, float>(__VA_ARGS__), 0;             \
-    if (PD == F32 && MD == BF16) return FN<float, bf16>(__VA_ARGS__), 0;             \
-    if (PD == F32 && MD == F16) return FN<float, f16>(__VA_ARGS__), 0;          \
-    if (PD == F64 && MD == F64) return FN<double, double>(__VA_ARGS__), 0;           \
-    if (PD == BF16 && MD == F32) return FN<bf16, float>(__VA_ARGS__), 0;             \
-    if (PD == BF16 && MD == BF16) return FN<bf16, bf16>(__VA_ARGS__), 0;             \
-    if (PD == F16 && MD == F32) return FN<f16, float>(__VA_ARGS__), 0;          \
-    if (PD == F16 && MD == F16) return FN<f16, f16>(__VA_ARGS__), 0;       \
-    if (PD == F16 && MD == BF16) return FN<f16, bf16>(__VA_ARGS__), 0;          \
-    if (PD == BF16 && MD == F16) return FN<bf16, f16>(__VA_ARGS__), 0;          \
-    return 1;                                                                        \
-  } while (0)
+// The supported (parameter dtype, momentum dtype) pairs, listed once: they are the
+// instantiations, and clion_supported() answers from them. Gradients share the
+// parameter dtype.
+#define CLION_DTYPE_PAIRS(X)                                                      \
+  X(F32, float, F32, float) X(F32, float, BF16, bf16) X(F32, float, F16, f16)     \
+  X(F64, double, F64, double)                                                     \
+  X(BF16, bf16, F32, float) X(BF16, bf16, BF16, bf16) X(BF16, bf16, F16, f16)     \
+  X(F16, f16, F32, float) X(F16, f16, F16, f16) X(F16, f16, BF16, bf16)
+
+// Calls fn(P{}, M{}) for the pair's storage types; 0, or 1 for an unsupported pair.
+template <typename Fn>
+int dispatch(int p_dtype, int m_dtype, Fn&& fn) {
+#define CLION_CASE(PD, PT, MD, MT) \
+  if (p_dtype == PD && m_dtype == MD) return fn(PT{}, MT{}), 0;
+  CLION_DTYPE_PAIRS(CLION_CASE)
+#undef CLION_CASE
+  return 1;
+}
 
 }  // namespace
 
@@ -354,34 +406,43 @@ extern "C" {
 
 // Whether the (parameter, momentum) dtype pair has a kernel: 0 yes, 1 no.
 int clion_supported(int p_dtype, int m_dtype) {
-  const int pairs[][2] = {{F32, F32},  {F32, BF16}, {F32, F16},  {F64, F64},  {BF16, F32},
-                          {BF16, BF16}, {F16, F32}, {F16, F16}, {F16, BF16}, {BF16, F16}};
-  for (const auto& pr : pairs)
-    if (pr[0] == p_dtype && pr[1] == m_dtype) return 0;
-  return 1;
+  return dispatch(p_dtype, m_dtype, [](auto, auto) {});
 }
 
-// The update pass. take: per-tensor decision (mode TAKE) or NULL; caution_scale:
-// per-tensor d / (nnz + 1) for cautious Lion, or NULL; count: per-tensor sign-branch
-// counts; min_abs: per-tensor min non-zero |c|, or NULL to skip it. Returns 0, or 1 for
-// an unsupported dtype pair (nothing written).
-int clion_update(int64_t ntensors, void** ps, void** gs, void** ms, const int64_t* numel,
-                 int p_dtype, int m_dtype, int mode, double lr, double decay, double w1,
-                 double w2, double nu, int lr_is_tensor, int maximize, const uint8_t* take,
-                 const double* caution_scale, int64_t* count, double* min_abs, int nthreads) {
-  const Hyper hp{lr, decay, w1, w2, nu, lr_is_tensor, maximize};
-  CLION_DISPATCH(run_update, p_dtype, m_dtype, ntensors, ps, gs, ms, numel, mode, hp, take,
-                 caution_scale, count, min_abs, nthreads);
+// The update pass (rule TAKE needs lists->take). Returns 0, or 1 for an unsupported dtype
+// pair (nothing written).
+int clion_update(const ClionHyper* hp, const ClionLists* lists, int nthreads) {
+  return dispatch(lists->p_dtype, lists->m_dtype, [&](auto p, auto m) {
+    run_update<decltype(p), decltype(m)>(*hp, *lists, nthreads);
+  });
 }
 
-// The reduction pass: per-tensor min non-zero |c| (or, with stop, a witness below
-// stop_below) and, unless agree is NULL, the count of coordinates with sign(c) * g > 0.
-int clion_reduce(int64_t ntensors, void** gs, void** ms, const int64_t* numel, int p_dtype,
-                 int m_dtype, double w1, int maximize, int stop, double stop_below,
-                 int64_t* agree, double* min_abs, int nthreads) {
-  const Hyper hp{0.0, 1.0, w1, 0.0, 1.0, 0, maximize};
-  CLION_DISPATCH(run_reduce, p_dtype, m_dtype, ntensors, gs, ms, numel, hp, stop, stop_below,
-                 agree, min_abs, nthreads);
+// The reduction pass: per-tensor min non-zero |c| (or, with hp->stop, a witness below
+// hp->stop_below) and, unless lists->agree is NULL, the count of sign(c) * g > 0.
+int clion_reduce(const ClionHyper* hp, const ClionLists* lists, int nthreads) {
+  return dispatch(lists->p_dtype, lists->m_dtype, [&](auto p, auto m) {
+    run_reduce<decltype(p), decltype(m)>(*hp, *lists, nthreads);
+  });
+}
+
+// The records' layout, for the loader to compare with its ctypes mirrors: sizeof and the
+// offset of every field, in declaration order. Returns how many values it wrote.
+int64_t clion_layout(int64_t* out, int64_t capacity) {
+  const int64_t v[] = {
+      sizeof(ClionHyper), offsetof(ClionHyper, lr), offsetof(ClionHyper, decay),
+      offsetof(ClionHyper, w1), offsetof(ClionHyper, w2), offsetof(ClionHyper, nu),
+      offsetof(ClionHyper, stop_below), offsetof(ClionHyper, rule),
+      offsetof(ClionHyper, lr_is_tensor), offsetof(ClionHyper, maximize),
+      offsetof(ClionHyper, stop),
+      sizeof(ClionLists), offsetof(ClionLists, ntensors), offsetof(ClionLists, ps),
+      offsetof(ClionLists, gs), offsetof(ClionLists, ms), offsetof(ClionLists, numel),
+      offsetof(ClionLists, p_dtype), offsetof(ClionLists, m_dtype),
+      offsetof(ClionLists, take), offsetof(ClionLists, caution_scale),
+      offsetof(ClionLists, count), offsetof(ClionLists, agree),
+      offsetof(ClionLists, min_abs)};
+  const int64_t n = sizeof(v) / sizeof(v[0]);
+  for (int64_t i = 0; i < n && i < capacity; ++i) out[i] = v[i];
+  return n;
 }
 
 }  // extern "C"
