@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from .cli import positive_int
+from .argtypes import positive_int
 
 MODELS = ("gpt2", "bert", "vit", "tiny")
 DEFAULT_MODELS = "gpt2,bert,vit"

@@ -69,8 +69,19 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Truncate the training set (rows before grouping)."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the evaluation set (blocks for LM recipes)."}
+        default=None,
+        metadata={"help": "Evaluate on a random sample of this many validation rows (blocks "
+                  "for LM recipes), the same sample for every run."},
+    )  # fmt: skip
+    max_test_samples: int | None = field(
+        default=None,
+        metadata={"help": "Report on a random sample of this many test rows (default: all)."},
     )
+    test_split_percentage: int = field(
+        default=0,
+        metadata={"help": "% of train held out as a labelled test split when the dataset has "
+                  "none (e.g. GLUE, whose test labels are hidden); 0: no test split."},
+    )  # fmt: skip
     block_size: int | None = field(
         default=None, metadata={"help": "GPT-2: tokens per training block (default: model max)."}
     )
@@ -113,7 +124,33 @@ def parse_args(
     if uses_offline_default(namespace):
         parser.set_defaults(**offline_defaults)
         _one_cpu_thread_for_tiny_models()
-    return parser.parse_args_into_dataclasses()
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    check_args(data_args, training_args)
+    return model_args, data_args, training_args
+
+
+def check_args(data_args: DataTrainingArguments, training_args: TrainingArguments) -> None:
+    """Refuse values the HF scripts would accept and then misuse, with one line each.
+
+    ``--block_size 0`` would silently mean the model's maximum, ``--max_steps 0`` divides by
+    zero in the scheduler, a negative size fails deep inside ``datasets``.
+    """
+    for name in ("block_size", "max_seq_length", "max_train_samples", "max_eval_samples",
+                 "max_test_samples"):  # fmt: skip
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise RecipeError(f"--{name} {value} must be >= 1")
+    for name in ("validation_split_percentage", "test_split_percentage"):
+        value = getattr(data_args, name)
+        if not 0 <= value < 100 or (name == "validation_split_percentage" and value == 0):
+            raise RecipeError(f"--{name} {value} must be in [{int(name[0] == 'v')}, 100)")
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise RecipeError(
+            f"--max_steps {training_args.max_steps} must be >= 1 (or -1: train for "
+            "--num_train_epochs)"
+        )
+    if not 0 <= data_args.mlm_probability < 1:
+        raise RecipeError(f"--mlm_probability {data_args.mlm_probability} must be in [0, 1)")
 
 
 def _multi_process_without_accelerator() -> bool:
