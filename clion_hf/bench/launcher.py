@@ -22,7 +22,9 @@ It also owns the lifetime of what it starts, the part the runner cannot guarante
   runner can find and stop anything an earlier one left behind (:func:`leftover_pids`).
 
 The protocol is JSON lines: requests on the launcher's stdin, ``{"id", "pid"}`` when a
-child started and ``{"id", "status"}`` when it ended on its own fd.
+child started and ``{"id", "status", "cpu_s"}`` when it ended (``cpu_s``: the CPU time the
+child and its children used, from ``wait4``; on a shared host it says what a run costs
+where its wall time cannot) on its own fd.
 """
 
 from __future__ import annotations
@@ -211,13 +213,14 @@ def serve(parent: int, preload: bool) -> None:
                 out.write(json.dumps({"id": request["id"], "pid": pid}) + "\n")
         while children:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if not pid:
                 break
             code = os.waitstatus_to_exitcode(status)
-            out.write(json.dumps({"id": children.pop(pid), "status": code}) + "\n")
+            cpu = round(usage.ru_utime + usage.ru_stime, 3)  # the child and its children
+            out.write(json.dumps({"id": children.pop(pid), "status": code, "cpu_s": cpu}) + "\n")
     _stop_children(children)
 
 
@@ -235,6 +238,7 @@ class Child:
         self.pid: int | None = None
         self.error: str | None = None
         self.status: int | None = None
+        self.cpu_s: float | None = None  # CPU seconds it used (user + system, with children)
         self.started = threading.Event()
         self.ended = threading.Event()
 
@@ -299,6 +303,7 @@ class Launcher:
                 child.ended.set()
             elif "status" in msg:
                 child.status = msg["status"]
+                child.cpu_s = msg.get("cpu_s")
                 child.ended.set()
                 with self._lock:
                     self._children.pop(msg["id"], None)

@@ -143,6 +143,7 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
         "eval_samples": _num(res.get("eval_samples")),
         "test_samples": _num(res.get("test_samples")),
         "wall_s": result.get("wall_s"),
+        "cpu_s": result.get("cpu_s"),
         "train_s": max(train_s.values()) if train_s else None,
         "optimizer_ms_per_step": (1000 * opt_s[-1][1] / steps_done
                                   if opt_s and steps_done else None),  # fmt: skip
@@ -162,7 +163,7 @@ CSV_COLUMNS = [
     "run_id", "workload", "optimizer", "phase", "stage", "second", "second_value", "lr",
     "weight_decay", "seed", "max_steps", "status", "reason", "metric", "final_metric",
     "best_metric", "test_metric", "eval_loss", "test_loss", "train_loss_end", "gen_gap",
-    "train_samples", "eval_samples", "test_samples", "wall_s", "train_s",
+    "train_samples", "eval_samples", "test_samples", "wall_s", "cpu_s", "train_s",
     "optimizer_ms_per_step", "steps_to_target", "train_s_to_target", "optimizer_state_mb",
     "peak_mem_mb", "sign_fraction_mean", "sign_fraction_max", "min_abs_c_min",
     "min_abs_c_median", "returncode",

@@ -303,6 +303,7 @@ class Runner:
             "jobs": self.jobs,
             "returncode": returncode,
             "wall_s": round(wall, 3),
+            "cpu_s": child.cpu_s,
             "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "log": str(log_path.relative_to(self.out)),

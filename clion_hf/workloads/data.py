@@ -338,7 +338,26 @@ def _load_files(
         raise RecipeError(
             f"unsupported data file extension {suffix!r}; allowed: {', '.join(_FILE_BUILDERS)}"
         )
-    return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=files)
+    for split, path in files.items():
+        if Path(path).stat().st_size == 0:
+            raise RecipeError(f"--{split}_file {path!r} is empty")
+    return _read_local(lambda: datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=files),
+                       f"{', '.join(files.values())} as {_FILE_BUILDERS[suffix]}")  # fmt: skip
+
+
+def _read_local(load: Callable[[], DatasetDict], what: str) -> DatasetDict:
+    """``load()`` a user's local files; any failure there is about the files: one line."""
+    try:
+        return load()
+    except RecipeError:
+        raise
+    except Exception as err:  # datasets wraps the parser's error (JSON, CSV, UTF-8, Arrow)
+        cause = err
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise RecipeError(f"cannot read {what}: {type(cause).__name__}"
+                          + (f": {detail[:200]}" if detail else "")) from None
 
 
 def hub_offline() -> bool:
@@ -491,8 +510,15 @@ def load_text_datasets(data_args, part: str) -> tuple[DatasetDict, str]:
         data_args.max_train_samples,
         None,  # max_eval_samples caps blocks after grouping, as in run_clm.py
     )
-    columns = raw["train"].column_names
-    return raw, "text" if "text" in columns else columns[0]
+    features = raw["train"].features
+    strings = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string",
+                                                                               "large_string")]
+    if "text" in strings:
+        return raw, "text"
+    if len(strings) == 1:
+        return raw, strings[0]
+    raise RecipeError(f"language-model data needs a 'text' column (or exactly one column of "
+                      f"strings); found {list(features)}")
 
 
 def load_classification_datasets(
@@ -528,7 +554,11 @@ def load_classification_datasets(
     elif "sentence" in columns:
         keys = ("sentence", None)
     else:  # as run_glue.py: the first one or two non-label text columns
-        text = [c for c in columns if c not in ("label", "idx")]
+        text = [c for c in columns if c not in ("label", "idx")
+                and getattr(raw["train"].features[c], "dtype", None) == "string"]  # fmt: skip
+        if not text:
+            raise RecipeError(f"classification data needs a text column besides 'label'; "
+                              f"found {columns}")
         keys = (text[0], text[1] if len(text) > 1 else None)
     feature = raw["train"].features["label"]
     if isinstance(feature, ClassLabel):
@@ -561,8 +591,12 @@ def load_image_datasets(
             if d:
                 if not Path(d).is_dir():
                     raise RecipeError(f"{flag} {d!r} is not a directory (expected an image folder)")
+                if not any(p.is_file() for p in Path(d).rglob("*")):
+                    raise RecipeError(f"{flag} {d!r} holds no files (expected class folders "
+                                      "of images)")  # fmt: skip
                 files[split] = str(Path(d) / "**")
-        raw = datasets.load_dataset("imagefolder", data_files=files)
+        raw = _read_local(lambda: datasets.load_dataset("imagefolder", data_files=files),
+                          "the image folder(s) as imagefolder")  # fmt: skip
     else:
         raw = _load_named(data_args.dataset_name, data_args.dataset_config_name, "images", part)
     raw = _ensure_validation(
