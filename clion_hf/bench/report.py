@@ -458,41 +458,64 @@ def findings(an: Analysis) -> list[str]:
     """The "Findings" section: one line per workload, then the global rule, the profile."""
     lines = []
     for wa in an.workloads:
-        det = [c for c in wa.comparisons if c.detected]
-        undetected = [c for c in wa.comparisons if not c.detected and c.n >= 2]
-        head = f"**{wa.name}** ({wa.max_steps} steps"
         n = max((c.n for c in wa.comparisons), default=0)
-        head += f", {n} paired final seeds)" if n else ")"
-        if not wa.uses_test:
-            head += " [no test split: compared on validation, which also chose the configs]"
-        parts = [comparison_sentence(wa, c) for c in det]
-        if undetected:
-            parts.append("no difference detected for " + ", ".join(
-                f"{describe_optimizer(c.a)} vs {describe_optimizer(c.b)}" for c in undetected
-            ) + ".")  # fmt: skip
+        unit = "test perplexity" if wa.workload.metric == "perplexity" else "test accuracy"
+        head = f"**{wa.name}** ({wa.max_steps} steps, {n} paired final seeds, {unit}"
+        head += ")" if wa.uses_test else "; no test split: validation, which also chose)"
+        parts = []
+        for label, picked in (("Detected", [c for c in wa.comparisons if c.detected]),
+                              ("No difference detected",
+                               [c for c in wa.comparisons if not c.detected and c.n >= 2])):
+            if picked:
+                parts.append(f"{label}: " + "; ".join(_short(wa, c) for c in picked) + ".")
+        broken = []
+        for opt, row in wa.rows.items():
+            bad = [r for r in row.finals if r["status"] != "ok"]
+            if bad:
+                kinds = ", ".join(sorted({r["status"] for r in bad}))
+                broken.append(f"{describe_optimizer(opt)} {len(bad)} of {len(row.finals)} "
+                              f"({kinds})")
+        if broken:
+            parts.append("Final seeds not ok: " + "; ".join(broken) + ".")
         flagged = [describe_optimizer(o) for o, r in wa.rows.items() if _inconclusive(r)]
         if flagged:
-            parts.append("Optimum on a grid edge (inconclusive): " + ", ".join(flagged) + ".")
+            parts.append("Optimum still on a grid edge (comparisons inconclusive): "
+                         + ", ".join(flagged) + ".")
+        unchosen = [describe_optimizer(o) for o, r in wa.rows.items()
+                    if r.plan is not None and not r.plan.needed and r.plan.chosen is None]
+        if unchosen:
+            parts.append("Nothing chosen (every trial diverged or failed): "
+                         + ", ".join(unchosen) + ".")
         if not parts:
-            parts.append("nothing to compare (see the workload's section).")
+            parts.append("nothing to compare yet.")
         lines.append(f"- {head}: " + " ".join(parts))
     lines += [f"- {t}" for t in _global_findings(an)]
     profile = _profile(an)
     if profile:
         measures, rho = profile
-        best = max(rho, key=lambda o: (rho[o][0], sum(rho[o])))
+        order = sorted(rho, key=optimizer_order)
+        k = PROFILE_TAUS.index(2.0)
         lines.append(
-            f"- Steps to the tuned AdamW's median validation metric, over "
-            f"{len(measures)} workload{'s' if len(measures) != 1 else ''} (performance "
-            "profile at τ = 1, i.e. fastest): "
-            + ", ".join(f"{describe_optimizer(o)} {rho[o][0]:.2f}"
-                        for o in sorted(rho, key=optimizer_order))
+            f"- Performance profile over {len(measures)} workload"
+            f"{'s' if len(measures) != 1 else ''} (median steps to tuned AdamW's median "
+            "validation metric): fraction of workloads where fastest: "
+            + ", ".join(f"{describe_optimizer(o)} {rho[o][0]:.2f}" for o in order)
             + "; within 2× of the fastest: "
-            + ", ".join(f"{describe_optimizer(o)} {rho[o][PROFILE_TAUS.index(2.0)]:.2f}"
-                        for o in sorted(rho, key=optimizer_order))
-            + f" (most often fastest: {describe_optimizer(best)})."
+            + ", ".join(f"{describe_optimizer(o)} {rho[o][k]:.2f}" for o in order) + "."
         )  # fmt: skip
     return lines
+
+
+def _short(wa: WorkloadAnalysis, c: Comparison) -> str:
+    """``clion element vs adamw worse ×1.05 [1.02, 1.08]`` (the verdict only if detected)."""
+    v = f" {verdict(wa, c)}" if c.detected else ""
+    if wa.workload.metric == "perplexity":
+        effect = f"×{math.exp(c.mean):.3f} [{math.exp(c.lo):.3f}, {math.exp(c.hi):.3f}]"
+    else:
+        effect = f"{100 * c.mean:+.1f} pp [{100 * c.lo:+.1f}, {100 * c.hi:+.1f}]"
+    flag = " (inconclusive)" if (_inconclusive(wa.rows.get(c.a))
+                                 or _inconclusive(wa.rows.get(c.b))) else ""  # fmt: skip
+    return f"{describe_optimizer(c.a)} vs {describe_optimizer(c.b)}{v} {effect}{flag}"
 
 
 def _profile(an: Analysis) -> tuple[dict, dict] | None:
