@@ -654,3 +654,26 @@ def test_atomic_file_writing_exists_once():
             if re.search(r"os\.replace\(|os\.rename\(|mkstemp\(", text):
                 writers.append(path.name)
     assert writers == []
+
+
+# ------------------------------------------------------------------------------ README
+
+
+def test_readme_quotes_the_committed_cpu_report():
+    """README's benchmark figures are the committed report's, and that report's Findings are
+    what `clion-bench report` computes from its results.csv and bench.json."""
+    readme = (REPO / "README.md").read_text()
+    found = re.findall(r"\(docs/benchmarks/(cpu-[0-9-]+)/report\.md\)", readme)
+    assert len(set(found)) == 1, found
+    report_dir = REPO / "docs" / "benchmarks" / found[0]
+    assert sorted(p.name for p in report_dir.parent.glob("cpu-*")) == [found[0]]
+    report = (report_dir / "report.md").read_text()
+    block = findings_block(report)
+    assert findings_block(readme) == block and len(block) >= 7
+    meta = json.loads((report_dir / "bench.json").read_text())
+    assert findings_from_csv((report_dir / "results.csv").read_text(), meta) == block
+    # every other number of the README's subsection appears in the report
+    section = readme.split("### What the `cpu` preset shows")[1].split("\n## ")[0]
+    outside = section.split("<!-- findings:begin -->")[0]
+    for number in re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w-])", outside):
+        assert number in report, number

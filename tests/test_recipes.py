@@ -1,7 +1,6 @@
 """End-to-end runs of the six recipes through ``accelerate launch`` (a few steps each)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,17 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    cache = tmp_path_factory.mktemp("cache")
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "HF_DATASETS_OFFLINE": "1",
-        "HF_DATASETS_CACHE": str(cache / "datasets"),
-        "CLION_HF_CACHE": str(cache / "clion_hf"),
-        "CLION_HF_CHECKPOINT_MAX_STEPS": "10",  # finetune recipes build their checkpoint fast
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-    }
+def env(offline_env) -> dict[str, str]:
+    return offline_env
 
 
 def launch(env, recipe: str, out: Path, *args: str, config: str = "cpu.yaml"):

@@ -348,8 +348,9 @@ class Analysis:
 
     @staticmethod
     def _compare(wa: WorkloadAnalysis) -> None:
-        wa.uses_test = any(r["test_metric"] is not None for row in wa.rows.values()
-                           for r in row.finals)  # fmt: skip
+        runs = [r for row in wa.rows.values() for r in row.tune + row.finals
+                if r["status"] == "ok"]  # fmt: skip
+        wa.uses_test = not runs or any(r["test_metric"] is not None for r in runs)
         family = []
         for ref in REFERENCES:
             if ref not in wa.rows:
@@ -721,8 +722,38 @@ Protocol (AlgoPerf-style external tuning; the searches are in `bench.json`):
 """
 
 
+def timing_lines(results: list[dict], load_log: Path | None = None) -> list[str]:
+    """How long the matrix took: CPU time, wall time, and the host's load while it ran."""
+    cpu = [r["cpu_s"] for r in results if isinstance(r.get("cpu_s"), int | float)]
+    starts = [r["started_at"] for r in results if r.get("started_at")]
+    ends = [r["finished_at"] for r in results if r.get("finished_at")]
+    lines = []
+    if starts and ends:
+        from datetime import datetime
+
+        span = (datetime.fromisoformat(max(ends)) - datetime.fromisoformat(min(starts)))
+        lines.append(f"Wall time from the first run's start to the last run's end: "
+                     f"{span.total_seconds() / 60:.0f} min (interruptions included).")
+    if cpu:
+        jobs = max((r.get("jobs") or 1 for r in results), default=1)
+        lines.append(f"CPU time of the {len(cpu)} runs: {sum(cpu) / 3600:.2f} h, i.e. "
+                     f"{sum(cpu) / 60 / jobs:.0f} min on {jobs} dedicated cores running "
+                     f"{jobs} at a time.")
+    loads = [r["load_avg_1m"] for r in results if isinstance(r.get("load_avg_1m"), int | float)]
+    source = "as runs ended"
+    if not loads and load_log is not None and load_log.is_file():
+        loads = [float(ln.split()[1]) for ln in load_log.read_text().splitlines()
+                 if len(ln.split()) > 1]  # fmt: skip
+        source = f"sampled each minute, `{load_log.name}`"
+    if loads:
+        lines.append(f"Host load average (1 min) during the runs: median "
+                     f"{statistics.median(loads):.1f}, range {min(loads):.1f} to "
+                     f"{max(loads):.1f} ({source}); time figures are inflated by it.")
+    return lines
+
+
 def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
-                    plot_errors: list[str]) -> str:  # fmt: skip
+                    plot_errors: list[str], timing: list[str] = ()) -> str:  # fmt: skip
     n = len(an.rows)
     counts: dict[str, int] = defaultdict(int)
     for r in an.rows:
@@ -741,6 +772,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
         lines += [f"Host: {env.get('host', '?')} ({env.get('cpus', '?')} CPUs), "
                   f"torch {env.get('torch', '?')}, transformers {env.get('transformers', '?')}, "
                   f"Python {env.get('python', '?')}, commit {str(env.get('commit', '?'))[:10]}."]
+    lines += list(timing)
     lines.append("")
     lines += ["## Findings", "",
               "Generated from the results by `clion-bench report`; each difference is paired "
@@ -961,7 +993,9 @@ def write_report(out_dir: Path) -> dict[str, Path]:
         }}  # fmt: skip
     plots, plot_errors = make_plots(an, results, out_dir / "plots")
     atomic_write_text(out_dir / "results.csv", rows_csv(rows))
-    atomic_write_text(out_dir / "report.md", report_markdown(an, plots, problems, plot_errors))
+    timing = timing_lines(results, out_dir / "host-load.log")
+    atomic_write_text(out_dir / "report.md",
+                      report_markdown(an, plots, problems, plot_errors, timing))  # fmt: skip
     return {
         "report": out_dir / "report.md",
         "csv": out_dir / "results.csv",

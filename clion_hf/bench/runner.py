@@ -304,6 +304,7 @@ class Runner:
             "returncode": returncode,
             "wall_s": round(wall, 3),
             "cpu_s": child.cpu_s,
+            "load_avg_1m": round(os.getloadavg()[0], 2),  # the host's load as the run ended
             "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "log": str(log_path.relative_to(self.out)),
@@ -328,6 +329,12 @@ class Runner:
             t.start()
         for t in threads:
             t.join()
+
+    def _abort(self) -> None:
+        """Stop every child; a second Ctrl-C/SIGTERM must not cut this clean-up short."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._stop_all()
 
     def prepare(self) -> None:
         """Build the cached offline checkpoints the finetune recipes start from, once, before
@@ -412,10 +419,7 @@ class Runner:
                     bar.set_postfix({k: v for k, v in self.counts.items() if v}, refresh=False)
                     bar.update(1)
         except BaseException:
-            # a second Ctrl-C/SIGTERM must not cut the clean-up of the children short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            self._stop_all()
+            self._abort()  # before the pool's shutdown, which waits for the running children
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -449,9 +453,7 @@ class Runner:
                               dynamic_ncols=True, file=sys.stderr) as bar:  # fmt: skip
                         self._schedule(bar)
                 except BaseException:
-                    signal.signal(signal.SIGINT, signal.SIG_IGN)
-                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                    self._stop_all()
+                    self._abort()
                     raise
                 finally:
                     self._launcher.close()
