@@ -413,33 +413,39 @@ def _inconclusive(row: Row | None) -> bool:
 
 
 def _global_findings(an: Analysis) -> list[str]:
-    """Sentences about the paper's ``global`` rule (and ``tensor``), from the diagnostics."""
+    """Sentences about the sign branch of every CLion mode, from the runs' diagnostics, and
+    what the paper's ``global`` rule amounts to against the references."""
     out = []
-    for mode in ("global", "tensor"):
-        label = "clion" if mode == "global" else "clion:mode=tensor"
+    for mode in MODES:
+        label = "clion" if mode == "global" else f"clion:mode={mode}"
         runs = [r for wa in an.workloads for r in (wa.rows[label].tune + wa.rows[label].finals
                 if label in wa.rows else []) if r["status"] == "ok"]  # fmt: skip
         logged = [r for r in runs if r["sign_fraction_mean"] is not None]
         if not logged:
             continue
+        means = [r["sign_fraction_mean"] for r in logged]
+        top = max(r["sign_fraction_max"] for r in logged)
+        took = sum(r["sign_fraction_max"] > 0 for r in logged)
+        name = "`global` (the paper's rule)" if mode == "global" else f"`{mode}`"
+        span = (f"{_f(min(means), 2)} in every run" if min(means) == max(means) else
+                f"{_f(min(means), 2)} to {_f(max(means), 2)} (mean per run; largest logged "
+                f"{_f(top, 2)}; above 0 in {took} runs)")  # fmt: skip
+        text = (f"CLion {name}: over {len(logged)} runs that finished ok, the fraction of "
+                f"coordinates that took the sign branch was {span}")
         mins = [r["min_abs_c_min"] for r in logged if r["min_abs_c_min"] is not None]
         meds = [r["min_abs_c_median"] for r in logged if r["min_abs_c_median"] is not None]
-        frac = max(r["sign_fraction_max"] for r in logged)
-        took = sum(r["sign_fraction_max"] > 0 for r in logged)
-        name = "`global` (the paper's rule)" if mode == "global" else "`tensor`"
-        text = (f"CLion {name} took the sign branch in {took} of {len(logged)} runs that "
-                f"finished ok (largest logged sign-branch fraction {_f(frac, 3)})")
-        if mins:
+        if mins and mode in ("global", "tensor"):
+            nu = parse_optimizer(label).get("nu")
             text += (f"; the smallest non-zero abs(c) per run was {_f(min(mins), 2)} to "
                      f"{_f(max(mins), 2)} (median over logged steps {_f(min(meds), 2)} to "
-                     f"{_f(max(meds), 2)}), against ν = 1e-4")
+                     f"{_f(max(meds), 2)}), against ν = {fmt_float(nu)}")
         text += "."
         if mode == "global":
             lrs = sorted({wa.rows[label].chosen["lr"] for wa in an.workloads
                           if label in wa.rows and wa.rows[label].chosen})  # fmt: skip
-            if lrs:
-                text += (" Without the sign branch the update is the momentum c itself: "
-                         "momentum SGD, tuned here at lr "
+            if lrs and top == 0:
+                text += (" Without the sign branch its update is the momentum c itself, i.e. "
+                         "momentum SGD; its tuned lr: "
                          f"{', '.join(fmt_float(x) for x in lrs)}.")
             tally = defaultdict(list)
             for wa in an.workloads:
