@@ -251,7 +251,7 @@ def test_presets_dry_run_counts_and_time(capsys):
     m = Matrix(get_preset("cpu"), list(WORKLOADS), parse_optimizers(",".join(CPU)), (0, 1),
                (100, 101, 102, 103, 104))  # fmt: skip
     assert (lo, hi) == m.run_counts() and lo < hi
-    assert re.search(r"# estimated device time: \d+ to \d+ min \(cost model: ", out)
+    assert re.search(r"# estimated device time: \d+ min to \d+ min \(cost model: ", out)
     assert "budget 9 trials" in out
 
 

@@ -467,6 +467,10 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+
+
 def dry_run_lines(matrix: Matrix, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
     """The run counts, the estimated device time and the first round's commands."""
     preset = matrix.preset
@@ -478,7 +482,7 @@ def dry_run_lines(matrix: Matrix, recipes_dir: Path, out_dir: Path) -> Iterable[
            f"final seeds {list(matrix.final_seeds)}")  # fmt: skip
     yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is on an "
            f"edge); {preset.jobs} at a time")  # fmt: skip
-    yield (f"# estimated device time: {t_lo / 60:.0f} to {t_hi / 60:.0f} min "
+    yield (f"# estimated device time: {_duration(t_lo)} to {_duration(t_hi)} "
            f"(cost model: {preset.cost_note})")  # fmt: skip
     for w in matrix.workloads:
         ws = preset.settings(w, matrix.max_steps)
