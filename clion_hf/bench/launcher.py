@@ -189,6 +189,13 @@ def serve(parent: int, preload: bool) -> None:
                 getattr(importlib.import_module(module), attr)
     out.write(json.dumps({"ready": os.getpid()}) + "\n")
     children: dict[int, Any] = {}
+    try:
+        _loop(out, stop, children)
+    finally:  # whatever ended the loop (a signal, EOF, a broken pipe), nothing stays behind
+        _stop_children(children)
+
+
+def _loop(out, stop: threading.Event, children: dict[int, Any]) -> None:
     buffer = b""
     stdin = sys.stdin.fileno()
     while not stop.is_set():
@@ -199,7 +206,7 @@ def serve(parent: int, preload: bool) -> None:
         if readable:
             chunk = os.read(stdin, 65536)
             if not chunk:  # the runner closed the pipe (or died)
-                break
+                return
             buffer += chunk
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
@@ -221,7 +228,6 @@ def serve(parent: int, preload: bool) -> None:
             code = os.waitstatus_to_exitcode(status)
             cpu = round(usage.ru_utime + usage.ru_stime, 3)  # the child and its children
             out.write(json.dumps({"id": children.pop(pid), "status": code, "cpu_s": cpu}) + "\n")
-    _stop_children(children)
 
 
 # ------------------------------------------------------------------------------ runner side
@@ -253,6 +259,8 @@ class Child:
         if self.pid is None:
             return
         for sig, wait_s in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if self.ended.is_set():  # reaped: its pid may belong to someone else by now
+                return
             try:
                 os.killpg(self.pid, sig)
             except (ProcessLookupError, PermissionError):
