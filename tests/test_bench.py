@@ -10,8 +10,10 @@ import json
 import math
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -680,3 +682,38 @@ def test_readme_quotes_the_committed_cpu_report():
     outside = section.split("<!-- findings:begin -->")[0]
     for number in re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w-])", outside):
         assert number in report, number
+
+
+# ------------------------------------------------------------------------------ the launcher
+
+
+def test_launcher_runs_forks_execs_and_stops(tmp_path):
+    from clion_hf.bench.launcher import MARKER, Launcher, leftover_pids, stop_leftovers
+
+    env = {**os.environ, MARKER: str(tmp_path.resolve()),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    script = tmp_path / "script.py"
+    script.write_text("import sys\nprint('hello', sys.argv[1:])\nsys.exit(3)\n")
+    launcher = Launcher(env, preload=False, stderr_path=tmp_path / "launcher.log")
+    try:
+        launcher.wait_ready(60)
+        run = launcher.start([str(script), "a", "b"], tmp_path, tmp_path / "run.log", "run")
+        assert run.wait(60) == 3 and run.cpu_s is not None
+        assert "hello ['a', 'b']" in (tmp_path / "run.log").read_text()
+        call = launcher.start(["os.path:join", "x", "y"], tmp_path, tmp_path / "call.log", "call")
+        assert call.wait(60) == 0 and (tmp_path / "call.log").read_text().strip() == "x/y"
+        sleeper = launcher.start(["sleep", "60"], tmp_path, tmp_path / "sleep.log", "exec")
+        deadline = time.monotonic() + 10  # marked (once exec has replaced its memory)
+        while sleeper.pid not in leftover_pids(tmp_path):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        sleeper.kill(grace=5)
+        assert sleeper.wait(10) == -signal.SIGTERM
+    finally:
+        launcher.close()
+    assert launcher.proc.returncode == 0
+    # what an earlier runner left behind is found by its mark and stopped
+    stray = subprocess.Popen(["sleep", "60"], env=env)
+    assert stray.pid in leftover_pids(tmp_path)
+    assert stop_leftovers(tmp_path) == 1 and stray.wait(10) == -signal.SIGTERM
+    assert leftover_pids(tmp_path) == []

@@ -104,11 +104,12 @@ def accelerate_env(config_file: Path, threads: int | None) -> dict[str, str] | N
 # ------------------------------------------------------------------------------ launcher side
 
 
-def _child(request: dict[str, Any], close_fd: int) -> int:
+def _child(request: dict[str, Any], close_fd: int, ready_fd: int) -> int:
     """Body of a forked child (never returns to the launcher's loop)."""
     os.close(close_fd)  # the protocol pipe: only the launcher writes there
     os.setsid()
     _set_pdeathsig(signal.SIGKILL)
+    os.close(ready_fd)  # now a process group of its own: the launcher may report the pid
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -132,12 +133,17 @@ def _child(request: dict[str, Any], close_fd: int) -> int:
 def _fork(request: dict[str, Any], close_fd: int) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(ready_w)
+        os.read(ready_r, 1)  # EOF once the child has its own process group (or died)
+        os.close(ready_r)
         return pid
     code = 1
     try:
-        code = _child(request, close_fd)
+        os.close(ready_r)
+        code = _child(request, close_fd, ready_w)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int | None):
