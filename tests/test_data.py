@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -416,9 +417,20 @@ def test_run_stats_callback_adds_time_memory_and_optimizer_state():
     state = SimpleNamespace(log_history=[])
     cb = RunStatsCallback()
     cb.on_train_begin(None, state, None)
+    # one step of 50 ms, 20 of which in the optimizer; an evaluation of 100 ms after it
+    cb.on_step_begin(None, state, None)
+    time.sleep(0.03)
+    cb.on_pre_optimizer_step(None, state, None)
+    time.sleep(0.02)
+    cb.on_optimizer_step(None, state, None)
+    cb.on_step_end(None, state, None)
+    time.sleep(0.1)
     state.log_history.append({"loss": 1.0, "step": 1})
     cb.on_log(None, state, None, logs={"loss": 1.0}, optimizer=opt)
     assert "optimizer_state_mb" not in state.log_history[-1]  # no state before a step
+    first = state.log_history[-1]
+    assert 0.05 <= first["train_s"] < first["elapsed_s"]  # evaluation time is not training
+    assert 0.02 <= first["optimizer_s"] < first["train_s"]
     param.grad = torch.ones(1000)
     opt.step()
     state.log_history.append({"loss": 0.5, "step": 2})
