@@ -460,16 +460,19 @@ _OFFLINE = {
     "vit-pretrain": (200, 1e-3, 4e-4, 0.2),
     "vit-finetune": (120, 4e-3, 1e-3, 0.2),
 }
-# Measured on the 2-core host of the committed cpu report, two runs at a time, one torch
-# thread each (see docs/benchmarks): set-up per run, per step, all evaluations of a run.
+# CPU seconds per run measured in docs/benchmarks/cpu-2026-11-29 (median over its runs of
+# each workload, split into set-up, steps and evaluations by their share of the run's wall
+# time). Two runs at a time on 2 dedicated cores take about this long; a shared host longer.
 _CPU_COST = {
-    "gpt2-pretrain": Cost(5.0, 0.06, 3.0),
-    "gpt2-finetune": Cost(5.0, 0.06, 3.0),
-    "bert-pretrain": Cost(5.0, 0.05, 3.0),
-    "bert-finetune": Cost(5.0, 0.08, 3.0),
-    "vit-pretrain": Cost(4.0, 0.03, 1.0),
-    "vit-finetune": Cost(4.0, 0.03, 1.0),
+    "gpt2-pretrain": Cost(1.0, 0.045, 3.2),
+    "gpt2-finetune": Cost(0.7, 0.044, 3.1),
+    "bert-pretrain": Cost(1.0, 0.042, 2.7),
+    "bert-finetune": Cost(0.8, 0.071, 4.4),
+    "vit-pretrain": Cost(2.5, 0.013, 0.8),
+    "vit-finetune": Cost(2.1, 0.014, 0.8),
 }
+_CPU_NOTE = ("CPU seconds per run measured in docs/benchmarks/cpu-2026-11-29, on 2 dedicated "
+             "cores; a shared host takes longer")  # fmt: skip
 
 
 # Validation rows each evaluation uses (a random sample, the same for every run; the
@@ -505,7 +508,7 @@ PRESETS["smoke"] = Preset(
     # torch thread each finish the matrix ~2x faster than one run with two threads
     jobs=2,
     extra_args=("--eval_steps", "0.5", "--logging_steps", "0.1"),
-    cost_note="measured on 2 CPU cores (see _CPU_COST)",
+    cost_note=_CPU_NOTE,
 )
 
 PRESETS["cpu"] = Preset(
@@ -519,7 +522,7 @@ PRESETS["cpu"] = Preset(
     workloads=_offline(),
     jobs=2,  # see smoke
     extra_args=("--eval_steps", "0.125", "--logging_steps", "0.05"),
-    cost_note="measured on 2 CPU cores (see _CPU_COST)",
+    cost_note=_CPU_NOTE,
 )
 
 # Online defaults: the Hub models and datasets of the table (a GPU and network needed).
