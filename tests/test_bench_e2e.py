@@ -174,7 +174,7 @@ def test_killed_child_is_recorded_as_failed_and_matrix_goes_on(env, tmp_path):
     out = tmp_path / "bench"
     proc = _start(env, "run", "--preset", "smoke", "--workloads", "gpt2-pretrain",
                   "--optimizers", "adamw,lion", "--max_steps", "20", "--jobs", "1",
-                  "--out", str(out))  # fmt: skip
+                  "--threads", "1", "--out", str(out))  # fmt: skip
     launcher_children: list[int] = []
 
     def recipe_running() -> bool:
