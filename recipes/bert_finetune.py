@@ -32,7 +32,7 @@ OFFLINE_DEFAULTS = {
 def main() -> None:
     model_args, data_args, training_args = parse_args("bert_finetune", OFFLINE_DEFAULTS)
     set_seed(training_args.seed)
-    raw, (key1, key2), label_names = load_classification_datasets(data_args, training_args.seed)
+    raw, (key1, key2), label_names = load_classification_datasets(data_args)
 
     checkpoint = model_args.model_name_or_path
     if checkpoint is None and is_hub_dataset(data_args):

@@ -43,7 +43,7 @@ def main() -> None:
     model_args, data_args, training_args = parse_args("bert_pretrain", OFFLINE_DEFAULTS)
     set_seed(training_args.seed)
     online = is_hub_dataset(data_args)
-    raw, text_column = load_text_datasets(data_args, part="pretrain", seed=training_args.seed)
+    raw, text_column = load_text_datasets(data_args, part="pretrain")
 
     with training_args.main_process_first(desc="tokenizer"):
         if model_args.tokenizer_name or online:
@@ -69,6 +69,7 @@ def main() -> None:
             mlm=True,
             max_eval_samples=data_args.max_eval_samples,
             num_proc=data_args.preprocessing_num_workers,
+            max_test_samples=data_args.max_test_samples,
         )
     # Seeded masking: every optimizer in a comparison sees the same masks
     collator = DataCollatorForLanguageModeling(

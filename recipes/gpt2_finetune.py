@@ -36,7 +36,7 @@ OFFLINE_DEFAULTS = {
 def main() -> None:
     model_args, data_args, training_args = parse_args("gpt2_finetune", OFFLINE_DEFAULTS)
     set_seed(training_args.seed)
-    raw, text_column = load_text_datasets(data_args, part="finetune", seed=training_args.seed)
+    raw, text_column = load_text_datasets(data_args, part="finetune")
 
     checkpoint = model_args.model_name_or_path
     if checkpoint is None and is_hub_dataset(data_args):
@@ -61,6 +61,7 @@ def main() -> None:
             mlm=False,
             max_eval_samples=data_args.max_eval_samples,
             num_proc=data_args.preprocessing_num_workers,
+            max_test_samples=data_args.max_test_samples,
         )
 
     trainer = Trainer(

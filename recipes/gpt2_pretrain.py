@@ -42,7 +42,7 @@ def main() -> None:
     model_args, data_args, training_args = parse_args("gpt2_pretrain", OFFLINE_DEFAULTS)
     set_seed(training_args.seed)
     online = is_hub_dataset(data_args)
-    raw, text_column = load_text_datasets(data_args, part="pretrain", seed=training_args.seed)
+    raw, text_column = load_text_datasets(data_args, part="pretrain")
 
     with training_args.main_process_first(desc="tokenizer"):
         if model_args.tokenizer_name or online:
@@ -64,6 +64,7 @@ def main() -> None:
             mlm=False,
             max_eval_samples=data_args.max_eval_samples,
             num_proc=data_args.preprocessing_num_workers,
+            max_test_samples=data_args.max_test_samples,
         )
 
     trainer = Trainer(

@@ -41,7 +41,7 @@ def main() -> None:
     )
     set_seed(training_args.seed)
     raw, image_col, label_col, label_names = load_image_datasets(
-        data_args, part="finetune", seed=training_args.seed
+        data_args, part="finetune"
     )
 
     checkpoint = model_args.model_name_or_path

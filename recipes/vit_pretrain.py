@@ -45,7 +45,7 @@ def main() -> None:
     )
     set_seed(training_args.seed)
     raw, image_col, label_col, label_names = load_image_datasets(
-        data_args, part="pretrain", seed=training_args.seed
+        data_args, part="pretrain"
     )
 
     preset = (ONLINE_PRESET if is_hub_dataset(data_args) else TINY_PRESET)["vit"]

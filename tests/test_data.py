@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,9 +21,15 @@ from clion_hf.workloads.run_stats import RunStatsCallback
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def _shared_cache(tmp_path_factory) -> Path:
+    """One cache for the session: the corpus is parsed and saved once, not per test."""
+    return tmp_path_factory.mktemp("clion_cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("CLION_HF_CACHE", str(tmp_path / "clion_cache"))
+def _isolated_cache(_shared_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLION_HF_CACHE", str(_shared_cache))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_datasets"))
 
 
@@ -29,8 +37,8 @@ def data_args(**kw) -> SimpleNamespace:
     base = dict(
         dataset_name=None, dataset_config_name=None, train_file=None, validation_file=None,
         test_file=None, train_dir=None, validation_dir=None, max_train_samples=None,
-        max_eval_samples=None,
-        validation_split_percentage=5,
+        max_eval_samples=None, max_test_samples=None,
+        validation_split_percentage=5, test_split_percentage=0,
     )  # fmt: skip
     return SimpleNamespace(**{**base, **kw})
 
@@ -38,18 +46,25 @@ def data_args(**kw) -> SimpleNamespace:
 # --- embedded datasets ------------------------------------------------------------------
 
 
-def test_pydoc_split_is_disjoint_complete_and_deterministic():
-    split = data.pydoc_split()
+def test_corpus_is_python_docs_split_by_document():
+    docs = data.offline_documents()
+    stdlib = [n for n in docs if n.startswith("stdlib:")]
+    assert len([n for n in docs if n.startswith("pydoc:")]) == len(data.pydoc_documents())
+    assert len(stdlib) > 200 and "stdlib:json/__init__.py" in docs
+    assert not any("/test" in n or n.startswith("stdlib:test") for n in stdlib)
+    assert "JSON" in docs["stdlib:json/__init__.py"]
+    total = sum(len(t) for t in docs.values())
+    assert total > 1_000_000  # about 4x the pydoc topics alone
+    split = data.document_split()
     assert set(split) == {"pretrain", "finetune", "validation", "test"}
     names = [set(v) for v in split.values()]
-    assert all(names), split
-    assert sum(len(n) for n in names) == len(set().union(*names))  # pairwise disjoint
-    assert set().union(*names) == set(data.pydoc_documents())
-    assert data.pydoc_split() == split
-    docs = data.pydoc_documents()
-    total = sum(len(t) for t in docs.values())
-    assert sum(len(docs[n]) for n in split["validation"]) >= 0.10 * total
-    assert sum(len(docs[n]) for n in split["test"]) >= 0.10 * total
+    assert sum(len(n) for n in names) == len(set().union(*names)) == len(docs)  # a partition
+    assert data.document_split() == split
+    for held in ("validation", "test"):
+        assert len(split[held]) >= 30  # many documents, not one
+        assert sum(len(docs[n]) for n in split[held]) >= 0.10 * total
+        # drawn across both sources (the order is a hash of the name, not the source)
+        assert {n.split(":")[0] for n in split[held]} == {"pydoc", "stdlib"}
 
 
 def test_offline_text_has_wikitext_schema_and_held_out_validation():
@@ -64,7 +79,7 @@ def test_offline_text_has_wikitext_schema_and_held_out_validation():
         assert not set(pre[held]["text"]) & (set(pre["train"]["text"]) | set(fine["train"]["text"]))
     assert pre["train"]["text"] == data.offline_text_dataset("pretrain")["train"]["text"]
     # every training paragraph of one part comes from that part's documents only
-    docs, split = data.pydoc_documents(), data.pydoc_split()
+    docs, split = data.offline_documents(), data.document_split()
     fine_text = "".join(docs[n] for n in split["finetune"])
     assert all(p.strip("\n") in fine_text for p in fine["train"]["text"][:50])
     with pytest.raises(RecipeError, match="bogus"):
@@ -100,6 +115,7 @@ def test_offline_images_have_cifar_schema_and_split_by_class():
     n_fine = sum(len(fine[s]) for s in ("train", "validation", "test"))
     assert abs(len(pre["test"]) - len(pre["validation"])) <= 5
     assert 850 < n_pre < 950 and 850 < n_fine < 950  # 1797 digits, about 180 per class
+    assert len(pre["test"]) >= 220 and len(pre["train"]) >= 440  # split 50/25/25
     assert sorted(set(fine["validation"]["label"])) == [0, 1, 2, 3, 4]
     assert pre["validation"]["label"] == data.offline_image_dataset("pretrain")["validation"][
         "label"
@@ -109,10 +125,11 @@ def test_offline_images_have_cifar_schema_and_split_by_class():
 # --- tokenizers ---------------------------------------------------------------------------
 
 
-def test_tokenizers_train_save_and_reload(tmp_path):
+def test_tokenizers_train_save_and_reload(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     texts = data.offline_text_dataset("pretrain")["train"]["text"]
+    monkeypatch.setenv("CLION_HF_CACHE", str(tmp_path / "own_cache"))  # counts cache entries
     gpt2 = data.train_tokenizer("gpt2", texts, vocab_size=300)
     assert len(gpt2) == 300 and gpt2.eos_token == "<|endoftext|>"
     ids = gpt2("The if statement")["input_ids"]
@@ -235,6 +252,138 @@ def test_bad_inputs_name_the_value_and_what_is_allowed(tmp_path, monkeypatch):
         data.load_image_datasets(data_args(dataset_name="nosuch/set"), "pretrain")
 
 
+def test_held_out_samples_are_random_fixed_and_disjoint():
+    """A capped validation/test set is a random sample (many documents), the same for every
+    run; before, the first 128 blocks of one document were the whole test set."""
+    from transformers import AutoTokenizer  # noqa: F401  (tokenizer below)
+
+    raw = data.offline_text_dataset("pretrain")
+    tok = data.train_tokenizer("gpt2", raw["train"]["text"], vocab_size=300)
+    a = data.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_eval_samples=64)
+    b = data.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_eval_samples=64)
+    assert len(a["validation"]) == 64 and a["validation"]["input_ids"] == b["validation"][
+        "input_ids"]
+    full = data.tokenize_and_group(raw, tok, "text", 64, mlm=False)
+    first = full["validation"]["input_ids"][:64]
+    assert a["validation"]["input_ids"] != first  # not the first blocks
+    assert len(full["test"]) > 1000  # the test split is used whole unless capped
+    capped = data.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_test_samples=100)
+    assert len(capped["test"]) == 100
+    train = {tuple(x) for x in full["train"]["input_ids"]}
+    assert not train & {tuple(x) for x in full["test"]["input_ids"]}
+    with pytest.raises(RecipeError, match="block size 0 must be >= 1"):
+        data.tokenize_and_group(raw, tok, "text", 0, mlm=False)
+
+
+def test_splits_do_not_depend_on_the_run_seed_and_test_can_be_carved(tmp_path):
+    """CIFAR's validation split was carved from train with the run's seed, so every seed
+    validated on different images; MRPC has no labelled test split."""
+    import inspect
+
+    for fn in (data.load_text_datasets, data.load_classification_datasets,
+               data.load_image_datasets):  # fmt: skip
+        assert "seed" not in inspect.signature(fn).parameters
+    DatasetDict(train=_cifar_like(30, "label"), test=_cifar_like(6, "label")).save_to_disk(
+        tmp_path / "cifar")
+    first = data.load_image_datasets(data_args(dataset_name=str(tmp_path / "cifar"),
+                                               validation_split_percentage=20), "pretrain")[0]
+    assert len(first["validation"]) == 6 and len(first["test"]) == 6
+    rows = [{"sentence1": f"a {i}", "sentence2": f"b {i}", "label": i % 2, "idx": i}
+            for i in range(40)]  # fmt: skip
+    hidden = [{**r, "label": -1} for r in rows[:5]]
+    glue = tmp_path / "glue"
+    DatasetDict(train=Dataset.from_list(rows), validation=Dataset.from_list(rows[:8]),
+                test=Dataset.from_list(hidden)).save_to_disk(glue)  # fmt: skip
+    raw, _, _ = data.load_classification_datasets(data_args(dataset_name=str(glue)))
+    assert "test" not in raw  # hidden labels are not a test split
+    raw, _, _ = data.load_classification_datasets(
+        data_args(dataset_name=str(glue), test_split_percentage=10))
+    assert len(raw["test"]) == 4 and len(raw["train"]) == 36
+    assert min(raw["test"]["label"]) >= 0
+    assert not set(raw["test"]["idx"]) & set(raw["train"]["idx"])
+    again, _, _ = data.load_classification_datasets(
+        data_args(dataset_name=str(glue), test_split_percentage=10))
+    assert again["test"]["idx"] == raw["test"]["idx"]
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.txt", b"", "--train_file '.*empty.txt' is empty"),
+        ("binary.txt", bytes(range(256)) * 4, "cannot read .*binary.txt as text: Unicode"),
+        ("one.txt", b"just one line\n", "has 1 row\\(s\\): too few to hold out a validation"),
+        ("bad.json", b'{"text": "a"}\n{"text": ', "cannot read .*bad.json as json"),
+        ("nums.csv", b"a,b\n1,2\n3,4\n5,6\n", "needs a 'text' column"),
+    ],
+)
+def test_bad_text_files_fail_with_one_clear_line(tmp_path, name, content, message):
+    """Issue 11 item 11: these gave tracebacks from datasets / the tokenizer."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(RecipeError, match=message) as err:
+        data.load_text_datasets(data_args(train_file=str(tmp_path / name)), "pretrain")
+    assert "\n" not in str(err.value)
+
+
+def test_bad_classification_and_image_inputs(tmp_path):
+    csv = tmp_path / "x.csv"
+    csv.write_text("sentence,label\nok,1\nno,0\n")
+    nolabel = tmp_path / "nolabel.csv"
+    nolabel.write_text("sentence,score\na,1\nb,0\nc,1\n")
+    with pytest.raises(RecipeError, match="needs a 'label' column"):
+        data.load_classification_datasets(data_args(train_file=str(nolabel),
+                                                    validation_file=str(nolabel)))
+    notext = tmp_path / "notext.csv"
+    notext.write_text("a,label\n1,1\n2,0\n3,1\n")
+    with pytest.raises(RecipeError, match="needs a text column besides 'label'"):
+        data.load_classification_datasets(data_args(train_file=str(notext),
+                                                    validation_file=str(notext)))
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(RecipeError, match="--train_dir '.*empty_dir' holds no files"):
+        data.load_image_datasets(data_args(train_dir=str(tmp_path / "empty_dir")), "pretrain")
+
+
+def test_recipe_arguments_are_checked(tmp_path, monkeypatch):
+    """Issue 11 item 11: --max_steps 0 divided by zero, --block_size 0 silently meant the
+    default, a bad --model_name_or_path gave a traceback."""
+    from clion_hf.workloads.args import check_args, check_pretrained
+
+    def check(data_kw=None, max_steps=10, model=None):
+        training = SimpleNamespace(max_steps=max_steps)
+        base = dict(block_size=None, max_seq_length=None, max_train_samples=None,
+                    max_eval_samples=None, max_test_samples=None,
+                    validation_split_percentage=5, test_split_percentage=0,
+                    mlm_probability=0.15)  # fmt: skip
+        d = SimpleNamespace(**{**base, **(data_kw or {})})
+        m = SimpleNamespace(model_name_or_path=model, tokenizer_name=None,
+                            image_processor_name=None)  # fmt: skip
+        check_args(d, training, m)
+
+    check()
+    check(max_steps=-1)  # -1: epochs decide
+    for kw, msg in (({"block_size": 0}, "--block_size 0 must be >= 1"),
+                    ({"block_size": -4}, "--block_size -4 must be >= 1"),
+                    ({"max_seq_length": 0}, "--max_seq_length 0"),
+                    ({"max_eval_samples": 0}, "--max_eval_samples 0"),
+                    ({"test_split_percentage": 100}, "--test_split_percentage 100")):  # fmt: skip
+        with pytest.raises(RecipeError, match=re.escape(msg)):
+            check(kw)
+    with pytest.raises(RecipeError, match="--max_steps 0 must be >= 1"):
+        check(max_steps=0)
+    with pytest.raises(RecipeError, match="'/no/such/model' does not exist"):
+        check(model="/no/such/model")
+    (tmp_path / "notamodel").mkdir()
+    with pytest.raises(RecipeError, match="is a directory without config.json"):
+        check_pretrained("--model_name_or_path", str(tmp_path / "notamodel"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RecipeError, match="is a file"):
+        check_pretrained("--model_name_or_path", str(tmp_path / "afile"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RecipeError, match="not a local directory and the Hub is offline"):
+        check_pretrained("--model_name_or_path", "gpt2")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    check_pretrained("--model_name_or_path", "org/model-name")  # a Hub id, online
+
+
 # --- metrics and callbacks ----------------------------------------------------------------
 
 
@@ -268,9 +417,20 @@ def test_run_stats_callback_adds_time_memory_and_optimizer_state():
     state = SimpleNamespace(log_history=[])
     cb = RunStatsCallback()
     cb.on_train_begin(None, state, None)
+    # one step of 50 ms, 20 of which in the optimizer; an evaluation of 100 ms after it
+    cb.on_step_begin(None, state, None)
+    time.sleep(0.03)
+    cb.on_pre_optimizer_step(None, state, None)
+    time.sleep(0.02)
+    cb.on_optimizer_step(None, state, None)
+    cb.on_step_end(None, state, None)
+    time.sleep(0.1)
     state.log_history.append({"loss": 1.0, "step": 1})
     cb.on_log(None, state, None, logs={"loss": 1.0}, optimizer=opt)
     assert "optimizer_state_mb" not in state.log_history[-1]  # no state before a step
+    first = state.log_history[-1]
+    assert 0.05 <= first["train_s"] < first["elapsed_s"]  # evaluation time is not training
+    assert 0.02 <= first["optimizer_s"] < first["train_s"]
     param.grad = torch.ones(1000)
     opt.step()
     state.log_history.append({"loss": 0.5, "step": 2})

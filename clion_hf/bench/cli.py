@@ -5,8 +5,9 @@
     clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
     clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
 
-Bad arguments exit with one line on stderr and status 2; an interrupted ``run`` exits
-with 128 + the signal number and resumes on the next call.
+Bad arguments (and an output directory that cannot be used, or is in use by another
+``run``) exit with one line on stderr and status 2; an interrupted ``run`` exits with
+128 + the signal number and resumes on the next call.
 """
 
 from __future__ import annotations
@@ -16,24 +17,10 @@ import os
 import sys
 from pathlib import Path
 
+from .argtypes import OneLineParser, positive_int
 from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but an error is exactly one line on stderr (status 2), without the usage."""
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
-    return value
+FINAL_SEED_BASE = 100  # final seeds are 100, 101, ...: never a tuning seed (0, 1, ...)
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,7 +32,10 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "'adamw,lion:caution=true,clion:mode=element,nu=1e-4' (default: the preset's); "
         "lr=X pins an optimizer's lr instead of its grid",
     )
-    p.add_argument("--seeds", type=positive_int, help="seeds per optimizer (default: preset's)")
+    p.add_argument("--seeds", type=positive_int,
+                   help="final (reported) seeds per optimizer (default: the preset's)")
+    p.add_argument("--tuning_seeds", type=positive_int,
+                   help="seeds each tried configuration runs on (default: the preset's)")
     p.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
     p.add_argument("--jobs", type=positive_int, help="runs at a time (default: the preset's)")
     p.add_argument(
@@ -64,7 +54,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="clion-bench", description="Fair AdamW / Lion / CLion comparison on the recipes."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,12 +80,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .runner import Interrupted, Matrix, Runner, dry_run_lines, find_recipes_dir
+    from .launcher import LauncherDied
+    from .protocol import Matrix
+    from .runner import Interrupted, OutDirError, Runner, dry_run_lines, find_recipes_dir
 
     try:
         preset = get_preset(args.preset)
-        workloads = parse_workloads(args.workloads) if args.workloads else list(preset.workloads)
-        optimizers = parse_optimizers(args.optimizers or ",".join(preset.optimizers))
+        # `--workloads ''` is an error, not "the preset's": only a missing flag means that
+        workloads = (parse_workloads(args.workloads) if args.workloads is not None
+                     else list(preset.workloads))  # fmt: skip
+        optimizers = parse_optimizers(args.optimizers if args.optimizers is not None
+                                      else ",".join(preset.optimizers))  # fmt: skip
     except SpecError as err:
         parser.error(str(err))
     recipes_dir = find_recipes_dir(args.recipes_dir)
@@ -110,7 +105,10 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                if not p.is_file()]  # fmt: skip
     if missing:
         parser.error(f"missing recipe file(s): {', '.join(missing)}")
-    matrix = Matrix(preset, workloads, optimizers, args.seeds or preset.seeds, args.max_steps)
+    tuning = tuple(range(args.tuning_seeds)) if args.tuning_seeds else preset.tuning_seeds
+    final = (tuple(FINAL_SEED_BASE + i for i in range(args.seeds)) if args.seeds
+             else preset.final_seeds)  # fmt: skip
+    matrix = Matrix(preset, workloads, optimizers, tuning, final, args.max_steps)
     out = Path(args.out)
     if args.dry_run:
         for line in dry_run_lines(matrix, recipes_dir, out.resolve()):
@@ -123,6 +121,11 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                     progress=not args.no_progress)  # fmt: skip
     try:
         counts = runner.run()
+    except OutDirError as err:
+        parser.error(str(err))
+    except LauncherDied as err:
+        print(f"clion-bench: {err}; finished runs are kept, rerun to resume", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("clion-bench: interrupted; finished runs are kept, rerun to resume",
               file=sys.stderr)  # fmt: skip
@@ -137,20 +140,31 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .report import load_results, write_report
+    from .report import ReportError, write_report
 
     out = Path(args.dir)
     if not out.is_dir():
         parser.error(f"no such directory: {out}")
-    if not (out / "results").is_dir() or not load_results(out):
+    if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
         parser.error(f"no results in {out}/results (run `clion-bench run --out {out}` first)")
-    written = write_report(out)
+    try:
+        written = write_report(out)
+    except ReportError as err:
+        parser.error(str(err))
     for path in written.values():
         print(path)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except BrokenPipeError:  # `clion-bench run --dry_run | head`: the reader left, fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)

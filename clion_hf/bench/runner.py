@@ -1,100 +1,73 @@
-"""Run a benchmark matrix: one ``accelerate launch`` subprocess per run, resumable.
+"""Run a benchmark matrix: the protocol's runs, two at a time or as asked, resumable.
 
 Layout of an output directory ``DIR``:
 
-* ``DIR/bench.json``: the matrix (preset, workloads, optimizers, grids), for the record;
+* ``DIR/bench.json``: the matrix (preset, workloads, optimizers, seeds, searches);
 * ``DIR/results/<workload>-<run id>.json``: one file per finished run, written atomically,
   holding the run's full config, command, status and the recipe's metrics and log history;
-* ``DIR/logs/<workload>-<run id>.log``: the child's stdout and stderr;
-* ``DIR/work/<run id>/``: the recipe's ``--output_dir`` while it runs (removed afterwards
-  unless ``keep_outputs``).
+* ``DIR/logs/<workload>-<run id>.log``: the run's stdout and stderr; ``logs/launcher.log``;
+* ``DIR/work/<run id>-<attempt>/``: the recipe's ``--output_dir`` while it runs (removed
+  afterwards unless ``keep_outputs``); a fresh one per attempt, so a run never shares a
+  directory with a process left over from an earlier attempt;
+* ``DIR/.clion-bench.lock``: held (``flock``) by the one runner that owns ``DIR``.
 
 The run id is a hash of everything that defines the run (workload, optimizer, lr, weight
 decay, seed, steps, recipe flags, accelerate config), so an existing result file means the
-run is done: the next call skips it. A run is only recorded once its child exited on its
-own; on Ctrl-C/SIGTERM the children's process groups are terminated and nothing is
-written for them.
+run is done: the next call skips it. Which runs the matrix needs is decided by
+:meth:`Matrix.plan <clion_hf.bench.protocol.Matrix.plan>` from the results alone, so an
+interrupted call resumes exactly where it stopped. A run is only recorded once its child
+exited on its own; on Ctrl-C/SIGTERM the children's process groups are stopped and
+nothing is written for them. A recorded ``ok`` result is never replaced by a worse one.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
+import contextlib
+import fcntl
 import os
 import platform
-import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from clion_hf._files import atomic_write_json, read_json
+
 from ..workloads import recipes_dir as installed_recipes_dir
-from .specs import (
-    COMMON_RECIPE_ARGS,
-    WORKLOADS,
-    OptimizerSpec,
-    Preset,
-    fmt_float,
-    weight_decay_for,
-)
+from .launcher import MARKER, Child, Launcher, LauncherDied, accelerate_env, stop_leftovers
+from .protocol import SCHEMA, Matrix, RunConfig, classify
+from .specs import WORKLOADS
 
-SCHEMA = 1
 LOG_TAIL_CHARS = 4000
-KILL_GRACE_S = 10.0
-LOSS_KEYS = ("loss", "eval_loss", "train_loss")
-# A NaN/inf loss printed by the Trainer, for children that died before writing their state
-_NONFINITE_LOSS = re.compile(r"""['"](?:eval_|train_)?loss['"]: ['"]?-?(?:nan|inf)""", re.I)
+LOCK_NAME = ".clion-bench.lock"
+STATUS_RANK = {"failed": 0, "diverged": 1, "ok": 2}
 
 
-class Interrupted(Exception):
-    """Raised in the main thread by SIGTERM (Ctrl-C raises KeyboardInterrupt)."""
+class Interrupted(BaseException):
+    """Raised in the main thread by SIGTERM (Ctrl-C raises KeyboardInterrupt).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way
+    (checkpoint preparation, a library) mistakes it for an ordinary error.
+    """
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
 
 
-# ------------------------------------------------------------------------------ files
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + ``os.replace``,
-    so a reader (or a killed writer) never sees a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
-
-
-def read_json(path: Path) -> Any | None:
-    """The parsed file, or None if it is missing or not valid JSON."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+class OutDirError(Exception):
+    """The output directory cannot be used (one-line message)."""
 
 
 def find_recipes_dir(explicit: str | None = None) -> Path | None:
@@ -105,105 +78,19 @@ def find_recipes_dir(explicit: str | None = None) -> Path | None:
     return installed_recipes_dir()
 
 
-def launcher() -> list[str]:
+def accelerate_command() -> list[str]:
     """``accelerate`` of this interpreter's environment (falls back to ``python -m``)."""
     exe = Path(sys.executable).with_name("accelerate")
     if exe.is_file():
         return [str(exe)]
-    return [sys.executable, "-m", "accelerate.commands.launch"]
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
 
 
-# ------------------------------------------------------------------------------ runs
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything that defines one run; its hash is the run id."""
-
-    workload: str
-    optimizer: str  # canonical spec label
-    lr: float
-    weight_decay: float
-    seed: int
-    max_steps: int
-    accelerate_config: str
-    recipe_args: tuple[str, ...]  # the optimizer's and the preset's flags
-    phase: str = field(default="tune", compare=False)  # tune / confirm (not part of the id)
-    preset: str = field(default="", compare=False)
-
-    @property
-    def run_id(self) -> str:
-        key = {
-            "workload": self.workload, "optimizer": self.optimizer, "lr": self.lr,
-            "weight_decay": self.weight_decay, "seed": self.seed, "max_steps": self.max_steps,
-            "accelerate_config": self.accelerate_config, "recipe_args": list(self.recipe_args),
-        }  # fmt: skip
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-        return digest[:12]
-
-    @property
-    def stem(self) -> str:
-        return f"{self.workload}-{self.run_id}"
-
-    @property
-    def title(self) -> str:
-        return (
-            f"{self.workload} {self.optimizer} lr={fmt_float(self.lr)} "
-            f"wd={fmt_float(self.weight_decay)} seed={self.seed}"
-        )
-
-    def command(self, recipes_dir: Path, output_dir: Path) -> list[str]:
-        config = recipes_dir / "accelerate_configs" / f"{self.accelerate_config}.yaml"
-        recipe = recipes_dir / WORKLOADS[self.workload].recipe
-        return [
-            *launcher(), "launch", "--config_file", str(config), str(recipe),
-            "--output_dir", str(output_dir),
-            "--learning_rate", fmt_float(self.lr), "--weight_decay", fmt_float(self.weight_decay),
-            "--seed", str(self.seed), "--max_steps", str(self.max_steps),
-            *self.recipe_args,
-        ]  # fmt: skip
-
-
-def make_run(
-    preset: Preset,
-    workload: str,
-    spec: OptimizerSpec,
-    lr: float,
-    seed: int,
-    max_steps: int | None,
-    phase: str,
-) -> RunConfig:
-    ws = preset.settings(workload, max_steps)
-    args = (*spec.recipe_args(), *COMMON_RECIPE_ARGS, *preset.extra_args, *ws.extra_args)
-    return RunConfig(
-        workload=workload, optimizer=spec.label, lr=lr, weight_decay=weight_decay_for(lr, ws),
-        seed=seed, max_steps=ws.max_steps, accelerate_config=preset.accelerate_config,
-        recipe_args=tuple(args), phase=phase, preset=preset.name,
-    )  # fmt: skip
-
-
-def _finite(value: Any) -> bool:
-    return not isinstance(value, int | float) or math.isfinite(value)
-
-
-def nonfinite_loss(all_results: dict, log_history: list[dict]) -> bool:
-    """Whether any logged loss (train, eval, final) is NaN or inf."""
-    entries = [all_results, *log_history]
-    return any(not _finite(e.get(k)) for e in entries for k in LOSS_KEYS if k in e)
-
-
-def classify(returncode: int, all_results: dict | None, log_history: list[dict], log_tail: str
-             ) -> tuple[str, str]:  # fmt: skip
-    """``(status, reason)`` of a child that exited on its own: ok, diverged or failed."""
-    if nonfinite_loss(all_results or {}, log_history):
-        return "diverged", "a logged loss is NaN/inf"
-    if returncode != 0:
-        if _NONFINITE_LOSS.search(log_tail):
-            return "diverged", f"exit status {returncode} after a NaN/inf loss in the log"
-        return "failed", f"exit status {returncode}"
-    if all_results is None:
-        return "failed", "exit status 0 but no all_results.json"
-    return "ok", ""
+def launch_command(run: RunConfig, recipes_dir: Path, output_dir: Path) -> list[str]:
+    """The ``accelerate launch`` command of a run (what a user types to reproduce it)."""
+    config = recipes_dir / "accelerate_configs" / f"{run.accelerate_config}.yaml"
+    return [*accelerate_command(), "launch", "--config_file", str(config),
+            *run.recipe_command(recipes_dir, output_dir)]  # fmt: skip
 
 
 _ENV_CACHE: dict[str, Any] = {}
@@ -232,62 +119,55 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
     return dict(_ENV_CACHE)
 
 
-# ------------------------------------------------------------------------------ the runner
+def load_result_files(out_dir: Path) -> dict[str, dict]:
+    """Every readable result under ``out_dir/results``, by run id."""
+    found = {}
+    for path in sorted((out_dir / "results").glob("*.json")):
+        data = read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("run_id"), str):
+            found[data["run_id"]] = data
+    return found
 
 
-@dataclass
-class Matrix:
-    """A preset restricted to some workloads/optimizers/seeds, ready to run."""
+@contextlib.contextmanager
+def owned(out_dir: Path):
+    """Hold ``out_dir``'s lock for the duration; :class:`OutDirError` if another runner has it.
 
-    preset: Preset
-    workloads: list[str]
-    optimizers: list[OptimizerSpec]
-    seeds: int
-    max_steps: int | None = None
+    The lock file is opened without following a symlink; the lock dies with the process
+    (``flock``), so a killed runner never leaves ``DIR`` locked.
+    """
+    path = out_dir / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise OutDirError(f"cannot open {path}: {err.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise OutDirError(
+                f"{out_dir} is in use by another clion-bench run (pid {owner}); wait for it "
+                "to finish or use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
-    def grid(self, workload: str, spec: OptimizerSpec) -> list[float]:
-        return self.preset.lr_grid(spec, self.preset.settings(workload, self.max_steps))
 
-    def tune_runs(self) -> list[RunConfig]:
-        """Phase 1: every grid point of every optimizer on seed 0."""
-        return [
-            make_run(self.preset, w, s, lr, 0, self.max_steps, "tune")
-            for w in self.workloads
-            for s in self.optimizers
-            for lr in self.grid(w, s)
-        ]
-
-    def confirm_runs(self, chosen: dict[tuple[str, str], float | None]) -> list[RunConfig]:
-        """Phase 2: seeds 1..N-1 at each (workload, optimizer)'s chosen lr."""
-        runs = []
-        for w in self.workloads:
-            for s in self.optimizers:
-                lr = chosen.get((w, s.label))
-                if lr is not None:
-                    runs += [
-                        make_run(self.preset, w, s, lr, seed, self.max_steps, "confirm")
-                        for seed in range(1, self.seeds)
-                    ]
-        return runs
-
-    def n_confirm(self) -> int:
-        return len(self.workloads) * len(self.optimizers) * max(self.seeds - 1, 0)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "preset": self.preset.name,
-            "workloads": self.workloads,
-            "optimizers": [s.label for s in self.optimizers],
-            "seeds": self.seeds,
-            "max_steps": {
-                w: self.preset.settings(w, self.max_steps).max_steps for w in self.workloads
-            },  # fmt: skip
-            "lr_grid": {
-                w: {s.label: self.grid(w, s) for s in self.optimizers} for w in self.workloads
-            },  # fmt: skip
-            "protocol": "lr tuned on seed 0 (best final validation metric), then seeds "
-            "1..N-1 at the chosen lr; wd = adamw_lr*adamw_wd/lr keeps lr*wd equal",
-        }
+def prepare_out_dir(out: Path) -> None:
+    """Create ``out`` (and check it is a writable directory) or raise :class:`OutDirError`."""
+    if out.exists() and not out.is_dir():
+        raise OutDirError(f"--out {out} exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise OutDirError(f"--out {out} is not writable: {err.strerror}") from None
 
 
 class Runner:
@@ -316,8 +196,9 @@ class Runner:
         self.progress = progress
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self._lock = threading.Lock()
-        self._live: dict[int, subprocess.Popen] = {}
+        self._live: dict[str, Child] = {}
         self._stop = threading.Event()
+        self._launcher: Launcher | None = None
         self.launched = 0
         self.counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
 
@@ -326,15 +207,17 @@ class Runner:
     def result_path(self, run: RunConfig) -> Path:
         return self.out / "results" / f"{run.stem}.json"
 
-    def existing(self, run: RunConfig) -> dict | None:
-        """The recorded result of ``run`` if it counts as done (failed ones are redone
-        with ``retry_failed``)."""
-        data = read_json(self.result_path(run))
-        if not isinstance(data, dict) or data.get("run_id") != run.run_id:
-            return None
-        if self.retry_failed and data.get("status") == "failed":
-            return None
-        return data
+    def record(self, run: RunConfig, result: dict) -> bool:
+        """Write ``result`` unless the file already holds a better one (ok > diverged > failed)."""
+        path = self.result_path(run)
+        old = read_json(path)
+        if (isinstance(old, dict) and old.get("run_id") == run.run_id
+                and STATUS_RANK.get(old.get("status"), -1) > STATUS_RANK[result["status"]]):
+            self.echo(f"clion-bench: kept the recorded {old['status']} result of {run.title} "
+                      f"over this attempt's {result['status']}")  # fmt: skip
+            return False
+        atomic_write_json(path, result)
+        return True
 
     # -------------------------------------------------------------- one run
 
@@ -345,55 +228,53 @@ class Runner:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         env.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         env["PYTHONUNBUFFERED"] = "1"
+        env[MARKER] = str(self.out)
         if self.threads:
             for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[var] = str(self.threads)
         return env
 
-    def _kill(self, proc: subprocess.Popen) -> None:
-        """Terminate the child's whole process group (accelerate and the recipe under it)."""
-        for sig, grace in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                return
-            try:
-                proc.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+    def _start_launcher(self) -> None:
+        config = (self.recipes_dir / "accelerate_configs"
+                  / f"{self.matrix.preset.accelerate_config}.yaml")  # fmt: skip
+        env = self._env()
+        extra = accelerate_env(config, self.threads)
+        if extra is not None:
+            env.update(extra)
+            if self.threads:  # ours win: accelerate's default is all cores per process
+                env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        self._launcher = Launcher(env, preload=extra is not None,
+                                  stderr_path=self.out / "logs" / "launcher.log")  # fmt: skip
+        self._launcher.wait_ready()
 
     def execute(self, run: RunConfig) -> dict | None:
         """Run one child to its end and record it; None if the matrix was interrupted."""
-        if self._stop.is_set():
+        if self._stop.is_set() or self._launcher is None:
             return None
-        work = self.out / "work" / run.run_id
+        work = self.out / "work" / f"{run.run_id}-{uuid.uuid4().hex[:8]}"
         log_path = self.out / "logs" / f"{run.stem}.log"
-        shutil.rmtree(work, ignore_errors=True)  # left over from an interrupted call
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = run.command(self.recipes_dir, work)
+        shown = launch_command(run, self.recipes_dir, work)
+        forked = self._launcher.preload
+        argv = run.recipe_command(self.recipes_dir, work) if forked else shown
         started = time.time()
-        with open(log_path, "w") as log:
-            log.write(f"# {shlex.join(cmd)}\n")
-            log.flush()
+        log_path.write_text(f"# {shlex.join(shown)}\n")
+        with self._lock:
+            if self._stop.is_set():
+                return None
+            child = self._launcher.start(argv, self.out, log_path, "run" if forked else "exec")
+            self._live[run.run_id] = child
+            self.launched += 1
+        try:
+            returncode = child.wait()
+        finally:
             with self._lock:
-                if self._stop.is_set():
-                    return None
-                # own session: a terminal's Ctrl-C reaches only us, and we end the group
-                proc = subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=self._env(), start_new_session=True, cwd=self.out,
-                )  # fmt: skip
-                self._live[proc.pid] = proc
-                self.launched += 1
-            try:
-                returncode = proc.wait()
-            finally:
-                with self._lock:
-                    self._live.pop(proc.pid, None)
-        if self._stop.is_set():
-            # killed by us: leave no result, the next call redoes this run
+                self._live.pop(run.run_id, None)
+        if self._stop.is_set() or child.error:
+            # stopped by us (or the launcher died): no result, the next call redoes this run
             shutil.rmtree(work, ignore_errors=True)
+            if child.error and not self._stop.is_set():
+                raise LauncherDied(child.error)
             return None
         wall = time.time() - started
         all_results = read_json(work / "all_results.json")
@@ -409,14 +290,18 @@ class Runner:
             "reason": reason,
             **asdict(run),
             "recipe_args": list(run.recipe_args),
+            "second": list(run.second) if run.second else None,
             "metric": workload.metric,
             "greater_is_better": workload.greater_is_better,
-            "command": cmd,
-            "command_line": shlex.join(cmd),
+            "command": shown,
+            "command_line": shlex.join(shown),
+            "launch": "fork" if forked else "exec",
             "threads_per_job": self.threads,
             "jobs": self.jobs,
             "returncode": returncode,
             "wall_s": round(wall, 3),
+            "cpu_s": child.cpu_s,
+            "load_avg_1m": round(os.getloadavg()[0], 2),  # the host's load as the run ended
             "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
             "finished_at": datetime.now(timezone.utc).isoformat(),
             "log": str(log_path.relative_to(self.out)),
@@ -425,7 +310,7 @@ class Runner:
             "log_tail": tail if status != "ok" else "",
             "environment": environment_info(self.recipes_dir),
         }
-        atomic_write_json(self.result_path(run), result)
+        self.record(run, result)
         if not self.keep_outputs:
             shutil.rmtree(work, ignore_errors=True)
         return result
@@ -436,57 +321,22 @@ class Runner:
         self._stop.set()
         with self._lock:
             live = list(self._live.values())
-        for proc in live:
-            self._kill(proc)
+        threads = [threading.Thread(target=c.kill) for c in live]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
 
-    def _run_batch(self, runs: list[RunConfig], bar) -> dict[str, dict]:
-        """Run what is not done yet (``jobs`` at a time); returns results by run id."""
-        results: dict[str, dict] = {}
-        todo = []
-        for run in runs:
-            done = self.existing(run)
-            if done is not None:
-                results[run.run_id] = done
-                self.counts["skipped"] += 1
-                bar.update(1)
-            else:
-                todo.append(run)
-        if not todo:
-            return results
-        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="clion-bench")
-        futures: dict[Future, RunConfig] = {pool.submit(self.execute, r): r for r in todo}
-        pending = set(futures)
-        try:
-            while pending:
-                # a short timeout keeps the main thread responsive to signals
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    result = fut.result()
-                    if result is None:
-                        continue
-                    run = futures[fut]
-                    results[run.run_id] = result
-                    self.counts[result["status"]] += 1
-                    extra = f" ({result['reason']})" if result["reason"] else ""
-                    bar.write(f"[{result['status']}] {run.title} {result['wall_s']:.1f}s{extra}")
-                    bar.set_postfix(self._postfix(), refresh=False)
-                    bar.update(1)
-        except BaseException:
-            # a second Ctrl-C/SIGTERM must not cut the clean-up of the children short
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            self._stop_all()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return results
-
-    def _postfix(self) -> dict[str, int]:
-        return {k: v for k, v in self.counts.items() if v}
+    def _abort(self) -> None:
+        """Stop every child; a second Ctrl-C/SIGTERM must not cut this clean-up short."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self._stop_all()
 
     def prepare(self) -> None:
         """Build the cached offline checkpoints the finetune recipes start from, once, before
-        the matrix: otherwise the first finetune run's time would include pretraining."""
+        the matrix: otherwise the first finetune run's time would include pretraining. Runs
+        in a child of the launcher, so a signal stops it like any run."""
         families = sorted(
             {WORKLOADS[w].family for w in self.matrix.workloads if WORKLOADS[w].finetune}
         )
@@ -495,52 +345,115 @@ class Runner:
             if not any("--model_name_or_path" in self.matrix.preset.settings(w).extra_args
                        for w in self.matrix.workloads if WORKLOADS[w].family == f)
         ]  # fmt: skip
-        if not offline:
-            return
-        from clion_hf.workloads.models import offline_pretrained_checkpoint
-
+        assert self._launcher is not None
         for family in offline:
             t0 = time.time()
             self.echo(f"clion-bench: preparing the offline {family} checkpoint for finetuning")
+            log = self.out / "logs" / f"checkpoint-{family}.log"
+            child = self._launcher.start(
+                ["clion_hf.workloads.models:offline_pretrained_checkpoint", family], self.out,
+                log, "call",
+            )  # fmt: skip
+            with self._lock:
+                self._live[f"checkpoint-{family}"] = child
             try:
-                path = offline_pretrained_checkpoint(family)
-            except Exception as err:
+                code = child.wait()
+            finally:
+                with self._lock:
+                    self._live.pop(f"checkpoint-{family}", None)
+            if child.error:
+                raise LauncherDied(child.error)
+            if code != 0:
                 # the finetune runs will fail and be recorded with their logs; others go on
-                self.echo(f"clion-bench: warning: {family} checkpoint failed: {err}")
+                self.echo(f"clion-bench: warning: the {family} checkpoint failed (exit status "
+                          f"{code}); see {log}")  # fmt: skip
                 continue
-            self.echo(f"clion-bench: {family} checkpoint ready in {time.time() - t0:.1f}s: {path}")
+            self.echo(f"clion-bench: {family} checkpoint ready in {time.time() - t0:.1f}s")
+
+    def _load(self) -> dict[str, dict]:
+        results = load_result_files(self.out)
+        if self.retry_failed:
+            results = {k: v for k, v in results.items() if v.get("status") != "failed"}
+        return results
+
+    def _schedule(self, bar) -> None:
+        """Run what the plan asks for, re-planning after every finished run."""
+        results = self._load()
+        known = set(results)
+        pool = ThreadPoolExecutor(max_workers=self.jobs, thread_name_prefix="clion-bench")
+        in_flight: dict[Future, RunConfig] = {}
+        first = True
+        try:
+            while True:
+                plans = self.matrix.plan(results)
+                flying = {r.run_id for r in in_flight.values()}
+                needed = [r for p in plans for r in p.needed if r.run_id not in flying]
+                if first:
+                    done_runs = {r.run_id for p in plans for t in p.trials for r in t.runs}
+                    done_runs |= {r.run_id for p in plans for r in p.finals}
+                    self.counts["skipped"] = len(done_runs & known)
+                    bar.update(self.counts["skipped"])
+                    first = False
+                for run in dict.fromkeys(needed):
+                    in_flight[pool.submit(self.execute, run)] = run
+                lo = bar.n + len(in_flight)
+                if lo > (bar.total or 0):
+                    bar.total = lo
+                    bar.refresh()
+                if not in_flight:
+                    return
+                # a short timeout keeps the main thread responsive to signals
+                done, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    run = in_flight.pop(fut)
+                    result = fut.result()
+                    if result is None:
+                        continue
+                    results[run.run_id] = read_json(self.result_path(run)) or result
+                    self.counts[result["status"]] += 1
+                    extra = f" ({result['reason']})" if result["reason"] else ""
+                    bar.write(f"[{result['status']}] {run.title} {result['wall_s']:.1f}s{extra}")
+                    bar.set_postfix({k: v for k, v in self.counts.items() if v}, refresh=False)
+                    bar.update(1)
+        except BaseException:
+            self._abort()  # before the pool's shutdown, which waits for the running children
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self) -> dict[str, int]:
-        """Run (or resume) the whole matrix; returns the status counts."""
+        """Run (or resume) the whole matrix; returns the status counts.
+
+        Raises :class:`OutDirError` when ``out_dir`` is unusable or owned by another runner.
+        """
         from tqdm.auto import tqdm
 
-        from .report import choose_lr
-
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.out / "bench.json", self.matrix.describe())
-        tune = self.matrix.tune_runs()
-        total = len(tune) + self.matrix.n_confirm()
+        prepare_out_dir(self.out)
         previous = {
             signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupted),
             signal.SIGINT: signal.getsignal(signal.SIGINT),
         }
         try:
-            self.prepare()
-            with tqdm(total=total, desc="clion-bench", unit="run", disable=not self.progress,
-                      dynamic_ncols=True, file=sys.stderr) as bar:  # fmt: skip
-                tuned = self._run_batch(tune, bar)
-                chosen: dict[tuple[str, str], float | None] = {}
-                for w in self.matrix.workloads:
-                    for s in self.matrix.optimizers:
-                        cands = [tuned[r.run_id] for r in tune
-                                 if r.workload == w and r.optimizer == s.label
-                                 and r.run_id in tuned]  # fmt: skip
-                        chosen[(w, s.label)] = choose_lr(cands)
-                confirm = self.matrix.confirm_runs(chosen)
-                # pairs whose every grid point diverged/failed have no lr to confirm
-                bar.total = len(tune) + len(confirm)
-                bar.refresh()
-                self._run_batch(confirm, bar)
+            with owned(self.out):
+                stopped = stop_leftovers(self.out)
+                if stopped:
+                    self.echo(f"clion-bench: stopped {stopped} process(es) left running by an "
+                              f"earlier run in {self.out}")  # fmt: skip
+                shutil.rmtree(self.out / "work", ignore_errors=True)  # nothing live uses it
+                atomic_write_json(self.out / "bench.json", self.matrix.describe())
+                lo, _ = self.matrix.run_counts()
+                self._start_launcher()
+                assert self._launcher is not None
+                try:
+                    self.prepare()
+                    with tqdm(total=lo, desc="clion-bench", unit="run", disable=not self.progress,
+                              dynamic_ncols=True, file=sys.stderr) as bar:  # fmt: skip
+                        self._schedule(bar)
+                except BaseException:
+                    self._abort()
+                    raise
+                finally:
+                    self._launcher.close()
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -551,13 +464,37 @@ def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+
+
 def dry_run_lines(matrix: Matrix, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
-    """The commands of the tuning phase, and what the confirmation phase will run."""
-    yield f"# preset {matrix.preset.name}: {matrix.preset.description}"
-    for run in matrix.tune_runs():
-        yield shlex.join(run.command(recipes_dir, out_dir / "work" / run.run_id))
-    if matrix.seeds > 1:
-        yield (
-            f"# then seeds 1..{matrix.seeds - 1} of every (workload, optimizer) at the lr "
-            f"chosen on seed 0 ({matrix.n_confirm()} runs, same flags)"
-        )
+    """The run counts, the estimated device time and the first round's commands."""
+    preset = matrix.preset
+    lo, hi = matrix.run_counts()
+    t_lo, t_hi = matrix.estimated_seconds()
+    n_rows = len(matrix.workloads) * len(matrix.optimizers)
+    yield f"# preset {preset.name}: {preset.description}"
+    yield (f"# {n_rows} (workload, optimizer) rows; tuning seeds {list(matrix.tuning_seeds)}, "
+           f"final seeds {list(matrix.final_seeds)}")  # fmt: skip
+    yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is on an "
+           f"edge); {preset.jobs} at a time")  # fmt: skip
+    yield (f"# estimated device time: {_duration(t_lo)} to {_duration(t_hi)} "
+           f"(cost model: {preset.cost_note})")  # fmt: skip
+    for w in matrix.workloads:
+        ws = preset.settings(w, matrix.max_steps)
+        c = ws.cost
+        yield (f"#   {w}: {ws.max_steps} steps, {c.run_s(ws.max_steps):.0f} s per run = "
+               f"{c.startup_s:g} s set-up + {ws.max_steps} x {c.step_s:g} s + {c.eval_s:g} s "
+               f"evaluation")  # fmt: skip
+    for w in matrix.workloads:
+        for s in matrix.optimizers:
+            search = matrix.search(w, s)
+            second = (f"; then {search.second} in {list(search.second_values)} "
+                      f"(+{search.second_extend})" if search.second else "")  # fmt: skip
+            yield (f"# search {w} {s.label}: lr {list(search.lrs)} (+{search.lr_extend} on an "
+                   f"edge){second}; budget {search.budget} trials")  # fmt: skip
+    yield "# first round (the rest depends on its results):"
+    for plan in matrix.plan({}):
+        for run in plan.needed:
+            yield shlex.join(launch_command(run, recipes_dir, out_dir / "work" / run.run_id))

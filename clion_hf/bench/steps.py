@@ -33,11 +33,14 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .cli import positive_int
+from clion_hf._files import atomic_write_text
+
+from .argtypes import positive_int
 
 MODELS = ("gpt2", "bert", "vit", "tiny")
 DEFAULT_MODELS = "gpt2,bert,vit"
@@ -310,19 +313,6 @@ def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str
             f"OMP_WAIT_POLICY={omp}")  # fmt: skip
 
 
-def _write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".steps-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _dtype(text: str) -> torch.dtype:
     allowed = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
                "bf16": torch.bfloat16}  # fmt: skip
@@ -398,9 +388,9 @@ def run(args: argparse.Namespace) -> int:
             w = csv.DictWriter(buf, fieldnames=list(HEADERS))
             w.writeheader()
             w.writerows(table)
-            _write_atomic(args.out, buf.getvalue())
+            atomic_write_text(Path(args.out), buf.getvalue())
         else:
-            _write_atomic(args.out, text)
+            atomic_write_text(Path(args.out), text)
     return 0
 
 

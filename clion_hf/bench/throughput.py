@@ -270,8 +270,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import clion_hf  # noqa: F401 - registers --optim clion / lion
-
-    from .runner import atomic_write_text
+    from clion_hf._files import atomic_write_text
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

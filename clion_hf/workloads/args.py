@@ -8,13 +8,15 @@ periodic evaluation, frequent logging), plus per-recipe defaults for the offline
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from clion_hf.workloads.data import RecipeError, uses_offline_default
+from clion_hf.workloads.data import RecipeError, hub_offline, uses_offline_default
 from clion_hf.workloads.metrics import perplexity
 
 
@@ -69,8 +71,19 @@ class DataTrainingArguments:
         default=None, metadata={"help": "Truncate the training set (rows before grouping)."}
     )
     max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Truncate the evaluation set (blocks for LM recipes)."}
+        default=None,
+        metadata={"help": "Evaluate on a random sample of this many validation rows (blocks "
+                  "for LM recipes), the same sample for every run."},
+    )  # fmt: skip
+    max_test_samples: int | None = field(
+        default=None,
+        metadata={"help": "Report on a random sample of this many test rows (default: all)."},
     )
+    test_split_percentage: int = field(
+        default=0,
+        metadata={"help": "% of train held out as a labelled test split when the dataset has "
+                  "none (e.g. GLUE, whose test labels are hidden); 0: no test split."},
+    )  # fmt: skip
     block_size: int | None = field(
         default=None, metadata={"help": "GPT-2: tokens per training block (default: model max)."}
     )
@@ -113,7 +126,62 @@ def parse_args(
     if uses_offline_default(namespace):
         parser.set_defaults(**offline_defaults)
         _one_cpu_thread_for_tiny_models()
-    return parser.parse_args_into_dataclasses()
+    model_args, data_args, training_args = parser.parse_args_into_dataclasses()
+    check_args(data_args, training_args, model_args)
+    return model_args, data_args, training_args
+
+
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def check_pretrained(flag: str, name: str | None) -> None:
+    """A ``from_pretrained`` argument must be a saved directory or (online) a Hub id."""
+    if name is None:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not any((path / f).is_file() for f in ("config.json", "tokenizer_config.json",
+                                                  "preprocessor_config.json")):  # fmt: skip
+            raise RecipeError(f"{flag} {name!r} is a directory without config.json (not a "
+                              "saved model, tokenizer or image processor)")
+        return
+    if path.exists():
+        raise RecipeError(f"{flag} {name!r} is a file; expected a saved model directory or a "
+                          "Hub id")
+    if name.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(name):
+        raise RecipeError(f"{flag} {name!r} does not exist (expected a saved model directory "
+                          "or a Hub id such as 'gpt2' or 'org/name')")
+    if hub_offline():
+        raise RecipeError(f"{flag} {name!r} is not a local directory and the Hub is offline "
+                          "(HF_HUB_OFFLINE); give a saved model directory")
+
+
+def check_args(data_args: DataTrainingArguments, training_args: TrainingArguments,
+               model_args: ModelArguments | None = None) -> None:  # fmt: skip
+    """Refuse values the HF scripts would accept and then misuse, with one line each.
+
+    ``--block_size 0`` would silently mean the model's maximum, ``--max_steps 0`` divides by
+    zero in the scheduler, a negative size fails deep inside ``datasets``.
+    """
+    for name in ("block_size", "max_seq_length", "max_train_samples", "max_eval_samples",
+                 "max_test_samples"):  # fmt: skip
+        value = getattr(data_args, name)
+        if value is not None and value < 1:
+            raise RecipeError(f"--{name} {value} must be >= 1")
+    for name in ("validation_split_percentage", "test_split_percentage"):
+        value = getattr(data_args, name)
+        if not 0 <= value < 100 or (name == "validation_split_percentage" and value == 0):
+            raise RecipeError(f"--{name} {value} must be in [{int(name[0] == 'v')}, 100)")
+    if training_args.max_steps == 0 or training_args.max_steps < -1:
+        raise RecipeError(
+            f"--max_steps {training_args.max_steps} must be >= 1 (or -1: train for "
+            "--num_train_epochs)"
+        )
+    if not 0 <= data_args.mlm_probability < 1:
+        raise RecipeError(f"--mlm_probability {data_args.mlm_probability} must be in [0, 1)")
+    if model_args is not None:
+        for name in ("model_name_or_path", "tokenizer_name", "image_processor_name"):
+            check_pretrained(f"--{name}", getattr(model_args, name))
 
 
 def _multi_process_without_accelerator() -> bool:

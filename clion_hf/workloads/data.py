@@ -8,18 +8,21 @@ Three sources, in order of precedence:
    written by ``Dataset(Dict).save_to_disk``, or one of the embedded offline datasets;
 3. nothing: the embedded offline default of the recipe's family.
 
-The embedded datasets need no network. Their text is CPython's own documentation
-(``pydoc_data.topics``), split by document, and their images are scikit-learn's digits.
+The embedded datasets need no network. Their text is the running Python's own
+documentation: the ``help()`` topics (``pydoc_data.topics``) and the docstrings of the
+standard library (what ``pydoc`` shows for each module), split by document into training,
+validation and test parts; their images are scikit-learn's digits.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+import sys
+import sysconfig
+from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ import datasets
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 
 from clion_hf._cache import cache_dir
+from clion_hf._files import atomic_dir, atomic_write_json, read_json
 
 OFFLINE_TEXT = "pydoc-topics"
 OFFLINE_PAIRS = "pydoc-paraphrase"
@@ -53,28 +57,6 @@ class RecipeError(ValueError):
     """Bad user input; recipes print it as a single line and exit with status 2."""
 
 
-def atomic_cache_dir(final: Path, build) -> Path:
-    """Return ``final``, creating it first with ``build(tmp_dir)`` if it does not exist.
-
-    Builds into a temporary sibling and renames it into place, so a killed build or two
-    processes racing never leave a half-written cache entry behind.
-    """
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():  # a real failure, not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def _sha(*parts: Any) -> str:
     h = hashlib.sha256()
     for part in parts:
@@ -83,8 +65,18 @@ def _sha(*parts: Any) -> str:
 
 
 # ----------------------------------------------------------------------------------------
-# Embedded text: pydoc topics, split by document
+# Embedded text: Python's own documentation, split by document
 # ----------------------------------------------------------------------------------------
+
+# Parts of the standard library left out of the corpus: test suites (their docstrings
+# describe test cases, not the library) and the IDLE / tkinter / 2to3 / turtle demo code.
+_STDLIB_SKIP = ("test", "tests", "idlelib", "lib2to3", "tkinter", "turtledemo", "ensurepip",
+                "site-packages", "dist-packages", "__pycache__")  # fmt: skip
+_MIN_DOCSTRING = 40  # characters: drops one-liners such as "Return self==value."
+# Bump when the corpus or its split changes: it is part of every offline cache key.
+CORPUS_VERSION = 2
+# Held-out parts, as fractions of the corpus' characters (the rest is trained on)
+_SPLIT_QUOTA = {"validation": 0.10, "test": 0.10, "finetune": 0.20}
 
 
 def pydoc_documents() -> dict[str, str]:
@@ -94,22 +86,69 @@ def pydoc_documents() -> dict[str, str]:
     return dict(topics)
 
 
-def pydoc_split(documents: dict[str, str] | None = None) -> dict[str, list[str]]:
+def _docstrings(tree: ast.AST) -> Iterator[str]:
+    """Docstrings of a module, its classes and functions, in source order."""
+    if isinstance(tree, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+        doc = ast.get_docstring(tree)
+        if doc and len(doc) >= _MIN_DOCSTRING:
+            yield doc
+    for child in ast.iter_child_nodes(tree):
+        yield from _docstrings(child)
+
+
+def stdlib_documents() -> dict[str, str]:
+    """Docstrings of the running Python's standard library, one document per module file.
+
+    The source files are parsed with ``ast`` (nothing is imported, so no module runs; the
+    text is what ``pydoc``/``inspect.getdoc`` show). Test suites, IDLE, tkinter, lib2to3
+    and the turtle demos are left out; docstrings under 40 characters are dropped. About
+    1.4 MB of English on CPython 3.11. Cached per Python version under ``cache_dir()``.
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    key = _sha(CORPUS_VERSION, sys.version, str(root))
+    cached = cache_dir() / "data" / f"stdlib-docstrings-{key}.json"
+    docs = read_json(cached)
+    if isinstance(docs, dict):
+        return docs
+    docs = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(p in _STDLIB_SKIP or p.startswith("test") for p in rel.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError, OSError):  # a file of another Python version
+            continue
+        text = "\n\n".join(_docstrings(tree))
+        if text:
+            docs[rel.as_posix()] = text
+    atomic_write_json(cached, docs)
+    return docs
+
+
+def offline_documents() -> dict[str, str]:
+    """The embedded corpus: ``pydoc:<topic>`` and ``stdlib:<module path>`` documents."""
+    docs = {f"pydoc:{name}": text for name, text in pydoc_documents().items()}
+    docs.update({f"stdlib:{name}": text for name, text in stdlib_documents().items()})
+    return docs
+
+
+def document_split(documents: dict[str, str] | None = None) -> dict[str, list[str]]:
     """Assign every document to one of ``pretrain``/``finetune``/``validation``/``test``.
 
-    Documents are ordered by a hash of their name (deterministic, unlike ``hash()``), then
-    validation takes documents until it holds 10% of the characters, test 10% and finetune
-    20%, and pretrain gets the rest, so the parts are disjoint at the document level.
-    Validation is for choosing hyper-parameters; test is the held-out data reported on.
+    Documents are ordered by a hash of their name (deterministic, unlike ``hash()``, and
+    unrelated to their content or source), then validation takes documents until it holds
+    10% of the characters, test 10% and finetune 20%, and pretrain gets the rest, so the
+    parts are disjoint at the document level and each held-out part is a random sample of
+    many documents. Validation is for choosing hyper-parameters; test is reported on.
     """
-    docs = pydoc_documents() if documents is None else documents
+    docs = offline_documents() if documents is None else documents
     total = sum(len(t) for t in docs.values())
     order = sorted(docs, key=lambda name: hashlib.sha256(name.encode()).hexdigest())
     parts: dict[str, list[str]] = {"validation": [], "test": [], "finetune": [], "pretrain": []}
-    quota = {"validation": 0.10 * total, "test": 0.10 * total, "finetune": 0.20 * total}
-    sizes = dict.fromkeys(quota, 0)
+    sizes = dict.fromkeys(_SPLIT_QUOTA, 0)
     for name in order:
-        part = next((p for p in quota if sizes[p] < quota[p]), "pretrain")
+        part = next((p for p in _SPLIT_QUOTA if sizes[p] < _SPLIT_QUOTA[p] * total), "pretrain")
         if part != "pretrain":
             sizes[part] += len(docs[name])
         parts[part].append(name)
@@ -121,16 +160,30 @@ def _paragraphs(text: str) -> list[str]:
 
 
 def _sentences(text: str) -> list[str]:
-    """Prose sentences of a document (code blocks and grammar rules are dropped)."""
+    """Prose sentences of a document (code blocks, doctests and grammar rules are dropped)."""
     out = []
     for para in re.split(r"\n\s*\n", text):
-        if para.startswith("   ") or "::=" in para or "*****" in para:
+        if para.startswith("   ") or "::=" in para or "*****" in para or ">>>" in para:
             continue
         flat = " ".join(para.split())
         for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z\"'(])", flat):
             if 30 <= len(sent) <= 200:
                 out.append(sent)
     return out
+
+
+def _cached_dataset(name: str, build: Callable[[], DatasetDict]) -> DatasetDict:
+    """``build()`` once, saved under ``cache_dir()/data`` (atomically) and memory-mapped after.
+
+    The key covers this module's source and the Python version (the corpus comes from it),
+    so an edit rebuilds. A dataset loaded from disk also lets ``datasets`` cache the
+    recipes' tokenization, which would otherwise be redone by every benchmark run.
+    """
+    key = _sha(CORPUS_VERSION, sys.version, Path(__file__).read_bytes())
+    final = cache_dir() / "data" / f"{name}-{key}"
+    return datasets.load_from_disk(
+        str(atomic_dir(final, lambda tmp: build().save_to_disk(str(tmp))))
+    )
 
 
 def offline_text_dataset(part: str) -> DatasetDict:
@@ -141,23 +194,27 @@ def offline_text_dataset(part: str) -> DatasetDict:
     """
     if part not in ("pretrain", "finetune"):
         raise RecipeError(f"unknown offline text part {part!r}; allowed: pretrain, finetune")
-    docs, split = pydoc_documents(), pydoc_split()
-    features = Features({"text": Value("string")})
 
-    def rows(names: list[str], exclude: frozenset[str] = frozenset()) -> Dataset:
-        paras = [p for n in names for p in _paragraphs(docs[n]) if p not in exclude]
-        return Dataset.from_dict({"text": paras}, features=features)
+    def build() -> DatasetDict:
+        docs, split = offline_documents(), document_split()
+        features = Features({"text": Value("string")})
 
-    # Several pydoc topics quote the same paragraphs (e.g. "attribute-access" and
-    # "customization"): keep any paragraph of a training document out of held-out text.
-    trained = frozenset(
-        p for n in split["pretrain"] + split["finetune"] for p in _paragraphs(docs[n])
-    )
-    return DatasetDict(
-        train=rows(split[part]),
-        validation=rows(split["validation"], trained),
-        test=rows(split["test"], trained),
-    )
+        def rows(names: list[str], exclude: frozenset[str] = frozenset()) -> Dataset:
+            paras = [p for n in names for p in _paragraphs(docs[n]) if p not in exclude]
+            return Dataset.from_dict({"text": paras}, features=features)
+
+        # Documents quote each other (pydoc topics share paragraphs, docstrings are
+        # inherited): no paragraph of a training document enters held-out text.
+        trained = frozenset(
+            p for n in split["pretrain"] + split["finetune"] for p in _paragraphs(docs[n])
+        )
+        return DatasetDict(
+            train=rows(split[part]),
+            validation=rows(split["validation"], trained),
+            test=rows(split["test"], trained),
+        )
+
+    return _cached_dataset(f"text-{part}", build)
 
 
 def _edit(sentence: str, rng) -> str:
@@ -177,45 +234,47 @@ def offline_pair_dataset(seed: int = 0) -> DatasetDict:
     ``(a, edit(a))`` labelled ``equivalent`` (1), where edit drops about a fifth of the words
     and swaps two neighbours, and ``(a, b)`` labelled ``not_equivalent`` (0): the next
     sentence, on the same topic, so word overlap and not topic decides. Classes are
-    balanced. Train pairs come from all non-validation documents (the task is new, the
-    text is the pretraining text, as GLUE's is for BERT); validation and test pairs only
-    from the held-out validation and test documents.
+    balanced. Train pairs come from all training documents (the task is new, the text is
+    the pretraining text, as GLUE's is for BERT); validation and test pairs only from the
+    held-out validation and test documents, and no held-out first sentence occurs in
+    training text.
     """
     import random
 
-    docs, split = pydoc_documents(), pydoc_split()
-    features = Features(
-        {
-            "sentence1": Value("string"),
-            "sentence2": Value("string"),
-            "label": ClassLabel(names=["not_equivalent", "equivalent"]),
-            "idx": Value("int32"),
-        }
-    )
+    def build() -> DatasetDict:
+        docs, split = offline_documents(), document_split()
+        features = Features(
+            {
+                "sentence1": Value("string"),
+                "sentence2": Value("string"),
+                "label": ClassLabel(names=["not_equivalent", "equivalent"]),
+                "idx": Value("int32"),
+            }
+        )
+        train_docs = split["pretrain"] + split["finetune"]
+        seen = {sent for name in train_docs for sent in _sentences(docs[name])}
 
-    train_docs = split["pretrain"] + split["finetune"]
-    # a few boilerplate sentences occur in several documents: keep them out of validation
-    seen = {sent for name in train_docs for sent in _sentences(docs[name])}
+        def pairs(names: list[str], rng: random.Random, exclude: set[str]) -> Dataset:
+            rows: dict[str, list] = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
+            for name in names:
+                sents = _sentences(docs[name])
+                for a, b in zip(sents, sents[1:], strict=False):
+                    if a in exclude:
+                        continue
+                    for second, label in ((_edit(a, rng), 1), (b, 0)):
+                        rows["sentence1"].append(a)
+                        rows["sentence2"].append(second)
+                        rows["label"].append(label)
+                        rows["idx"].append(len(rows["idx"]))
+            return Dataset.from_dict(rows, features=features)
 
-    def pairs(names: list[str], rng: random.Random, exclude: set[str]) -> Dataset:
-        rows: dict[str, list] = {"sentence1": [], "sentence2": [], "label": [], "idx": []}
-        for name in names:
-            sents = _sentences(docs[name])
-            for a, b in zip(sents, sents[1:], strict=False):
-                if a in exclude:
-                    continue
-                for second, label in ((_edit(a, rng), 1), (b, 0)):
-                    rows["sentence1"].append(a)
-                    rows["sentence2"].append(second)
-                    rows["label"].append(label)
-                    rows["idx"].append(len(rows["idx"]))
-        return Dataset.from_dict(rows, features=features)
+        return DatasetDict(
+            train=pairs(train_docs, random.Random(seed), set()),
+            validation=pairs(split["validation"], random.Random(seed + 1), seen),
+            test=pairs(split["test"], random.Random(seed + 2), seen),
+        )
 
-    return DatasetDict(
-        train=pairs(train_docs, random.Random(seed), set()),
-        validation=pairs(split["validation"], random.Random(seed + 1), seen),
-        test=pairs(split["test"], random.Random(seed + 2), seen),
-    )
+    return _cached_dataset(f"pairs-{seed}", build)
 
 
 # ----------------------------------------------------------------------------------------
@@ -227,8 +286,9 @@ def offline_image_dataset(part: str, seed: int = 0) -> DatasetDict:
     """CIFAR-shaped (``img``, ``label``) 16x16 RGB digits.
 
     ``pretrain`` holds digits 0-4 and ``finetune`` digits 5-9 (relabelled 0-4, label names
-    ``"5"``..``"9"``), so finetuning is a new task; each is split 60/20/20 (stratified,
-    fixed seed) into train, validation and a held-out test split.
+    ``"5"``..``"9"``), so finetuning is a new task; each is split 50/25/25 (stratified, a
+    fixed seed: the same split for every run) into train, validation and a held-out test
+    split, about 450 / 225 / 225 images.
     """
     import numpy as np
     from PIL import Image as PILImage
@@ -247,7 +307,7 @@ def offline_image_dataset(part: str, seed: int = 0) -> DatasetDict:
             labels.append(classes.index(int(target)))
     features = Features({"img": Image(), "label": ClassLabel(names=[str(c) for c in classes])})
     ds = Dataset.from_dict({"img": images, "label": labels}, features=features)
-    split = ds.train_test_split(test_size=0.4, seed=seed, stratify_by_column="label")
+    split = ds.train_test_split(test_size=0.5, seed=seed, stratify_by_column="label")
     held = split["test"].train_test_split(test_size=0.5, seed=seed, stratify_by_column="label")
     return DatasetDict(train=split["train"], validation=held["train"], test=held["test"])
 
@@ -278,7 +338,26 @@ def _load_files(
         raise RecipeError(
             f"unsupported data file extension {suffix!r}; allowed: {', '.join(_FILE_BUILDERS)}"
         )
-    return datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=files)
+    for split, path in files.items():
+        if Path(path).stat().st_size == 0:
+            raise RecipeError(f"--{split}_file {path!r} is empty")
+    return _read_local(lambda: datasets.load_dataset(_FILE_BUILDERS[suffix], data_files=files),
+                       f"{', '.join(files.values())} as {_FILE_BUILDERS[suffix]}")  # fmt: skip
+
+
+def _read_local(load: Callable[[], DatasetDict], what: str) -> DatasetDict:
+    """``load()`` a user's local files; any failure there is about the files: one line."""
+    try:
+        return load()
+    except RecipeError:
+        raise
+    except Exception as err:  # datasets wraps the parser's error (JSON, CSV, UTF-8, Arrow)
+        cause = err
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise RecipeError(f"cannot read {what}: {type(cause).__name__}"
+                          + (f": {detail[:200]}" if detail else "")) from None
 
 
 def hub_offline() -> bool:
@@ -303,23 +382,44 @@ def _load_named(name: str, config: str | None, family: str, part: str) -> Datase
     return datasets.load_dataset(name, config or DEFAULT_CONFIGS.get((short, part)))
 
 
-def _ensure_validation(raw: DatasetDict, percentage: int, seed: int) -> DatasetDict:
-    """Use the dataset's validation split, or hold out ``percentage`` % of train (fixed seed).
+# Seed of every split and sample this module draws from a dataset (validation carved from
+# train, a labelled test split carved from train, random eval subsets): fixed, not the
+# run's seed, so every run of a comparison, whatever its seed, sees the same held-out data.
+SPLIT_SEED = 0
+
+
+def _ensure_validation(raw: DatasetDict, percentage: int, test_percentage: int = 0
+                       ) -> DatasetDict:  # fmt: skip
+    """Use the dataset's validation split, or hold out ``percentage`` % of train.
 
     A ``test`` split is kept when it has labels (GLUE hides its test labels as -1: dropped).
+    Without a labelled one, ``test_percentage`` > 0 carves a labelled test split out of
+    train first (as MRPC needs). All carving uses :data:`SPLIT_SEED`.
     """
     if "train" not in raw:
         raise RecipeError(f"dataset has no 'train' split (splits: {', '.join(raw)})")
+    if len(raw["train"]) == 0:
+        raise RecipeError("the training data is empty (0 rows)")
+    train = raw["train"]
+    test = raw["test"] if "test" in raw and _has_labels(raw["test"]) else None
+    if test is None and test_percentage:
+        carved = train.train_test_split(test_size=test_percentage / 100, seed=SPLIT_SEED)
+        train, test = carved["train"], carved["test"]
     out = None
     for name in ("validation", "validation_matched"):
         if name in raw:
-            out = DatasetDict(train=raw["train"], validation=raw[name])
+            out = DatasetDict(train=train, validation=raw[name])
             break
     if out is None:
-        split = raw["train"].train_test_split(test_size=percentage / 100, seed=seed)
+        if len(train) < 2:
+            raise RecipeError(
+                f"the training data has {len(train)} row(s): too few to hold out a validation "
+                "split; give --validation_file or more data"
+            )
+        split = train.train_test_split(test_size=percentage / 100, seed=SPLIT_SEED)
         out = DatasetDict(train=split["train"], validation=split["test"])
-    if "test" in raw and _has_labels(raw["test"]):
-        out["test"] = raw["test"]
+    if test is not None:
+        out["test"] = test
     return out
 
 
@@ -330,11 +430,22 @@ def _has_labels(ds: Dataset) -> bool:
     return True  # language-modelling text: the text is its own label
 
 
-def _select(raw: DatasetDict, max_train: int | None, max_eval: int | None) -> DatasetDict:
+def sample(ds: Dataset, n: int | None) -> Dataset:
+    """At most ``n`` rows of ``ds`` drawn at random (:data:`SPLIT_SEED`), not its first ``n``:
+    held-out rows are often ordered by document, and the first ``n`` would be few documents."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=SPLIT_SEED).select(range(n))
+
+
+def _select(raw: DatasetDict, max_train: int | None, max_eval: int | None,
+            max_test: int | None = None) -> DatasetDict:  # fmt: skip
     out = {}
     for split, ds in raw.items():
-        cap = max_train if split == "train" else max_eval
-        out[split] = ds.select(range(min(cap, len(ds)))) if cap is not None else ds
+        if split == "train":  # the first rows, as the HF examples' --max_train_samples
+            out[split] = ds.select(range(min(max_train, len(ds)))) if max_train else ds
+        else:
+            out[split] = sample(ds, max_test if split == "test" else max_eval)
     return DatasetDict(out)
 
 
@@ -368,6 +479,10 @@ def is_hub_dataset(data_args) -> bool:
     )
 
 
+def _test_percentage(data_args) -> int:
+    return getattr(data_args, "test_split_percentage", 0) or 0
+
+
 def _offline_name_check(name: str | None, family: str) -> None:
     if name is not None and name != OFFLINE_DATASETS[family]:
         raise RecipeError(
@@ -376,7 +491,7 @@ def _offline_name_check(name: str | None, family: str) -> None:
         )
 
 
-def load_text_datasets(data_args, part: str, seed: int = 42) -> tuple[DatasetDict, str]:
+def load_text_datasets(data_args, part: str) -> tuple[DatasetDict, str]:
     """Raw text for language modelling and the name of its text column.
 
     ``part`` picks the embedded documents (``pretrain`` or ``finetune``) for the offline default.
@@ -391,16 +506,23 @@ def load_text_datasets(data_args, part: str, seed: int = 42) -> tuple[DatasetDic
     else:
         raw = _load_named(data_args.dataset_name, data_args.dataset_config_name, "text", part)
     raw = _select(
-        _ensure_validation(raw, data_args.validation_split_percentage, seed),
+        _ensure_validation(raw, data_args.validation_split_percentage, _test_percentage(data_args)),
         data_args.max_train_samples,
         None,  # max_eval_samples caps blocks after grouping, as in run_clm.py
     )
-    columns = raw["train"].column_names
-    return raw, "text" if "text" in columns else columns[0]
+    features = raw["train"].features
+    strings = [c for c, f in features.items() if getattr(f, "dtype", None) in ("string",
+                                                                               "large_string")]
+    if "text" in strings:
+        return raw, "text"
+    if len(strings) == 1:
+        return raw, strings[0]
+    raise RecipeError(f"language-model data needs a 'text' column (or exactly one column of "
+                      f"strings); found {list(features)}")
 
 
 def load_classification_datasets(
-    data_args, seed: int = 42
+    data_args,
 ) -> tuple[DatasetDict, tuple[str, str | None], list[str]]:
     """Raw GLUE-like data: (datasets, the one or two text columns, label names)."""
     if uses_offline_default(data_args):
@@ -414,8 +536,11 @@ def load_classification_datasets(
         raw = _load_named(
             data_args.dataset_name, data_args.dataset_config_name, "pairs", "finetune"
         )
-    raw = _ensure_validation(raw, data_args.validation_split_percentage, seed)
-    raw = _select(raw, data_args.max_train_samples, data_args.max_eval_samples)
+    raw = _ensure_validation(
+        raw, data_args.validation_split_percentage, _test_percentage(data_args)
+    )
+    raw = _select(raw, data_args.max_train_samples, data_args.max_eval_samples,
+                  getattr(data_args, "max_test_samples", None))  # fmt: skip
     columns = raw["train"].column_names
     if "label" not in columns:
         raise RecipeError(f"classification data needs a 'label' column; found {columns}")
@@ -429,7 +554,11 @@ def load_classification_datasets(
     elif "sentence" in columns:
         keys = ("sentence", None)
     else:  # as run_glue.py: the first one or two non-label text columns
-        text = [c for c in columns if c not in ("label", "idx")]
+        text = [c for c in columns if c not in ("label", "idx")
+                and getattr(raw["train"].features[c], "dtype", None) == "string"]  # fmt: skip
+        if not text:
+            raise RecipeError(f"classification data needs a text column besides 'label'; "
+                              f"found {columns}")
         keys = (text[0], text[1] if len(text) > 1 else None)
     feature = raw["train"].features["label"]
     if isinstance(feature, ClassLabel):
@@ -447,7 +576,7 @@ def load_classification_datasets(
 
 
 def load_image_datasets(
-    data_args, part: str, seed: int = 42
+    data_args, part: str
 ) -> tuple[DatasetDict, str, str, list[str]]:
     """Raw CIFAR-like data: (datasets, image column, label column, label names)."""
     if uses_offline_default(data_args):
@@ -462,12 +591,19 @@ def load_image_datasets(
             if d:
                 if not Path(d).is_dir():
                     raise RecipeError(f"{flag} {d!r} is not a directory (expected an image folder)")
+                if not any(p.is_file() for p in Path(d).rglob("*")):
+                    raise RecipeError(f"{flag} {d!r} holds no files (expected class folders "
+                                      "of images)")  # fmt: skip
                 files[split] = str(Path(d) / "**")
-        raw = datasets.load_dataset("imagefolder", data_files=files)
+        raw = _read_local(lambda: datasets.load_dataset("imagefolder", data_files=files),
+                          "the image folder(s) as imagefolder")  # fmt: skip
     else:
         raw = _load_named(data_args.dataset_name, data_args.dataset_config_name, "images", part)
-    raw = _ensure_validation(raw, data_args.validation_split_percentage, seed)
-    raw = _select(raw, data_args.max_train_samples, data_args.max_eval_samples)
+    raw = _ensure_validation(
+        raw, data_args.validation_split_percentage, _test_percentage(data_args)
+    )
+    raw = _select(raw, data_args.max_train_samples, data_args.max_eval_samples,
+                  getattr(data_args, "max_test_samples", None))  # fmt: skip
     features = raw["train"].features
     image_col = next((c for c in ("img", "image") if c in features), None) or next(
         (c for c, f in features.items() if isinstance(f, Image)), None
@@ -512,8 +648,15 @@ def tokenize_and_group(
     mlm: bool,
     max_eval_samples: int | None = None,
     num_proc: int | None = None,
+    max_test_samples: int | None = None,
 ) -> DatasetDict:
-    """Tokenize text rows and group them into fixed-size blocks for CLM (labels) or MLM."""
+    """Tokenize text rows and group them into fixed-size blocks for CLM (labels) or MLM.
+
+    ``max_eval_samples``/``max_test_samples`` cap the validation/test blocks to a random
+    sample (seed :data:`SPLIT_SEED`, the same for every run).
+    """
+    if block_size < 1:
+        raise RecipeError(f"block size {block_size} must be >= 1")
 
     def tokenize(batch: dict) -> dict:
         return tokenizer(batch[text_column], return_special_tokens_mask=mlm)
@@ -538,10 +681,11 @@ def tokenize_and_group(
                 f"the {split} text is shorter than one block of {block_size} tokens; "
                 "give more text or a smaller --block_size/--max_seq_length"
             )
+    # held-out blocks drawn at random (a fixed seed), not the first ones (one document)
     if max_eval_samples is not None:
-        for split in [s for s in grouped if s != "train"]:
-            n = min(max_eval_samples, len(grouped[split]))
-            grouped[split] = grouped[split].select(range(n))
+        grouped["validation"] = sample(grouped["validation"], max_eval_samples)
+    if "test" in grouped:
+        grouped["test"] = sample(grouped["test"], max_test_samples)
     return grouped
 
 
@@ -601,7 +745,7 @@ def train_tokenizer(
     def build(tmp: Path) -> None:
         _build_tokenizer(kind, corpus, vocab_size, max_length).save_pretrained(tmp)
 
-    return AutoTokenizer.from_pretrained(atomic_cache_dir(final, build))
+    return AutoTokenizer.from_pretrained(atomic_dir(final, build))
 
 
 def _build_tokenizer(kind: str, corpus: list[str], vocab_size: int, max_length: int):

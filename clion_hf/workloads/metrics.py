@@ -1,7 +1,9 @@
 """Evaluation metrics through ``evaluate``, usable with no network.
 
 ``evaluate.load("accuracy")`` fetches a script from the Hub, so the scripts ship in
-``clion_hf/workloads/evaluate_metrics/`` and are loaded from there by path.
+``clion_hf/workloads/evaluate_metrics/`` and are loaded from there by path. ``evaluate``
+is imported on first use: it pulls in scikit-learn and SciPy (about 2 s), which the
+language-model recipes, needing only :func:`perplexity`, should not pay for.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import evaluate
 import numpy as np
+
+if TYPE_CHECKING:
+    import evaluate
 
 METRICS_DIR = Path(__file__).parent / "evaluate_metrics"
 LOCAL_METRICS = ("accuracy", "f1")
@@ -19,6 +24,8 @@ LOCAL_METRICS = ("accuracy", "f1")
 
 def load_metric(name: str) -> evaluate.EvaluationModule:
     """Load a metric shipped with clion_hf (``accuracy`` or ``f1``)."""
+    import evaluate
+
     if name not in LOCAL_METRICS:
         raise ValueError(f"unknown metric {name!r}; allowed: {', '.join(LOCAL_METRICS)}")
     # keep_in_memory: no cache files, so several DDP processes never share an arrow file

@@ -17,8 +17,9 @@ from pathlib import Path
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
 from clion_hf._cache import cache_dir
+from clion_hf._files import atomic_dir
 from clion_hf.workloads import recipes_dir
-from clion_hf.workloads.data import RecipeError, _sha, atomic_cache_dir, hub_offline
+from clion_hf.workloads.data import RecipeError, _sha, hub_offline
 
 FAMILIES = ("gpt2", "bert", "vit")
 
@@ -145,7 +146,7 @@ def offline_pretrained_checkpoint(family: str) -> str:
         _export_checkpoint(family, run_dir, tmp)
 
     print(f"[clion_hf] offline {family} checkpoint: {final}", file=sys.stderr)
-    return str(atomic_cache_dir(final, build))
+    return str(atomic_dir(final, build))
 
 
 def _export_checkpoint(family: str, run_dir: Path, out: Path) -> None:

@@ -1,0 +1,82 @@
+"""Writing files so that nothing half-written is ever seen (a leaf module: imports stdlib only).
+
+Every writer in clion_hf that must survive a kill or a concurrent reader goes through
+here: the benchmark's result files, reports and plots, and the data/model caches. The
+pattern is always the same: write into a temporary sibling, then ``os.replace`` (files) or
+``os.rename`` (directories) it into place, so a reader sees the old content or the new,
+never a mix, and a killed writer leaves at most a ``.tmp`` sibling that nobody reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    For writers that want a file name (``fig.savefig(tmp)``, ``torch.save(obj, tmp)``).
+    On an exception (or a signal raising one) the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see the module doc)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any | None:
+    """The parsed file, or None if it is missing, unreadable or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
+    """Return the directory ``final``, creating it first with ``build(tmp_dir)`` if missing.
+
+    ``build`` fills a temporary sibling that is then renamed into place, so a killed build
+    or two processes racing never leave a half-written directory behind (the loser of a
+    race discards its copy and uses the winner's).
+    """
+    final = Path(final)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # a real failure, not another process winning the race
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final

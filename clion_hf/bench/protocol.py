@@ -1,0 +1,434 @@
+"""The benchmark's protocol as data: runs, their outcome, and the search that picks them.
+
+Shared by the runner (which runs what :meth:`Matrix.plan` asks for, round after round,
+until it asks for nothing) and the report (which calls the same :meth:`Matrix.plan` on
+the finished results, so the configuration it reports as chosen is the one the runner
+chose). Pure functions of the results: a resumed runner, a second machine or the
+report all reach the same decisions from the same result files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .specs import (
+    COMMON_RECIPE_ARGS,
+    LR_STEP,
+    WORKLOADS,
+    OptimizerSpec,
+    Preset,
+    Search,
+    fmt_float,
+    get_preset,
+    parse_optimizer,
+    round_sig,
+    weight_decay_for,
+)
+
+SCHEMA = 2
+LOSS_KEYS = ("loss", "eval_loss", "train_loss", "test_loss")
+# A run whose last training loss is above this multiple of its first has exploded: it is
+# "diverged" even when every number stayed finite (a loss of 5e13 is not a result).
+EXPLODED_FACTOR = 3.0
+
+
+# ------------------------------------------------------------------------------ one run
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run; its hash is the run id."""
+
+    workload: str
+    optimizer: str  # the row: canonical spec label
+    lr: float
+    weight_decay: float
+    seed: int
+    max_steps: int
+    accelerate_config: str
+    recipe_args: tuple[str, ...]  # the optimizer's and the preset's flags
+    # not part of the id: where in the protocol the run sits
+    phase: str = field(default="tune", compare=False)  # tune / final
+    stage: str = field(default="lr", compare=False)  # lr, lr+, second, second+, final
+    second: tuple[str, float] | None = field(default=None, compare=False)
+    preset: str = field(default="", compare=False)
+
+    @property
+    def run_id(self) -> str:
+        key = {
+            "workload": self.workload, "optimizer": self.optimizer, "lr": self.lr,
+            "weight_decay": self.weight_decay, "seed": self.seed, "max_steps": self.max_steps,
+            "accelerate_config": self.accelerate_config, "recipe_args": list(self.recipe_args),
+        }  # fmt: skip
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.workload}-{self.run_id}"
+
+    @property
+    def title(self) -> str:
+        extra = f" {self.second[0]}={fmt_float(self.second[1])}" if self.second else ""
+        return (
+            f"{self.workload} {self.optimizer} lr={fmt_float(self.lr)} "
+            f"wd={fmt_float(self.weight_decay)}{extra} seed={self.seed}"
+        )
+
+    def recipe_command(self, recipes_dir: Path, output_dir: Path) -> list[str]:
+        """The recipe and its arguments (what follows ``accelerate launch ... --config_file``)."""
+        return [
+            str(recipes_dir / WORKLOADS[self.workload].recipe),
+            "--output_dir", str(output_dir),
+            "--learning_rate", fmt_float(self.lr), "--weight_decay", fmt_float(self.weight_decay),
+            "--seed", str(self.seed), "--max_steps", str(self.max_steps),
+            *self.recipe_args,
+        ]  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ outcomes
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, int | float) or math.isfinite(value)
+
+
+def classify(returncode: int | None, all_results: dict | None, log_history: list[dict],
+             log_tail: str = "") -> tuple[str, str]:  # fmt: skip
+    """``(status, reason)`` of a run that ended on its own: ``ok``, ``diverged`` or ``failed``.
+
+    Diverged: a logged loss or the final metric is NaN/inf, or the last training loss is
+    above :data:`EXPLODED_FACTOR` times the first (a finite explosion). Failed: the recipe
+    exited with an error (without a non-finite loss before it) or wrote no results.
+    """
+    res = all_results or {}
+    for entry in [res, *log_history]:
+        for key in (*LOSS_KEYS, "perplexity", "test_perplexity"):
+            if key in entry and not _finite(entry[key]):
+                return "diverged", f"{key} is {entry[key]}"
+    train = [v for e in log_history if "loss" in e and (v := _num(e["loss"])) is not None]
+    if len(train) >= 2 and train[0] > 0 and train[-1] > EXPLODED_FACTOR * train[0]:
+        return "diverged", (f"training loss exploded: {train[-1]:.4g} at the end vs "
+                            f"{train[0]:.4g} at the start")  # fmt: skip
+    if returncode != 0:
+        lowered = log_tail.lower()
+        if any(f"'{k}': '{bad}" in lowered for k in ("loss", "eval_loss")
+               for bad in ("nan", "inf", "-inf")):  # fmt: skip
+            return "diverged", f"exit status {returncode} after a NaN/inf loss in the log"
+        return "failed", f"exit status {returncode}"
+    if all_results is None:
+        return "failed", "exit status 0 but no all_results.json"
+    return "ok", ""
+
+
+def final_metric(result: dict) -> float | None:
+    """The run's final validation metric, None if it has none (or it is not finite)."""
+    workload = WORKLOADS[result["workload"]]
+    res = result.get("all_results") or {}
+    value = _num(res.get(workload.metric))
+    if value is None and workload.metric == "perplexity" and _num(res.get("eval_loss")) is not None:
+        value = workload.curve_to_metric(res["eval_loss"])
+    return value if value is not None and math.isfinite(value) else None
+
+
+def test_metric(result: dict) -> float | None:
+    """The run's metric on the held-out test split, None if the recipe had none."""
+    workload = WORKLOADS[result["workload"]]
+    res = result.get("all_results") or {}
+    if workload.metric == "perplexity":
+        value = _num(res.get("test_perplexity"))
+        if value is None and _num(res.get("test_loss")) is not None:
+            value = workload.curve_to_metric(res["test_loss"])
+    else:
+        value = _num(res.get(workload.metric.replace("eval_", "test_", 1)))
+    return value if value is not None and math.isfinite(value) else None
+
+
+def selection_value(result: dict) -> float | None:
+    """What the search minimizes for one run: the final validation loss for language models
+    (log perplexity: averaging it over seeds averages perplexity geometrically), minus the
+    validation accuracy for classifiers. None unless the run is ``ok`` with a finite value."""
+    if result.get("status") != "ok":
+        return None
+    workload = WORKLOADS[result["workload"]]
+    if workload.metric == "perplexity":
+        value = _num((result.get("all_results") or {}).get("eval_loss"))
+    else:
+        value = final_metric(result)
+        value = -value if value is not None else None
+    return value if value is not None and math.isfinite(value) else None
+
+
+# ------------------------------------------------------------------------------ the search
+
+
+@dataclass
+class Trial:
+    """One configuration of a row, with its tuning runs."""
+
+    lr: float
+    second: float | None  # the second hyper-parameter's value (None: the row has none)
+    stage: str
+    runs: list[RunConfig]
+    results: list[dict | None]
+
+    @property
+    def complete(self) -> bool:
+        return all(r is not None for r in self.results)
+
+    @property
+    def score(self) -> float | None:
+        """Mean selection value over the tuning seeds; None if incomplete or any seed is not ok."""
+        values = [selection_value(r) if r is not None else None for r in self.results]
+        if not values or any(v is None for v in values):
+            return None
+        return sum(values) / len(values)  # type: ignore[arg-type]
+
+    @property
+    def key(self) -> tuple[float, float | None]:
+        return (self.lr, self.second)
+
+
+def _best(trials: Iterable[Trial]) -> Trial | None:
+    """Lowest score (ties: the smaller lr, then the smaller second value)."""
+    scored = [t for t in trials if t.score is not None]
+    if not scored:
+        return None
+    return min(scored, key=lambda t: (t.score, t.lr, t.second or 0.0))
+
+
+@dataclass
+class RowPlan:
+    """Where one (workload, optimizer) row stands."""
+
+    workload: str
+    optimizer: str
+    search: Search
+    trials: list[Trial] = field(default_factory=list)
+    needed: list[RunConfig] = field(default_factory=list)  # runs to do next (one round)
+    best_lr_trial: Trial | None = None  # best of the lr stage
+    chosen: Trial | None = None
+    lr_extensions: list[float] = field(default_factory=list)
+    second_extensions: list[float] = field(default_factory=list)
+    lr_on_edge: bool = False  # optimum still on an edge of the (extended) lr grid
+    second_on_edge: bool = False
+    finals: list[RunConfig] = field(default_factory=list)
+    final_results: list[dict | None] = field(default_factory=list)
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.lr_on_edge or self.second_on_edge
+
+    @property
+    def trials_used(self) -> int:
+        return len(self.trials)
+
+
+@dataclass
+class Matrix:
+    """A preset restricted to some workloads/optimizers/seeds, ready to plan and run."""
+
+    preset: Preset
+    workloads: list[str]
+    optimizers: list[OptimizerSpec]
+    tuning_seeds: tuple[int, ...]
+    final_seeds: tuple[int, ...]
+    max_steps: int | None = None
+
+    # -------------------------------------------------------------- runs
+
+    def coupling(self, workload: str) -> float:
+        return self.preset.coupling(self.preset.settings(workload, self.max_steps))
+
+    def search(self, workload: str, spec: OptimizerSpec) -> Search:
+        return self.preset.search(spec, self.preset.settings(workload, self.max_steps))
+
+    def make_run(self, workload: str, spec: OptimizerSpec, lr: float, second: float | None,
+                 seed: int, stage: str) -> RunConfig:  # fmt: skip
+        ws = self.preset.settings(workload, self.max_steps)
+        search = self.preset.search(spec, ws)
+        scale, run_spec, tag = 1.0, spec, None
+        if search.second == "wd_scale" and second is not None:
+            scale, tag = second, ("wd_scale", second)
+        elif search.second == "nu" and second is not None:
+            run_spec, tag = spec.with_option("nu", second), ("nu", second)
+        args = (*run_spec.recipe_args(), *COMMON_RECIPE_ARGS, *self.preset.extra_args,
+                *ws.extra_args)  # fmt: skip
+        return RunConfig(
+            workload=workload, optimizer=spec.label, lr=lr,
+            weight_decay=weight_decay_for(lr, scale, self.preset.coupling(ws)), seed=seed,
+            max_steps=ws.max_steps, accelerate_config=self.preset.accelerate_config,
+            recipe_args=tuple(args), phase="final" if stage == "final" else "tune",
+            stage=stage, second=tag, preset=self.preset.name,
+        )  # fmt: skip
+
+    # -------------------------------------------------------------- the plan
+
+    def plan(self, results: dict[str, dict]) -> list[RowPlan]:
+        """Every row's state given ``results`` (run id -> result), and the runs it needs next."""
+        return [self.plan_row(w, s, results) for w in self.workloads for s in self.optimizers]
+
+    def plan_row(self, workload: str, spec: OptimizerSpec, results: dict[str, dict]) -> RowPlan:
+        search = self.search(workload, spec)
+        row = RowPlan(workload, spec.label, search)
+        default = search.second_default if search.second else None
+        trials: dict[tuple[float, float | None], Trial] = {}
+
+        def trial(lr: float, second: float | None, stage: str) -> Trial:
+            if (lr, second) not in trials:
+                runs = [self.make_run(workload, spec, lr, second, s, stage)
+                        for s in self.tuning_seeds]  # fmt: skip
+                trials[(lr, second)] = Trial(lr, second, stage, runs,
+                                             [results.get(r.run_id) for r in runs])  # fmt: skip
+                row.trials.append(trials[(lr, second)])
+            return trials[(lr, second)]
+
+        def missing(ts: list[Trial]) -> list[RunConfig]:
+            return [r for t in ts for r, res in zip(t.runs, t.results, strict=True) if res is None]
+
+        # stage 1: the lr grid, extended while the best point sits on an edge
+        lr_trials = [trial(lr, default, "lr") for lr in search.lrs]
+        while True:
+            row.needed = missing(lr_trials)
+            if row.needed:
+                return row
+            lrs = sorted(t.lr for t in lr_trials)
+            best = _best(lr_trials)
+            if best is None:  # nothing finished ok: smaller lrs are the way out
+                candidate = round_sig(lrs[0] / LR_STEP)
+            elif len(lrs) > 1 and best.lr == lrs[0]:
+                candidate = round_sig(lrs[0] / LR_STEP)
+            elif len(lrs) > 1 and best.lr == lrs[-1]:
+                candidate = round_sig(lrs[-1] * LR_STEP)
+            else:
+                candidate = None
+            if candidate is None:
+                break
+            if len(row.lr_extensions) >= search.lr_extend:
+                row.lr_on_edge = best is not None or len(lrs) > 1
+                break
+            row.lr_extensions.append(candidate)
+            lr_trials.append(trial(candidate, default, "lr+"))
+        row.best_lr_trial = best
+        if best is None:
+            return row  # no lr finished ok: no choice, no final runs
+
+        # stage 2: the second hyper-parameter at the best lr, extended the same way
+        if search.second:
+            second_trials = [best] + [trial(best.lr, v, "second")
+                                      for v in search.second_values if v != default]
+            while True:
+                row.needed = missing(second_trials)
+                if row.needed:
+                    return row
+                values = sorted(t.second for t in second_trials if t.second is not None)
+                top = _best(second_trials) or best
+                if top.second == search.second_floor:
+                    candidate = None  # a bound of the space (no decay), not an edge
+                elif top.second == values[0]:
+                    candidate = round_sig(values[0] / search.second_factor)
+                elif top.second == values[-1]:
+                    candidate = round_sig(values[-1] * search.second_factor)
+                else:
+                    candidate = None
+                if candidate is None:
+                    break
+                if len(row.second_extensions) >= search.second_extend:
+                    row.second_on_edge = True
+                    break
+                row.second_extensions.append(candidate)
+                second_trials.append(trial(best.lr, candidate, "second+"))
+
+        # the choice, then the final seeds
+        row.chosen = _best(row.trials)
+        assert row.chosen is not None
+        row.finals = [self.make_run(workload, spec, row.chosen.lr, row.chosen.second, s, "final")
+                      for s in self.final_seeds]  # fmt: skip
+        row.final_results = [results.get(r.run_id) for r in row.finals]
+        row.needed = [r for r, res in zip(row.finals, row.final_results, strict=True)
+                      if res is None]  # fmt: skip
+        return row
+
+    # -------------------------------------------------------------- sizes and records
+
+    def run_counts(self) -> tuple[int, int]:
+        """The fewest and the most runs the matrix can take (extensions are data-dependent)."""
+        lo = hi = 0
+        n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
+        for w in self.workloads:
+            for s in self.optimizers:
+                search = self.search(w, s)
+                lo += search.min_trials * n_tune + n_final
+                hi += search.budget * n_tune + n_final
+        return lo, hi
+
+    def estimated_seconds(self) -> tuple[float, float]:
+        """Device time of the fewest and the most runs, from the preset's cost model."""
+        lo = hi = 0.0
+        n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
+        for w in self.workloads:
+            ws = self.preset.settings(w, self.max_steps)
+            each = ws.cost.run_s(ws.max_steps)
+            for s in self.optimizers:
+                search = self.search(w, s)
+                lo += each * (search.min_trials * n_tune + n_final)
+                hi += each * (search.budget * n_tune + n_final)
+        jobs = max(1, self.preset.jobs)
+        return lo / jobs, hi / jobs
+
+    def describe(self) -> dict[str, Any]:
+        """What ``bench.json`` records: enough to rebuild this matrix (:func:`matrix_from`)."""
+        searches = {}
+        for w in self.workloads:
+            searches[w] = {}
+            for s in self.optimizers:
+                search = self.search(w, s)
+                searches[w][s.label] = {
+                    "lrs": list(search.lrs), "lr_extend": search.lr_extend,
+                    "second": search.second, "second_values": list(search.second_values),
+                    "second_extend": search.second_extend, "budget": search.budget,
+                }  # fmt: skip
+        return {
+            "schema": SCHEMA,
+            "preset": self.preset.name,
+            "workloads": self.workloads,
+            "optimizers": [s.label for s in self.optimizers],
+            "tuning_seeds": list(self.tuning_seeds),
+            "final_seeds": list(self.final_seeds),
+            "max_steps_override": self.max_steps,
+            "max_steps": {
+                w: self.preset.settings(w, self.max_steps).max_steps for w in self.workloads
+            },  # fmt: skip
+            "wd_coupling": {w: self.coupling(w) for w in self.workloads},
+            "wd_removal": self.preset.wd_removal,
+            "search": searches,
+        }
+
+
+def matrix_from(description: Any) -> Matrix | None:
+    """Rebuild the :class:`Matrix` that wrote ``bench.json``; None if it cannot be."""
+    try:
+        if description.get("schema") != SCHEMA:
+            return None
+        return Matrix(
+            get_preset(description["preset"]),
+            [w for w in description["workloads"] if w in WORKLOADS],
+            [parse_optimizer(o) for o in description["optimizers"]],
+            tuple(int(s) for s in description["tuning_seeds"]),
+            tuple(int(s) for s in description["final_seeds"]),
+            description.get("max_steps_override"),
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None

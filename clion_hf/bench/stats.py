@@ -1,0 +1,132 @@
+"""Statistics of the report: paired bootstrap intervals, Holm's correction, performance profiles.
+
+Why hand-written: ``scipy.stats.bootstrap`` returns one interval at one level, but Holm's
+step-down procedure needs a p-value per comparison and intervals at per-comparison levels
+from the same bootstrap distribution; both come from the percentile bootstrap below in a
+few lines of numpy (the test checks the interval against SciPy's percentile bootstrap).
+
+Paired design: run ``s`` of optimizer A and run ``s`` of optimizer B share the seed, so the
+same initialization and data order; the unit is the per-seed difference ``d_s = A_s - B_s``
+and the statistic its mean. The bootstrap resamples seeds with replacement.
+
+Holm (1979) over the comparisons of one family (one workload): sort the p-values
+``p_(1) <= ... <= p_(m)``; reject ``H_(k)`` while ``p_(j) <= alpha / (m - j + 1)`` for every
+``j <= k``. Each comparison's interval is reported at the level its test used,
+``1 - alpha / (m - j + 1)``, and at the level of the first non-rejected test for every test
+after it; so an interval excludes 0 exactly when the difference is "detected", and a
+difference whose interval contains 0 is reported as "no difference detected".
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+N_RESAMPLES = 20_000
+BOOTSTRAP_SEED = 0  # fixed: the report is a function of the results
+
+
+def bootstrap_means(diffs: Sequence[float], n_resamples: int = N_RESAMPLES,
+                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:  # fmt: skip
+    """Means of ``n_resamples`` resamples (with replacement) of ``diffs``."""
+    data = np.asarray(diffs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(data), size=(n_resamples, len(data)))
+    return data[idx].mean(axis=1)
+
+
+def percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of the bootstrap distribution."""
+    tail = (1 - level) / 2
+    lo, hi = np.quantile(means, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+def bootstrap_p(means: np.ndarray) -> float:
+    """Two-sided p-value of "mean difference = 0": twice the smaller tail mass beyond 0
+    (the smallest level at which the percentile interval excludes 0), at most 1."""
+    below = float(np.mean(means <= 0))
+    above = float(np.mean(means >= 0))
+    return min(1.0, 2 * min(below, above))
+
+
+def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
+    """Holm's step-down: (rejected, the level each test's interval uses), in input order."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    rejected = [False] * m
+    levels = [1 - alpha] * m
+    stopped_at: float | None = None
+    for rank, i in enumerate(order):
+        threshold = alpha / (m - rank)
+        if stopped_at is None and pvalues[i] <= threshold:
+            rejected[i] = True
+            levels[i] = 1 - threshold
+        else:
+            if stopped_at is None:
+                stopped_at = threshold
+            levels[i] = 1 - stopped_at
+    return rejected, levels
+
+
+@dataclass
+class Comparison:
+    """One paired comparison, A minus B, after Holm's correction within its family."""
+
+    a: str
+    b: str
+    diffs: list[float]
+    mean: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    level: float = math.nan
+    p: float = math.nan
+    detected: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+
+MIN_PAIRS = 2  # below this there is no interval to give
+
+
+def compare_family(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
+    """Fill in mean, p, Holm-adjusted interval and verdict of every comparison with at least
+    :data:`MIN_PAIRS` pairs (the others stay undecided: ``detected`` False, no interval)."""
+    usable = [c for c in comparisons if c.n >= MIN_PAIRS]
+    dists = [bootstrap_means(c.diffs) for c in usable]
+    for c, dist in zip(usable, dists, strict=True):
+        c.mean = float(np.mean(c.diffs))
+        c.p = bootstrap_p(dist)
+    rejected, levels = holm([c.p for c in usable], alpha)
+    for c, dist, rej, level in zip(usable, dists, rejected, levels, strict=True):
+        c.level = level
+        c.lo, c.hi = percentile_interval(dist, level)
+        # the verdict and the interval must agree even where the bootstrap is discrete
+        c.detected = rej and (c.lo > 0 or c.hi < 0)
+    return comparisons
+
+
+def performance_profile(measures: dict[str, dict[str, float]], taus: Sequence[float]
+                        ) -> dict[str, list[float]]:  # fmt: skip
+    """Dolan-Moré / AlgoPerf performance profiles.
+
+    ``measures[workload][optimizer]`` is a cost (steps to the target; ``inf`` when not
+    reached). For each optimizer, ``rho(tau)`` is the fraction of workloads on which its
+    cost is within ``tau`` times the best optimizer's on that workload. Workloads no
+    optimizer solved count against everyone.
+    """
+    optimizers = sorted({o for per in measures.values() for o in per})
+    ratios: dict[str, list[float]] = {o: [] for o in optimizers}
+    for per in measures.values():
+        finite = [v for v in per.values() if math.isfinite(v) and v > 0]
+        best = min(finite) if finite else math.inf
+        for o in optimizers:
+            v = per.get(o, math.inf)
+            ratios[o].append(v / best if math.isfinite(v) and math.isfinite(best) else math.inf)
+    n = max(len(measures), 1)
+    return {o: [sum(r <= t for r in ratios[o]) / n for t in taus] for o in optimizers}

@@ -1,0 +1,26 @@
+"""Fixtures shared by the end-to-end test modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def offline_env(tmp_path_factory) -> dict[str, str]:
+    """An environment for recipe and benchmark subprocesses: no Hub, caches of its own
+    (shared by the tests of one module), fast offline finetune checkpoints."""
+    cache = tmp_path_factory.mktemp("cache")
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache / "datasets"),
+        "CLION_HF_CACHE": str(cache / "clion_hf"),
+        "CLION_HF_CHECKPOINT_MAX_STEPS": "10",  # finetune recipes build their checkpoint fast
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
