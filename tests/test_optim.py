@@ -567,3 +567,17 @@ def test_functional_entry_points_match_the_optimizers(impl):
         F.clion(ps, gs, ms, lr=0.01, beta1=0.9, beta2=0.99, nu=0.1, mode="layer")
     with pytest.raises(ValueError, match=r"exp_avgs\[0\]|params\[0\]: exp_avg has shape"):
         F.lion(ps, gs, [torch.zeros(3)] + ms[1:], lr=0.01, beta1=0.9, beta2=0.99)
+
+
+def test_no_sign_branch_warning_names_the_set_lr_not_the_warmup_one(caplog):
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(512, 512))
+    opt = CLion([w], lr=0.1)  # global mode, nu=1e-4: min abs(c) of 262k random entries is below
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 1000))
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(100):
+            w.grad = torch.randn_like(w)
+            opt.step()
+            warmup.step()
+    (record,) = [r for r in caplog.records if "sign branch on none" in r.getMessage()]
+    assert "lr=0.1 (scheduled now: 0.01)" in record.getMessage(), record.getMessage()

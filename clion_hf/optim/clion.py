@@ -289,13 +289,16 @@ class CLion(LionFamily):
         self.warned = True  # checked once, whatever the outcome
         if float(st["warn_signed"]) == 0:
             g = self.param_groups[0]
+            # the lr the user set (LR schedulers keep it as initial_lr), not the warmup's
+            lr_set, lr_now = float(g.get("initial_lr", g["lr"])), float(g["lr"])
+            lr_text = f"{lr_set:g}" + (f" (scheduled now: {lr_now:g})" if lr_now != lr_set else "")
             logger.warning(
                 "CLion took the sign branch on none of its first %d steps (mode=%r, nu=%g): "
                 "the per-step min abs(c) ranged %.3g..%.3g, below nu, so every update was "
-                "momentum SGD at lr=%g. Try mode='element' (nu ~1e-4..1e-5), a smaller nu, "
+                "momentum SGD at lr=%s. Try mode='element' (nu ~1e-4..1e-5), a smaller nu, "
                 "or an SGD-sized learning rate.",
                 WARN_AFTER_STEPS, g["mode"], g["nu"], float(st["warn_lo"]),
-                float(st["warn_hi"]), float(g["lr"]),
+                float(st["warn_hi"]), lr_text,
             )  # fmt: skip
 
     def last_step_stats(self, per_tensor: bool = False) -> dict[str, Any]:
