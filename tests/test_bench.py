@@ -717,3 +717,28 @@ def test_launcher_runs_forks_execs_and_stops(tmp_path):
     assert stray.pid in leftover_pids(tmp_path)
     assert stop_leftovers(tmp_path) == 1 and stray.wait(10) == -signal.SIGTERM
     assert leftover_pids(tmp_path) == []
+
+
+def test_commit_is_recorded_only_for_recipes_git_tracks(tmp_path, monkeypatch):
+    from clion_hf.bench import runner
+
+    def info(recipes: Path) -> dict:
+        monkeypatch.setattr(runner, "_ENV_CACHE", {})
+        return runner.environment_info(recipes)
+
+    # a wheel's copy of the recipes in a venv inside some user's repository (venv ignored)
+    repo = tmp_path / "project"
+    recipes = repo / ".venv" / "site-packages" / "clion_hf" / "recipes"
+    recipes.mkdir(parents=True)
+    (recipes / "gpt2_pretrain.py").write_text("")
+    (repo / ".gitignore").write_text(".venv/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    assert info(recipes)["git_commit"] is None
+    # this checkout's recipes: the commit they came from
+    here = Path(__file__).resolve().parents[1] / "recipes"
+    head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()  # fmt: skip
+    assert info(here)["git_commit"] == head

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import platform
 import shlex
@@ -105,13 +106,16 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
                 versions[pkg] = metadata.version(pkg)
             except metadata.PackageNotFoundError:
                 versions[pkg] = None
+        commit = None
         try:
-            commit = subprocess.run(
-                ["git", "-C", str(recipes_dir), "rev-parse", "HEAD"],
-                capture_output=True, text=True, timeout=10,
-            ).stdout.strip() or None  # fmt: skip
+            # only when git tracks the recipes themselves: a wheel's copy inside a venv
+            # that sits in some other repository must not record that repository's commit
+            git = ["git", "-C", str(recipes_dir)]
+            run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=10)
+            if run([*git, "ls-files", "--", "."]).stdout.strip():
+                commit = run([*git, "rev-parse", "HEAD"]).stdout.strip() or None
         except (OSError, subprocess.SubprocessError):
-            commit = None
+            pass
         _ENV_CACHE.update(
             host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(),
             python=platform.python_version(), versions=versions, git_commit=commit,
