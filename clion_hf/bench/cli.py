@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .argtypes import OneLineParser, positive_int
 from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
@@ -112,9 +113,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .launcher import LauncherDied
     from .protocol import Matrix
-    from .runner import Interrupted, OutDirError, Runner, dry_run_lines, find_recipes_dir
+    from .runner import Runner, dry_run_lines, find_recipes_dir
 
     try:
         preset = get_preset(args.preset)
@@ -151,6 +151,17 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     runner = Runner(matrix, out, recipes_dir, jobs=jobs, threads_per_job=threads,
                     retry_failed=args.retry_failed, keep_outputs=args.keep_outputs,
                     progress=not args.no_progress)  # fmt: skip
+    code = _drive(runner, out, parser)
+    if code == 0:
+        print(f"clion-bench: next: clion-bench report {out}")
+    return code
+
+
+def _drive(runner: Any, out: Path, parser: argparse.ArgumentParser) -> int:
+    """Run (or resume) ``runner``'s runs; the exit status (interruptions: 128 + signal)."""
+    from .launcher import LauncherDied
+    from .runner import Interrupted, OutDirError
+
     try:
         counts = runner.run()
     except OutDirError as err:
@@ -167,7 +178,6 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 128 + err.signum
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     print(f"clion-bench: done ({summary}; {runner.launched} launched); results in {out}/results")
-    print(f"clion-bench: next: clion-bench report {out}")
     return 0
 
 
@@ -189,8 +199,7 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 
 def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .launcher import LauncherDied
-    from .runner import Interrupted, OutDirError, Runner, find_recipes_dir
+    from .runner import Runner, find_recipes_dir
     from .study import build_study, dry_run_lines
 
     out = Path(args.out)
@@ -223,22 +232,9 @@ def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
     runner = Runner(study, out, recipes_dir, jobs=jobs, threads_per_job=threads,  # type: ignore[arg-type]
                     retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
-    try:
-        counts = runner.run()
-    except OutDirError as err:
-        parser.error(str(err))
-    except LauncherDied as err:
-        print(f"clion-bench: {err}; finished runs are kept, rerun to resume", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("clion-bench: interrupted; finished runs are kept, rerun to resume",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    except Interrupted as err:
-        print("clion-bench: terminated; finished runs are kept, rerun to resume", file=sys.stderr)
-        return 128 + err.signum
-    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
-    print(f"clion-bench: done ({summary}; {runner.launched} launched); results in {out}/results")
+    code = _drive(runner, out, parser)
+    if code != 0:
+        return code
     from .study_report import write_study_report
 
     for path in write_study_report(out).values():

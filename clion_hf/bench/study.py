@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,8 @@ STUDY_PRESETS["cpu"] = StudyPreset(
     jobs=2,
     extra_args=_CPU_EXTRA,
 )
-STUDY_PRESETS["gpu"] = StudyPreset(
+STUDY_PRESETS["gpu"] = replace(
+    STUDY_PRESETS["cpu"],
     name="gpu",
     description="online, one GPU: gpt2-pretrain on wikitext-103 (GPT-2 124M, 1024-token "
     "blocks) and vit-pretrain on CIFAR-10 (ViT-B/16), the gpu preset's steps and data flags, "
@@ -131,11 +132,6 @@ STUDY_PRESETS["gpu"] = StudyPreset(
         # 5000 steps x 128 images: N_max = 32768 (of CIFAR-10's 47500 after the 5% split)
         "vit-pretrain": GapSettings(32768, 5000, 500, 50, 8192, 0.0005),
     },
-    optimizers=("adamw", "lion", "clion", "clion:mode=element"),
-    seeds=(100, 101, 102),
-    nu_values=_NU_SWEEP,
-    nu_global=(1e-30, 1e-4),
-    nu_seeds=(100, 101),
     jobs=1,
     extra_args=("--max_test_samples", "512"),
 )
