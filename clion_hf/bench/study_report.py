@@ -513,7 +513,9 @@ def report_markdown(studies: list[WorkloadStudy], meta: dict, plots: dict[str, d
         "`--stop_at_train_loss`). Intervals: 95% percentile bootstrap over seeds; slope "
         "differences are paired by seed and Holm-corrected within a workload and rule.", "",
         "Tiny models and short runs on a CPU: read the numbers as what this protocol "
-        "measures at this scale, not as a verdict at scale.", "",
+        "measures at this scale, not as a verdict at scale. With 3 seeds (2 in the ν sweep) "
+        "a percentile-bootstrap interval is close to the range of the seeds' values, so a "
+        "\"detected\" here can be one that more seeds would not confirm.", "",
         "## Findings", "", FINDINGS_BEGIN, *findings(studies), FINDINGS_END, "",
     ]  # fmt: skip
     for ws in studies:
