@@ -529,6 +529,11 @@ def report_markdown(studies: list[WorkloadStudy], meta: dict, plots: dict[str, d
 # ------------------------------------------------------------------------------ plots
 
 
+def _legend(ax) -> None:  # noqa: ANN001
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                ) -> tuple[dict[str, dict[str, str]], list[str]]:  # fmt: skip
     import matplotlib
@@ -574,7 +579,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 ax.set_xlabel("N (training examples)")
                 ax.set_ylabel("held-out − training loss")
                 ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}")
-                ax.legend(fontsize=7)
+                _legend(ax)
                 return fig
 
             attempt(ws.name, f"gap-{rule}", f"gap-{rule}-{ws.name}.png", gap_plot)
@@ -601,7 +606,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
             ax.set_xlabel("step")
             ax.set_ylabel("log10 τ_t (min over each log interval; mean over seeds)")
             ax.set_title(f"{ws.name}: τ_t at N = {n}")
-            ax.legend(fontsize=7)
+            _legend(ax)
             return fig
 
         attempt(ws.name, "tau", f"tau-{ws.name}.png", tau_plot)
@@ -626,7 +631,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 ax.set_xscale("log")
                 ax.set_xlabel("ν")
                 ax.set_title(name)
-                ax.legend(fontsize=7)
+                _legend(ax)
             fig.suptitle(f"{ws.name}: ν sweep at N = {ws.nu_size}")
             return fig
 
