@@ -104,6 +104,10 @@ def test_analysis_detects_a_slope_difference_and_not_an_absent_one():
     assert lion.lo < -1 < lion.hi
     (c,) = ws.comparisons["fixed"]
     assert c.detected and c.lo > 0  # clion's -0.5 minus lion's -1
+    # a ν-sweep run with a row's label (stage "nu") is not one of the row's runs
+    stray = {**_rows(meta, gap)[0], "run_id": "stray", "stage": "nu", "final_gap": 1e3}
+    assert analyze([*_rows(meta, gap), stray], meta)[0].slopes["fixed"]["lion:lr=0.001"].values \
+        == lion.values  # fmt: skip
     same = analyze(_rows(meta, lambda lb, n, s: noise[(n, s)] / n), meta)[0]
     (c,) = same.comparisons["fixed"]
     assert c.mean == pytest.approx(0) and not c.detected

@@ -211,8 +211,11 @@ def analyze(rows: list[dict], meta: dict) -> list[WorkloadStudy]:
         steps = int(meta["settings"][w]["max_steps"])
         ws = WorkloadStudy(w, labels, sizes, steps)
         lr_of = {r["label"]: r["lr"] for r in meta["rows"][w]}
+        # stage "size": a ν-sweep run may carry a row's label (a ν equal to the default is
+        # not spelled out in labels) but is not one of the row's runs
         mine = [r for r in _size_rows(rows, w, labels)
-                if r["n"] in sizes and r["seed"] in seeds and r["lr"] == lr_of[r["optimizer"]]]
+                if r["stage"] == "size" and r["n"] in sizes and r["seed"] in seeds
+                and r["lr"] == lr_of[r["optimizer"]]]  # fmt: skip
         ok = [r for r in mine if r["status"] == "ok" and r["final_gap"] is not None]
         ws.failed = sorted(f"{r['optimizer']} N={r['n']} seed={r['seed']}: {r['status']} "
                            f"{r['reason']}".strip() for r in mine if r not in ok)  # fmt: skip
