@@ -172,7 +172,8 @@ def test_tuned_hyper_parameters_come_from_the_run_directory():
     (["--preset", "cpu", "--tuned", TUNED, "--sizes", "13"], "halves to below 1"),
     (["--preset", "cpu", "--tuned", TUNED, "--sizes", "2"], "ν sweep's N = 512"),
     (["--preset", "cpu", "--optimizers", "lion:lr=-1"], "invalid lr=-1.0"),
-    (["--preset", "smoke", "--out", "/nonexistent-dir", "--report_only"], "no results in"),
+    (["--out", "/nonexistent-dir", "--report_only"], "no results in"),
+    (["--out", "x"], "required: --preset"),
 ])  # fmt: skip
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

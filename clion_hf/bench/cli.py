@@ -58,7 +58,8 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
 def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
     from .study import STUDY_PRESETS
 
-    p.add_argument("--preset", required=True, help=f"one of: {', '.join(STUDY_PRESETS)}")
+    p.add_argument("--preset", help=f"one of: {', '.join(STUDY_PRESETS)} (not needed with "
+                   "--report_only)")  # fmt: skip
     p.add_argument("--tuned", help="a `clion-bench run` output directory whose chosen "
                    "hyper-parameters the optimizers use (its bench.json and results/ or "
                    "results.csv); not needed for specs that pin lr=")  # fmt: skip
@@ -212,6 +213,8 @@ def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
         for path in write_study_report(out).values():
             print(path)
         return 0
+    if args.preset is None:
+        parser.error("the following arguments are required: --preset")
     try:
         study = build_study(
             args.preset,
