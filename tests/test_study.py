@@ -13,7 +13,7 @@ import pytest
 
 from clion_hf._files import read_json
 from clion_hf.bench.cli import main
-from clion_hf.bench.specs import parse_optimizers
+from clion_hf.bench.specs import parse_optimizer, parse_optimizers
 from clion_hf.bench.stats import bootstrap_means
 from clion_hf.bench.study import build_study, sizes_of
 from clion_hf.bench.study_report import (
@@ -76,12 +76,14 @@ def _rows(meta: dict, gap, train=lambda n, s: 1.0) -> list[dict]:
     rows = []
     w = meta["workloads"][0]
     for r in meta["rows"][w]:
+        spec = parse_optimizer(r["spec"])
+        mode, nu = (spec.get("mode"), spec.get("nu")) if spec.name == "clion" else ("", None)
         for n in meta["sizes"][w]:
             for s in meta["seeds"]:
                 g, t = gap(r["label"], n, s), train(n, s)
                 rows.append({
                     "run_id": f"{r['label']}-{n}-{s}", "workload": w, "optimizer": r["label"],
-                    "stage": "size", "mode": "", "nu": None, "n": n, "seed": s, "lr": r["lr"],
+                    "stage": "size", "mode": mode, "nu": nu, "n": n, "seed": s, "lr": r["lr"],
                     "status": "ok", "reason": "", "final_gap": g, "final_train_loss": t,
                     "tau_min": None, "tau_median": None, "sign_fraction_mean": None,
                     "curve": f"5:{t + 1!r}:{t + 1 + g / 2!r};10:{t!r}:{t + g!r}",
@@ -104,10 +106,16 @@ def test_analysis_detects_a_slope_difference_and_not_an_absent_one():
     assert lion.lo < -1 < lion.hi
     (c,) = ws.comparisons["fixed"]
     assert c.detected and c.lo > 0  # clion's -0.5 minus lion's -1
-    # a ν-sweep run with a row's label (stage "nu") is not one of the row's runs
-    stray = {**_rows(meta, gap)[0], "run_id": "stray", "stage": "nu", "final_gap": 1e3}
-    assert analyze([*_rows(meta, gap), stray], meta)[0].slopes["fixed"]["lion:lr=0.001"].values \
-        == lion.values  # fmt: skip
+    # a ν-sweep run with a row's label but another ν is not one of the row's runs; the sweep
+    # point equal to the row's configuration is (whatever stage it was recorded under)
+    label = "clion:mode=element,lr=0.001"
+    element = [r for r in _rows(meta, gap) if r["optimizer"] == label]
+    stray = {**element[0], "run_id": "stray", "stage": "nu", "nu": 1e-2, "final_gap": 1e3}
+    same_point = [{**r, "stage": "nu"} if r["seed"] == 100 else r for r in _rows(meta, gap)]
+    for extra in ([stray], []):
+        got = analyze([*same_point, *extra], meta)[0]
+        assert got.slopes["fixed"][label].values == ws.slopes["fixed"][label].values
+        assert len(got.slopes["fixed"][label].values) == 5
     same = analyze(_rows(meta, lambda lb, n, s: noise[(n, s)] / n), meta)[0]
     (c,) = same.comparisons["fixed"]
     assert c.mean == pytest.approx(0) and not c.detected

@@ -318,7 +318,10 @@ class Study:
 
     def all_runs(self) -> list[RunConfig]:
         runs = [r for w in self.workloads for r in (*self.size_runs(w), *self.nu_runs(w))]
-        return list({r.run_id: r for r in runs}.values())  # a sweep point may be a size run
+        unique: dict[str, RunConfig] = {}
+        for r in runs:  # a sweep point may be a size run: it stays one (stage "size")
+            unique.setdefault(r.run_id, r)
+        return list(unique.values())
 
     # -------------------------------------------------------------- what Runner calls
 

@@ -197,6 +197,19 @@ class WorkloadStudy:
     failed: list[str] = field(default_factory=list)
 
 
+def _is_row_run(run: dict, row: dict) -> bool:
+    """Whether ``run`` is one of ``row``'s runs: its lr, and for CLion its mode and ν (a ν-sweep
+    run can carry the row's label, since a ν equal to the default is not spelled out; the
+    sweep point equal to the row's own configuration is the row's run, recorded once)."""
+    if run["lr"] != row["lr"]:
+        return False
+    spec = parse_optimizer(row["spec"])
+    if spec.name != "clion":
+        return True
+    return run["mode"] == spec.get("mode") and run["nu"] is not None and math.isclose(
+        run["nu"], spec.get("nu"), rel_tol=1e-9)
+
+
 def _size_rows(rows: list[dict], workload: str, labels: list[str]) -> list[dict]:
     return [r for r in rows if r["workload"] == workload and r["optimizer"] in labels]
 
@@ -210,12 +223,9 @@ def analyze(rows: list[dict], meta: dict) -> list[WorkloadStudy]:
         seeds = list(meta["seeds"])
         steps = int(meta["settings"][w]["max_steps"])
         ws = WorkloadStudy(w, labels, sizes, steps)
-        lr_of = {r["label"]: r["lr"] for r in meta["rows"][w]}
-        # stage "size": a ν-sweep run may carry a row's label (a ν equal to the default is
-        # not spelled out in labels) but is not one of the row's runs
+        specs = {r["label"]: r for r in meta["rows"][w]}
         mine = [r for r in _size_rows(rows, w, labels)
-                if r["stage"] == "size" and r["n"] in sizes and r["seed"] in seeds
-                and r["lr"] == lr_of[r["optimizer"]]]  # fmt: skip
+                if r["n"] in sizes and r["seed"] in seeds and _is_row_run(r, specs[r["optimizer"]])]
         ok = [r for r in mine if r["status"] == "ok" and r["final_gap"] is not None]
         ws.failed = sorted(f"{r['optimizer']} N={r['n']} seed={r['seed']}: {r['status']} "
                            f"{r['reason']}".strip() for r in mine if r not in ok)  # fmt: skip
