@@ -14,6 +14,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trai
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
 from clion_hf.workloads.args import parse_args, run, train_and_evaluate
 from clion_hf.workloads.data import is_hub_dataset, load_classification_datasets
+from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.metrics import classification_metrics
 from clion_hf.workloads.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
 from clion_hf.workloads.run_stats import RunStatsCallback
@@ -60,6 +61,7 @@ def main() -> None:
     with training_args.main_process_first(desc="tokenizing"):
         encoded = raw.map(preprocess, batched=True, num_proc=data_args.preprocessing_num_workers)
 
+    encoded["train"] = train_subset(encoded["train"], data_args.train_subset_size)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -69,6 +71,7 @@ def main() -> None:
         compute_metrics=classification_metrics(with_f1=key2 is not None and len(label_names) == 2),
         callbacks=[RunStatsCallback()],
     )
+    add_gen_gap(trainer, data_args)
     train_and_evaluate(
         trainer, len(encoded["train"]), len(encoded["validation"]), test_dataset=encoded.get("test")
     )

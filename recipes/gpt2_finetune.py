@@ -19,6 +19,7 @@ from transformers import (
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
 from clion_hf.workloads.args import parse_args, run, train_and_evaluate
 from clion_hf.workloads.data import is_hub_dataset, load_text_datasets, tokenize_and_group
+from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
 from clion_hf.workloads.run_stats import RunStatsCallback
 
@@ -64,6 +65,7 @@ def main() -> None:
             max_test_samples=data_args.max_test_samples,
         )
 
+    lm["train"] = train_subset(lm["train"], data_args.train_subset_size)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -73,6 +75,7 @@ def main() -> None:
         data_collator=default_data_collator,
         callbacks=[RunStatsCallback()],
     )
+    add_gen_gap(trainer, data_args)
     train_and_evaluate(
         trainer, len(lm["train"]), len(lm["validation"]), lm=True, test_dataset=lm.get("test")
     )

@@ -24,6 +24,7 @@ from clion_hf.workloads.data import (
     tokenize_and_group,
     train_tokenizer,
 )
+from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.models import ONLINE_PRESET, ONLINE_TOKENIZER, TINY_PRESET, load_config
 from clion_hf.workloads.run_stats import RunStatsCallback
 
@@ -67,6 +68,7 @@ def main() -> None:
             max_test_samples=data_args.max_test_samples,
         )
 
+    lm["train"] = train_subset(lm["train"], data_args.train_subset_size)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -76,6 +78,7 @@ def main() -> None:
         data_collator=default_data_collator,
         callbacks=[RunStatsCallback()],
     )
+    add_gen_gap(trainer, data_args)
     train_and_evaluate(
         trainer, len(lm["train"]), len(lm["validation"]), lm=True, test_dataset=lm.get("test")
     )

@@ -20,6 +20,7 @@ from clion_hf.workloads.data import (
     is_hub_dataset,
     load_image_datasets,
 )
+from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.metrics import classification_metrics
 from clion_hf.workloads.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
 from clion_hf.workloads.run_stats import RunStatsCallback
@@ -61,6 +62,7 @@ def main() -> None:
         ignore_mismatched_sizes=True,  # a new head when the checkpoint has another one
         cache_dir=model_args.cache_dir,
     )
+    raw["train"] = train_subset(raw["train"], data_args.train_subset_size)
     raw.set_transform(image_transform(processor, image_col, label_col))
 
     trainer = Trainer(
@@ -73,6 +75,7 @@ def main() -> None:
         compute_metrics=classification_metrics(),
         callbacks=[RunStatsCallback()],
     )
+    add_gen_gap(trainer, data_args)
     train_and_evaluate(
         trainer, len(raw["train"]), len(raw["validation"]), test_dataset=raw.get("test")
     )

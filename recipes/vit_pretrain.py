@@ -24,6 +24,7 @@ from clion_hf.workloads.data import (
     is_hub_dataset,
     load_image_datasets,
 )
+from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.metrics import classification_metrics
 from clion_hf.workloads.models import ONLINE_PRESET, TINY_PRESET, load_config
 from clion_hf.workloads.run_stats import RunStatsCallback
@@ -63,6 +64,7 @@ def main() -> None:
     else:  # what google/vit-base-patch16-224 uses, at the config's resolution
         size = {"height": config.image_size, "width": config.image_size}
         processor = ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    raw["train"] = train_subset(raw["train"], data_args.train_subset_size)
     raw.set_transform(image_transform(processor, image_col, label_col))
 
     trainer = Trainer(
@@ -75,6 +77,7 @@ def main() -> None:
         compute_metrics=classification_metrics(),
         callbacks=[RunStatsCallback()],
     )
+    add_gen_gap(trainer, data_args)
     train_and_evaluate(
         trainer, len(raw["train"]), len(raw["validation"]), test_dataset=raw.get("test")
     )

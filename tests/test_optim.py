@@ -581,3 +581,56 @@ def test_no_sign_branch_warning_names_the_set_lr_not_the_warmup_one(caplog):
             warmup.step()
     (record,) = [r for r in caplog.records if "sign branch on none" in r.getMessage()]
     assert "lr=0.1 (scheduled now: 0.01)" in record.getMessage(), record.getMessage()
+
+
+@pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}, {"fused": None}])
+def test_lion_track_stats_records_the_min_abs_direction_per_step(impl):
+    """Lion's opt-in tau_t: the smallest non-zero abs(c) over the steps since the last
+    read, c = beta1*m + (1-beta1)*g before the update; the same bits with it on or off."""
+    torch.manual_seed(0)
+    ps = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    opt = Lion([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.02}], lr=0.01,
+               weight_decay=0.1, track_stats=True, **impl)  # fmt: skip
+    plain = Lion([{"params": twins[:1]}, {"params": twins[1:], "lr": 0.02}], lr=0.01,
+                 weight_decay=0.1, **impl)  # fmt: skip
+    assert opt.consume_stats() == {} and plain.consume_stats() == {}
+    expected = math.inf
+    for step in range(3):
+        grads = [torch.randn_like(p) for p in ps]
+        grads[0][0, 0] = 0.0  # a zero of c (m = 0 at the first step) is not the minimum
+        for p, t, g in zip(ps, twins, grads, strict=True):
+            p.grad, t.grad = g.clone(), g.clone()
+        cs = [0.9 * opt.state[p]["exp_avg"] + 0.1 * p.grad if opt.state[p] else 0.1 * p.grad
+              for p in ps]  # fmt: skip
+        expected = min(expected, min(float(c.abs()[c != 0].min()) for c in cs))
+        opt.step()
+        plain.step()
+        if step == 1:
+            assert opt.consume_stats() == {"min_abs_c": pytest.approx(expected, rel=1e-6)}
+            expected = math.inf
+    assert opt.consume_stats()["min_abs_c"] == pytest.approx(expected, rel=1e-6)
+    assert opt.consume_stats() == {}
+    for p, t in zip(ps, twins, strict=True):
+        assert torch.equal(p, t)
+    assert plain.consume_stats() == {}
+
+
+def test_lion_track_stats_survives_load_state_dict_and_pickle():
+    # accelerate's optimizer wrapper reloads the state dict on prepare(): torch's
+    # load_state_dict calls __setstate__ without track_stats, which must not reset it
+    import pickle
+
+    p = torch.nn.Parameter(torch.randn(4))
+    opt = Lion([p], lr=0.01, track_stats=True)
+    p.grad = torch.randn(4)
+    opt.step()
+    opt.load_state_dict(opt.state_dict())
+    assert opt.track_stats
+    twin = pickle.loads(pickle.dumps(opt))
+    assert twin.track_stats and not Lion([p]).track_stats
+    clion = CLion([p], track_stats=False)
+    clion.load_state_dict(clion.state_dict())
+    assert not clion.track_stats
+    with pytest.raises(ValueError, match="track_stats"):
+        Lion([p], track_stats="yes")

@@ -2,6 +2,7 @@
 
     clion-bench run --preset smoke --out bench-out
     clion-bench report bench-out
+    clion-bench study gen-gap --preset cpu --tuned docs/benchmarks/cpu-2026-11-29 --out gap-out
     clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
     clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
 
@@ -16,6 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .argtypes import OneLineParser, positive_int
 from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
@@ -53,6 +55,32 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
+def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
+    from .study import STUDY_PRESETS
+
+    p.add_argument("--preset", help=f"one of: {', '.join(STUDY_PRESETS)} (not needed with "
+                   "--report_only)")  # fmt: skip
+    p.add_argument("--tuned", help="a `clion-bench run` output directory whose chosen "
+                   "hyper-parameters the optimizers use (its bench.json and results/ or "
+                   "results.csv); not needed for specs that pin lr=")  # fmt: skip
+    p.add_argument("--workloads", help="comma list (default: the study preset's)")
+    p.add_argument("--optimizers", help="comma list of specs as for `run` (default: the "
+                   "study preset's); each must be in --tuned's run or pin lr=")  # fmt: skip
+    p.add_argument("--seeds", type=positive_int, help="seeds per size (default: the preset's)")
+    p.add_argument("--sizes", type=positive_int,
+                   help="number of nested sizes N_max/2^k (default: the preset's, 5)")
+    p.add_argument("--no_nu_sweep", action="store_true", help="skip the ν sweep")
+    p.add_argument("--out", default="gen-gap-out", help="output directory (default: gen-gap-out)")
+    p.add_argument("--jobs", type=positive_int, help="runs at a time (default: the preset's)")
+    p.add_argument("--threads", type=positive_int, help="torch threads per run")
+    p.add_argument("--recipes_dir", help="directory with the recipes (default: the installed)")
+    p.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--report_only", action="store_true",
+                   help="write the report from the results already in --out, run nothing")
+    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="clion-bench", description="Fair AdamW / Lion / CLion comparison on the recipes."
@@ -61,6 +89,12 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     _add_run_arguments(sub.add_parser("run", help="run (or resume) a benchmark matrix"))
     rep = sub.add_parser("report", help="write report.md, results.csv and plots for DIR")
     rep.add_argument("dir", help="a `clion-bench run` output directory")
+    study = sub.add_parser("study", help="studies built on the runs (clion_hf/bench/study.py)")
+    studies = study.add_subparsers(dest="study", required=True)
+    _add_gen_gap_arguments(studies.add_parser(
+        "gen-gap", help="generalization gap against training-set size N and against ν: "
+        "runs (or resumes) the study, then writes report.md, results.csv and plots",
+    ))  # fmt: skip
     steps = sub.add_parser("steps", help="time optimizer steps (clion_hf.bench.steps)")
     throughput = sub.add_parser(
         "throughput", help="samples/s of whole Trainer steps per --optim (bench/throughput.py)"
@@ -80,9 +114,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .launcher import LauncherDied
     from .protocol import Matrix
-    from .runner import Interrupted, OutDirError, Runner, dry_run_lines, find_recipes_dir
+    from .runner import Runner, dry_run_lines, find_recipes_dir
 
     try:
         preset = get_preset(args.preset)
@@ -119,6 +152,17 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     runner = Runner(matrix, out, recipes_dir, jobs=jobs, threads_per_job=threads,
                     retry_failed=args.retry_failed, keep_outputs=args.keep_outputs,
                     progress=not args.no_progress)  # fmt: skip
+    code = _drive(runner, out, parser)
+    if code == 0:
+        print(f"clion-bench: next: clion-bench report {out}")
+    return code
+
+
+def _drive(runner: Any, out: Path, parser: argparse.ArgumentParser) -> int:
+    """Run (or resume) ``runner``'s runs; the exit status (interruptions: 128 + signal)."""
+    from .launcher import LauncherDied
+    from .runner import Interrupted, OutDirError
+
     try:
         counts = runner.run()
     except OutDirError as err:
@@ -135,7 +179,6 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 128 + err.signum
     summary = ", ".join(f"{k} {v}" for k, v in counts.items())
     print(f"clion-bench: done ({summary}; {runner.launched} launched); results in {out}/results")
-    print(f"clion-bench: next: clion-bench report {out}")
     return 0
 
 
@@ -156,6 +199,52 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
+def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .runner import Runner, find_recipes_dir
+    from .study import build_study, dry_run_lines
+
+    out = Path(args.out)
+    if args.report_only:
+        from .study_report import write_study_report
+
+        if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
+            parser.error(f"no results in {out}/results (run `clion-bench study gen-gap "
+                         f"--out {out}` first)")  # fmt: skip
+        for path in write_study_report(out).values():
+            print(path)
+        return 0
+    if args.preset is None:
+        parser.error("the following arguments are required: --preset")
+    try:
+        study = build_study(
+            args.preset,
+            parse_workloads(args.workloads) if args.workloads is not None else None,
+            parse_optimizers(args.optimizers) if args.optimizers is not None else None,
+            args.tuned, args.seeds, args.sizes, not args.no_nu_sweep,
+        )  # fmt: skip
+    except SpecError as err:
+        parser.error(str(err))
+    recipes_dir = find_recipes_dir(args.recipes_dir)
+    if recipes_dir is None:
+        parser.error(f"recipes directory not found: {args.recipes_dir or '(installed)'}")
+    if args.dry_run:
+        for line in dry_run_lines(study, recipes_dir, out.resolve()):
+            print(line)
+        return 0
+    jobs = args.jobs or study.study.jobs
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
+    runner = Runner(study, out, recipes_dir, jobs=jobs, threads_per_job=threads,  # type: ignore[arg-type]
+                    retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
+    code = _drive(runner, out, parser)
+    if code != 0:
+        return code
+    from .study_report import write_study_report
+
+    for path in write_study_report(out).values():
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -172,6 +261,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _cmd_run(args, parser)
     if args.command == "report":
         return _cmd_report(args, parser)
+    if args.command == "study":
+        return _cmd_gen_gap(args, parser)
     if args.command == "throughput":
         from . import throughput
 

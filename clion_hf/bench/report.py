@@ -172,23 +172,24 @@ _TEXT_COLUMNS = {"run_id", "workload", "optimizer", "phase", "stage", "second", 
                  "reason", "metric"}  # fmt: skip
 
 
-def rows_csv(rows: list[dict]) -> str:
+def rows_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in CSV_COLUMNS})
+        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
     return buf.getvalue()
 
 
-def rows_from_csv(text: str) -> list[dict]:
+def rows_from_csv(text: str, columns: list[str] = CSV_COLUMNS,
+                  text_columns: set[str] = _TEXT_COLUMNS) -> list[dict]:  # fmt: skip
     """The rows :func:`rows_csv` wrote, with numbers parsed back (repr round-trips floats)."""
     rows = []
     for raw in csv.DictReader(io.StringIO(text)):
         row: dict[str, Any] = {}
-        for k in CSV_COLUMNS:
+        for k in columns:
             v = raw.get(k, "")
-            if k in _TEXT_COLUMNS:
+            if k in text_columns:
                 row[k] = v
             elif v == "":
                 row[k] = None

@@ -98,6 +98,7 @@ OPTION_KEYS: dict[str, dict[str, tuple[Callable[[str], Any], Any]]] = {
     "adamw": {"beta1": (_beta1, 0.9), "beta2": (_beta2, 0.999), "lr": (_positive_lr, None)},
     "lion": {
         "caution": (_option("caution"), False),
+        "track_stats": (_option("track_stats"), False),  # tau_t, for the gen-gap study
         "beta1": (_beta1, 0.9),
         "beta2": (_beta2, 0.99),
         "lr": (_positive_lr, None),

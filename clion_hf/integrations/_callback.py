@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from transformers.trainer_callback import TrainerCallback
 
-from ..optim import CLion
+from ..optim import CLion, Lion
 from ..optim._base import LionFamily
 from ._log import logger
 
@@ -39,7 +39,7 @@ def describe(optimizer: LionFamily) -> str:
         f"group {i}: {len(g['params'])} tensors, {_lr(g)}, weight_decay={g['weight_decay']}"
         for i, g in enumerate(groups)
     )
-    extra = f", track_stats={optimizer.track_stats}" if isinstance(optimizer, CLion) else ""
+    extra = f", track_stats={optimizer.track_stats}" if hasattr(optimizer, "track_stats") else ""
     return f"clion_hf: {type(optimizer).__name__}({shared}{extra}) [{per_group}]"
 
 
@@ -65,7 +65,10 @@ class LionFamilyCallback(TrainerCallback):
     fraction of coordinates that took the sign branch) and ``optim/min_abs_c`` (the
     smallest non-zero ``abs(c)`` over those steps; in ``global`` mode already reduced
     across processes). Both land in ``trainer_state.json``'s ``log_history`` and in every
-    ``report_to`` integration. Does nothing for other optimizers.
+    ``report_to`` integration. A :class:`clion_hf.Lion` created with ``track_stats=True``
+    (``--optim_args track_stats=true``) gets ``optim/min_abs_c`` the same way (Lion's
+    direction c is the same quantity; it always takes the sign). Does nothing for other
+    optimizers.
     """
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001
@@ -77,12 +80,14 @@ class LionFamilyCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):  # noqa: ANN001
         opt = unwrap_optimizer(optimizer)
-        if not isinstance(opt, CLion) or logs is None or "loss" not in logs:
+        if not isinstance(opt, CLion | Lion) or logs is None or "loss" not in logs:
             return  # eval / summary logs keep their own keys
         stats = opt.consume_stats()
         if not stats:
             return
-        extra = {SIGN_FRACTION_KEY: stats["sign_fraction"], MIN_ABS_C_KEY: stats["min_abs_c"]}
+        extra = {MIN_ABS_C_KEY: stats["min_abs_c"]}
+        if "sign_fraction" in stats:
+            extra = {SIGN_FRACTION_KEY: stats["sign_fraction"], **extra}
         logs.update(extra)
         # Trainer.log appended a copy of `logs` to log_history before calling callbacks.
         if state.log_history and state.log_history[-1].get("loss") == logs["loss"]:

@@ -84,7 +84,7 @@ _COMMON = {k: _key(k) for k in ("beta1", "beta2", "maximize", "foreach", "moment
 _KEYS: dict[str, dict[str, _Key]] = {
     "clion": {"nu": _key("nu"), "mode": _key("mode"), **_COMMON,
               "track_stats": _key("track_stats")},
-    "lion": {**_COMMON, "caution": _key("caution")},
+    "lion": {**_COMMON, "caution": _key("caution"), "track_stats": _key("track_stats")},
 }  # fmt: skip
 for _name, (_, _cls) in OPTIMIZERS.items():
     # `fused=` is being added to the optimizers; accept it once the class takes it.

@@ -93,7 +93,8 @@ class CLion(LionFamily):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # deepcopy/pickle: what torch.optim keeps, then the statistics rebuilt (fresh)
-        self.track_stats = state.pop("track_stats", True)
+        # pickling passes track_stats; torch's load_state_dict calls this without it
+        self.track_stats = state.pop("track_stats", getattr(self, "track_stats", True))
         super().__setstate__(state)
         self._alloc_stats()
 

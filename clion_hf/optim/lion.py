@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from . import functional as F
 from ._base import LionFamily, ParamsT, run_closure
+from .validate import check_flag
 
 
 class Lion(LionFamily):
@@ -36,6 +39,10 @@ class Lion(LionFamily):
             Triton's CPU interpreter, so CUDA needs ``fused=True``. Under
             ``torch.compile`` of the training step the plain math is traced instead
             (unless ``fused=True``: then the fused custom op is called from the graph).
+        track_stats: record the smallest non-zero ``abs(c)`` of each step (the paper's
+            tau_t, the quantity CLion compares with ``nu``) on the device, for
+            :meth:`consume_stats`. Off by default: it costs one extra read of ``g`` and
+            ``m`` per step; off, the step is exactly the untracked one.
 
     Param groups are checked when added or loaded (a bad one is refused whole, with one
     line naming the value); parameters must not share memory. A NaN or infinite gradient
@@ -55,12 +62,25 @@ class Lion(LionFamily):
         *,
         momentum_dtype: torch.dtype | None = None,
         fused: bool | None = None,
+        track_stats: bool = False,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, weight_decay=weight_decay, caution=caution, maximize=maximize,
             foreach=foreach, momentum_dtype=momentum_dtype, fused=fused,
         )  # fmt: skip
+        self.track_stats = check_flag("track_stats", track_stats)
+        self._acc_min: Tensor | None = None  # min abs(c) since the last consume_stats()
+        self._acc_steps = 0
         super().__init__(params, defaults)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "track_stats": self.track_stats}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # pickling passes track_stats; torch's load_state_dict calls this without it
+        self.track_stats = state.pop("track_stats", getattr(self, "track_stats", False))
+        self._acc_min, self._acc_steps = None, 0
+        super().__setstate__(state)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -68,7 +88,26 @@ class Lion(LionFamily):
         loss = run_closure(closure)
         for b in map(self._gather, self.param_groups):
             g = b.group
+            if self.track_stats and b.params:  # before the update moves the momentum
+                self._track(F.direction_min_abs(b.grads, b.exp_avgs, beta1=g["betas"][0],
+                                                maximize=g["maximize"], impl=b.impl))
             F.lion(b.params, b.grads, b.exp_avgs, lr=g["lr"], beta1=g["betas"][0],
                    beta2=g["betas"][1], weight_decay=g["weight_decay"], maximize=g["maximize"],
                    caution=g["caution"], impl=b.impl)  # fmt: skip
+        if self.track_stats:
+            self._acc_steps += 1
         return loss
+
+    def _track(self, mins: Tensor) -> None:
+        low = mins.amin()
+        self._acc_min = low if self._acc_min is None else torch.minimum(self._acc_min, low)
+
+    def consume_stats(self) -> dict[str, float]:
+        """``{"min_abs_c": ...}``: the smallest non-zero ``abs(c)`` over the steps since the
+        last call (``inf`` if every ``c`` was 0), as CLion's; empty without ``track_stats``
+        or before a step. Resets. One host sync (the Trainer callback calls it per log)."""
+        if not self.track_stats or self._acc_steps == 0:
+            return {}
+        low = math.inf if self._acc_min is None else float(self._acc_min)
+        self._acc_min, self._acc_steps = None, 0
+        return {"min_abs_c": low}

@@ -17,6 +17,7 @@ from pathlib import Path
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from clion_hf.workloads.data import RecipeError, hub_offline, uses_offline_default
+from clion_hf.workloads.gen_gap import check_gen_gap_args
 from clion_hf.workloads.metrics import perplexity
 
 
@@ -97,6 +98,23 @@ class DataTrainingArguments:
     preprocessing_num_workers: int | None = field(
         default=None, metadata={"help": "Processes for dataset.map."}
     )
+    # the generalization-gap measurement (clion_hf/workloads/gen_gap.py)
+    train_subset_size: int | None = field(
+        default=None,
+        metadata={"help": "Train on this many training examples (blocks for LM recipes) "
+                  "drawn after preprocessing by a fixed permutation: smaller subsets are "
+                  "nested in larger ones."},
+    )  # fmt: skip
+    eval_train_subset: bool = field(
+        default=False,
+        metadata={"help": "At every evaluation also evaluate the loss on the whole training "
+                  "(sub)set in eval mode: logs train_subset_loss and gen_gap."},
+    )  # fmt: skip
+    stop_at_train_loss: float | None = field(
+        default=None,
+        metadata={"help": "Stop at the first evaluation whose train_subset_loss is at most "
+                  "this (implies --eval_train_subset)."},
+    )  # fmt: skip
 
 
 # Defaults for every recipe: a few evaluations and many log points per run, no trackers.
@@ -177,6 +195,7 @@ def check_args(data_args: DataTrainingArguments, training_args: TrainingArgument
             f"--max_steps {training_args.max_steps} must be >= 1 (or -1: train for "
             "--num_train_epochs)"
         )
+    check_gen_gap_args(data_args)
     if not 0 <= data_args.mlm_probability < 1:
         raise RecipeError(f"--mlm_probability {data_args.mlm_probability} must be in [0, 1)")
     if model_args is not None:

@@ -1,0 +1,435 @@
+"""``clion-bench study gen-gap``: the paper's generalization claim, measured directly.
+
+The paper (``CLION.md``) bounds Lion's generalization error by O(1/(N·τ^T)) and CLion's by
+O(1/N), N the number of training examples and τ the smallest non-zero ``abs(c)`` of the
+update direction. This study trains each optimizer, at its tuned hyper-parameters, on
+nested subsets of N = N_max/2^k training examples (``--train_subset_size``, see
+:mod:`clion_hf.workloads.gen_gap`), several seeds each, and records at every evaluation
+the loss on the whole subset (eval mode) and on held-out data: the gap is their
+difference. Two stopping rules are read from the same runs:
+
+* fixed steps: the gap at the end of the run;
+* matched training loss: the gap at the first evaluation where the subset's training
+  loss reaches a target common to every optimizer and N of the workload (the highest
+  final training loss among the optimizers' seed means, so that each reaches it). This
+  is exactly what a run with ``--stop_at_train_loss`` and the same evaluation interval
+  records when it stops: nothing before the stop depends on it (same seed, data order
+  and lr schedule), so the study does not run every configuration twice.
+
+Lion's τ_t comes from its opt-in ``track_stats``; CLion records it always. A ν sweep
+(CLion at the tuned element lr, ν from below the observed τ to far above) shows where the
+threshold changes anything.
+
+This module only defines the runs; :class:`~clion_hf.bench.runner.Runner` runs them (the
+same fork launcher, result files, resumption and locking as ``clion-bench run``: a
+:class:`Study` answers the same ``plan``/``run_counts``/``describe`` calls as a
+:class:`~clion_hf.bench.protocol.Matrix`), and :mod:`clion_hf.bench.study_report`
+analyses them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from clion_hf._files import read_json
+
+from .protocol import Matrix, RunConfig, matrix_from
+from .specs import (
+    COMMON_RECIPE_ARGS,
+    OptimizerSpec,
+    Preset,
+    SpecError,
+    fmt_float,
+    get_preset,
+    weight_decay_for,
+)
+
+STUDY_SCHEMA = 1
+MIN_SIZES = 5  # the issue's floor for the cpu/gpu presets; smoke may use fewer
+
+
+@dataclass(frozen=True)
+class GapSettings:
+    """One workload of a study preset."""
+
+    n_max: int  # largest training subset (examples: blocks for LMs, images for ViT)
+    max_steps: int
+    eval_every: int  # steps between gap evaluations (the matched-loss rule's resolution)
+    log_every: int  # steps between training logs (tau_t's resolution)
+    nu_size: int  # N of the nu sweep
+    eval_example_s: float  # cost model: seconds to evaluate one example (dry run)
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    name: str
+    description: str
+    base: str  # the clion-bench preset whose device, data flags and cost model runs use
+    workloads: dict[str, GapSettings]
+    optimizers: tuple[str, ...]
+    seeds: tuple[int, ...]
+    sizes: int = MIN_SIZES
+    nu_values: tuple[float, ...] = ()  # CLion element's sweep
+    nu_global: tuple[float, ...] = ()  # CLion global's points (below and above tau)
+    nu_seeds: tuple[int, ...] = ()
+    jobs: int = 1
+    extra_args: tuple[str, ...] = ()  # appended to every run (after the base's)
+
+    @property
+    def base_preset(self) -> Preset:
+        return get_preset(self.base)
+
+
+_NU_SWEEP = (1e-30, 1e-7, 1e-5, 1e-4, 1e-3, 1e-2)
+_CPU_EXTRA = ("--max_test_samples", "64")  # the test split is not used here: keep it cheap
+
+STUDY_PRESETS: dict[str, StudyPreset] = {}
+STUDY_PRESETS["smoke"] = StudyPreset(
+    name="smoke",
+    description="checks that the study runs: vit-pretrain on digits, tiny subsets, 20 steps",
+    base="cpu",
+    workloads={"vit-pretrain": GapSettings(64, 20, 5, 5, 16, 0.0005)},
+    optimizers=("lion", "clion:mode=element"),
+    seeds=(100, 101),
+    sizes=3,
+    nu_values=(1e-30, 1e-2),
+    nu_seeds=(100, 101),
+    jobs=2,
+    extra_args=_CPU_EXTRA,
+)
+STUDY_PRESETS["cpu"] = StudyPreset(
+    name="cpu",
+    description="offline, CPU: gpt2-pretrain (pydoc text, 64-token blocks) and vit-pretrain "
+    "(digits 0-4), AdamW, Lion, CLion global and element at the cpu benchmark's tuned "
+    "hyper-parameters, 5 nested sizes x 3 seeds, a ν sweep at one size",
+    base="cpu",
+    workloads={
+        "gpt2-pretrain": GapSettings(2048, 200, 20, 5, 512, 0.0007),
+        "vit-pretrain": GapSettings(448, 200, 10, 5, 112, 0.0004),
+    },
+    optimizers=("adamw", "lion", "clion", "clion:mode=element"),
+    seeds=(100, 101, 102),
+    nu_values=_NU_SWEEP,
+    nu_global=(1e-30, 1e-4),
+    nu_seeds=(100, 101),
+    jobs=2,
+    extra_args=_CPU_EXTRA,
+)
+STUDY_PRESETS["gpu"] = replace(
+    STUDY_PRESETS["cpu"],
+    name="gpu",
+    description="online, one GPU: gpt2-pretrain on wikitext-103 (GPT-2 124M, 1024-token "
+    "blocks) and vit-pretrain on CIFAR-10 (ViT-B/16), the gpu preset's steps and data flags, "
+    "5 nested sizes x 3 seeds, a ν sweep at one size",
+    base="gpu",
+    workloads={
+        # 5000 steps x 16 blocks = 80k blocks seen: N_max = 65536 is ~1.2 epochs
+        "gpt2-pretrain": GapSettings(65536, 5000, 500, 50, 16384, 0.004),
+        # 5000 steps x 128 images: N_max = 32768 (of CIFAR-10's 47500 after the 5% split)
+        "vit-pretrain": GapSettings(32768, 5000, 500, 50, 8192, 0.0005),
+    },
+    jobs=1,
+    extra_args=("--max_test_samples", "512"),
+)
+
+
+def get_study_preset(name: str) -> StudyPreset:
+    if name not in STUDY_PRESETS:
+        raise SpecError(f"unknown study preset {name!r}; allowed: {', '.join(STUDY_PRESETS)}")
+    return STUDY_PRESETS[name]
+
+
+def sizes_of(n_max: int, count: int) -> tuple[int, ...]:
+    """``n_max, n_max/2, ...``: ``count`` nested sizes, largest first (each >= 1)."""
+    if count < 2:
+        raise SpecError(f"--sizes {count} must be >= 2 (a slope needs two sizes)")
+    if n_max >> (count - 1) < 1:
+        raise SpecError(f"--sizes {count}: N_max = {n_max} halves to below 1 example")
+    return tuple(n_max >> k for k in range(count))
+
+
+# ------------------------------------------------------------------------------ rows
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    """One optimizer of the study at its hyper-parameters."""
+
+    label: str  # the user's spec label: the row's name in the report
+    spec: OptimizerSpec  # what runs (tuned nu, Lion's track_stats)
+    lr: float
+    weight_decay: float
+    source: str  # where lr/wd came from
+
+
+def _row_spec(spec: OptimizerSpec) -> OptimizerSpec:
+    """The spec that runs: without ``lr`` (passed as --learning_rate); Lion records tau."""
+    run = OptimizerSpec(spec.name, tuple((k, v) for k, v in spec.options if k != "lr"))
+    return run.with_option("track_stats", True) if spec.name == "lion" else run
+
+
+def load_tuned(tuned_dir: Path) -> tuple[Matrix, dict[str, dict]]:
+    """The :class:`Matrix` and results of a ``clion-bench run`` directory (its result files,
+    else the summary rows of its committed ``results.csv``); :class:`SpecError` if unusable."""
+    from .report import _as_result, rows_from_csv
+    from .runner import load_result_files
+
+    matrix = matrix_from(read_json(tuned_dir / "bench.json"))
+    if matrix is None:
+        raise SpecError(f"--tuned {tuned_dir}: no readable bench.json of this version "
+                        "(expected a `clion-bench run` output directory)")  # fmt: skip
+    results = load_result_files(tuned_dir) if (tuned_dir / "results").is_dir() else {}
+    if not results and (tuned_dir / "results.csv").is_file():
+        rows = rows_from_csv((tuned_dir / "results.csv").read_text())
+        results = {r["run_id"]: _as_result(r) for r in rows}
+    if not results:
+        raise SpecError(f"--tuned {tuned_dir}: no results (neither results/*.json nor "
+                        "results.csv)")  # fmt: skip
+    return matrix, results
+
+
+def tuned_row(spec: OptimizerSpec, workload: str, tuned: tuple[Matrix, dict[str, dict]] | None,
+              base: Preset, max_steps: int, tuned_dir: str | None) -> StudyRow:  # fmt: skip
+    """A row at the hyper-parameters the tuned run chose (or the spec's pinned lr)."""
+    if spec.pinned_lr is not None:
+        run = _row_spec(spec)
+        ws = base.settings(workload, max_steps)
+        wd = weight_decay_for(spec.pinned_lr, 1.0, base.coupling(ws))
+        return StudyRow(spec.label, run, spec.pinned_lr, wd,
+                        "pinned lr; weight decay at scale 1 of the lr coupling")  # fmt: skip
+    if tuned is None:
+        raise SpecError(f"optimizer {spec.label!r} has no hyper-parameters: pass --tuned DIR "
+                        "(a `clion-bench run` output directory) or pin lr= in its spec")
+    matrix, results = tuned
+    labels = [s.label for s in matrix.optimizers]
+    if spec.label not in labels:
+        raise SpecError(f"optimizer {spec.label!r} is not in --tuned {tuned_dir} (it has: "
+                        f"{', '.join(labels)})")  # fmt: skip
+    if workload not in matrix.workloads:
+        raise SpecError(f"workload {workload!r} is not in --tuned {tuned_dir} (it has: "
+                        f"{', '.join(matrix.workloads)})")  # fmt: skip
+    plan = matrix.plan_row(workload, spec, results)
+    if plan.chosen is None:
+        raise SpecError(f"--tuned {tuned_dir}: no chosen configuration for {spec.label} on "
+                        f"{workload} (its search is unfinished or nothing finished ok)")
+    final = matrix.make_run(workload, spec, plan.chosen.lr, plan.chosen.second, 0, "final")
+    run = spec if plan.search.second != "nu" else spec.with_option("nu", plan.chosen.second)
+    steps = matrix.preset.settings(workload, matrix.max_steps).max_steps
+    note = f"tuned in {tuned_dir} ({steps} steps)"
+    return StudyRow(spec.label, _row_spec(run), final.lr, final.weight_decay, note)
+
+
+# ------------------------------------------------------------------------------ the study
+
+
+@dataclass
+class StudyPlan:
+    """What :class:`~clion_hf.bench.runner.Runner` reads of a plan (as a RowPlan)."""
+
+    workload: str
+    finals: list[RunConfig]
+    needed: list[RunConfig]
+    trials: list = field(default_factory=list)
+
+
+_OWN_FLAGS = {"--eval_steps", "--logging_steps", "--max_test_samples", "--eval_strategy"}
+
+
+def _without(args: Iterable[str], flags: set[str]) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+@dataclass
+class Study:
+    """A gen-gap study ready to plan and run (duck-types :class:`Matrix` for the Runner)."""
+
+    study: StudyPreset
+    workloads: list[str]
+    rows: dict[str, list[StudyRow]]  # workload -> rows
+    seeds: tuple[int, ...]
+    sizes: dict[str, tuple[int, ...]]
+    nu_sweep: bool = True
+    tuned_dir: str | None = None
+
+    @property
+    def preset(self) -> Preset:
+        return self.study.base_preset
+
+    def settings(self, workload: str) -> GapSettings:
+        return self.study.workloads[workload]
+
+    def make_run(self, workload: str, label: str, spec: OptimizerSpec, lr: float, wd: float,
+                 n: int, seed: int, stage: str) -> RunConfig:  # fmt: skip
+        gs = self.settings(workload)
+        base = self.preset
+        ws = base.settings(workload, gs.max_steps)
+        args = (
+            *spec.recipe_args(), *COMMON_RECIPE_ARGS, *_without(base.extra_args, _OWN_FLAGS),
+            *ws.extra_args, *self.study.extra_args,
+            "--eval_strategy", "steps", "--eval_steps", str(gs.eval_every),
+            "--logging_steps", str(gs.log_every),
+            "--train_subset_size", str(n), "--eval_train_subset", "true",
+        )  # fmt: skip
+        second = ("nu", spec.get("nu")) if stage == "nu" else ("N", float(n))
+        return RunConfig(
+            workload=workload, optimizer=label, lr=lr, weight_decay=wd, seed=seed,
+            max_steps=gs.max_steps, accelerate_config=base.accelerate_config,
+            recipe_args=tuple(args), phase="study", stage=stage, second=second,
+            preset=f"gen-gap-{self.study.name}",
+        )  # fmt: skip
+
+    def size_runs(self, workload: str) -> list[RunConfig]:
+        return [self.make_run(workload, r.label, r.spec, r.lr, r.weight_decay, n, s, "size")
+                for r in self.rows[workload] for n in self.sizes[workload]
+                for s in self.seeds]  # fmt: skip
+
+    def nu_rows(self, workload: str) -> list[tuple[str, StudyRow]]:
+        """(mode, row) of the ν sweep: CLion at the element row's lr and wd."""
+        element = next((r for r in self.rows[workload] if r.spec.name == "clion"
+                        and r.spec.get("mode") == "element"), None)  # fmt: skip
+        if not self.nu_sweep or element is None:
+            return []
+        out = []
+        for mode, values in (("element", self.study.nu_values), ("global", self.study.nu_global)):
+            for nu in values:
+                spec = element.spec.with_option("mode", mode).with_option("nu", nu)
+                # the tuned point itself is the element row's run (same id, run once)
+                label = element.label if spec == element.spec else spec.label
+                out.append((mode, StudyRow(label, spec, element.lr, element.weight_decay,
+                                           f"the {element.label} row's lr and weight decay")))
+        return out
+
+    def nu_runs(self, workload: str) -> list[RunConfig]:
+        n = self.settings(workload).nu_size
+        return [self.make_run(workload, r.label, r.spec, r.lr, r.weight_decay, n, s, "nu")
+                for _, r in self.nu_rows(workload) for s in self.study.nu_seeds]  # fmt: skip
+
+    def all_runs(self) -> list[RunConfig]:
+        runs = [r for w in self.workloads for r in (*self.size_runs(w), *self.nu_runs(w))]
+        unique: dict[str, RunConfig] = {}
+        for r in runs:  # a sweep point may be a size run: it stays one (stage "size")
+            unique.setdefault(r.run_id, r)
+        return list(unique.values())
+
+    # -------------------------------------------------------------- what Runner calls
+
+    def plan(self, results: dict[str, dict]) -> list[StudyPlan]:
+        """Every run is known up front (the matched rule needs no extra runs): one plan per
+        workload with the runs that have no result yet."""
+        out = []
+        runs = self.all_runs()
+        for w in self.workloads:
+            mine = [r for r in runs if r.workload == w]
+            out.append(StudyPlan(w, mine, [r for r in mine if r.run_id not in results]))
+        return out
+
+    def run_counts(self) -> tuple[int, int]:
+        n = len(self.all_runs())
+        return n, n
+
+    def estimated_seconds(self) -> float:
+        """Device time from the base preset's cost model plus the subset evaluations."""
+        total = 0.0
+        for run in self.all_runs():
+            gs = self.settings(run.workload)
+            cost = self.preset.settings(run.workload, gs.max_steps).cost
+            n = int(run.recipe_args[run.recipe_args.index("--train_subset_size") + 1])
+            evals = math.ceil(gs.max_steps / gs.eval_every) + 1
+            total += cost.run_s(gs.max_steps) + evals * n * gs.eval_example_s
+        return total / max(1, self.study.jobs)
+
+    def describe(self) -> dict[str, Any]:
+        """``bench.json`` of the study directory: enough to rebuild it (:func:`study_from`)."""
+        return {
+            "study": "gen-gap",
+            "schema": STUDY_SCHEMA,
+            "preset": self.study.name,
+            "workloads": self.workloads,
+            "seeds": list(self.seeds),
+            "sizes": {w: list(self.sizes[w]) for w in self.workloads},
+            "nu_sweep": self.nu_sweep,
+            "tuned_dir": self.tuned_dir,
+            "rows": {w: [{"label": r.label, "spec": r.spec.label, "lr": r.lr,
+                          "weight_decay": r.weight_decay, "source": r.source}
+                         for r in self.rows[w]] for w in self.workloads},  # fmt: skip
+            "settings": {w: {"max_steps": self.settings(w).max_steps,
+                             "eval_every": self.settings(w).eval_every,
+                             "log_every": self.settings(w).log_every,
+                             "nu_size": self.settings(w).nu_size} for w in self.workloads},
+            "nu_values": list(self.study.nu_values),
+            "nu_global": list(self.study.nu_global),
+            "nu_seeds": list(self.study.nu_seeds),
+        }  # fmt: skip
+
+
+def build_study(preset: str, workloads: list[str] | None, optimizers: list[OptimizerSpec] | None,
+                tuned_dir: str | None, seeds: int | None = None, sizes: int | None = None,
+                nu_sweep: bool = True) -> Study:  # fmt: skip
+    """The study a command line asks for; :class:`SpecError` (one line) for bad input."""
+    sp = get_study_preset(preset)
+    names = workloads if workloads is not None else list(sp.workloads)
+    for w in names:
+        if w not in sp.workloads:
+            raise SpecError(f"workload {w!r} is not in study preset {sp.name!r}; allowed: "
+                            f"{', '.join(sp.workloads)}")  # fmt: skip
+    specs = optimizers if optimizers is not None else None
+    if specs is None:
+        from .specs import parse_optimizers
+
+        specs = parse_optimizers(",".join(sp.optimizers))
+    tuned = None
+    if tuned_dir is not None:
+        path = Path(tuned_dir)
+        if not path.is_dir():
+            raise SpecError(f"--tuned {tuned_dir}: no such directory")
+        if any(s.pinned_lr is None for s in specs):
+            tuned = load_tuned(path)
+    count = sizes if sizes is not None else sp.sizes
+    base = sp.base_preset
+    rows = {w: [tuned_row(s, w, tuned, base, sp.workloads[w].max_steps, tuned_dir)
+                for s in specs] for w in names}  # fmt: skip
+    seed_list = tuple(sp.seeds[0] + i for i in range(seeds)) if seeds else sp.seeds
+    study = Study(sp, names, rows, seed_list,
+                  {w: sizes_of(sp.workloads[w].n_max, count) for w in names},
+                  nu_sweep, tuned_dir)  # fmt: skip
+    for w in names:
+        if sp.workloads[w].nu_size not in study.sizes[w] and study.nu_runs(w):
+            raise SpecError(f"the ν sweep's N = {sp.workloads[w].nu_size} is not one of the "
+                            f"sizes {list(study.sizes[w])}; pass more --sizes")  # fmt: skip
+    return study
+
+
+def dry_run_lines(study: Study, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
+    """Run counts, estimated device time, the rows' hyper-parameters and the commands."""
+    from .runner import _duration, launch_command
+
+    sp = study.study
+    n = len(study.all_runs())
+    yield f"# study gen-gap, preset {sp.name}: {sp.description}"
+    yield (f"# {n} runs ({sp.jobs} at a time); seeds {list(study.seeds)}; estimated device "
+           f"time {_duration(study.estimated_seconds())} (cost model: {study.preset.cost_note}"
+           f"; plus each subset evaluation)")  # fmt: skip
+    for w in study.workloads:
+        gs = study.settings(w)
+        yield (f"# {w}: N in {list(study.sizes[w])}, {gs.max_steps} steps, the gap evaluated "
+               f"every {gs.eval_every} steps; ν sweep at N = {gs.nu_size}: "
+               f"{len(study.nu_runs(w))} runs")  # fmt: skip
+        for r in study.rows[w]:
+            yield (f"#   {r.label}: lr {fmt_float(r.lr)}, weight decay "
+                   f"{fmt_float(r.weight_decay)}, runs as {r.spec.label} ({r.source})")
+    for run in study.all_runs():
+        import shlex
+
+        yield shlex.join(launch_command(run, recipes_dir, out_dir / "work" / run.run_id))

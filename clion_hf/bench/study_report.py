@@ -1,0 +1,686 @@
+"""The gen-gap study's report: gap against N (two stopping rules), τ, and the ν sweep.
+
+Everything in ``report.md``'s Findings is a function of ``results.csv`` and ``bench.json``
+alone (:func:`findings_from_csv`; a test checks it), as for ``clion-bench report``.
+
+The statistics (hand-written for the same reason as :mod:`clion_hf.bench.stats`, whose
+bootstrap, intervals and Holm correction they use):
+
+* Slope: for each seed, the least-squares slope of log(gap) against log(N) over the sizes
+  where that seed's gap is positive (at least :data:`MIN_SIZES_FOR_SLOPE`; log of a
+  non-positive gap is undefined, and such points are counted in the report). The
+  optimizer's slope is the mean over seeds, with a 95% percentile-bootstrap interval over
+  seeds. The paper's bounds predict -1 for both Lion and CLion (they differ by the factor
+  τ^T, not in N).
+* Slope differences (CLion row minus Lion, minus AdamW): paired by seed (same seeds, so
+  same initializations and data orders), bootstrap over seeds, Holm-corrected within a
+  workload and stopping rule; "no difference detected" when the interval contains 0.
+* Gaps per N: mean over seeds with a 95% bootstrap interval.
+* Matched training loss: one target per workload, the highest final training-subset loss
+  of any of its runs, so that every run reaches it; each run is read at its first
+  evaluation at or below it (see :mod:`clion_hf.bench.study`).
+* ν sweep: every point runs at the CLion element row's lr and weight decay; the point
+  with the smallest ν (1e-30, below every τ observed) takes the sign everywhere, i.e. it
+  is Lion's update at that lr, and the other points are compared with it, paired by
+  seed (Holm over the sweep). The tuned Lion row at the same N is shown for reference.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clion_hf._files import atomic_write_text, read_json
+
+from .report import (
+    ReportError,
+    _save,
+    curve,
+    describe_optimizer,
+    load_results,
+    optimizer_order,
+    rows_csv,
+    rows_from_csv,
+    timing_lines,
+)
+from .specs import fmt_float, parse_optimizer
+from .stats import Comparison, bootstrap_means, compare_family, percentile_interval
+
+MIN_SIZES_FOR_SLOPE = 3
+LEVEL = 0.95
+FINDINGS_BEGIN = "<!-- gen-gap-findings:begin -->"
+FINDINGS_END = "<!-- gen-gap-findings:end -->"
+RULES = ("fixed", "matched")
+RULE_TEXT = {"fixed": "fixed steps", "matched": "matched training loss"}
+
+CSV_COLUMNS = [
+    "run_id", "workload", "optimizer", "stage", "mode", "nu", "n", "seed", "lr",
+    "weight_decay", "max_steps", "status", "reason", "steps_done", "final_train_loss",
+    "final_eval_loss", "final_gap", "tau_min", "tau_median", "sign_fraction_mean",
+    "wall_s", "cpu_s", "curve",
+]  # fmt: skip
+_TEXT = {"run_id", "workload", "optimizer", "stage", "mode", "status", "reason", "curve"}
+
+
+# ------------------------------------------------------------------------------ per run
+
+
+def _flag(args: list[str], flag: str) -> str | None:
+    return args[args.index(flag) + 1] if flag in args and args.index(flag) + 1 < len(args) else None
+
+
+def _optim_args(args: list[str]) -> dict[str, str]:
+    text = _flag(args, "--optim_args") or ""
+    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def summarize_run(result: dict) -> dict[str, Any]:
+    """One CSV row: the run's final gap, its evaluation curve, τ and sign fraction."""
+    args = [str(a) for a in result.get("recipe_args") or []]
+    oa = _optim_args(args)
+    res = result.get("all_results") or {}
+    train = dict(curve(result, "train_subset_loss"))
+    held = dict(curve(result, "eval_loss"))
+    points = [(s, train[s], held[s]) for s in sorted(train) if s in held]
+    taus = [v for _, v in curve(result, "optim/min_abs_c") if v > 0]
+    fractions = [v for _, v in curve(result, "optim/sign_fraction")]
+    steps = [int(e["step"]) for e in result.get("log_history") or [] if "step" in e]
+    n = _flag(args, "--train_subset_size")
+    return {
+        "run_id": result["run_id"], "workload": result["workload"],
+        "optimizer": result["optimizer"], "stage": result.get("stage", ""),
+        "mode": oa.get("mode", ""), "nu": float(oa["nu"]) if "nu" in oa else None,
+        "n": int(n) if n else None, "seed": result["seed"], "lr": result["lr"],
+        "weight_decay": result["weight_decay"], "max_steps": result["max_steps"],
+        "status": result["status"], "reason": result.get("reason", ""),
+        "steps_done": max(steps) if steps else None,
+        "final_train_loss": _num(res.get("train_subset_loss")),
+        "final_eval_loss": _num(res.get("eval_loss")),
+        "final_gap": _num(res.get("gen_gap")),
+        "tau_min": min(taus) if taus else None,
+        "tau_median": statistics.median(taus) if taus else None,
+        "sign_fraction_mean": statistics.fmean(fractions) if fractions else None,
+        "wall_s": result.get("wall_s"), "cpu_s": result.get("cpu_s"),
+        "curve": ";".join(f"{s}:{t!r}:{e!r}" for s, t, e in points),
+    }  # fmt: skip
+
+
+def parse_curve(text: str | None) -> list[tuple[int, float, float]]:
+    """``(step, training-subset loss, held-out loss)`` of every evaluation of a CSV row."""
+    out = []
+    for item in (text or "").split(";"):
+        if item:
+            s, t, e = item.split(":")
+            out.append((int(s), float(t), float(e)))
+    return out
+
+
+def matched_point(row: dict, target: float) -> tuple[int, float] | None:
+    """(step, gap) at the run's first evaluation with training-subset loss <= ``target``."""
+    for step, train, held in parse_curve(row.get("curve")):
+        if math.isfinite(train) and train <= target:
+            return step, held - train
+    return None
+
+
+# ------------------------------------------------------------------------------ statistics
+
+
+def seed_slope(points: dict[int, float]) -> float | None:
+    """Least-squares slope of log(gap) on log(N) over the positive gaps (N -> gap)."""
+    pos = [(n, g) for n, g in points.items() if g is not None and g > 0]
+    if len(pos) < MIN_SIZES_FOR_SLOPE or len({n for n, _ in pos}) < MIN_SIZES_FOR_SLOPE:
+        return None
+    x = np.log([n for n, _ in pos])
+    y = np.log([g for _, g in pos])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+@dataclass
+class Estimate:
+    """A mean over seeds with its 95% bootstrap interval (None without two values)."""
+
+    values: list[float]
+    mean: float | None = None
+    lo: float | None = None
+    hi: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.values:
+            self.mean = float(np.mean(self.values))
+        if len(self.values) >= 2:
+            self.lo, self.hi = percentile_interval(bootstrap_means(self.values), LEVEL)
+
+    def text(self, fmt: str = "{:+.2f}") -> str:
+        if self.mean is None:
+            return "n/a"
+        if self.lo is None:
+            return fmt.format(self.mean) + " (one seed)"
+        return f"{fmt.format(self.mean)} [{fmt.format(self.lo)}, {fmt.format(self.hi)}]"
+
+
+@dataclass
+class WorkloadStudy:
+    name: str
+    labels: list[str]
+    sizes: list[int]
+    max_steps: int
+    target: float | None = None
+    target_from: str = ""
+    # rule -> label -> N -> seed -> gap
+    gaps: dict[str, dict[str, dict[int, dict[int, float]]]] = field(default_factory=dict)
+    nonpositive: dict[str, dict[str, int]] = field(default_factory=dict)
+    unreached: dict[str, int] = field(default_factory=dict)  # label -> runs not reaching
+    matched_steps: dict[str, list[int]] = field(default_factory=dict)
+    slopes: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    slope_seeds: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    comparisons: dict[str, list[Comparison]] = field(default_factory=dict)
+    tau: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nu_size: int | None = None
+    nu_points: list[dict[str, Any]] = field(default_factory=list)
+    nu_reference: dict[str, Estimate] = field(default_factory=dict)
+    nu_comparisons: dict[str, list[Comparison]] = field(default_factory=dict)
+    nu_ref_label: str = ""
+    failed: list[str] = field(default_factory=list)
+
+
+def _is_row_run(run: dict, row: dict) -> bool:
+    """Whether ``run`` is one of ``row``'s runs: its lr, and for CLion its mode and ν (a ν-sweep
+    run can carry the row's label, since a ν equal to the default is not spelled out; the
+    sweep point equal to the row's own configuration is the row's run, recorded once)."""
+    if run["lr"] != row["lr"]:
+        return False
+    spec = parse_optimizer(row["spec"])
+    if spec.name != "clion":
+        return True
+    return run["mode"] == spec.get("mode") and run["nu"] is not None and math.isclose(
+        run["nu"], spec.get("nu"), rel_tol=1e-9)
+
+
+def _size_rows(rows: list[dict], workload: str, labels: list[str]) -> list[dict]:
+    return [r for r in rows if r["workload"] == workload and r["optimizer"] in labels]
+
+
+def analyze(rows: list[dict], meta: dict) -> list[WorkloadStudy]:
+    """Every number the report states, from the CSV rows and ``bench.json``."""
+    out = []
+    for w in meta.get("workloads", []):
+        labels = sorted((r["label"] for r in meta["rows"][w]), key=optimizer_order)
+        sizes = sorted(meta["sizes"][w])
+        seeds = list(meta["seeds"])
+        steps = int(meta["settings"][w]["max_steps"])
+        ws = WorkloadStudy(w, labels, sizes, steps)
+        specs = {r["label"]: r for r in meta["rows"][w]}
+        mine = [r for r in _size_rows(rows, w, labels)
+                if r["n"] in sizes and r["seed"] in seeds and _is_row_run(r, specs[r["optimizer"]])]
+        ok = [r for r in mine if r["status"] == "ok" and r["final_gap"] is not None]
+        ws.failed = sorted(f"{r['optimizer']} N={r['n']} seed={r['seed']}: {r['status']} "
+                           f"{r['reason']}".strip() for r in mine if r not in ok)  # fmt: skip
+        # the matched target: the highest final training-subset loss of any run, so that
+        # every run reaches it (at the latest at its last evaluation)
+        finals = [r for r in ok if r["final_train_loss"] is not None]
+        if finals:
+            top = max(finals, key=lambda r: r["final_train_loss"])
+            ws.target = top["final_train_loss"]
+            ws.target_from = (f"{describe_optimizer(top['optimizer'])} at N = {top['n']}, "
+                              f"seed {top['seed']}")  # fmt: skip
+        for rule in RULES:
+            ws.gaps[rule] = {lb: {n: {} for n in sizes} for lb in labels}
+            ws.nonpositive[rule] = dict.fromkeys(labels, 0)
+        for label in labels:
+            ws.unreached[label] = 0
+            ws.matched_steps[label] = []
+        for r in ok:
+            ws.gaps["fixed"][r["optimizer"]][r["n"]][r["seed"]] = r["final_gap"]
+            point = matched_point(r, ws.target) if ws.target is not None else None
+            if point is None:
+                ws.unreached[r["optimizer"]] += 1
+            else:
+                ws.gaps["matched"][r["optimizer"]][r["n"]][r["seed"]] = point[1]
+                ws.matched_steps[r["optimizer"]].append(point[0])
+        for rule in RULES:
+            ws.slopes[rule], ws.slope_seeds[rule] = {}, {}
+            for label in labels:
+                per_seed = {}
+                for s in seeds:
+                    pts = {n: ws.gaps[rule][label][n].get(s) for n in sizes}
+                    ws.nonpositive[rule][label] += sum(1 for g in pts.values()
+                                                       if g is not None and g <= 0)  # fmt: skip
+                    slope = seed_slope(pts)
+                    if slope is not None:
+                        per_seed[s] = slope
+                ws.slope_seeds[rule][label] = per_seed
+                ws.slopes[rule][label] = Estimate(list(per_seed.values()))
+            comps = []
+            names = {lb: parse_optimizer(lb).name for lb in labels}
+            for a in [lb for lb in labels if names[lb] == "clion"]:
+                for name in ("lion", "adamw"):
+                    b = next((lb for lb in labels if names[lb] == name), None)
+                    if b is None:
+                        continue
+                    sa, sb = ws.slope_seeds[rule][a], ws.slope_seeds[rule][b]
+                    common = sorted(set(sa) & set(sb))
+                    comps.append(Comparison(a, b, [sa[s] - sb[s] for s in common]))
+            ws.comparisons[rule] = compare_family(comps)
+        for label in labels:
+            runs = [r for r in ok if r["optimizer"] == label and r["tau_min"] is not None]
+            if runs:
+                lows = [r["tau_min"] for r in runs]
+                meds = [r["tau_median"] for r in runs]
+                ws.tau[label] = {
+                    "runs": len(runs), "min": min(lows), "max": max(lows),
+                    "median": statistics.median(lows), "median_t": statistics.median(meds),
+                    "log10_tau_T": statistics.median(steps * math.log10(v) for v in lows),
+                    "sign": statistics.fmean(r["sign_fraction_mean"] for r in runs
+                                             if r["sign_fraction_mean"] is not None)
+                    if any(r["sign_fraction_mean"] is not None for r in runs) else None,
+                }  # fmt: skip
+        _nu_sweep(ws, rows, meta)
+        out.append(ws)
+    return out
+
+
+def _nu_sweep(ws: WorkloadStudy, rows: list[dict], meta: dict) -> None:
+    w = ws.name
+    if not meta.get("nu_sweep"):
+        return
+    element = next((r for r in meta["rows"][w] if r["spec"].startswith("clion")
+                    and "mode=element" in r["spec"]), None)  # fmt: skip
+    if element is None:
+        return
+    n = int(meta["settings"][w]["nu_size"])
+    seeds = list(meta["nu_seeds"])
+    ws.nu_size = n
+    mine = [r for r in rows if r["workload"] == w and r["n"] == n and r["seed"] in seeds
+            and r["status"] == "ok" and r["final_gap"] is not None]  # fmt: skip
+    lion = {r["seed"]: r for r in mine if parse_optimizer(r["optimizer"]).name == "lion"}
+    for key in ("final_gap", "final_train_loss"):
+        ws.nu_reference[key] = Estimate([lion[s][key] for s in seeds if s in lion])
+    points: dict[tuple[str, float], dict[int, dict]] = {}
+    for mode, values in (("element", meta.get("nu_values", [])),
+                         ("global", meta.get("nu_global", []))):  # fmt: skip
+        for nu in values:
+            runs = {r["seed"]: r for r in mine
+                    if r["lr"] == element["lr"] and r["mode"] == mode and r["nu"] is not None
+                    and math.isclose(r["nu"], nu, rel_tol=1e-9)}  # fmt: skip
+            label = f"clion {mode} ν={fmt_float(nu)}"
+            point = {
+                "mode": mode, "nu": nu, "label": label, "runs": len(runs),
+                "sign": Estimate([runs[s]["sign_fraction_mean"] for s in runs
+                                  if runs[s]["sign_fraction_mean"] is not None]),
+                "train": Estimate([runs[s]["final_train_loss"] for s in runs]),
+                "gap": Estimate([runs[s]["final_gap"] for s in runs]),
+                "tau": min((runs[s]["tau_min"] for s in runs if runs[s]["tau_min"]),
+                           default=None),
+            }  # fmt: skip
+            ws.nu_points.append(point)
+            points[(mode, nu)] = runs
+    element_nus = sorted(nu for mode, nu in points if mode == "element")
+    if not element_nus:
+        return
+    ref_nu = element_nus[0]
+    ref = points[("element", ref_nu)]
+    ws.nu_ref_label = f"clion element ν={fmt_float(ref_nu)}"
+    comps: dict[str, list[Comparison]] = {"gap": [], "train": []}
+    for p in ws.nu_points:
+        if (p["mode"], p["nu"]) == ("element", ref_nu):
+            continue
+        runs = points[(p["mode"], p["nu"])]
+        common = [s for s in seeds if s in runs and s in ref]
+        for key, col in (("gap", "final_gap"), ("train", "final_train_loss")):
+            comps[key].append(Comparison(p["label"], ws.nu_ref_label,
+                                         [runs[s][col] - ref[s][col] for s in common]))
+    ws.nu_comparisons = {k: compare_family(v) for k, v in comps.items()}
+
+
+# ------------------------------------------------------------------------------ sentences
+
+
+def _g(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{digits}g}"
+
+
+def comparison_text(c: Comparison, fmt: str = "{:+.2f}") -> str:
+    if c.n < 2 or c.lo != c.lo:  # no interval (fewer than two pairs)
+        return f"{describe_optimizer(c.a)} − {describe_optimizer(c.b)}: too few paired seeds"
+    verdict = "detected" if c.detected else "no difference detected"
+    return (f"{describe_optimizer(c.a)} − {describe_optimizer(c.b)} "
+            f"{fmt.format(c.mean)} [{fmt.format(c.lo)}, {fmt.format(c.hi)}] ({verdict})")
+
+
+def _diff(c: Comparison) -> str:
+    if c.n < 2 or c.lo != c.lo:
+        return "too few paired seeds"
+    verdict = "detected" if c.detected else "no difference detected"
+    return f"{c.mean:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}] ({verdict})"
+
+
+def findings(studies: list[WorkloadStudy]) -> list[str]:
+    lines = []
+    for ws in studies:
+        for rule in RULES:
+            slopes = "; ".join(f"{describe_optimizer(lb)} {ws.slopes[rule][lb].text()}"
+                               for lb in ws.labels)  # fmt: skip
+            where = (f"{ws.max_steps} steps" if rule == "fixed" else
+                     f"training-subset loss {_g(ws.target, 4)}, the highest final one "
+                     f"({ws.target_from})")  # fmt: skip
+            extra = ""
+            if rule == "matched":
+                missed = {lb: k for lb, k in ws.unreached.items() if k}
+                if missed:
+                    extra = " Runs that never reached it: " + ", ".join(
+                        f"{describe_optimizer(lb)} {k}" for lb, k in missed.items()) + "."
+            bad = {lb: k for lb, k in ws.nonpositive[rule].items() if k}
+            if bad:
+                extra += (" Gaps ≤ 0 (left out of the fit): "
+                          + ", ".join(f"{describe_optimizer(lb)} {k}" for lb, k in bad.items())
+                          + ".")  # fmt: skip
+            comps = "; ".join(comparison_text(c) for c in ws.comparisons[rule])
+            lines.append(
+                f"- **{ws.name}**, {RULE_TEXT[rule]} ({where}), N = {ws.sizes[0]}…{ws.sizes[-1]}: "
+                f"slope of log(gap) against log(N) (the paper's bounds: −1): {slopes}. "
+                f"Slope differences: {comps or 'none'}.{extra}"
+            )  # fmt: skip
+        taus = []
+        for lb in ws.labels:
+            t = ws.tau.get(lb)
+            if t is None:
+                continue
+            sign = (f", sign-branch fraction {t['sign']:.3g}"
+                    if t["sign"] is not None else "")  # fmt: skip
+            taus.append(f"{describe_optimizer(lb)} τ {_g(t['min'], 2)} to {_g(t['max'], 2)} "
+                        f"(median per step {_g(t['median_t'], 2)}), τ^T ≈ 10^{t['log10_tau_T']:.0f}"
+                        f"{sign}")  # fmt: skip
+        if taus:
+            lines.append(f"- **{ws.name}** τ, the smallest non-zero abs(c) of a run, over its "
+                         f"{ws.max_steps} steps (T = {ws.max_steps}): " + "; ".join(taus) + ".")
+        if ws.nu_points:
+            ref = ws.nu_reference
+            by_label = {c.a: (c, t) for c, t in zip(ws.nu_comparisons.get("gap", []),
+                                                    ws.nu_comparisons.get("train", []),
+                                                    strict=True)}  # fmt: skip
+            pts = []
+            for p in ws.nu_points:
+                if not p["runs"]:
+                    pts.append(f"{p['label']}: no finished run")
+                    continue
+                text = (f"{p['label']}: sign fraction {p['sign'].text('{:.3g}')}, training "
+                        f"loss {p['train'].text('{:.3f}')}, gap {p['gap'].text('{:.3f}')}")
+                if p["label"] in by_label:
+                    cg, ct = by_label[p["label"]]
+                    text += (f"; vs ν≈0: training loss {_diff(ct)}, gap {_diff(cg)}")
+                pts.append(text)
+            lines.append(
+                f"- **{ws.name}** ν sweep at N = {ws.nu_size}, at the CLion element row's lr "
+                f"({ws.nu_ref_label} is below every τ: Lion's update at that lr; the tuned "
+                f"Lion row there: training loss {ref['final_train_loss'].text('{:.3f}')}, gap "
+                f"{ref['final_gap'].text('{:.3f}')}): " + "; ".join(pts) + "."
+            )  # fmt: skip
+    return lines
+
+
+# ------------------------------------------------------------------------------ markdown
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
+
+
+def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> list[str]:
+    lines = [f"## {ws.name} ({ws.max_steps} steps)", ""]
+    st = meta["settings"][ws.name]
+    lines += [f"Sizes N = {', '.join(map(str, ws.sizes))} (nested), seeds "
+              f"{', '.join(map(str, meta['seeds']))}; the gap is evaluated every "
+              f"{st['eval_every']} steps. Hyper-parameters:", ""]  # fmt: skip
+    lines += _table(["optimizer", "runs as", "lr", "weight decay", "from"],
+                    [[describe_optimizer(r["label"]), f"`{r['spec']}`", fmt_float(r["lr"]),
+                      fmt_float(r["weight_decay"]), r["source"]]
+                     for r in sorted(meta["rows"][ws.name], key=lambda r: optimizer_order(
+                         r["label"]))])  # fmt: skip
+    lines.append("")
+    for rule in RULES:
+        title = RULE_TEXT[rule]
+        if rule == "matched":
+            title += f" (target {_g(ws.target, 4)}, from {ws.target_from})"
+        lines += [f"### Gap, {title}", "",
+                  "Held-out loss − training-subset loss, mean over seeds [95% bootstrap "
+                  "interval]:", ""]  # fmt: skip
+        rows = []
+        for lb in ws.labels:
+            cells = [describe_optimizer(lb)]
+            for n in ws.sizes:
+                cells.append(Estimate(list(ws.gaps[rule][lb][n].values())).text("{:.3f}"))
+            cells.append(ws.slopes[rule][lb].text())
+            rows.append(cells)
+        lines += _table(["optimizer", *(f"N={n}" for n in ws.sizes), "slope"], rows)
+        if rule == "matched":
+            lines += ["", "Steps at which runs reached the target (median): " + ", ".join(
+                f"{describe_optimizer(lb)} {statistics.median(v):.0f}"
+                for lb, v in ws.matched_steps.items() if v) + "."]  # fmt: skip
+        lines.append("")
+        if f"gap-{rule}" in plots:
+            lines += [f"![gap, {RULE_TEXT[rule]}]({plots[f'gap-{rule}']})", ""]
+    if ws.tau:
+        lines += ["### τ (smallest non-zero abs(c) per step)", ""]
+        lines += _table(["optimizer", "runs", "τ of a run (min … max)", "median τ_t",
+                         "log10 τ^T (median)", "sign-branch fraction"],
+                        [[describe_optimizer(lb), str(t["runs"]),
+                          f"{_g(t['min'], 2)} … {_g(t['max'], 2)}", _g(t["median_t"], 2),
+                          f"{t['log10_tau_T']:.0f}",
+                          "1 (Lion)" if t["sign"] is None else _g(t["sign"])]
+                         for lb, t in ws.tau.items()])  # fmt: skip
+        lines.append("")
+        if "tau" in plots:
+            lines += [f"![tau_t]({plots['tau']})", ""]
+    if ws.nu_points:
+        lines += [f"### ν sweep (N = {ws.nu_size}, seeds "
+                  f"{', '.join(map(str, meta['nu_seeds']))})", ""]  # fmt: skip
+        rows = [[p["label"], p["sign"].text("{:.3g}"), p["train"].text("{:.3f}"),
+                 p["gap"].text("{:.3f}"), _g(p["tau"], 2)] for p in ws.nu_points]
+        ref = ws.nu_reference
+        rows.append(["tuned lion row (its own lr)", "1", ref["final_train_loss"].text("{:.3f}"),
+                     ref["final_gap"].text("{:.3f}"), ""])
+        lines += _table(["point", "sign-branch fraction", "training-subset loss", "gap",
+                         "τ (min)"], rows)  # fmt: skip
+        lines += ["", f"Against {ws.nu_ref_label} (paired seeds, Holm over the sweep): gap: "
+                  + "; ".join(comparison_text(c, "{:+.3f}") for c in ws.nu_comparisons["gap"])
+                  + ". Training loss: "
+                  + "; ".join(comparison_text(c, "{:+.3f}") for c in ws.nu_comparisons["train"])
+                  + ".", ""]  # fmt: skip
+        if "nu" in plots:
+            lines += [f"![nu sweep]({plots['nu']})", ""]
+    if ws.failed:
+        lines += ["Runs that did not finish ok: " + "; ".join(ws.failed) + ".", ""]
+    return lines
+
+
+def report_markdown(studies: list[WorkloadStudy], meta: dict, plots: dict[str, dict[str, str]],
+                    problems: list[str], timing: list[str]) -> str:  # fmt: skip
+    cmd = ["clion-bench", "study", "gen-gap", "--preset", meta["preset"]]
+    if meta.get("tuned_dir"):
+        cmd += ["--tuned", meta["tuned_dir"]]
+    lines = [
+        "# Generalization gap against N and ν (`clion-bench study gen-gap`)", "",
+        f"Written by `{shlex.join(cmd)}` (then `--report_only`). The paper's claim: Lion's "
+        "generalization error is O(1/(N·τ^T)), CLion's O(1/N) (τ: the smallest non-zero "
+        "abs(c) of the update direction). Each optimizer trains at its tuned "
+        "hyper-parameters on nested training subsets of N examples; the gap is the held-out "
+        "loss minus the loss on the same N training examples, both evaluated in eval mode "
+        "on the whole set. Two stopping rules: the fixed step budget, and matched training "
+        "loss (each run read at its first evaluation whose training-subset loss reaches a "
+        "target common to every optimizer and N; identical to stopping there with "
+        "`--stop_at_train_loss`). Intervals: 95% percentile bootstrap over seeds; slope "
+        "differences are paired by seed and Holm-corrected within a workload and rule.", "",
+        "Tiny models and short runs on a CPU: read the numbers as what this protocol "
+        "measures at this scale, not as a verdict at scale. With 3 seeds (2 in the ν sweep) "
+        "a percentile-bootstrap interval is close to the range of the seeds' values, so a "
+        "\"detected\" here can be one that more seeds would not confirm.", "",
+        "## Findings", "", FINDINGS_BEGIN, *findings(studies), FINDINGS_END, "",
+    ]  # fmt: skip
+    for ws in studies:
+        lines += workload_markdown(ws, meta, plots.get(ws.name, {}))
+    lines += ["## Cost", "", *timing, ""]
+    if problems:
+        lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ plots
+
+
+def _legend(ax) -> None:  # noqa: ANN001
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
+               ) -> tuple[dict[str, dict[str, str]], list[str]]:  # fmt: skip
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, dict[str, str]] = defaultdict(dict)
+    errors: list[str] = []
+
+    def attempt(w: str, key: str, fname: str, draw) -> None:
+        fig = None
+        try:
+            fig = draw()
+            if fig is not None:
+                _save(fig, plot_dir / fname)
+                plots[w][key] = f"plots/{fname}"
+        except Exception as err:  # a plot must never cost the report
+            errors.append(f"plot `{fname}` not drawn: {type(err).__name__}: {err}")
+        finally:
+            if fig is not None:
+                plt.close(fig)
+
+    for ws in studies:
+        for rule in RULES:
+            def gap_plot(ws=ws, rule=rule):
+                fig, ax = plt.subplots(figsize=(6, 4.2))
+                for lb in ws.labels:
+                    xs, ys, lo, hi = [], [], [], []
+                    for n in ws.sizes:
+                        e = Estimate(list(ws.gaps[rule][lb][n].values()))
+                        if e.mean is not None and e.mean > 0:
+                            xs.append(n)
+                            ys.append(e.mean)
+                            lo.append(e.mean - (e.lo if e.lo is not None and e.lo > 0 else e.mean))
+                            hi.append((e.hi if e.hi is not None else e.mean) - e.mean)
+                    if xs:
+                        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3,
+                                    label=f"{describe_optimizer(lb)} "
+                                          f"(slope {ws.slopes[rule][lb].text()})")  # fmt: skip
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xlabel("N (training examples)")
+                ax.set_ylabel("held-out − training loss")
+                ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}")
+                _legend(ax)
+                return fig
+
+            attempt(ws.name, f"gap-{rule}", f"gap-{rule}-{ws.name}.png", gap_plot)
+
+        def tau_plot(ws=ws):
+            mine = [r for r in results if r["workload"] == ws.name and r["status"] == "ok"
+                    and r.get("stage") == "size" and r["optimizer"] in ws.tau]  # fmt: skip
+            if not mine:
+                return None
+            fig, ax = plt.subplots(figsize=(6, 4.2))
+            n = ws.sizes[-1]  # the largest N
+            for lb in ws.tau:
+                by_step: dict[int, list[float]] = defaultdict(list)
+                for r in mine:
+                    if r["optimizer"] == lb and f"{n}" == _flag(r["recipe_args"],
+                                                                "--train_subset_size"):
+                        for s, v in curve(r, "optim/min_abs_c"):
+                            if v > 0:
+                                by_step[s].append(math.log10(v))
+                steps = sorted(by_step)
+                if steps:
+                    ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps],
+                            label=describe_optimizer(lb))
+            ax.set_xlabel("step")
+            ax.set_ylabel("log10 τ_t (min over each log interval; mean over seeds)")
+            ax.set_title(f"{ws.name}: τ_t at N = {n}")
+            _legend(ax)
+            return fig
+
+        attempt(ws.name, "tau", f"tau-{ws.name}.png", tau_plot)
+
+        def nu_plot(ws=ws):
+            if not ws.nu_points:
+                return None
+            fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+            for mode, marker in (("element", "o"), ("global", "s")):
+                pts = [p for p in ws.nu_points if p["mode"] == mode and p["runs"]]
+                if not pts:
+                    continue
+                for ax, key in zip(axes, ("sign", "train", "gap"), strict=True):
+                    ax.plot([p["nu"] for p in pts], [p[key].mean for p in pts], marker=marker,
+                            label=f"clion {mode}")
+            for ax, key, name in zip(axes, ("sign", "final_train_loss", "final_gap"),
+                                     ("sign-branch fraction", "training-subset loss", "gap"),
+                                     strict=True):  # fmt: skip
+                ref = ws.nu_reference.get(key)
+                if key != "sign" and ref is not None and ref.mean is not None:
+                    ax.axhline(ref.mean, color="gray", linestyle="--", label="lion")
+                ax.set_xscale("log")
+                ax.set_xlabel("ν")
+                ax.set_title(name)
+                _legend(ax)
+            fig.suptitle(f"{ws.name}: ν sweep at N = {ws.nu_size}")
+            return fig
+
+        attempt(ws.name, "nu", f"nu-{ws.name}.png", nu_plot)
+    return dict(plots), errors
+
+
+# ------------------------------------------------------------------------------ writing
+
+
+def findings_from_csv(csv_text: str, meta: dict) -> list[str]:
+    """The Findings lines recomputed from ``results.csv`` and ``bench.json`` alone."""
+    return findings(analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT), meta))
+
+
+def findings_block(report_text: str) -> list[str]:
+    begin = report_text.index(FINDINGS_BEGIN) + len(FINDINGS_BEGIN)
+    return report_text[begin:report_text.index(FINDINGS_END)].strip("\n").splitlines()
+
+
+def write_study_report(out_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``results.csv`` and ``plots/*.png`` of a study directory."""
+    meta = read_json(out_dir / "bench.json")
+    if not isinstance(meta, dict) or meta.get("study") != "gen-gap":
+        raise ReportError(f"{out_dir}/bench.json is not a gen-gap study's")
+    results, problems = load_results(out_dir)
+    rows = sorted((summarize_run(r) for r in results),
+                  key=lambda r: (r["workload"], r["stage"], r["optimizer"], r["n"] or 0,
+                                 r["seed"]))  # fmt: skip
+    csv_text = rows_csv(rows, CSV_COLUMNS)
+    studies = analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT), meta)
+    plots, errors = make_plots(studies, results, out_dir / "plots")
+    timing = timing_lines(results, out_dir / "host-load.log")
+    atomic_write_text(out_dir / "results.csv", csv_text)
+    atomic_write_text(out_dir / "report.md",
+                      report_markdown(studies, meta, plots, problems + errors, timing))
+    return {"report": out_dir / "report.md", "csv": out_dir / "results.csv",
+            **{f"{w}-{k}": out_dir / v for w, d in plots.items() for k, v in d.items()}}
+

@@ -1,0 +1,235 @@
+"""``clion-bench study gen-gap``: planning, resumption, the slope math, errors, GPU dry run,
+and that the committed report and README say what the committed CSV gives. Fast."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clion_hf._files import read_json
+from clion_hf.bench.cli import main
+from clion_hf.bench.specs import parse_optimizer, parse_optimizers
+from clion_hf.bench.stats import bootstrap_means
+from clion_hf.bench.study import build_study, sizes_of
+from clion_hf.bench.study_report import (
+    CSV_COLUMNS,
+    Estimate,
+    analyze,
+    findings_block,
+    findings_from_csv,
+    matched_point,
+    seed_slope,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TUNED = str(REPO / "docs" / "benchmarks" / "cpu-2026-11-29")
+COMMITTED = REPO / "docs" / "benchmarks" / "gen-gap-cpu-2026-11-29"
+
+
+# ------------------------------------------------------------------------------ the math
+
+
+def test_seed_slope_recovers_a_power_law_and_matches_scipy():
+    from scipy.stats import linregress
+
+    sizes = [2048, 1024, 512, 256, 128]
+    assert seed_slope({n: 3.0 / n for n in sizes}) == pytest.approx(-1.0, abs=1e-12)
+    assert seed_slope({n: 0.5 * n**-0.5 for n in sizes}) == pytest.approx(-0.5, abs=1e-12)
+    rng = np.random.default_rng(1)
+    gaps = {n: 2.0 * n**-0.7 * math.exp(rng.normal(0, 0.2)) for n in sizes}
+    ref = linregress(np.log(sizes), np.log([gaps[n] for n in sizes])).slope
+    assert seed_slope(gaps) == pytest.approx(ref, rel=1e-10)
+    # non-positive gaps are left out; fewer than 3 usable sizes: no slope
+    assert seed_slope({2048: -0.1, 1024: 1 / 1024, 512: 1 / 512, 256: 1 / 256}) == pytest.approx(-1)
+    assert seed_slope({2048: -0.1, 1024: 0.0, 512: 1 / 512, 256: 1 / 256}) is None
+
+
+def test_slope_interval_over_seeds_covers_the_true_slope():
+    """Known case: gap = C·N^-1 with multiplicative noise per (seed, N); the mean per-seed
+    slope's 95% bootstrap interval covers -1 and is as wide as the noise makes it."""
+    rng = np.random.default_rng(0)
+    sizes = [1024, 512, 256, 128, 64]
+    slopes = [seed_slope({n: 5.0 / n * math.exp(rng.normal(0, 0.1)) for n in sizes})
+              for _ in range(20)]  # fmt: skip
+    est = Estimate([s for s in slopes if s is not None])
+    assert est.lo < -1.0 < est.hi
+    assert est.hi - est.lo < 0.15
+    # the interval is the percentile interval of stats.bootstrap_means
+    dist = bootstrap_means(est.values)
+    assert est.lo == pytest.approx(float(np.quantile(dist, 0.025)))
+
+
+def test_matched_point_is_the_first_evaluation_at_or_below_the_target():
+    row = {"curve": "10:2.0:2.1;20:1.5:1.8;30:1.2:1.7;40:1.1:1.75"}
+    assert matched_point(row, 1.5) == (20, pytest.approx(0.3))
+    assert matched_point(row, 1.19) == (40, pytest.approx(0.65))
+    assert matched_point(row, 1.0) is None
+
+
+def _rows(meta: dict, gap, train=lambda n, s: 1.0) -> list[dict]:
+    """Synthetic CSV rows of a study: gap(label, n, seed), final train loss train(n, s)."""
+    rows = []
+    w = meta["workloads"][0]
+    for r in meta["rows"][w]:
+        spec = parse_optimizer(r["spec"])
+        mode, nu = (spec.get("mode"), spec.get("nu")) if spec.name == "clion" else ("", None)
+        for n in meta["sizes"][w]:
+            for s in meta["seeds"]:
+                g, t = gap(r["label"], n, s), train(n, s)
+                rows.append({
+                    "run_id": f"{r['label']}-{n}-{s}", "workload": w, "optimizer": r["label"],
+                    "stage": "size", "mode": mode, "nu": nu, "n": n, "seed": s, "lr": r["lr"],
+                    "status": "ok", "reason": "", "final_gap": g, "final_train_loss": t,
+                    "tau_min": None, "tau_median": None, "sign_fraction_mean": None,
+                    "curve": f"5:{t + 1!r}:{t + 1 + g / 2!r};10:{t!r}:{t + g!r}",
+                })  # fmt: skip
+    return rows
+
+
+def test_analysis_detects_a_slope_difference_and_not_an_absent_one():
+    study = build_study("smoke", None, parse_optimizers("lion:lr=1e-3,clion:mode=element,lr=1e-3"),
+                        None, seeds=5, sizes=3, nu_sweep=False)  # fmt: skip
+    meta = study.describe()
+    rng = np.random.default_rng(2)
+    noise = {(n, s): math.exp(rng.normal(0, 0.05)) for n in (16, 32, 64) for s in range(99, 106)}
+
+    def gap(label, n, s):
+        return (1 / n if label.startswith("lion") else 1 / math.sqrt(n)) * noise[(n, s)]
+
+    ws = analyze(_rows(meta, gap), meta)[0]
+    lion = ws.slopes["fixed"]["lion:lr=0.001"]
+    assert lion.lo < -1 < lion.hi
+    (c,) = ws.comparisons["fixed"]
+    assert c.detected and c.lo > 0  # clion's -0.5 minus lion's -1
+    # a ν-sweep run with a row's label but another ν is not one of the row's runs; the sweep
+    # point equal to the row's configuration is (whatever stage it was recorded under)
+    label = "clion:mode=element,lr=0.001"
+    element = [r for r in _rows(meta, gap) if r["optimizer"] == label]
+    stray = {**element[0], "run_id": "stray", "stage": "nu", "nu": 1e-2, "final_gap": 1e3}
+    same_point = [{**r, "stage": "nu"} if r["seed"] == 100 else r for r in _rows(meta, gap)]
+    for extra in ([stray], []):
+        got = analyze([*same_point, *extra], meta)[0]
+        assert got.slopes["fixed"][label].values == ws.slopes["fixed"][label].values
+        assert len(got.slopes["fixed"][label].values) == 5
+    same = analyze(_rows(meta, lambda lb, n, s: noise[(n, s)] / n), meta)[0]
+    (c,) = same.comparisons["fixed"]
+    assert c.mean == pytest.approx(0) and not c.detected
+    assert "no difference detected" in "\n".join(
+        findings_from_csv(_csv(_rows(meta, lambda lb, n, s: noise[(n, s)] / n)), meta))
+
+
+def _csv(rows: list[dict]) -> str:
+    from clion_hf.bench.report import rows_csv
+
+    return rows_csv([{**{k: None for k in CSV_COLUMNS}, "max_steps": 20, "weight_decay": 0.0,
+                      **r} for r in rows], CSV_COLUMNS)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ planning
+
+
+def test_study_plans_every_run_and_resumes_from_results():
+    study = build_study("cpu", None, None, TUNED)
+    runs = study.all_runs()
+    # 2 workloads x 4 optimizers x 5 sizes x 3 seeds, plus the sweeps (8 points x 2 seeds),
+    # less the sweep points that are the tuned element run itself
+    assert len(runs) == 2 * 4 * 5 * 3 + 2 * 8 * 2 - 4 == study.run_counts()[0]
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert sizes_of(2048, 5) == (2048, 1024, 512, 256, 128)
+    plans = study.plan({})
+    assert sum(len(p.needed) for p in plans) == len(runs)
+    done = {r.run_id: {"run_id": r.run_id} for r in runs[::2]}
+    left = [r for p in study.plan(done) for r in p.needed]
+    assert {r.run_id for r in left} == {r.run_id for r in runs[1::2]}
+    # run ids are stable: a second build (a resumed call) plans the same runs
+    again = build_study("cpu", None, None, TUNED)
+    assert [r.run_id for r in again.all_runs()] == [r.run_id for r in runs]
+    lion = next(r for r in runs if r.optimizer == "lion")
+    assert "track_stats=true" in lion.recipe_args
+    args = list(runs[0].recipe_args)
+    assert args[args.index("--train_subset_size") + 1] == "2048"
+    assert args.count("--eval_steps") == 1 and "--eval_train_subset" in args
+
+
+def test_tuned_hyper_parameters_come_from_the_run_directory():
+    study = build_study("cpu", ["vit-pretrain"], None, TUNED)
+    rows = {r.label: r for r in study.rows["vit-pretrain"]}
+    from clion_hf.bench.report import rows_from_csv
+
+    csv_rows = rows_from_csv((Path(TUNED) / "results.csv").read_text())
+    finals = {(r["optimizer"], r["lr"], r["weight_decay"]) for r in csv_rows
+              if r["workload"] == "vit-pretrain" and r["phase"] == "final"}  # fmt: skip
+    for label, row in rows.items():
+        assert (label, row.lr, row.weight_decay) in finals
+    assert rows["clion:mode=element"].spec.get("nu") == 1e-5  # the tuned ν
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "nope"], "unknown study preset 'nope'"),
+    (["--preset", "cpu", "--workloads", "bert-pretrain"], "not in study preset 'cpu'"),
+    (["--preset", "cpu"], "pass --tuned DIR"),
+    (["--preset", "cpu", "--tuned", "/nonexistent"], "--tuned /nonexistent: no such directory"),
+    (["--preset", "cpu", "--tuned", TUNED, "--optimizers", "lion:caution=true"],
+     "is not in --tuned"),
+    (["--preset", "cpu", "--tuned", TUNED, "--sizes", "1"], "--sizes 1 must be >= 2"),
+    (["--preset", "cpu", "--tuned", TUNED, "--sizes", "13"], "halves to below 1"),
+    (["--preset", "cpu", "--tuned", TUNED, "--sizes", "2"], "ν sweep's N = 512"),
+    (["--preset", "cpu", "--optimizers", "lion:lr=-1"], "invalid lr=-1.0"),
+    (["--out", "/nonexistent-dir", "--report_only"], "no results in"),
+    (["--out", "x"], "required: --preset"),
+])  # fmt: skip
+def test_bad_input_is_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "gen-gap", *argv])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_gpu_preset_dry_run_sizes_and_estimates(capsys):
+    code = main(["study", "gen-gap", "--preset", "gpu", "--optimizers",
+                 "adamw:lr=6e-4,lion:lr=2e-4,clion:lr=0.2,clion:mode=element,lr=2e-4",
+                 "--dry_run"])  # fmt: skip
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "# 148 runs (1 at a time)" in out and "estimated device time" in out
+    assert "N in [65536, 32768, 16384, 8192, 4096]" in out
+    assert "N in [32768, 16384, 8192, 4096, 2048]" in out
+    commands = [ln for ln in out.splitlines() if not ln.startswith("#")]
+    assert len(commands) == 148
+    assert all("single_gpu.yaml" in c and "--bf16 true" in c for c in commands)
+    assert any("wikitext-103-raw-v1" in c for c in commands)
+    assert any("--dataset_name cifar10" in c for c in commands)
+
+
+@pytest.mark.slow
+def test_recipe_refuses_bad_gen_gap_options(offline_env, tmp_path):
+    def recipe(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(REPO / "recipes" / "vit_pretrain.py"),
+                               "--output_dir", str(tmp_path / "o"), *args],
+                              capture_output=True, text=True, env=offline_env, timeout=300)
+
+    for args, msg in ((("--stop_at_train_loss", "-1"), "--stop_at_train_loss -1.0 must be"),
+                      (("--train_subset_size", "0"), "--train_subset_size 0 must be >= 1"),
+                      (("--train_subset_size", "100000"), "larger than the training set")):
+        proc = recipe(*args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert msg in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ committed
+
+
+@pytest.mark.skipif(not (COMMITTED / "report.md").is_file(), reason="no committed study yet")
+def test_committed_report_findings_are_what_its_csv_gives_and_readme_copies_them():
+    report = (COMMITTED / "report.md").read_text()
+    block = findings_block(report)
+    meta = read_json(COMMITTED / "bench.json")
+    assert findings_from_csv((COMMITTED / "results.csv").read_text(), meta) == block
+    readme = (REPO / "README.md").read_text()
+    assert findings_block(readme) == block and len(block) >= 4
