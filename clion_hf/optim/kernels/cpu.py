@@ -425,10 +425,26 @@ def _load_isa(name: str) -> Library:
     return Library(lib, "", name, name != GENERIC)
 
 
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    """The kernel library of :func:`selected_isa`, or ``(None, reason)``."""
+_override: str | None = None
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Run the kernel built for target ``name`` inside the block (benchmarks, tests)."""
+    global _override
+    if name not in host_isas() + [GENERIC]:
+        raise ValueError(f"target {name!r}: this CPU runs {', '.join(host_isas() + [GENERIC])}")
+    before, _override = _override, name
     try:
-        name = selected_isa()
+        yield
+    finally:
+        _override = before
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The kernel library of :func:`selected_isa` (or :func:`use_isa`'s), or ``(None, reason)``."""
+    try:
+        name = _override or selected_isa()
     except ValueError as e:
         return None, str(e)
     loaded = _load_isa(name)
