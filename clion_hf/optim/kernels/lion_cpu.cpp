@@ -146,7 +146,7 @@ template <> struct Compute<double> { using type = double; };
 
 template <typename V, typename T>
 inline V splat(T x) {
-  return V{} + x;  // every lane x
+  return x - V{};  // every lane x (x - 0 keeps the sign of a zero, x + 0 would not)
 }
 
 // fma on whole vectors: the target's instruction, or mul then add where the target has
@@ -248,12 +248,20 @@ inline V lerp(V start, V end, V w, U small) {
   return vfma(w, end - start, (V)(((U)start & small) | ((U)end & ~small)));
 }
 
-// torch.sign: -1, 0, +1, and NaN stays NaN (as C(x > 0) - C(x < 0), NaN kept).
+// torch.sign for finite x: -1, 0 (+0.0 for either zero, as ATen), +1. NaN and inf are
+// replaced afterwards by nonfinite_to_nan, so they need no care here: copysign(1, x),
+// then 0 where x == 0 (4 vector instructions).
 template <typename C, typename V = typename Vec<C>::V, typename U = typename Vec<C>::U>
 inline V sgn(V x) {
   const U one = (U)splat<V>(C(1));
-  const V s = (V)((U)(x > C(0)) & one) - (V)((U)(x < C(0)) & one);
-  return x != x ? x : s;
+  const U sign_bit = (U)splat<V>(C(-0.0));
+  return (V)((((U)x & sign_bit) | one) & ~(U)(x == C(0)));
+}
+
+// h where c is finite, NaN where it is not (c - c is 0 exactly when c is finite).
+template <typename C, typename V = typename Vec<C>::V>
+inline V nonfinite_to_nan(V h, V c) {
+  return c - c == C(0) ? h : splat<V>(std::numeric_limits<C>::quiet_NaN());
 }
 
 template <typename V>
@@ -310,11 +318,11 @@ struct Consts {
 };
 
 // Whether a call needs the GENERAL instantiation: a lerp weight of 0.5 or more (beta <=
-// 0.5) or a tensor lr. Everything else (the defaults) runs the specialised code.
+// 0.5), a tensor lr or maximize. Everything else (the defaults) runs specialised code.
 template <typename C>
 inline bool general(const ClionHyper& hp) {
   return !(std::fabs(C(hp.w1)) < C(0.5)) || !(std::fabs(C(hp.w2)) < C(0.5)) ||
-         hp.lr_is_tensor != 0;
+         hp.lr_is_tensor != 0 || hp.maximize != 0;
 }
 
 // The accumulators of one chunk, one lane each.
@@ -335,7 +343,7 @@ inline void update_vec(P* p, const P* g, M* m, const Consts<C>& k, bool take, Ac
   using V = typename Vec<C>::V;
   using I = typename Vec<C>::I;
   const V pc = vload(p);
-  const V gc = vload(g) * k.gsign;
+  const V gc = GENERAL ? vload(g) * k.gsign : vload(g);
   const V mc = vload(m);
   const V c = lerp<GENERAL>(mc, gc, k.w1, k.small1);
   const V a = vabs(c);
@@ -350,7 +358,7 @@ inline void update_vec(P* p, const P* g, M* m, const Consts<C>& k, bool take, Ac
     const V q = c / k.nu;
     h = q < C(-1) ? splat<V>(C(-1)) : (q > C(1) ? splat<V>(C(1)) : q);
   }
-  h = c - c == C(0) ? h : splat<V>(qnan<C>());  // NaN wherever c is not finite
+  h = nonfinite_to_nan<C>(h, c);  // NaN wherever c is not finite
   if (MODE == ELEMENT || MODE == SOFT) acc.count -= (I)(a >= k.nu) & valid;
   if (CAUTION) h = h * gc > C(0) ? (h * C(1)) * k.scale : (h * C(0)) * k.scale;
   if (TRACK_MIN) {
@@ -428,11 +436,11 @@ inline void reduce_vec(const P* g, const M* m, const Consts<C>& k, Acc<C>& acc,
                        typename Vec<C>::I valid) {
   using V = typename Vec<C>::V;
   using I = typename Vec<C>::I;
-  const V gc = vload(g) * k.gsign;
+  const V gc = GENERAL ? vload(g) * k.gsign : vload(g);
   const V c = lerp<GENERAL>(vload(m), gc, k.w1, k.small1);
   const V a = vabs(c);
   if (AGREE) {
-    const V s = c - c == C(0) ? sgn<C>(c) : splat<V>(qnan<C>());
+    const V s = nonfinite_to_nan<C>(sgn<C>(c), c);
     acc.agree -= (I)(s * gc > C(0)) & valid;
   }
   const V nz = a == C(0) ? splat<V>(inf<C>()) : a;
@@ -531,7 +539,9 @@ void run_update(const ClionHyper& hp, const ClionLists& t, int nthreads) {
   const std::vector<Work> work = plan(ntensors, t.numel);
   std::vector<Stats> parts(work.size());
   const int64_t nwork = static_cast<int64_t>(work.size());
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nwork > 1)
+// dynamic: on a shared machine a descheduled thread's chunks go to the others (results
+// do not depend on which thread runs a chunk: they are combined in chunk order).
+#pragma omp parallel for schedule(dynamic) num_threads(nthreads) if (nwork > 1)
   for (int64_t w = 0; w < nwork; ++w) {
     const Work& k = work[w];
     P* p = static_cast<P*>(ps[k.tensor]) + k.start;
@@ -564,7 +574,9 @@ void run_reduce(const ClionHyper& hp, const ClionLists& t, int nthreads) {
   const ReduceFn rfn = t.agree ? (gen ? reduce_chunk<P, M, true, true> : reduce_chunk<P, M, true, false>)
                                : (gen ? reduce_chunk<P, M, false, true> : reduce_chunk<P, M, false, false>);
   const int64_t nwork = static_cast<int64_t>(work.size());
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nwork > 1)
+// dynamic: on a shared machine a descheduled thread's chunks go to the others (results
+// do not depend on which thread runs a chunk: they are combined in chunk order).
+#pragma omp parallel for schedule(dynamic) num_threads(nthreads) if (nwork > 1)
   for (int64_t w = 0; w < nwork; ++w) {
     const Work& k = work[w];
     if ((stop == STOP_ALL && found_any.load(std::memory_order_relaxed)) ||
