@@ -77,7 +77,8 @@ def test_fsdp2_cpu_offload_trains_on_the_fused_cpu_kernel(tmp_path: Path, mode: 
     for s in report["steps"]:
         assert s["decisions"] == s["ref_decisions"]
         assert s["max_param_diff"] < 1e-12
-        assert s["min_abs_c"] == pytest.approx(s["ref_min_abs_c"], rel=1e-9)
+        if mode == "global":  # reduced across ranks (element: each rank's own shard)
+            assert s["min_abs_c"] == pytest.approx(s["ref_min_abs_c"], rel=1e-9)
 
 
 @pytest.mark.slow

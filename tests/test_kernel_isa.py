@@ -31,9 +31,11 @@ CHUNK_FUNCTIONS = (8 * 2 + 4) * 10
 
 _HEAD = re.compile(r"^([0-9a-f]+) <(.*)>:$")
 _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
-# Scalar SSE/AVX floating point (…ss / …sd forms, conversions to or from a scalar) and x87.
+# Scalar SSE/AVX floating-point work (…ss / …sd arithmetic, compares, conversions to or
+# from a scalar) and x87. Plain moves (movss/movsd) are not work: under register pressure
+# GCC reloads a constant with movss and broadcasts it inside a vector loop.
 _SCALAR = re.compile(
-    r"^v?(?:add|sub|mul|div|min|max|sqrt|u?comi|cmp\w*|mov|f?n?m(?:add|sub)\d{3}|round|rcp\d*"
+    r"^v?(?:add|sub|mul|div|min|max|sqrt|u?comi|cmp\w*|f?n?m(?:add|sub)\d{3}|round|rcp\d*"
     r"|rsqrt\d*|getexp|getmant|scalef|range|reduce|fixupimm|rndscale)s[sd]$"
     r"|^v?cvt\w*s[sd]2|^v?cvt\w*2s[sd]$|^f(?:ld|st|add|sub|mul|div|com|ucom)\w*$"
 )
