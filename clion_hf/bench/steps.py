@@ -49,7 +49,7 @@ from clion_hf._files import atomic_write_text
 
 from .argtypes import positive_int
 
-MODELS = ("gpt2", "bert", "vit", "tiny")
+MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
 DEFAULT_MODELS = "gpt2,bert,vit"
 
 
@@ -63,6 +63,13 @@ def model_shapes(name: str) -> list[tuple[int, ...]]:
         "bert": lambda: tf.BertForMaskedLM(tf.BertConfig()),  # bert-base-uncased, 110M
         # ViT-B/16 at 224 px with the 1000-class ImageNet head, 86.6M
         "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(num_labels=1000)),
+        # Llama-3.2-1B's tensor shapes (vocab 128256, hidden 2048, MLP 8192, 32/8 heads,
+        # tied embedding) with 1 of its 16 decoder layers: 323M parameters, the largest
+        # 1B-shaped step whose AdamW + Lion + CLion states fit in ~8 GB (CPU offload).
+        "llama1b-1layer": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(
+            vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+            num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8,
+            tie_word_embeddings=True)),  # fmt: skip
         "tiny": lambda: tf.GPT2LMHeadModel(
             tf.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
         ),
