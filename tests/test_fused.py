@@ -385,9 +385,12 @@ def test_bench_steps_smoke(tmp_path):
     cmd = [sys.executable, "-m", "clion_hf.bench.steps", "--models", "tiny", "--repeats", "2",
            "--optimizers", "adamw-fused,lion-pytorch-foreach,timm-lion,lion-fused,"
            "clion-element-fused,clion-global-foreach", "--out", str(out)]  # fmt: skip
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # no spin-wait stalls (see README)
+    tmp = tmp_path / "tmp"  # its fresh kernel/Triton caches go here, and must go away
+    tmp.mkdir()
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(tmp)}  # no spin-wait
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list(tmp.iterdir())  # issue 11 item 12: two temporary directories were left
     table = out.read_text()
     assert table == proc.stdout.split("\n", 0)[0] or "| tiny | lion-fused |" in table
     for name in ("adamw-fused", "lion-pytorch-foreach", "lion-fused", "clion-element-fused",

@@ -17,11 +17,18 @@ fraction of coordinates that took the sign branch (0%: the early exit), and the
 ``-fused-sign`` rows force the full pass with nu=1e-30. "compile" is the first step's
 time (construction included) minus a median step: the one-off cost of compiled paths
 (clion_hf's C++ kernel on CPU, Triton on CUDA).
+
+``--isa`` (CPU) times the fused kernel of every instruction set this host runs
+(``x86-64``, ``x86-64-v3``, ``x86-64-v4``, ``armv8-a``; see
+:mod:`clion_hf.optim.kernels.cpu`) in nanoseconds per element, each mode against the
+eager (foreach) path and torch AdamW, in interleaved rounds. ``CLION_HF_CPU_ISA`` picks
+the kernel of the ordinary table.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import io
@@ -42,7 +49,7 @@ from clion_hf._files import atomic_write_text
 
 from .argtypes import positive_int
 
-MODELS = ("gpt2", "bert", "vit", "tiny")
+MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
 DEFAULT_MODELS = "gpt2,bert,vit"
 
 
@@ -56,6 +63,13 @@ def model_shapes(name: str) -> list[tuple[int, ...]]:
         "bert": lambda: tf.BertForMaskedLM(tf.BertConfig()),  # bert-base-uncased, 110M
         # ViT-B/16 at 224 px with the 1000-class ImageNet head, 86.6M
         "vit": lambda: tf.ViTForImageClassification(tf.ViTConfig(num_labels=1000)),
+        # Llama-3.2-1B's tensor shapes (vocab 128256, hidden 2048, MLP 8192, 32/8 heads,
+        # tied embedding) with 1 of its 16 decoder layers: 323M parameters, the largest
+        # 1B-shaped step whose AdamW + Lion + CLion states fit in ~8 GB (CPU offload).
+        "llama1b-1layer": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(
+            vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+            num_hidden_layers=1, num_attention_heads=32, num_key_value_heads=8,
+            tie_word_embeddings=True)),  # fmt: skip
         "tiny": lambda: tf.GPT2LMHeadModel(
             tf.GPT2Config(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=64)
         ),
@@ -242,6 +256,71 @@ def bench_model(
     return numel
 
 
+ISA_MODES = ("lion", "clion-global", "clion-tensor", "clion-element", "clion-soft")
+
+
+def isa_table(model: str, *, dtype: torch.dtype, repeats: int,
+              log: Callable[[str], None]) -> tuple[int, list[dict[str, str]]]:  # fmt: skip
+    """ns/element of each mode's fused kernel per target this CPU runs, against the eager
+    (foreach) path and torch AdamW foreach/fused, in interleaved rounds."""
+    from clion_hf import CLion, Lion
+    from clion_hf.optim.kernels import cpu
+
+    lr, wd = 1e-4, 0.1
+
+    def make(mode: str, **kw: Any) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+        if mode == "lion":
+            return lambda ps: Lion(ps, lr=lr, weight_decay=wd, **kw)
+        return lambda ps: CLion(ps, lr=lr, weight_decay=wd, mode=mode[6:], nu=1e-5, **kw)
+
+    runs: list[tuple[str, str, Callable[..., torch.optim.Optimizer], str | None]] = [
+        ("torch", "adamw-fused", lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
+                                                              fused=True), None),
+        ("torch", "adamw-foreach", lambda ps: torch.optim.AdamW(ps, lr=lr, weight_decay=wd,
+                                                                foreach=True), None),
+    ]  # fmt: skip
+    runs += [("eager", m, make(m, foreach=True, fused=False), None) for m in ISA_MODES]
+    for isa in cpu.host_isas():
+        runs += [(isa, m, make(m, fused=True), isa) for m in ISA_MODES]
+    shapes = model_shapes(model)
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for s in shapes:
+        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(dtype))
+        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(dtype)
+        params.append(p)
+    numel = sum(p.numel() for p in params)
+    log(f"{model}: {numel / 1e6:.1f}M parameters; targets {', '.join(cpu.host_isas())}")
+
+    def step(opt: torch.optim.Optimizer, isa: str | None) -> float:
+        with cpu.use_isa(isa) if isa else contextlib.nullcontext():
+            return _timed_step(opt, "cpu")
+
+    opts = []
+    for _impl, _mode, mk, isa in runs:
+        opt = mk(params)
+        step(opt, isa)  # builds the kernel of the target, allocates the state
+        opts.append(opt)
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for i, (opt, run) in enumerate(zip(opts, runs, strict=True)):
+            times[i].append(step(opt, run[3]))
+    ref = times[0]
+    table = []
+    for (impl, mode, _, _), ts, opt in zip(runs, times, opts, strict=True):
+        ratio = statistics.median(t / r for t, r in zip(ts, ref, strict=True))
+        stats = getattr(opt, "last_step_stats", None)
+        note = f"sign branch {stats()['sign_fraction']:.0%}" if stats is not None else ""
+        table.append(dict(target=impl, optimizer=mode, ns_per_elem=_fmt(
+            statistics.median(ts) / numel * 1e9, ".3f"), vs_adamw_fused=_fmt(ratio, ".2f"),
+            note=note))  # fmt: skip
+    return numel, table
+
+
+ISA_HEADERS = {"target": "target", "optimizer": "optimizer", "ns_per_elem": "ns/element",
+               "vs_adamw_fused": "× AdamW fused", "note": "note"}  # fmt: skip
+
+
 def _fmt(x: float, spec: str) -> str:
     return "–" if x != x else format(x, spec)  # NaN -> dash
 
@@ -286,9 +365,9 @@ HEADERS = {
 }  # fmt: skip
 
 
-def markdown(table: list[dict[str, str]]) -> str:
-    keys = list(HEADERS)
-    lines = ["| " + " | ".join(HEADERS[k] for k in keys) + " |",
+def markdown(table: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> str:
+    keys = list(headers)
+    lines = ["| " + " | ".join(headers[k] for k in keys) + " |",
              "|" + "|".join("---" for _ in keys) + "|"]  # fmt: skip
     lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in table]
     return "\n".join(lines)
@@ -306,6 +385,15 @@ def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str
     else:
         dev = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+    if device == "cpu":
+        from clion_hf.optim.kernels import cpu
+
+        try:
+            isa = cpu.selected_isa()
+        except ValueError as e:
+            isa = str(e)
+        dev += f"; clion_hf kernel target {isa} (torch capability " \
+               f"{torch.backends.cpu.get_cpu_capability()})"
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"{now}; {device}: {dev}; torch {torch.__version__}, triton {tv}, python "
             f"{platform.python_version()}; dtype {str(dtype).replace('torch.', '')}; "
@@ -335,6 +423,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--optimizers", default="all",
                         help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
     parser.add_argument("--out", help="also write the table here: .md (markdown) or .csv")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch/OpenMP threads (default: torch's); 1 is the least "
+                             "disturbed on a shared machine")  # fmt: skip
+    parser.add_argument("--isa", action="store_true",
+                        help="CPU: ns/element of the fused kernel of every instruction "
+                             "set this host runs, against eager and torch AdamW")  # fmt: skip
     parser.add_argument("--warm-cache", action="store_true",
                         help="reuse the on-disk caches of clion_hf's CPU kernel and of "
                              "Triton (default: fresh ones, so the compile column is the cold "
@@ -358,11 +452,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"steps: error: unknown models/optimizers {bad}; models: {', '.join(MODELS)}; "
               f"optimizers: {', '.join(OPTIMIZERS)}", file=sys.stderr)  # fmt: skip
         return 2
-    if not args.warm_cache:
-        # Fresh caches (clion_hf's built CPU kernel, Triton's kernels): the compile column
-        # is then the honest first-run cost.
-        os.environ["CLION_HF_CACHE"] = tempfile.mkdtemp(prefix="clion-bench-cache-")
-        os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="clion-bench-triton-")
+    if args.isa and device != "cpu":
+        print("steps: error: --isa times the CPU kernel: use it with --device cpu",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with contextlib.ExitStack() as stack:
+        if not args.warm_cache:
+            # Fresh caches (clion_hf's built CPU kernel, Triton's kernels): the compile
+            # column is then the honest first-run cost. Removed at the end.
+            for var, prefix in (("CLION_HF_CACHE", "clion-bench-cache-"),
+                                ("TRITON_CACHE_DIR", "clion-bench-triton-")):  # fmt: skip
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+                stack.enter_context(_env(var, tmp))
+        return _run(args, device, models, wanted)
+
+
+@contextlib.contextmanager
+def _env(var: str, value: str) -> Any:
+    before = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = before
+
+
+def _run(args: argparse.Namespace, device: str, models: list[str],
+         wanted: list[str] | None) -> int:  # fmt: skip
     if device == "cpu" and "OMP_WAIT_POLICY" not in os.environ:
         print("steps: note: OMP_WAIT_POLICY is unset; on some VMs OpenMP's default spinning "
               "makes parallel regions stall for a scheduler tick (~4-8 ms each). Compare with "
@@ -372,6 +493,16 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     bw = copy_bandwidth(device)
+    if args.isa:
+        numel, isa_rows = isa_table(models[0], dtype=args.dtype, repeats=args.repeats, log=log)
+        env = environment(device, bw, args.dtype, args.repeats)
+        text = (f"{env}\n\nns/element of one step on {models[0]}'s shapes ({numel / 1e6:.1f}M "
+                f"elements); ratios are medians of per-round ratios\n\n"
+                f"{markdown(isa_rows, ISA_HEADERS)}\n")  # fmt: skip
+        print(text)
+        if args.out:
+            atomic_write_text(Path(args.out), text)
+        return 0
     table: list[dict[str, str]] = []
     for model in models:
         cands = [c for c in candidates(device, args.momentum_dtype)

@@ -1,7 +1,11 @@
 """FSDP2 (``fully_shard``) on CPU/gloo vs an unsharded run with the same global batch.
 
 Launched by tests/test_distributed.py: ``torchrun --nproc_per_node 2 fsdp2_worker.py
-MODE OUT_JSON``. ``nu`` is chosen from the first step's gradient so that at least one
+MODE OUT_JSON [offload]``. ``offload``: ``CPUOffloadPolicy`` (sharded parameters,
+gradients and optimizer state on the CPU) and ``fused=True`` (the C++ kernel) on both
+runs; MODE ``lion`` then trains :class:`clion_hf.Lion`.
+
+``nu`` is chosen from the first step's gradient so that at least one
 rank's shard would decide differently from the whole model (``global``) or the whole
 tensor (``tensor``) if the min were not reduced across ranks; the sharded parameters and
 the per-tensor decisions must then match the unsharded run at every step.
@@ -18,11 +22,23 @@ import torch.distributed as dist
 from _finish import finish  # the file beside this one
 from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import CPUOffloadPolicy, fully_shard
 
-from clion_hf import CLion
+from clion_hf import CLion, Lion
+from clion_hf.optim.kernels import cpu as kernel_cpu
 
 BETA1, LR, STEPS = 0.9, 0.05, 4
+CALLS: list[int] = []
+_update = kernel_cpu.update
+
+
+def _counted_update(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    # The real C++ kernel runs; the count shows that the fused CPU path was taken.
+    CALLS.append(1)
+    return _update(*args, **kwargs)
+
+
+kernel_cpu.update = _counted_update
 
 
 def build() -> nn.Module:
@@ -75,24 +91,41 @@ def choose_nu(mode: str, world: int) -> tuple[float, str]:
     return math.sqrt(lo * hi), why
 
 
-def decisions(opt: CLion) -> list[bool]:
+def decisions(opt: CLion | Lion) -> list[bool]:
+    if not isinstance(opt, CLion):
+        return []
     return [t["sign_fraction"] > 0 for t in opt.last_step_stats(per_tensor=True)["tensors"]]
+
+
+def make(mode: str, params, nu: float, fused: bool | None) -> CLion | Lion:  # noqa: ANN001
+    if mode == "lion":
+        return Lion(params, lr=LR, betas=(BETA1, 0.99), weight_decay=0.1, fused=fused)
+    return CLion(params, lr=LR, betas=(BETA1, 0.99), nu=nu, mode=mode, fused=fused)
+
+
+def stats(opt: CLion | Lion) -> dict:
+    if not isinstance(opt, CLion):
+        return {"min_abs_c": 0.0, "tensors": []}
+    return opt.last_step_stats(True)
 
 
 def main() -> None:
     mode, out = sys.argv[1], sys.argv[2]
+    offload = sys.argv[3:] == ["offload"]
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    nu, why = choose_nu(mode, world)
+    nu, why = choose_nu(mode, world) if mode in ("global", "tensor") else (1e-3, "")
+    fused = True if offload else None
+    kw = {"offload_policy": CPUOffloadPolicy(pin_memory=False)} if offload else {}
 
     ref = build()
-    ref_opt = CLion(ref.parameters(), lr=LR, betas=(BETA1, 0.99), nu=nu, mode=mode)
+    ref_opt = make(mode, ref.parameters(), nu, fused)
     sharded = build()
     mesh = init_device_mesh("cpu", (world,))
     for layer in (sharded[0], sharded[2]):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(sharded, mesh=mesh)
-    opt = CLion(sharded.parameters(), lr=LR, betas=(BETA1, 0.99), nu=nu, mode=mode)
+        fully_shard(layer, mesh=mesh, **kw)
+    fully_shard(sharded, mesh=mesh, **kw)
+    opt = make(mode, sharded.parameters(), nu, fused)
 
     x, y = batch()
     local = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
@@ -109,16 +142,22 @@ def main() -> None:
             (p.full_tensor() - q).abs().max().item()
             for p, q in zip(sharded.parameters(), ref.parameters(), strict=True)
         ]
-        ref_stats, stats = ref_opt.last_step_stats(True), opt.last_step_stats(True)
+        ref_stats, stats_ = stats(ref_opt), stats(opt)
         report["steps"].append({
             "max_param_diff": max(diffs),
             "ref_decisions": decisions(ref_opt),
             "decisions": decisions(opt),
             "ref_min_abs_c": ref_stats["min_abs_c"],
-            "min_abs_c": stats["min_abs_c"],
+            "min_abs_c": stats_["min_abs_c"],
             "ref_tensor_mins": [t["min_abs_c"] for t in ref_stats["tensors"]],
-            "tensor_mins": [t["min_abs_c"] for t in stats["tensors"]],
+            "tensor_mins": [t["min_abs_c"] for t in stats_["tensors"]],
         })  # fmt: skip
+    # Where the state lives and which implementation ran (offload: the CPU kernel).
+    report["state_devices"] = sorted({str(v.device) for st in opt.state.values()
+                                      for v in st.values() if isinstance(v, torch.Tensor)})
+    report["param_devices"] = sorted({str(p.device) for p in sharded.parameters()})
+    report["offload"] = offload
+    report["kernel_calls"] = len(CALLS)
     if rank == 0:
         with open(out, "w") as f:
             json.dump(report, f)

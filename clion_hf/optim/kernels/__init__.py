@@ -17,7 +17,7 @@ C++ torch extension: see :mod:`.cpu` (build time and portability); the dispatche
 the same operator either way.
 
 When the fused path runs: ``fused=True``, or by default on CPU where the C++ kernel
-builds (:func:`default_fused`): it gives the foreach path's results bit for bit. On CUDA
+builds vectorised (:func:`default_fused`): it gives the foreach path's results bit for bit. On CUDA
 it is opt-in: the Triton kernels are tested under ``TRITON_INTERPRET=1`` only so far.
 Inside a compiled step the optimizers trace the plain math unless ``fused=True`` is set
 (then this op is called from the graph): Inductor fuses traced math with the rest of the
@@ -64,7 +64,8 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def default_fused(params: list[Tensor]) -> bool:
-    """The automatic choice (``fused=None``, ``foreach=None``): CPU, where the kernel builds."""
+    """The automatic choice (``fused=None``, ``foreach=None``): CPU, where the kernel builds
+    vectorised (elsewhere the foreach path is faster; :func:`.cpu.vectorised` says so)."""
     from . import cpu
 
     return (
@@ -72,6 +73,7 @@ def default_fused(params: list[Tensor]) -> bool:
         and not _FORCE_TRITON
         and all(p.device.type == "cpu" for p in params)
         and cpu.available()
+        and cpu.vectorised()
     )
 
 

@@ -5,16 +5,32 @@ CLion statistics (sign-branch count, min non-zero ``abs(c)``) taken in the same 
 ``global``/``tensor`` modes and cautious Lion run a reduction pass first (8 bytes per
 element). OpenMP threads share chunks of all tensors, so small tensors cost no launches.
 
-The source is compiled on first use with the system C++ compiler (a few seconds, no
-torch headers) and cached under ``$CLION_HF_CACHE/kernels`` (default
-``~/.cache/clion_hf/kernels``), keyed by source, compiler and CPU, and loaded with
-``ctypes``. Why not a torch C++ extension: building against torch's headers takes a
-minute or more, needs a matching compiler and headers, and is redone for every torch
-version; the plain C++ builds in seconds with any compiler. What an extension would give
-(the dispatcher seeing the call, version counters, FakeTensor shapes, the profiler) comes
-from the custom op in :mod:`clion_hf.optim.kernels` that calls :func:`update` here.
-Without a working compiler :func:`available` is False and the optimizers use the eager
-paths (``fused=True`` then raises, naming the compiler error).
+**Targets.** The source is written with explicit vectors and compiled once per
+instruction set, never with ``-march=native``: ``x86-64`` (SSE2), ``x86-64-v3`` (AVX2 +
+FMA), ``x86-64-v4`` (AVX-512) and ``armv8-a`` (NEON). The target is the one matching
+torch's CPU capability (``torch.backends.cpu.get_cpu_capability()``, which also says
+whether ATen's kernels use fma, so the bits stay the foreach path's), capped by what
+``/proc/cpuinfo`` shows; ``CLION_HF_CPU_ISA=x86-64-v3`` forces one (to test and time the
+AVX2 build on an AVX-512 host). On other machines a portable build still serves
+``fused=True``, but it is not vectorised, so the default (``fused=None``) is then the
+foreach path, said once at INFO level and recorded with the build.
+
+**Cache.** Builds go to ``$CLION_HF_CACHE/kernels`` (default ``~/.cache/clion_hf``),
+keyed by source, flags, compiler and target, written under a temporary name and renamed,
+with their size and SHA-256 recorded next to them (``.json``) and checked before every
+load: a truncated or foreign library is rebuilt (and said so), never loaded. The
+directory is created 0700 and must belong to the user and not be group/world-writable
+(else the kernel is built in a private temporary directory, with a warning); the build
+lock is opened with ``O_NOFOLLOW``. The first build (seconds) is announced with a
+warning-level log line, so that it shows without any logging set up.
+
+Why not a torch C++ extension: building against torch's headers takes a minute or more,
+needs a matching compiler and headers, and is redone for every torch version; the plain
+C++ builds in seconds with any compiler. What an extension would give (the dispatcher
+seeing the call, version counters, FakeTensor shapes, the profiler) comes from the custom
+op in :mod:`clion_hf.optim.kernels` that calls :func:`update` here. Without a working
+compiler :func:`available` is False and the optimizers use the eager paths
+(``fused=True`` then raises, naming the compiler error).
 
 The arguments travel in two records, :class:`CHyper` and :class:`CLists`, the ctypes
 mirrors of ``ClionHyper``/``ClionLists`` in the source; the loader compares their layout
@@ -29,14 +45,19 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
 import platform
+import shlex
 import shutil
+import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -53,9 +74,100 @@ _DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16:
 _RULES = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
 _STOP = {None: 0, "tensor": 1, "all": 2}
 _FLAGS = ["-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
-# Tried in order: OpenMP threads and this CPU's vector units; then without OpenMP (Apple
-# clang has none); then portable code (compilers without -march=native).
-_VARIANTS = (["-march=native", "-fopenmp"], ["-march=native"], [])
+# Tried in order: with OpenMP threads, then without (Apple clang has no OpenMP).
+_VARIANTS = (["-fopenmp"], [])
+
+
+class Isa(NamedTuple):
+    """One build target: the machine it runs on, its compiler flags, its vector width."""
+
+    machine: str
+    flags: tuple[str, ...]
+    vector_bytes: int
+    features: frozenset[str] = frozenset()  # /proc/cpuinfo flags the code needs
+
+
+_V3 = frozenset({"avx", "avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "f16c", "xsave"})
+ISAS: dict[str, Isa] = {
+    "x86-64": Isa("x86_64", ("-march=x86-64", "-mtune=generic"), 16, frozenset({"sse2"})),
+    "x86-64-v3": Isa("x86_64", ("-march=x86-64-v3", "-mtune=generic"), 32, _V3),
+    "x86-64-v4": Isa("x86_64", ("-march=x86-64-v4", "-mtune=generic"), 64,
+                     _V3 | {"avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"}),
+    "armv8-a": Isa("aarch64", ("-march=armv8-a",), 16),
+}  # fmt: skip
+"""The vectorised targets, by the names GCC/Clang give them (``-march=``)."""
+GENERIC = "generic"
+"""Any other machine: portable code, whatever the compiler makes of it (not vectorised)."""
+_GENERIC = Isa("", (), 16)
+_CAPABILITY = {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}
+"""torch's CPU capability -> the target whose fma use matches ATen's kernels."""
+
+
+def _machine() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(m, m)
+
+
+def _cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where not readable."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def host_isas() -> list[str]:
+    """The targets this CPU can run, lowest first (x86: by its cpuinfo flags)."""
+    machine, flags = _machine(), _cpu_flags()
+    out = [name for name, isa in ISAS.items() if isa.machine == machine
+           and (flags is None or isa.features <= flags)]  # fmt: skip
+    if flags is None and machine == "x86_64":  # no cpuinfo: trust torch's capability only
+        cap = torch.backends.cpu.get_cpu_capability()
+        out = ["x86-64"] + [_CAPABILITY[c] for c in ("AVX2", "AVX512")
+                            if c in _CAPABILITY and (c == cap or (c, cap) == ("AVX2", "AVX512"))]
+    return out
+
+
+def _auto_isa() -> str:
+    runnable = host_isas()
+    if not runnable:
+        return GENERIC
+    if _machine() != "x86_64":
+        return runnable[-1]
+    # ATen's kernels use fma from AVX2 up: the kernel follows torch's capability (and so
+    # ATEN_CPU_CAPABILITY), so that fused and foreach give the same bits.
+    want = _CAPABILITY.get(torch.backends.cpu.get_cpu_capability(), "x86-64")
+    order = list(ISAS)
+    return max((i for i in runnable if order.index(i) <= order.index(want)), key=order.index)
+
+
+@functools.cache
+def selected_isa() -> str:
+    """The target of this process: ``CLION_HF_CPU_ISA`` if set, else the host's (see above)."""
+    forced = os.environ.get("CLION_HF_CPU_ISA", "").strip()
+    if not forced:
+        return _auto_isa()
+    allowed = host_isas() + [GENERIC]
+    if forced not in allowed:
+        raise ValueError(f"CLION_HF_CPU_ISA={forced!r}: this CPU runs {', '.join(allowed)}")
+    return forced
+
+
+def _isa(name: str) -> Isa:
+    return _GENERIC if name == GENERIC else ISAS[name]
+
+
+def _compiler() -> list[str] | None:
+    """The C++ compiler command, split like a shell would (``CXX="ccache g++"``)."""
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shlex.split(cxx)
+    found = shutil.which("c++") or shutil.which("g++")
+    return [found] if found else None
 
 
 class CHyper(ctypes.Structure):
@@ -100,87 +212,201 @@ def _layout() -> list[int]:
     return out
 
 
-def _cpu_id() -> str:
-    # -march=native code must not be reused on a different CPU (shared home directories).
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
-        return "".join(lines)
-    except OSError:
-        return platform.processor() + platform.machine()
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
-def _compile(cxx: str, out: Path, flags: list[str]) -> None:
+def _compile(cxx: list[str], out: Path, flags: list[str]) -> dict:
+    """Build to ``out`` atomically (temporary name, then rename); the record to keep."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         # With -fopenmp the library links libgomp.so.1; torch (imported first) has loaded
         # its own copy under that name, so both share one OpenMP runtime and thread pool.
-        subprocess.run([cxx, *_FLAGS, *flags, str(SOURCE), "-o", str(tmp)], check=True,
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+        subprocess.run([*cxx, *_FLAGS, *flags, str(SOURCE), "-o", str(tmp)], check=True,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+        tmp.chmod(0o700)
+        record = {"size": tmp.stat().st_size, "sha256": _sha256(tmp), "flags": flags}
         os.replace(tmp, out)  # atomic: concurrent ranks may build the same file
+        return record
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def _build_lock(out: Path) -> Iterator[None]:
-    """An exclusive lock on ``out``'s build (POSIX ``flock``; elsewhere none)."""
+    """An exclusive lock on ``out``'s build (POSIX ``flock``; elsewhere none).
+
+    The lock file is opened with ``O_NOFOLLOW``: a planted symlink fails (``OSError``)
+    instead of having its target truncated or locked.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: concurrent builds still end in one atomic rename
         yield
         return
-    with open(out.with_name(out.name + ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(out.with_name(out.name + ".lock"), flags, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
-def _build(cxx: str, out: Path) -> str | None:
-    """Compile to ``out`` with the first flag variant that works; None, or the first error."""
+def _clean_stale(out: Path) -> None:
+    """Remove temporary files of builds that died (SIGKILL): under ``out``'s lock, every
+    ``.tmp`` of ``out`` is stale; others when their process is gone."""
+    for tmp in out.parent.glob(".lion_cpu-*.tmp"):  # .so and .json
+        stale = tmp.name.startswith(f".{out.name}.")
+        if not stale:
+            try:
+                os.kill(int(tmp.name.rsplit(".", 2)[-2]), 0)
+            except (ValueError, ProcessLookupError):
+                stale = True
+            except PermissionError:
+                pass
+        if stale:
+            tmp.unlink(missing_ok=True)
+
+
+def _verify(out: Path, meta: Path) -> str | None:
+    """None if ``out`` is the library its record describes; else what is wrong."""
+    try:
+        record = json.loads(meta.read_text())
+        st = os.lstat(out)
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except (OSError, ValueError) as e:
+        return f"its record is unreadable ({e})"
+    problem = _untrusted(out, st)
+    if problem:
+        return problem
+    if st.st_size != record.get("size"):
+        return f"size {st.st_size} bytes, built {record.get('size')}"
+    if _sha256(out) != record.get("sha256"):
+        return "its SHA-256 differs from the build's"
+    return None
+
+
+def _untrusted(path: Path, st: os.stat_result | None = None) -> str | None:
+    """Why ``path`` (a cache directory or file) cannot be trusted, or None."""
+    st = st or os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{path} is a symlink"
+    if hasattr(os, "getuid") and st.st_uid != os.getuid():
+        return f"{path} is owned by uid {st.st_uid}, not by this user ({os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"{path} is group- or world-writable (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _private_dir(path: Path) -> str | None:
+    """Create ``path`` (and missing parents) 0700; None, or why it cannot be trusted."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+        return _untrusted(path)
+    except OSError as e:
+        return f"{path}: {e}"
+
+
+class Library(NamedTuple):
+    """A loaded kernel library, or why there is none."""
+
+    lib: ctypes.CDLL | None
+    reason: str
+    isa: str
+    vectorised: bool
+
+
+def _build_into(cxx: list[str], out: Path, isa: Isa) -> tuple[dict | None, str]:
+    """Compile ``out`` with the first variant that works: (record, "") or (None, error)."""
     errors: list[str] = []
-    for flags in _VARIANTS:
+    for extra in _VARIANTS:
+        flags = [*isa.flags, *extra]
         try:
-            _compile(cxx, out, flags)
-            return None
+            return _compile(cxx, out, flags), ""
         except subprocess.CalledProcessError as e:
             errors.append((e.stderr.strip().splitlines() or ["failed"])[-1])
         except (OSError, subprocess.SubprocessError) as e:
             errors.append(str(e))
-    return errors[0]
+    return None, errors[0]
+
+
+def _obtain(cxx: list[str], version: str, name: str, kdir: Path) -> tuple[Path | None, str]:
+    """The verified library file for target ``name`` in ``kdir``, built if needed."""
+    isa = _isa(name)
+    text = "\0".join([SOURCE.read_text(), str((_FLAGS, _VARIANTS, isa.flags)), " ".join(cxx),
+                      version])
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    out = kdir / f"lion_cpu-{name}-{key}.so"
+    meta = out.with_suffix(".json")
+    with _build_lock(out):  # the ranks of one job build once, the others wait
+        _clean_stale(out)
+        problem = _verify(out, meta) if out.exists() or meta.exists() else "absent"
+        if problem is None:
+            return out, ""
+        if problem != "absent":
+            logger.warning("clion_hf: the cached CPU kernel %s is not the one built (%s): "
+                           "rebuilding it", out, problem)  # fmt: skip
+            out.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+        logger.warning("clion_hf: building the fused CPU kernel for %s into %s (once, ~10 s)",
+                       name, kdir)  # fmt: skip
+        record, error = _build_into(cxx, out, isa)
+        if record is None:
+            return None, f"{' '.join(cxx)} could not build {SOURCE.name} for {name}: {error}"
+        record.update(isa=name, vectorised=name != GENERIC)
+        tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0),
+                     0o600)  # fmt: skip
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, meta)
+        problem = _verify(out, meta)
+        if problem is not None:
+            return None, f"the kernel just built at {out} does not verify: {problem}"
+        return out, ""
 
 
 @functools.cache
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    """The compiled kernel library, or ``(None, reason)`` if it cannot be built."""
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+def _load_isa(name: str) -> Library:
+    """The compiled kernel library for target ``name`` (building it on first use)."""
+    isa = _isa(name)
+    cxx = _compiler()
     if not cxx:
-        return None, "no C++ compiler found (set CXX or install g++/clang++)"
+        return Library(None, "no C++ compiler found (set CXX or install g++/clang++)", name, False)
     try:
-        version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+        version = subprocess.run([*cxx, "--version"], capture_output=True, text=True,
                                  timeout=60).stdout  # fmt: skip
     except (OSError, subprocess.SubprocessError) as e:
-        return None, f"C++ compiler {cxx!r} does not run: {e}"
-    key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), str((_FLAGS, _VARIANTS)), version, _cpu_id()]).encode()
-    ).hexdigest()[:16]
-    out = cache_dir() / "kernels" / f"lion_cpu-{key}.so"
-    if not out.exists():
-        logger.info("building clion_hf's CPU kernel into %s (once per machine)", out)
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            with _build_lock(out):  # the ranks of one job build once, the others wait
-                error = None if out.exists() else _build(cxx, out)
-        except OSError as e:
-            error = str(e)
-        if error is not None:
-            return None, f"{cxx} could not build {SOURCE.name}: {error}"
+        return Library(None, f"C++ compiler {' '.join(cxx)!r} does not run: {e}", name, False)
+    kdir = cache_dir() / "kernels"
+    private = None
+    problem = _private_dir(kdir)
+    if problem is not None:
+        private = Path(tempfile.mkdtemp(prefix="clion_hf-kernels-"))
+        logger.warning("clion_hf: not using the kernel cache (%s); building in %s for this "
+                       "process", problem, private)  # fmt: skip
+        kdir = private
     try:
-        lib = ctypes.CDLL(str(out))
-    except OSError as e:
-        return None, f"the built kernel {out} does not load: {e}"
+        try:
+            out, reason = _obtain(cxx, version, name, kdir)
+        except OSError as e:
+            out, reason = None, f"the kernel cache {kdir}: {e}"
+        if out is None:
+            return Library(None, reason, name, False)
+        try:
+            lib = ctypes.CDLL(str(out))
+        except OSError as e:
+            return Library(None, f"the built kernel {out} does not load: {e}", name, False)
+    finally:
+        if private is not None:  # loaded (or failed): the private copy is not needed
+            shutil.rmtree(private, ignore_errors=True)
     hyper_p, lists_p = ctypes.POINTER(CHyper), ctypes.POINTER(CLists)
     lib.clion_update.argtypes = [hyper_p, lists_p, ctypes.c_int]
     lib.clion_reduce.argtypes = [hyper_p, lists_p, ctypes.c_int]
@@ -191,8 +417,51 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     got = (ctypes.c_int64 * 64)()
     n = lib.clion_layout(got, 64)
     if list(got[:n]) != expected:
-        return None, f"the built kernel {out} has another argument layout than this loader"
-    return lib, ""
+        return Library(None, f"the built kernel {out} has another argument layout than this "
+                       "loader", name, False)  # fmt: skip
+    if lib.clion_vector_bytes() != isa.vector_bytes:
+        return Library(None, f"the built kernel {out} has {lib.clion_vector_bytes()}-byte "
+                       f"vectors, not {isa.vector_bytes} for {name}", name, False)  # fmt: skip
+    return Library(lib, "", name, name != GENERIC)
+
+
+_override: str | None = None
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    """Run the kernel built for target ``name`` inside the block (benchmarks, tests)."""
+    global _override
+    if name not in host_isas() + [GENERIC]:
+        raise ValueError(f"target {name!r}: this CPU runs {', '.join(host_isas() + [GENERIC])}")
+    before, _override = _override, name
+    try:
+        yield
+    finally:
+        _override = before
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The kernel library of :func:`selected_isa` (or :func:`use_isa`'s), or ``(None, reason)``."""
+    try:
+        name = _override or selected_isa()
+    except ValueError as e:
+        return None, str(e)
+    loaded = _load_isa(name)
+    return loaded.lib, loaded.reason
+
+
+@functools.cache
+def vectorised() -> bool:
+    """Whether the kernel of this process is vectorised (then it is the CPU default)."""
+    lib, _ = _load()
+    if lib is None:
+        return False
+    loaded = _load_isa(selected_isa())
+    if not loaded.vectorised:
+        logger.info("clion_hf: no vectorised CPU kernel for this %s machine: the default "
+                    "is the foreach path (fused=True runs the portable build)", _machine())
+    return loaded.vectorised
 
 
 @functools.cache

@@ -1,0 +1,404 @@
+"""The fused CPU kernel's machine code, targets and cache (clion_hf/optim/kernels/cpu.py).
+
+A compiler report (``-fopt-info-vec``) once said "vectorised" while the function that ran
+was a scalar ``.constprop`` clone. These tests read the machine code instead: they build
+the kernel for every x86 target the compiler supports, disassemble it (``objdump``), find
+every chunk function (``update_chunk``/``reduce_chunk``, clones included) and fail on any
+loop that does scalar floating-point work or lacks vector instructions of the target's
+width. A ``perf`` run checks that those functions are where a step spends its time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from clion_hf.optim.kernels import cpu
+
+ROOT = Path(__file__).resolve().parents[1]
+X86 = [name for name, isa in cpu.ISAS.items() if isa.machine == "x86_64"]
+WIDTH = {"x86-64": "xmm", "x86-64-v3": "ymm", "x86-64-v4": "zmm"}
+# 8 update variants x {specialised, general} + 4 reduce variants, for 10 dtype pairs
+CHUNK_FUNCTIONS = (8 * 2 + 4) * 10
+
+_HEAD = re.compile(r"^([0-9a-f]+) <(.*)>:$")
+_INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
+# Scalar SSE/AVX floating-point work (…ss / …sd arithmetic, compares, conversions to or
+# from a scalar) and x87. Plain moves (movss/movsd) are not work: under register pressure
+# GCC reloads a constant with movss and broadcasts it inside a vector loop.
+_SCALAR = re.compile(
+    r"^v?(?:add|sub|mul|div|min|max|sqrt|u?comi|cmp\w*|f?n?m(?:add|sub)\d{3}|round|rcp\d*"
+    r"|rsqrt\d*|getexp|getmant|scalef|range|reduce|fixupimm|rndscale)s[sd]$"
+    r"|^v?cvt\w*s[sd]2|^v?cvt\w*2s[sd]$|^f(?:ld|st|add|sub|mul|div|com|ucom)\w*$"
+)
+_PACKED = re.compile(r"^v?\w+p[sd]$")
+
+
+def disassemble(so: Path) -> dict[str, list[tuple[int, str, str]]]:
+    """Function name -> [(address, mnemonic, operands)] from ``objdump -d -C``."""
+    text = subprocess.run(["objdump", "-d", "-C", "-w", "--no-show-raw-insn", str(so)],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    funcs: dict[str, list[tuple[int, str, str]]] = {}
+    cur = None
+    for line in text.splitlines():
+        if m := _HEAD.match(line):
+            cur = funcs.setdefault(m.group(2), [])
+        elif (m := _INSN.match(line)) and cur is not None:
+            cur.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    return funcs
+
+
+def _target(operands: str) -> int | None:
+    m = re.match(r"([0-9a-f]+)\s*<", operands)
+    return int(m.group(1), 16) if m else None
+
+
+def loops(insns: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]:
+    """The instructions of each cycle of the function's control-flow graph (its strongly
+    connected components), so that a backward jump that is not a loop is not one."""
+    if not insns:
+        return []
+    index = {a: i for i, (a, _, _) in enumerate(insns)}
+    leaders = {0}
+    for i, (_, mn, ops) in enumerate(insns):
+        if mn.startswith(("j", "ret")):
+            leaders.add(i + 1)
+            if mn.startswith("j") and _target(ops) in index:
+                leaders.add(index[_target(ops)])
+    starts = sorted(x for x in leaders if x < len(insns))
+    bounds = list(zip(starts, starts[1:] + [len(insns)], strict=True))
+    block = {i: b for b, (s, e) in enumerate(bounds) for i in range(s, e)}
+    succ: list[list[int]] = [[] for _ in bounds]
+    for b, (_, e) in enumerate(bounds):
+        _, mn, ops = insns[e - 1]
+        if mn.startswith("j") and _target(ops) in index:
+            succ[b].append(block[index[_target(ops)]])
+        if not (mn == "jmp" or mn.startswith("ret")) and e < len(insns):
+            succ[b].append(block[e])
+    # Tarjan's strongly connected components, iteratively.
+    order: dict[int, int] = {}
+    low: dict[int, int] = {}
+    stack: list[int] = []
+    on: set[int] = set()
+    comps: list[list[int]] = []
+    for root in range(len(bounds)):
+        if root in order:
+            continue
+        work = [(root, 0)]
+        while work:
+            v, i = work.pop()
+            if i == 0:
+                order[v] = low[v] = len(order)
+                stack.append(v)
+                on.add(v)
+            if i < len(succ[v]):
+                work.append((v, i + 1))
+                w = succ[v][i]
+                if w not in order:
+                    work.append((w, 0))
+                elif w in on:
+                    low[v] = min(low[v], order[w])
+                continue
+            if low[v] == order[v]:
+                comp = []
+                while True:
+                    w = stack.pop()
+                    on.discard(w)
+                    comp.append(w)
+                    if w == v:
+                        break
+                comps.append(comp)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[v])
+    return [[insns[i] for b in sorted(c) for i in range(*bounds[b])]
+            for c in comps if len(c) > 1 or c[0] in succ[c[0]]]  # fmt: skip
+
+
+def hot_loop_problems(so: Path, width: str) -> list[str]:
+    """What is wrong with the chunk functions of ``so``: scalar floating point in a loop,
+    a chunk function without a loop of ``width`` (xmm/ymm/zmm) packed instructions."""
+    funcs = disassemble(so)
+    chunk = {n: ins for n, ins in funcs.items() if re.search(r"(update|reduce)_chunk<", n)}
+    problems = []
+    if len(chunk) < CHUNK_FUNCTIONS:
+        problems.append(f"{len(chunk)} chunk functions, expected {CHUNK_FUNCTIONS}")
+    for name, ins in chunk.items():
+        found = loops(ins)
+        scalar = [f"{mn} {ops}" for body in found for _, mn, ops in body if _SCALAR.match(mn)]
+        packed = [mn for body in found for _, mn, ops in body
+                  if _PACKED.match(mn) and f"%{width}" in ops]  # fmt: skip
+        if scalar:
+            problems.append(f"{name}: scalar loop ({'; '.join(scalar[:3])})")
+        if not packed:
+            problems.append(f"{name}: no loop of packed {width} instructions")
+    return problems
+
+
+def _tools() -> None:
+    if not shutil.which("objdump"):
+        pytest.skip("objdump not installed")
+    if cpu._compiler() is None:
+        pytest.skip("no C++ compiler")
+
+
+def _built(name: str) -> Path:
+    """The kernel library for target ``name`` as the loader builds it (cached)."""
+    cxx = cpu._compiler()
+    version = subprocess.run([*cxx, "--version"], capture_output=True, text=True).stdout
+    kdir = cpu.cache_dir() / "kernels"
+    assert cpu._private_dir(kdir) is None
+    out, reason = cpu._obtain(cxx, version, name, kdir)
+    if out is None:
+        if "-march" in reason or "unrecognized" in reason or "bad value" in reason:
+            pytest.skip(f"the compiler does not support {name}: {reason}")
+        raise AssertionError(reason)
+    return out
+
+
+def test_the_check_fails_on_a_scalar_loop(tmp_path):
+    # The check itself must be able to fail: a chunk function compiled without vectors.
+    _tools()
+    src = tmp_path / "scalar.cpp"
+    src.write_text(
+        "template <typename T> __attribute__((noinline)) void update_chunk(T* p, const T* g,\n"
+        "    long n) { for (long i = 0; i < n; ++i) p[i] = g[i] > 0 ? p[i] - g[i] : p[i]; }\n"
+        "template void update_chunk<float>(float*, const float*, long);\n"
+    )
+    so = tmp_path / "scalar.so"
+    subprocess.run([*cpu._compiler(), "-O2", "-fno-tree-vectorize", "-shared", "-fPIC",
+                    str(src), "-o", str(so)], check=True)  # fmt: skip
+    problems = hot_loop_problems(so, "xmm")
+    assert any("scalar loop" in p for p in problems), problems
+    assert any("no loop of packed xmm" in p for p in problems), problems
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", X86)
+def test_hot_loops_are_vectorised_on_every_x86_target(name):
+    # Every target is built and inspected, whatever this host can run.
+    _tools()
+    problems = hot_loop_problems(_built(name), WIDTH[name])
+    assert not problems, "\n".join(problems[:20])
+
+
+PERF_STEP = """
+import torch
+from clion_hf import CLion, Lion
+torch.set_num_threads(1)
+ps = [torch.nn.Parameter(torch.randn(3_000_000)) for _ in range(2)]
+for p in ps:
+    p.grad = torch.randn_like(p)
+opts = [Lion(ps, fused=True), CLion(ps, mode="element", nu=1e-3, fused=True)]
+for _ in range(40):
+    for o in opts:
+        o.step()
+"""
+
+
+@pytest.mark.slow
+def test_a_step_spends_its_kernel_time_in_the_inspected_functions(tmp_path):
+    # The functions the check above inspects are the ones that run: perf's samples in the
+    # kernel library fall in update_chunk/reduce_chunk (not in a clone or an inlined copy).
+    if not shutil.which("perf"):
+        pytest.skip("perf not installed")
+    data = tmp_path / "perf.data"
+    rec = subprocess.run(["perf", "record", "-q", "-o", str(data), sys.executable, "-c",
+                          PERF_STEP], capture_output=True, text=True, timeout=600)  # fmt: skip
+    if rec.returncode != 0 or not data.exists():
+        pytest.skip(f"perf record does not run here: {rec.stderr.strip()[-300:]}")
+    rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso,sym"],
+                         capture_output=True, text=True, timeout=600).stdout  # fmt: skip
+    rows = [ln for ln in rep.splitlines() if "lion_cpu-" in ln and "%" in ln]
+    share = {"chunk": 0.0, "other": 0.0}
+    for ln in rows:
+        pct = float(ln.split("%")[0].strip())
+        share["chunk" if re.search(r"(update|reduce)_chunk<", ln) else "other"] += pct
+    assert share["chunk"] > 0, rep[:3000]
+    assert share["chunk"] >= 0.9 * (share["chunk"] + share["other"]), rows
+
+
+# ------------------------------------------------------------------ choosing the target
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+@pytest.mark.skipif(cpu._machine() != "x86_64", reason="x86 targets")
+def test_the_target_follows_torch_capability_and_can_be_forced():
+    code = "from clion_hf.optim.kernels import cpu; print(cpu.selected_isa())"
+    cap = torch.backends.cpu.get_cpu_capability()
+    want = {"AVX512": "x86-64-v4", "AVX2": "x86-64-v3"}.get(cap, "x86-64")
+    assert _python(code).stdout.strip() == want
+    # ATen without fma (its DEFAULT kernels): the kernel without fma, so the bits agree.
+    assert _python(code, ATEN_CPU_CAPABILITY="default").stdout.strip() == "x86-64"
+    assert _python(code, CLION_HF_CPU_ISA="x86-64").stdout.strip() == "x86-64"
+    bad = _python("from clion_hf.optim.kernels import cpu; print(cpu.unavailable_reason())",
+                  CLION_HF_CPU_ISA="pentium4")  # fmt: skip
+    assert "CLION_HF_CPU_ISA='pentium4': this CPU runs x86-64" in bad.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "env", [{"CLION_HF_CPU_ISA": "x86-64-v3"}, {"ATEN_CPU_CAPABILITY": "default"}],
+    ids=["forced-avx2", "sse2-with-aten-default"],
+)
+def test_other_targets_equal_foreach_bitwise(env):
+    # The bitwise tests of test_fused.py, run with the AVX2 build and with the SSE2 build
+    # (chosen automatically when ATen runs its DEFAULT, fma-free kernels).
+    if cpu._machine() != "x86_64" or (env.get("CLION_HF_CPU_ISA", "x86-64") not in
+                                      cpu.host_isas()):  # fmt: skip
+        pytest.skip("needs an x86 host that runs the target")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         str(ROOT / "tests" / "test_fused.py"), "-k", "equals_foreach"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=1800, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_default_is_foreach_where_the_kernel_is_not_vectorised(tmp_path):
+    # An unknown machine gets the portable build: fused=True runs it, the default does not.
+    code = ("import logging, torch; logging.basicConfig(level=logging.INFO)\n"
+            "from clion_hf.optim import kernels\n"
+            "from clion_hf.optim.kernels import cpu\n"
+            "ok = kernels.default_fused([torch.ones(2)])\n"
+            "print(cpu.selected_isa(), cpu.available(), ok)")  # fmt: skip
+    proc = _python(code, CLION_HF_CPU_ISA="generic", CLION_HF_CACHE=str(tmp_path))
+    assert proc.stdout.split() == ["generic", "True", "False"], proc.stderr[-2000:]
+    assert "no vectorised CPU kernel" in proc.stderr and "the default is the foreach" in proc.stderr
+    meta = next((tmp_path / "kernels").glob("lion_cpu-generic-*.json")).read_text()
+    assert '"vectorised": false' in meta
+
+
+# ------------------------------------------------------------ the cache (issue 11: 4, 5, 12)
+
+LOAD = ("from clion_hf.optim.kernels import cpu; lib, why = cpu._load(); "
+        "print(lib._name if lib else 'NONE ' + why)")  # fmt: skip
+
+
+@pytest.fixture
+def seeded(tmp_path: Path) -> Path:
+    """A kernel cache in ``tmp_path`` holding this host's built library and its record
+    (copied from the session's cache, so no test here pays for a build it does not test)."""
+    lib, why = cpu._load()
+    assert lib is not None, why
+    src = Path(lib._name)
+    kdir = tmp_path / "kernels"
+    kdir.mkdir(mode=0o700)
+    for f in (src, src.with_suffix(".json")):
+        shutil.copy2(f, kdir / f.name)
+    return kdir / src.name
+
+
+def _args() -> tuple[list[str], str]:
+    cxx = cpu._compiler()
+    return cxx, subprocess.run([*cxx, "--version"], capture_output=True, text=True).stdout
+
+
+@pytest.mark.slow
+def test_a_truncated_cached_kernel_is_rebuilt_not_loaded(seeded, tmp_path):
+    # A truncated library used to kill every later process with SIGBUS, never rebuilt.
+    good = seeded.read_bytes()
+    seeded.write_bytes(good[: len(good) // 2])
+    proc = _python(LOAD, CLION_HF_CACHE=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert Path(proc.stdout.strip()) == seeded and seeded.read_bytes() == good
+    assert "is not the one built" in proc.stderr and "rebuilding" in proc.stderr
+    assert "building the fused CPU kernel" in proc.stderr  # shown without logging set up
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "same-size", "record"])
+def test_a_damaged_cached_kernel_fails_verification(seeded, damage):
+    meta = seeded.with_suffix(".json")
+    assert cpu._verify(seeded, meta) is None
+    good = seeded.read_bytes()
+    if damage == "truncate":
+        seeded.write_bytes(good[:4096])
+    elif damage == "garbage":
+        seeded.write_bytes(b"\0" * len(good))
+    elif damage == "same-size":  # a planted library of the same size: only the hash tells
+        seeded.write_bytes(good[:-64] + b"X" * 64)
+    else:
+        meta.write_text("{")
+    problem = cpu._verify(seeded, meta)
+    assert problem and any(w in problem for w in ("size", "SHA-256", "unreadable")), problem
+
+
+def test_cache_directories_are_created_private():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        old = os.umask(0)  # world-writable by default: the cache must not follow
+        try:
+            assert cpu._private_dir(Path(d) / "c" / "kernels") is None
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((Path(d) / "c").stat().st_mode) == 0o700
+        assert stat.S_IMODE((Path(d) / "c" / "kernels").stat().st_mode) == 0o700
+
+
+def test_the_build_lock_does_not_follow_a_symlink(seeded, tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    seeded.with_name(seeded.name + ".lock").symlink_to(victim)
+    with pytest.raises(OSError), cpu._build_lock(seeded):
+        pass
+    assert victim.read_text() == "keep me"
+    cxx, version = _args()
+    with pytest.raises(OSError):
+        cpu._obtain(cxx, version, cpu.selected_isa(), seeded.parent)
+
+
+def test_an_untrusted_cache_directory_or_file_is_refused(seeded):
+    kdir = seeded.parent
+    assert cpu._untrusted(kdir) is None and cpu._verify(seeded, seeded.with_suffix(".json")) is None
+    seeded.chmod(0o722)
+    assert "group- or world-writable" in cpu._verify(seeded, seeded.with_suffix(".json"))
+    kdir.chmod(0o777)  # anyone could plant a library here
+    assert "world-writable" in cpu._private_dir(kdir)
+
+
+@pytest.mark.slow
+def test_an_untrusted_cache_directory_makes_a_private_build(tmp_path):
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    kernels.chmod(0o777)
+    proc = _python(LOAD, CLION_HF_CACHE=str(tmp_path))
+    assert proc.returncode == 0 and not proc.stdout.startswith("NONE"), proc.stderr[-2000:]
+    assert "not using the kernel cache" in proc.stderr and "world-writable" in proc.stderr
+    assert not list(kernels.iterdir())  # built privately, nothing written there
+
+
+def test_cxx_with_a_launcher_is_split_like_a_shell(monkeypatch):
+    # CXX="ccache g++": a launcher and the compiler (here `env`, always installed).
+    real = cpu._compiler()
+    monkeypatch.setenv("CXX", f"env {' '.join(real)}")
+    cxx = cpu._compiler()
+    assert cxx == ["env", *real]
+    assert subprocess.run([*cxx, "--version"], capture_output=True).returncode == 0
+
+
+def test_temporary_files_of_a_killed_build_are_removed(seeded):
+    dead = 2**22 + 12345  # above Linux's largest pid: not a running process
+    stale = [seeded.with_name(f".{seeded.name}.{dead}.tmp"),
+             seeded.with_name(f".lion_cpu-x86-64-0000.so.{dead}.tmp"),
+             seeded.with_name(f".{seeded.with_suffix('.json').name}.{dead}.tmp")]  # fmt: skip
+    live = seeded.with_name(f".lion_cpu-x86-64-0000.so.{os.getpid()}.tmp")
+    for s in [*stale, live]:
+        s.write_bytes(b"partial")
+    cxx, version = _args()
+    out, why = cpu._obtain(cxx, version, cpu.selected_isa(), seeded.parent)
+    assert out == seeded, why
+    assert not [s for s in stale if s.exists()] and live.exists()
