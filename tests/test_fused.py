@@ -93,6 +93,26 @@ def test_fused_cpu_equals_foreach_maximize_tensor_lr_complex(name, kw):
     _assert_same(*_step_pair(opt_cls, [(40, 3), (7,)], torch.complex64, None, lr=0.01, **kw))
 
 
+@pytest.mark.parametrize("pdt", [torch.float32, torch.bfloat16, torch.float64],
+                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("nu", [1e-50, 1e-40], ids=["rounds-to-0", "subnormal"])
+def test_fused_cpu_element_with_an_nu_below_the_compute_precision(pdt, nu):
+    # The kernel's element branch writes sign(c) as copysign(1, c), which needs nu > 0 in
+    # the compute dtype; 1e-50 is 0 in fp32, so c = 0 takes the sign branch there, where
+    # sign(0) = 0 (the kernel's general instantiation). Exact zeros in c: zero gradients
+    # on a zero momentum, at every step.
+    def grads(p, step):
+        g = torch.randn(p.shape)
+        g.view(-1)[::3] = 0.0
+        return g.to(p.dtype)
+
+    run = _step_pair(CLion, SHAPES, pdt, None, grads=grads, lr=0.01, weight_decay=0.1,
+                     mode="element", nu=nu)  # fmt: skip
+    _assert_same(*run)
+    fraction = run[3].last_step_stats()["sign_fraction"]
+    assert fraction == 1.0 if (pdt != torch.float64 and nu == 1e-50) else fraction < 1.0
+
+
 def test_fused_cpu_nan_and_strided_grads_follow_foreach():
     def grads(p, step):
         g = torch.randn(tuple(reversed(p.shape))).t() if p.dim() == 2 else torch.randn(p.shape)
