@@ -184,6 +184,31 @@ inline vf64 vfma(vf64 a, vf64 b, vf64 c) {
 #endif
 }
 
+// a < b ? a : b and a > b ? a : b, lane by lane: b where either is NaN. That is the x86
+// min/max instructions' own rule, spelled with them (GCC lowers the ternary to a compare
+// and a blend); elsewhere the ternary itself.
+#if defined(__AVX512F__) && CLION_VBYTES == 64
+// (the masked forms with every lane set: the unmasked ones start from an "undefined"
+// vector that GCC 12's -Wall reports as maybe-uninitialized)
+inline vf32 vmin(vf32 a, vf32 b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
+inline vf32 vmax(vf32 a, vf32 b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+inline vf64 vmin(vf64 a, vf64 b) { return _mm512_mask_min_pd(a, 0xFF, a, b); }
+inline vf64 vmax(vf64 a, vf64 b) { return _mm512_mask_max_pd(a, 0xFF, a, b); }
+#elif defined(__AVX__) && CLION_VBYTES == 32
+inline vf32 vmin(vf32 a, vf32 b) { return _mm256_min_ps(a, b); }
+inline vf32 vmax(vf32 a, vf32 b) { return _mm256_max_ps(a, b); }
+inline vf64 vmin(vf64 a, vf64 b) { return _mm256_min_pd(a, b); }
+inline vf64 vmax(vf64 a, vf64 b) { return _mm256_max_pd(a, b); }
+#elif (defined(__x86_64__) || defined(__i386__)) && CLION_VBYTES == 16
+inline vf32 vmin(vf32 a, vf32 b) { return _mm_min_ps(a, b); }
+inline vf32 vmax(vf32 a, vf32 b) { return _mm_max_ps(a, b); }
+inline vf64 vmin(vf64 a, vf64 b) { return _mm_min_pd(a, b); }
+inline vf64 vmax(vf64 a, vf64 b) { return _mm_max_pd(a, b); }
+#else
+template <typename V> inline V vmin(V a, V b) { return a < b ? a : b; }
+template <typename V> inline V vmax(V a, V b) { return a > b ? a : b; }
+#endif
+
 // Loads and stores of N lanes from storage type T into the compute vector.
 inline vf32 vload(const float* p) {
   vf32 v;
@@ -408,22 +433,25 @@ inline void update_vec(P* p, const P* g, M* m, const Consts<C>& k, bool take, Ac
   const V mc = vload(m);
   const V c = lerp<GENERAL>(mc, gc, k.w1, k.small1);
   const V a = vabs<C>(c);
-  // h(c), NaN wherever c is not finite. finite_zero(c) (0 or NaN) is added to the
-  // branches that give +-1 or +0; the others compare and select.
+  // h(c), NaN wherever c is not finite: z = finite_zero(c) is 0 or NaN, added to the
+  // branches that give +-1 or +0, a factor (z + 1) of the others (x * 1 is exact and
+  // keeps a -0.0); no compare-and-select.
+  const V z = finite_zero(c);
   V h;
   if (MODE == LION) {
-    h = sgn<C>(c) + finite_zero(c);
+    h = sgn<C>(c) + z;
   } else if (MODE == TAKE) {
-    h = nonfinite_to_nan<C>(take ? sgn<C>(c) : c, c);  // take: one per tensor
+    h = take ? sgn<C>(c) + z : c * (z + C(1));  // take: one per tensor
   } else if (MODE == ELEMENT) {
     // The sign branch has |c| >= nu > 0, so sign(c) is copysign(1, c); NaN takes the
     // identity branch (NaN >= nu is false) and stays NaN. GENERAL also serves an nu that
     // rounds to 0 in C, where c = 0 takes the sign branch and sign(0) = 0.
     const V s = GENERAL ? sgn<C>(c) : sign_one<C>(c);
-    h = a >= k.nu ? s + finite_zero(c) : c;
+    h = a >= k.nu ? s + z : c;
   } else {  // SOFT: (c / nu).clamp(-1, 1), NaN propagates
     const V q = c / k.nu;
-    h = nonfinite_to_nan<C>(q < C(-1) ? splat<V>(C(-1)) : (q > C(1) ? splat<V>(C(1)) : q), c);
+    // q > 1 ? 1 : q, then < -1 ? -1 : that; NaN stays (vmin/vmax return q's lane)
+    h = vmax(splat<V>(C(-1)), vmin(splat<V>(C(1)), q)) * (z + C(1));
   }
   if (MODE == ELEMENT || MODE == SOFT) acc.count -= (I)(a >= k.nu) & valid;
   if (CAUTION) h = h * gc > C(0) ? (h * C(1)) * k.scale : (h * C(0)) * k.scale;
