@@ -4,11 +4,13 @@
 #
 #   benchmarks/cpu_steps_report.sh x86-64-v3   # the AVX2 build, forced
 #   benchmarks/cpu_steps_report.sh native      # the build this host picks
+#   REPEATS=21 benchmarks/cpu_steps_report.sh ...   # rounds (default 15)
 #
 # Then `python benchmarks/readme_steps_tables.py` rewrites README's tables from the reports.
 set -euo pipefail
 target=${1:?usage: cpu_steps_report.sh x86-64|x86-64-v3|x86-64-v4|native [date]}
 day=${2:-$(date -u +%F)}
+repeats=${REPEATS:-15}
 out=docs/benchmarks/steps-cpu-${target}-${day}.md
 optimizers=adamw-foreach,adamw-fused,lion-pytorch-foreach,lion-foreach,lion-fused,clion-global-fused,clion-global-fused-sign,clion-tensor-fused,clion-tensor-fused-sign,clion-element-fused,clion-soft-fused
 isa_env=()
@@ -17,12 +19,12 @@ table=$(mktemp --suffix=.md)
 trap 'rm -f "$table"' EXIT
 before=$(cat /proc/loadavg)
 env "${isa_env[@]}" OMP_WAIT_POLICY=PASSIVE clion-bench steps --models gpt2,bert,vit \
-  --repeats 7 --optimizers "$optimizers" --warm-cache --out "$table"
+  --repeats "$repeats" --optimizers "$optimizers" --warm-cache --out "$table"
 after=$(cat /proc/loadavg)
 {
   echo "# clion-bench steps, CPU, kernel target: $target"
   echo
-  echo "Command: \`${isa_env[*]:-} OMP_WAIT_POLICY=PASSIVE clion-bench steps --models gpt2,bert,vit --repeats 7 --optimizers $optimizers --warm-cache\`"
+  echo "Command: \`${isa_env[*]:-} OMP_WAIT_POLICY=PASSIVE clion-bench steps --models gpt2,bert,vit --repeats $repeats --optimizers $optimizers --warm-cache\`"
   echo
   echo "Host: $(lscpu | grep -m1 'Model name' | tr -s ' '); $(nproc) CPUs seen by this process"
   echo
