@@ -700,11 +700,11 @@ def test_steps_readme_reads_a_report_and_notices_a_stale_readme(tmp_path):
         head = ("# r\n\nLoad average before: `0.50 1 1 1/1 1`; after: `0.70 1 1 1/1 1`\n\n"
                 "2026-01-02 03:04 UTC; cpu: x86_64, 2 threads; clion_hf kernel target "
                 "x86-64-v4 (torch capability AVX512); median of 9 rounds\n\n")
-        rows = ["| model | optimizer | from | median ms | × AdamW fused | note |",
-                "|---|---|---|---|---|---|",
-                "| gpt2 | adamw-fused | torch | 100.0 | 1.00 |  |",
-                f"| gpt2 | lion-fused | clion_hf | 70.0 | {lion_ratio} |  |",
-                "| gpt2 | clion-element-fused | clion_hf | 75.0 | 0.75 |  |"]
+        rows = ["| model | optimizer | from | median ms | × AdamW fused | 95% interval | note |",
+                "|---|---|---|---|---|---|---|",
+                "| gpt2 | adamw-fused | torch | 100.0 | 1.00 | [1.00, 1.00] |  |",
+                f"| gpt2 | lion-fused | clion_hf | 70.0 | {lion_ratio} | – |  |",
+                "| gpt2 | clion-element-fused | clion_hf | 75.0 | 0.75 | [0.74, 0.77] |  |"]
         return head + "\n".join(rows) + "\n"
 
     docs = tmp_path / "docs" / "benchmarks"
@@ -721,6 +721,10 @@ def test_steps_readme_reads_a_report_and_notices_a_stale_readme(tmp_path):
     assert "| Lion fused | 0.70 |" in text and "| Lion fused | 0.71 |" in text
     assert "| torch AdamW fused (ms) | 1.00 (100.0 ms) |" in text
     assert "| CLion element / soft fused | – |" in text  # soft missing: no half cell
+    assert steps_readme.table(steps_readme.parse_report(report("0.7"))[0]).count(
+        "| Lion fused | 0.7 |") == 1  # no interval in the report: none shown
+    element = {"× AdamW fused": "0.75", "95% interval": "[0.74, 0.77]"}
+    assert steps_readme._ratio(element) == "0.75 [0.74, 0.77]"
     assert "native build (x86-64-v4)" in text and "median of 9 rounds" in text
     assert "0.50 before and 0.70 after" in text
     assert steps_readme.main(["--repo", str(tmp_path), "--check"]) == 0

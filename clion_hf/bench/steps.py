@@ -48,6 +48,7 @@ import torch
 from clion_hf._files import atomic_write_text
 
 from .argtypes import positive_int
+from .stats import ratio_interval
 
 MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
 DEFAULT_MODELS = "gpt2,bert,vit"
@@ -336,19 +337,21 @@ def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch
         if c.make is None:
             out.append(dict(
                 model=model, optimizer=c.name, impl=c.impl, median_ms="–",
-                vs_adamw_fused="–", vs_lion_pytorch="–", floor_ms=_fmt(floor * 1e3, ".1f"),
+                vs_adamw_fused="–", vs_adamw_fused_ci="–", vs_lion_pytorch="–",
+                floor_ms=_fmt(floor * 1e3, ".1f"),
                 floor_fraction="–",
                 state_mb="–", compile_s="–", note=c.note,
             ))  # fmt: skip
             continue
         med = statistics.median(c.times)
-        ratio = statistics.median(c.ratios) if c.ratios else float("nan")
+        ratio, low, high = ratio_interval(c.ratios) if c.ratios else (float("nan"),) * 3
         peer_ratio = statistics.median(c.peer_ratios) if c.peer_ratios else float("nan")
         compile_s = max(c.first - med, 0.0)
         out.append(dict(
             model=model, optimizer=c.name, impl=c.impl, median_ms=_fmt(med * 1e3, ".1f"),
-            vs_adamw_fused=_fmt(ratio, ".2f"), vs_lion_pytorch=_fmt(peer_ratio, ".2f"),
-            floor_ms=_fmt(floor * 1e3, ".1f"),
+            vs_adamw_fused=_fmt(ratio, ".2f"),
+            vs_adamw_fused_ci="–" if low != low else f"[{low:.2f}, {high:.2f}]",
+            vs_lion_pytorch=_fmt(peer_ratio, ".2f"), floor_ms=_fmt(floor * 1e3, ".1f"),
             floor_fraction=_fmt(floor / med, ".2f"), state_mb=_fmt(c.state / 2**20, ".0f"),
             compile_s=_fmt(compile_s, ".1f") if "fused" in c.name or "triton" in c.name else "–",
             note=c.note,
@@ -358,7 +361,9 @@ def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch
 
 HEADERS = {
     "model": "model", "optimizer": "optimizer", "impl": "from", "median_ms": "median ms",
-    "vs_adamw_fused": "× AdamW fused", "vs_lion_pytorch": "× lion-pytorch foreach",
+    "vs_adamw_fused": "× AdamW fused",
+    "vs_adamw_fused_ci": "95% interval",  # of the per-round ratios' mean, on a log scale
+    "vs_lion_pytorch": "× lion-pytorch foreach",
     "floor_ms": "byte floor ms",
     "floor_fraction": "floor / time", "state_mb": "state MiB", "compile_s": "compile s",
     "note": "note",

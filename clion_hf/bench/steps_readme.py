@@ -58,17 +58,23 @@ def parse_report(text: str) -> tuple[dict[tuple[str, str], dict[str, str]], dict
     return rows, facts
 
 
+def _ratio(row: dict[str, str]) -> str:
+    # the median per-round ratio, with its 95% interval where the report has one
+    interval = row.get("95% interval", "–")
+    return row["× AdamW fused"] + ("" if interval == "–" else f" {interval}")
+
+
 def table(rows: dict[tuple[str, str], dict[str, str]]) -> str:
     """One README table: x torch AdamW fused per model, AdamW's ms in its row."""
     models = [m for m in MODELS if (m, "adamw-fused") in rows]
+    adamw_ms = [f"1.00 ({rows[(m, 'adamw-fused')]['median ms']} ms)" for m in models]
     out = ["| × torch AdamW fused | " + " | ".join(MODELS[m] for m in models) + " |",
            "|---" * (len(models) + 1) + "|",
-           "| torch AdamW fused (ms) | " + " | ".join(
-               f"1.00 ({rows[(m, 'adamw-fused')]['median ms']} ms)" for m in models) + " |"]  # fmt: skip
+           "| torch AdamW fused (ms) | " + " | ".join(adamw_ms) + " |"]  # fmt: skip
     for label, names in ROWS.items():
         cells = []
         for m in models:
-            ratios = [rows[(m, n)]["× AdamW fused"] for n in names if (m, n) in rows]
+            ratios = [_ratio(rows[(m, n)]) for n in names if (m, n) in rows]
             cells.append(" / ".join(ratios) if len(ratios) == len(names) else "–")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -622,8 +622,10 @@ void run_update(const ClionHyper& hp, const ClionLists& t, int nthreads) {
   else if (mode == LION) fn = pick_update<P, M, LION, false, false>(lb);
   else if (mode == TAKE && track_min) fn = pick_update<P, M, TAKE, false, true>(lb);
   else if (mode == TAKE) fn = pick_update<P, M, TAKE, false, false>(lb);
-  else if (mode == ELEMENT) fn = pick_update<P, M, ELEMENT, false, true>(lb);
-  else fn = pick_update<P, M, SOFT, false, true>(lb);
+  else if (mode == ELEMENT && track_min) fn = pick_update<P, M, ELEMENT, false, true>(lb);
+  else if (mode == ELEMENT) fn = pick_update<P, M, ELEMENT, false, false>(lb);
+  else if (track_min) fn = pick_update<P, M, SOFT, false, true>(lb);
+  else fn = pick_update<P, M, SOFT, false, false>(lb);  // track_stats=False: ~4% less work
   const std::vector<Work> work = plan(ntensors, t.numel);
   std::vector<Stats> parts(work.size());
   const int64_t nwork = static_cast<int64_t>(work.size());
