@@ -354,7 +354,8 @@ struct Consts {
 };
 
 // Whether a call needs the GENERAL instantiation: a lerp weight of 0.5 or more (beta <=
-// 0.5), a tensor lr, maximize, or an nu below C's smallest subnormal (it rounds to 0). Everything else (the defaults) runs specialised code.
+// 0.5), a tensor lr, maximize, or an nu below C's smallest subnormal (it rounds to 0).
+// Everything else (the defaults) runs specialised code.
 template <typename C>
 inline bool general(const ClionHyper& hp) {
   return !(std::fabs(C(hp.w1)) < C(0.5)) || !(std::fabs(C(hp.w2)) < C(0.5)) ||
