@@ -33,8 +33,10 @@ from clion_hf.optim.kernels import cpu
 ROOT = Path(__file__).resolve().parents[1]
 X86 = [name for name, isa in cpu.ISAS.items() if isa.machine == "x86_64"]
 WIDTH = {"x86-64": "xmm", "x86-64-v3": "ymm", "x86-64-v4": "zmm"}
-# 8 update variants x {specialised, general} + 4 reduce variants, for 10 dtype pairs
-CHUNK_FUNCTIONS = (8 * 2 + 4) * 10
+# 10 update variants (Lion, cautious and take, each with and without the min |c|; element
+# and soft with and without it) x {specialised, general} + 4 reduce variants, for 10
+# dtype pairs
+CHUNK_FUNCTIONS = (10 * 2 + 4) * 10
 
 _HEAD = re.compile(r"^([0-9a-f]+) <(.*)>:$")
 _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
@@ -260,6 +262,34 @@ def test_hot_loops_are_vectorised_on_every_x86_target(name):
     _tools()
     problems = hot_loop_problems(_built(name), WIDTH[name])
     assert not problems, "\n".join(problems[:20])
+
+
+# ------------------------------------------------------------------ x86 with Clang
+
+# Zig reads -march= as a CPU name and has no -mtune; its CPUs of the same names
+_ZIG_X86 = {"x86-64": "-mcpu=x86_64", "x86-64-v3": "-mcpu=x86_64_v3",
+            "x86-64-v4": "-mcpu=x86_64_v4"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", X86)
+def test_x86_kernel_compiles_with_clang_and_is_vectorised(name, tmp_path):
+    # Users with CXX=clang++ (or Apple clang on an Intel Mac) build the kernel with Clang:
+    # it once failed there wherever the unsigned min/max path is on (x86-64-v3/v4), which
+    # only the arm64 cross-compile revealed. Zig's clang, an object (no libc++ link), no
+    # OpenMP (Zig ships no omp.h: the builder's fallback).
+    _tools()
+    if importlib.util.find_spec("ziglang") is None:
+        pytest.skip("ziglang not installed (pip install ziglang; it is in the dev extra)")
+    cxx = [sys.executable, "-m", "ziglang", "c++", "-target", "x86_64-linux-gnu"]
+    flags = [f for f in cpu._FLAGS if f != "-shared"] + [_ZIG_X86[name], "-Wall", "-Wextra"]
+    obj = tmp_path / f"lion_cpu-{name}-clang.o"
+    proc = subprocess.run([*cxx, *flags, "-c", str(cpu.SOURCE), "-o", str(obj)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and "warning:" not in proc.stderr, proc.stderr[-3000:]
+    counts: list[int] = []
+    problems = hot_loop_problems(obj, WIDTH[name], X86_64, counts)
+    assert not problems, "\n".join(problems[:20])
+    assert len(counts) == CHUNK_FUNCTIONS and min(counts) >= 1, counts
 
 
 # ------------------------------------------------------------------ arm64, cross-compiled
