@@ -355,7 +355,7 @@ def _obtain(cxx: list[str], version: str, name: str, kdir: Path) -> tuple[Path |
                            "rebuilding it", out, problem)  # fmt: skip
             out.unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
-        logger.warning("clion_hf: building the fused CPU kernel for %s into %s (once, ~10 s)",
+        logger.warning("clion_hf: building the fused CPU kernel for %s into %s (once, ~20 s)",
                        name, kdir)  # fmt: skip
         record, error = _build_into(cxx, out, isa)
         if record is None:
