@@ -416,7 +416,8 @@ def test_triton_kernels_match_float64_reference_under_interpreter():
 def test_bench_steps_smoke(tmp_path):
     out = tmp_path / "steps.md"
     cmd = [sys.executable, "-m", "clion_hf.bench.steps", "--models", "tiny", "--repeats", "2",
-           "--optimizers", "adamw-fused,lion-pytorch-foreach,timm-lion,lion-fused,"
+           "--optimizers", "adamw-fused,lion-pytorch-foreach,timm-lion,deepspeed-cpu-lion,"
+           "lion-fused,"
            "clion-element-fused,clion-global-foreach", "--out", str(out)]  # fmt: skip
     tmp = tmp_path / "tmp"  # its fresh kernel/Triton caches go here, and must go away
     tmp.mkdir()
@@ -435,6 +436,8 @@ def test_bench_steps_smoke(tmp_path):
         assert float(cells[3]) > 0 and float(cells[4]) >= 0 and float(cells[6]) >= 0, row
         low, high = (float(x) for x in re.fullmatch(r"\[(\S+), (\S+)\]", cells[5]).groups())
         assert low <= high, row
+    deepspeed = next(r for r in table.splitlines() if "| deepspeed-cpu-lion |" in r)
+    assert "not installed" in deepspeed or float(deepspeed.split("|")[4]) > 0
     timm = next(r for r in table.splitlines() if "| timm-lion |" in r)
     assert "not installed" in timm or float(timm.split("|")[4]) > 0
     assert "measured copy bandwidth" in table
