@@ -684,6 +684,55 @@ def test_readme_quotes_the_committed_cpu_report():
         assert number in report, number
 
 
+def test_readme_steps_tables_are_the_committed_reports():
+    """README's CPU step tables are generated from the newest committed steps reports."""
+    from clion_hf.bench import steps_readme
+
+    readme = (REPO / "README.md").read_text()
+    assert steps_readme.replace_block(readme, steps_readme.block(REPO)) == readme
+    assert steps_readme.main(["--repo", str(REPO), "--check"]) == 0
+
+
+def test_steps_readme_reads_a_report_and_notices_a_stale_readme(tmp_path):
+    from clion_hf.bench import steps_readme
+
+    def report(lion_ratio: str) -> str:
+        head = ("# r\n\nLoad average before: `0.50 1 1 1/1 1`; after: `0.70 1 1 1/1 1`\n\n"
+                "2026-01-02 03:04 UTC; cpu: x86_64, 2 threads; clion_hf kernel target "
+                "x86-64-v4 (torch capability AVX512); median of 9 rounds\n\n")
+        rows = ["| model | optimizer | from | median ms | × AdamW fused | 95% interval | note |",
+                "|---|---|---|---|---|---|---|",
+                "| gpt2 | adamw-fused | torch | 100.0 | 1.00 | [1.00, 1.00] |  |",
+                f"| gpt2 | lion-fused | clion_hf | 70.0 | {lion_ratio} | – |  |",
+                "| gpt2 | clion-element-fused | clion_hf | 75.0 | 0.75 | [0.74, 0.77] |  |"]
+        return head + "\n".join(rows) + "\n"
+
+    docs = tmp_path / "docs" / "benchmarks"
+    docs.mkdir(parents=True)
+    (docs / "steps-cpu-x86-64-v3-2026-01-01.md").write_text(report("0.99"))
+    (docs / "steps-cpu-x86-64-v3-2026-01-02.md").write_text(report("0.70"))  # newest wins
+    (docs / "steps-cpu-native-2026-01-02.md").write_text(report("0.71"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{steps_readme.BEGIN}\nold\n{steps_readme.END}\nrest\n")
+    assert steps_readme.main(["--repo", str(tmp_path), "--check"]) == 1
+    assert steps_readme.main(["--repo", str(tmp_path)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\nrest\n") and "old" not in text
+    assert "| Lion fused | 0.70 |" in text and "| Lion fused | 0.71 |" in text
+    assert "| torch AdamW fused (ms) | 1.00 (100.0 ms) |" in text
+    assert "| CLion element / soft fused | – |" in text  # soft missing: no half cell
+    assert steps_readme.table(steps_readme.parse_report(report("0.7"))[0]).count(
+        "| Lion fused | 0.7 |") == 1  # no interval in the report: none shown
+    element = {"× AdamW fused": "0.75", "95% interval": "[0.74, 0.77]"}
+    assert steps_readme._ratio(element) == "0.75 [0.74, 0.77]"
+    assert "native build (x86-64-v4)" in text and "median of 9 rounds" in text
+    assert "0.50 before and 0.70 after" in text
+    assert steps_readme.main(["--repo", str(tmp_path), "--check"]) == 0
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="steps-tables"):
+        steps_readme.main(["--repo", str(tmp_path)])
+
+
 # ------------------------------------------------------------------------------ the launcher
 
 

@@ -6,6 +6,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,38 @@ def test_fused_cpu_equals_foreach_maximize_tensor_lr_complex(name, kw):
         _assert_same(*_step_pair(opt_cls, SHAPES, torch.float32, None, weight_decay=0.1,
                                  **{"lr": 0.01, **kw, **extra}))  # fmt: skip
     _assert_same(*_step_pair(opt_cls, [(40, 3), (7,)], torch.complex64, None, lr=0.01, **kw))
+
+
+@pytest.mark.parametrize("mode", ["element", "soft"])
+def test_fused_cpu_without_statistics_equals_foreach_bitwise(mode):
+    # track_stats=False runs the kernel instantiation that keeps no min |c|
+    for pdt in (torch.float32, torch.bfloat16, torch.float64):
+        ps, opt, qs, opt_f = _step_pair(CLion, SHAPES, pdt, None, lr=0.01, weight_decay=0.1,
+                                        mode=mode, nu=0.3, track_stats=False)  # fmt: skip
+        for p, q in zip(ps, qs, strict=True):
+            torch.testing.assert_close(q.detach(), p.detach(), rtol=0, atol=0)
+            torch.testing.assert_close(opt_f.state[q]["exp_avg"], opt.state[p]["exp_avg"],
+                                       rtol=0, atol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("pdt", [torch.float32, torch.bfloat16, torch.float64],
+                         ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("nu", [1e-50, 1e-40], ids=["rounds-to-0", "subnormal"])
+def test_fused_cpu_element_with_an_nu_below_the_compute_precision(pdt, nu):
+    # The kernel's element branch writes sign(c) as copysign(1, c), which needs nu > 0 in
+    # the compute dtype; 1e-50 is 0 in fp32, so c = 0 takes the sign branch there, where
+    # sign(0) = 0 (the kernel's general instantiation). Exact zeros in c: zero gradients
+    # on a zero momentum, at every step.
+    def grads(p, step):
+        g = torch.randn(p.shape)
+        g.view(-1)[::3] = 0.0
+        return g.to(p.dtype)
+
+    run = _step_pair(CLion, SHAPES, pdt, None, grads=grads, lr=0.01, weight_decay=0.1,
+                     mode="element", nu=nu)  # fmt: skip
+    _assert_same(*run)
+    fraction = run[3].last_step_stats()["sign_fraction"]
+    assert fraction == 1.0 if (pdt != torch.float64 and nu == 1e-50) else fraction < 1.0
 
 
 def test_fused_cpu_nan_and_strided_grads_follow_foreach():
@@ -383,7 +416,8 @@ def test_triton_kernels_match_float64_reference_under_interpreter():
 def test_bench_steps_smoke(tmp_path):
     out = tmp_path / "steps.md"
     cmd = [sys.executable, "-m", "clion_hf.bench.steps", "--models", "tiny", "--repeats", "2",
-           "--optimizers", "adamw-fused,lion-pytorch-foreach,timm-lion,lion-fused,"
+           "--optimizers", "adamw-fused,lion-pytorch-foreach,timm-lion,deepspeed-cpu-lion,"
+           "lion-fused,"
            "clion-element-fused,clion-global-foreach", "--out", str(out)]  # fmt: skip
     tmp = tmp_path / "tmp"  # its fresh kernel/Triton caches go here, and must go away
     tmp.mkdir()
@@ -397,9 +431,13 @@ def test_bench_steps_smoke(tmp_path):
                  "clion-global-foreach"):
         row = next(r for r in table.splitlines() if f"| tiny | {name} |" in r)
         cells = [c.strip() for c in row.strip("|").split("|")]
-        # median ms, and the ratios to AdamW fused and to lion-pytorch foreach: numbers
-        # (a ratio prints as 0.00 when a peer stalls for a while on a loaded machine)
-        assert float(cells[3]) > 0 and float(cells[4]) >= 0 and float(cells[5]) >= 0, row
+        # median ms, the ratio to AdamW fused with its interval, the ratio to lion-pytorch
+        # foreach (a ratio prints as 0.00 when a peer stalls for a while on a loaded machine)
+        assert float(cells[3]) > 0 and float(cells[4]) >= 0 and float(cells[6]) >= 0, row
+        low, high = (float(x) for x in re.fullmatch(r"\[(\S+), (\S+)\]", cells[5]).groups())
+        assert low <= high, row
+    deepspeed = next(r for r in table.splitlines() if "| deepspeed-cpu-lion |" in r)
+    assert "not installed" in deepspeed or float(deepspeed.split("|")[4]) > 0
     timm = next(r for r in table.splitlines() if "| timm-lion |" in r)
     assert "not installed" in timm or float(timm.split("|")[4]) > 0
     assert "measured copy bandwidth" in table

@@ -6,17 +6,24 @@ the kernel for every x86 target the compiler supports, disassemble it (``objdump
 every chunk function (``update_chunk``/``reduce_chunk``, clones included) and fail on any
 loop that does scalar floating-point work or lacks vector instructions of the target's
 width. A ``perf`` run checks that those functions are where a step spends its time.
+
+The arm64 build (``armv8-a``, NEON) is checked the same way without an arm64 machine:
+cross-compiled with Zig's clang (``pip install ziglang``, in the ``dev`` extra) and
+disassembled with ``llvm-objdump``. It is compiled and read here, never run.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -26,8 +33,10 @@ from clion_hf.optim.kernels import cpu
 ROOT = Path(__file__).resolve().parents[1]
 X86 = [name for name, isa in cpu.ISAS.items() if isa.machine == "x86_64"]
 WIDTH = {"x86-64": "xmm", "x86-64-v3": "ymm", "x86-64-v4": "zmm"}
-# 8 update variants x {specialised, general} + 4 reduce variants, for 10 dtype pairs
-CHUNK_FUNCTIONS = (8 * 2 + 4) * 10
+# 10 update variants (Lion, cautious and take, each with and without the min |c|; element
+# and soft with and without it) x {specialised, general} + 4 reduce variants, for 10
+# dtype pairs
+CHUNK_FUNCTIONS = (10 * 2 + 4) * 10
 
 _HEAD = re.compile(r"^([0-9a-f]+) <(.*)>:$")
 _INSN = re.compile(r"^\s*([0-9a-f]+):\s+(\S+)\s*(.*)$")
@@ -42,10 +51,13 @@ _SCALAR = re.compile(
 _PACKED = re.compile(r"^v?\w+p[sd]$")
 
 
-def disassemble(so: Path) -> dict[str, list[tuple[int, str, str]]]:
-    """Function name -> [(address, mnemonic, operands)] from ``objdump -d -C``."""
-    text = subprocess.run(["objdump", "-d", "-C", "-w", "--no-show-raw-insn", str(so)],
-                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+def disassemble(so: Path, objdump: tuple[str, ...] | None = None,
+                ) -> dict[str, list[tuple[int, str, str]]]:  # fmt: skip
+    """Function name -> [(address, mnemonic, operands)] from ``objdump -d -C`` (or the
+    given disassembler command, which prints the same layout: ``llvm-objdump``)."""
+    cmd = objdump or ("objdump", "-d", "-C", "-w", "--no-show-raw-insn")
+    text = subprocess.run([*cmd, str(so)], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
     funcs: dict[str, list[tuple[int, str, str]]] = {}
     cur = None
     for line in text.splitlines():
@@ -61,7 +73,62 @@ def _target(operands: str) -> int | None:
     return int(m.group(1), 16) if m else None
 
 
-def loops(insns: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]:
+class Arch(NamedTuple):
+    """How to read one machine's code: its branches and its floating-point work."""
+
+    objdump: tuple[str, ...] | None  # the disassembler command (None: GNU objdump)
+    jump: Callable[[str], bool]  # a branch with a target operand (conditional or not)
+    stop: Callable[[str], bool]  # control does not fall through to the next instruction
+    target: Callable[[str], int | None]  # a branch's target address, from its operands
+    scalar: Callable[[str, str], bool]  # (mnemonic, operands): scalar floating point
+    packed: Callable[[str, str, str], bool]  # (mnemonic, operands, width): packed FP
+
+
+X86_64 = Arch(
+    objdump=None,
+    jump=lambda mn: mn.startswith("j"),
+    stop=lambda mn: mn == "jmp" or mn.startswith("ret"),
+    target=_target,
+    scalar=lambda mn, ops: bool(_SCALAR.match(mn)),
+    packed=lambda mn, ops, width: bool(_PACKED.match(mn)) and f"%{width}" in ops,
+)
+
+# AArch64 (llvm-objdump's syntax). Branches: b, b.<cond>, cbz/cbnz, tbz/tbnz (br: to a
+# register). Scalar floating point is an FP instruction on an h/s/d register (fadd s0,
+# fcmp d1, fcsel, fmadd, fcvt, scvtf ...; not a lane v2.s[0] of a vector), or a load or
+# store of a single s/h element. fmov (a move or a constant) is not work, as movss on
+# x86; a 64-bit d load/store is not either: it moves the 4 x 16-bit lanes of a bf16/fp16
+# vector. Packed work of width q (the 128-bit NEON registers): an FP instruction on
+# whole .4s or .2d vectors.
+_A64_REG = r"(?<![\w.])[hsd](?:[12]?[0-9]|3[01])\b"
+_A64_FP = re.compile(r"^(?:f(?!mov$)[a-z0-9]+|[su]cvtf)$")
+_A64_MOVE = re.compile(r"^(?:ldu?r|stu?r|ldp|stp|ldnp|stnp)$")
+_A64_ELEMENT = r"(?<![\w.])[hs](?:[12]?[0-9]|3[01])\b"
+_A64_LANES = {"q": r"\bv(?:[12]?[0-9]|3[01])\.(?:4s|2d)\b"}
+
+
+def _a64_target(operands: str) -> int | None:
+    m = re.search(r"(?:^|[\s,])(?:0x)?([0-9a-f]+)\s*<", operands)
+    return int(m.group(1), 16) if m else None
+
+
+AARCH64 = Arch(
+    objdump=("llvm-objdump", "-d", "-C", "--no-show-raw-insn"),
+    jump=lambda mn: mn in ("b", "br", "cbz", "cbnz", "tbz", "tbnz") or mn.startswith("b."),
+    stop=lambda mn: mn in ("b", "br") or mn.startswith("ret"),
+    target=_a64_target,
+    scalar=lambda mn, ops: (
+        (bool(_A64_FP.match(mn)) and re.search(_A64_REG, ops) is not None)
+        or (bool(_A64_MOVE.match(mn)) and re.search(_A64_ELEMENT, ops) is not None)
+    ),
+    packed=lambda mn, ops, width: (
+        bool(_A64_FP.match(mn)) and re.search(_A64_LANES[width], ops) is not None
+    ),
+)
+
+
+def loops(insns: list[tuple[int, str, str]], arch: Arch = X86_64,
+          ) -> list[list[tuple[int, str, str]]]:  # fmt: skip
     """The instructions of each cycle of the function's control-flow graph (its strongly
     connected components), so that a backward jump that is not a loop is not one."""
     if not insns:
@@ -69,19 +136,19 @@ def loops(insns: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]
     index = {a: i for i, (a, _, _) in enumerate(insns)}
     leaders = {0}
     for i, (_, mn, ops) in enumerate(insns):
-        if mn.startswith(("j", "ret")):
+        if arch.jump(mn) or arch.stop(mn):
             leaders.add(i + 1)
-            if mn.startswith("j") and _target(ops) in index:
-                leaders.add(index[_target(ops)])
+            if arch.jump(mn) and arch.target(ops) in index:
+                leaders.add(index[arch.target(ops)])
     starts = sorted(x for x in leaders if x < len(insns))
     bounds = list(zip(starts, starts[1:] + [len(insns)], strict=True))
     block = {i: b for b, (s, e) in enumerate(bounds) for i in range(s, e)}
     succ: list[list[int]] = [[] for _ in bounds]
     for b, (_, e) in enumerate(bounds):
         _, mn, ops = insns[e - 1]
-        if mn.startswith("j") and _target(ops) in index:
-            succ[b].append(block[index[_target(ops)]])
-        if not (mn == "jmp" or mn.startswith("ret")) and e < len(insns):
+        if arch.jump(mn) and arch.target(ops) in index:
+            succ[b].append(block[index[arch.target(ops)]])
+        if not arch.stop(mn) and e < len(insns):
             succ[b].append(block[e])
     # Tarjan's strongly connected components, iteratively.
     order: dict[int, int] = {}
@@ -123,19 +190,23 @@ def loops(insns: list[tuple[int, str, str]]) -> list[list[tuple[int, str, str]]]
             for c in comps if len(c) > 1 or c[0] in succ[c[0]]]  # fmt: skip
 
 
-def hot_loop_problems(so: Path, width: str) -> list[str]:
+def hot_loop_problems(so: Path, width: str, arch: Arch = X86_64,
+                      loop_count: list[int] | None = None) -> list[str]:  # fmt: skip
     """What is wrong with the chunk functions of ``so``: scalar floating point in a loop,
-    a chunk function without a loop of ``width`` (xmm/ymm/zmm) packed instructions."""
-    funcs = disassemble(so)
+    a chunk function without a loop of ``width`` (xmm/ymm/zmm; q on AArch64) packed
+    instructions. ``loop_count`` (if given) receives the number of loops inspected."""
+    funcs = disassemble(so, arch.objdump)
     chunk = {n: ins for n, ins in funcs.items() if re.search(r"(update|reduce)_chunk<", n)}
     problems = []
     if len(chunk) < CHUNK_FUNCTIONS:
         problems.append(f"{len(chunk)} chunk functions, expected {CHUNK_FUNCTIONS}")
     for name, ins in chunk.items():
-        found = loops(ins)
-        scalar = [f"{mn} {ops}" for body in found for _, mn, ops in body if _SCALAR.match(mn)]
-        packed = [mn for body in found for _, mn, ops in body
-                  if _PACKED.match(mn) and f"%{width}" in ops]  # fmt: skip
+        found = loops(ins, arch)
+        if loop_count is not None:
+            loop_count.append(len(found))
+        scalar = [f"{mn} {ops}" for body in found for _, mn, ops in body
+                  if arch.scalar(mn, ops)]  # fmt: skip
+        packed = [mn for body in found for _, mn, ops in body if arch.packed(mn, ops, width)]
         if scalar:
             problems.append(f"{name}: scalar loop ({'; '.join(scalar[:3])})")
         if not packed:
@@ -164,15 +235,18 @@ def _built(name: str) -> Path:
     return out
 
 
+SCALAR_CHUNK = (
+    "template <typename T> __attribute__((noinline)) void update_chunk(T* p, const T* g,\n"
+    "    long n) { for (long i = 0; i < n; ++i) p[i] = g[i] > 0 ? p[i] - g[i] : p[i]; }\n"
+    "template void update_chunk<float>(float*, const float*, long);\n"
+)
+
+
 def test_the_check_fails_on_a_scalar_loop(tmp_path):
     # The check itself must be able to fail: a chunk function compiled without vectors.
     _tools()
     src = tmp_path / "scalar.cpp"
-    src.write_text(
-        "template <typename T> __attribute__((noinline)) void update_chunk(T* p, const T* g,\n"
-        "    long n) { for (long i = 0; i < n; ++i) p[i] = g[i] > 0 ? p[i] - g[i] : p[i]; }\n"
-        "template void update_chunk<float>(float*, const float*, long);\n"
-    )
+    src.write_text(SCALAR_CHUNK)
     so = tmp_path / "scalar.so"
     subprocess.run([*cpu._compiler(), "-O2", "-fno-tree-vectorize", "-shared", "-fPIC",
                     str(src), "-o", str(so)], check=True)  # fmt: skip
@@ -188,6 +262,129 @@ def test_hot_loops_are_vectorised_on_every_x86_target(name):
     _tools()
     problems = hot_loop_problems(_built(name), WIDTH[name])
     assert not problems, "\n".join(problems[:20])
+
+
+# ------------------------------------------------------------------ x86 with Clang
+
+# Zig reads -march= as a CPU name and has no -mtune; its CPUs of the same names
+_ZIG_X86 = {"x86-64": "-mcpu=x86_64", "x86-64-v3": "-mcpu=x86_64_v3",
+            "x86-64-v4": "-mcpu=x86_64_v4"}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", X86)
+def test_x86_kernel_compiles_with_clang_and_is_vectorised(name, tmp_path):
+    # Users with CXX=clang++ (or Apple clang on an Intel Mac) build the kernel with Clang:
+    # it once failed there wherever the unsigned min/max path is on (x86-64-v3/v4), which
+    # only the arm64 cross-compile revealed. Zig's clang, an object (no libc++ link), no
+    # OpenMP (Zig ships no omp.h: the builder's fallback).
+    _tools()
+    if importlib.util.find_spec("ziglang") is None:
+        pytest.skip("ziglang not installed (pip install ziglang; it is in the dev extra)")
+    cxx = [sys.executable, "-m", "ziglang", "c++", "-target", "x86_64-linux-gnu"]
+    flags = [f for f in cpu._FLAGS if f != "-shared"] + [_ZIG_X86[name], "-Wall", "-Wextra"]
+    obj = tmp_path / f"lion_cpu-{name}-clang.o"
+    proc = subprocess.run([*cxx, *flags, "-c", str(cpu.SOURCE), "-o", str(obj)],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0 and "warning:" not in proc.stderr, proc.stderr[-3000:]
+    counts: list[int] = []
+    problems = hot_loop_problems(obj, WIDTH[name], X86_64, counts)
+    assert not problems, "\n".join(problems[:20])
+    assert len(counts) == CHUNK_FUNCTIONS and min(counts) >= 1, counts
+
+
+# ------------------------------------------------------------------ arm64, cross-compiled
+
+A64 = "armv8-a"
+# Zig reads -march= as a CPU name: its `generic` AArch64 CPU is the armv8-a baseline
+# (fp-armv8 + neon, no v8.1 or later feature; _a64_compiler checks the predefined macros).
+_ZIG_SPELLING = {"-march=armv8-a": "-mcpu=generic"}
+
+
+def _a64_tools() -> tuple[list[str], str]:
+    """Zig's C++ cross compiler for aarch64-linux-gnu and an llvm-objdump that reads
+    AArch64, or a skip naming what is missing."""
+    if importlib.util.find_spec("ziglang") is None:
+        pytest.skip("ziglang not installed (pip install ziglang; it is in the dev extra)")
+    objdump = shutil.which("llvm-objdump")
+    if objdump is None:
+        pytest.skip("llvm-objdump not installed (it reads the AArch64 code)")
+    targets = subprocess.run([objdump, "--version"], capture_output=True, text=True).stdout
+    if "aarch64" not in targets:
+        pytest.skip(f"{objdump} was built without the AArch64 target")
+    return [sys.executable, "-m", "ziglang", "c++", "-target", "aarch64-linux-gnu"], objdump
+
+
+def _a64_compile(cxx: list[str], src: Path, out: Path, flags: list[str]) -> str:
+    """Compile ``src`` to the object ``out``; the compiler's messages."""
+    proc = subprocess.run([*cxx, *flags, "-c", str(src), "-o", str(out)], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+    return proc.stderr
+
+
+@pytest.fixture(scope="module")
+def a64_kernel(tmp_path_factory) -> tuple[Path, list[str], str]:
+    """The arm64 kernel, built as cpu.py builds ``armv8-a`` (its flags, -fopenmp first and
+    then without, as _build_into), with -Wall -Wextra: (object, flags used, messages).
+
+    An object (-c), not the -shared library: linking makes Zig build libc++ for aarch64
+    first (80 s on a cold cache), and the chunk functions' code is the same (checked
+    once by hand: only relocated addresses differ)."""
+    cxx, _ = _a64_tools()
+    isa = cpu.ISAS[A64]
+    assert isa.machine == "aarch64" and isa.vector_bytes == 16
+    march = [_ZIG_SPELLING.get(f, f) for f in isa.flags]
+    macros = subprocess.run([*cxx, *march, "-dM", "-E", "-x", "c++", "-"], input="",
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert "#define __ARM_ARCH 8\n" in macros and "#define __ARM_NEON 1\n" in macros, macros
+    for later in ("__ARM_FEATURE_ATOMICS", "__ARM_FEATURE_SVE", "__ARM_FEATURE_DOTPROD"):
+        assert later not in macros, f"{march} is not the armv8-a baseline: {later}"
+    out = tmp_path_factory.mktemp("a64") / "lion_cpu-armv8-a.o"
+    base = [f for f in cpu._FLAGS if f != "-shared"] + march + ["-Wall", "-Wextra"]
+    errors = []
+    for extra in cpu._VARIANTS:
+        try:
+            return out, [*base, *extra], _a64_compile(cxx, cpu.SOURCE, out, [*base, *extra])
+        except subprocess.CalledProcessError as e:
+            errors.append(e.stderr.strip()[-2000:])
+    raise AssertionError("the arm64 kernel does not compile:\n" + "\n".join(errors))
+
+
+def test_the_arm64_kernel_compiles_without_warnings(a64_kernel):
+    _, flags, messages = a64_kernel
+    assert "warning:" not in messages and "error:" not in messages, messages[-3000:]
+    assert {"-O3", "-ffp-contract=off", "-fPIC", "-mcpu=generic"} <= set(flags)
+
+
+def test_hot_loops_are_vectorised_on_arm64(a64_kernel):
+    # Compiled and read, not run (there is no arm64 machine here).
+    obj, _, _ = a64_kernel
+    counts: list[int] = []
+    problems = hot_loop_problems(obj, "q", AARCH64, counts)
+    assert not problems, "\n".join(problems[:20])
+    assert len(counts) == CHUNK_FUNCTIONS and min(counts) >= 1, counts
+
+
+def test_the_arm64_check_fails_on_a_scalar_loop(tmp_path):
+    # The same chunk function as the x86 control, compiled for arm64 without vectors.
+    cxx, _ = _a64_tools()
+    src = tmp_path / "scalar.cpp"
+    src.write_text(SCALAR_CHUNK)
+    obj = tmp_path / "scalar.o"
+    _a64_compile(cxx, src, obj, ["-O2", "-fPIC", "-mcpu=generic", "-fno-vectorize",
+                                 "-fno-slp-vectorize"])  # fmt: skip
+    counts: list[int] = []
+    problems = hot_loop_problems(obj, "q", AARCH64, counts)
+    assert counts == [1], counts  # the loop is found (the branch is read)
+    scalar = [p for p in problems if "update_chunk<float>" in p and "scalar loop" in p]
+    assert scalar and re.search(r"\bf(?:sub|cmp|csel)\w* s[0-9]", scalar[0]), problems
+    assert any("no loop of packed q" in p for p in problems), problems
+    # ... and in the auto-vectorised build of the same loop, the packed loop is seen (its
+    # scalar remainder loop is still reported: why the kernel pads its tails instead).
+    _a64_compile(cxx, src, obj, ["-O2", "-fPIC", "-mcpu=generic"])
+    problems = hot_loop_problems(obj, "q", AARCH64)
+    assert not any("no loop of packed q" in p for p in problems), problems
 
 
 PERF_STEP = """

@@ -48,6 +48,7 @@ import torch
 from clion_hf._files import atomic_write_text
 
 from .argtypes import positive_int
+from .stats import ratio_interval
 
 MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
 DEFAULT_MODELS = "gpt2,bert,vit"
@@ -112,7 +113,8 @@ def _adamw_bytes(ps: int, ms: int) -> float:
 
 OPTIMIZERS = (
     "adamw-foreach", "adamw-fused", "lion-pytorch-foreach", "lion-pytorch-triton",
-    "timm-lion", "lion-foreach", "lion-fused", "clion-global-foreach", "clion-global-fused",
+    "timm-lion", "deepspeed-cpu-lion", "lion-foreach", "lion-fused", "clion-global-foreach",
+    "clion-global-fused",
     "clion-global-fused-sign", "clion-tensor-foreach", "clion-tensor-fused",
     "clion-tensor-fused-sign", "clion-element-foreach",
     "clion-element-fused", "clion-soft-foreach", "clion-soft-fused",
@@ -152,6 +154,17 @@ def candidates(device: str, momentum_dtype: torch.dtype | None) -> list[Candidat
             ps, lr=lr, weight_decay=wd, foreach=True), _lion_bytes))  # fmt: skip
     except Exception:  # ImportError, or a timm that fails to import against this torch
         out.append(Candidate("timm-lion", "timm", None, _lion_bytes, "not installed"))
+    if device == "cpu":
+        # DeepSpeed's CPU Lion (explicit SIMD, the ZeRO-Offload optimizer): its op is
+        # JIT-built on first use (~100 s on 2 cores; the compile column shows it).
+        try:
+            from deepspeed.ops.lion import DeepSpeedCPULion
+
+            out.append(Candidate("deepspeed-cpu-lion", "deepspeed", lambda ps: DeepSpeedCPULion(
+                ps, lr=lr, betas=(0.9, 0.99), weight_decay=wd), _lion_bytes))  # fmt: skip
+        except Exception:  # ImportError, or a deepspeed that fails to import here
+            out.append(Candidate("deepspeed-cpu-lion", "deepspeed", None, _lion_bytes,
+                                 "not installed"))  # fmt: skip
     mk = dict(momentum_dtype=momentum_dtype)
     for fused in (False, True):
         tag = "fused" if fused else "foreach"
@@ -331,26 +344,29 @@ def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch
     ms = torch.empty((), dtype=momentum_dtype or torch.float32).element_size()
     out = []
     for c in cands:
-        state_ps = ps if c.name.startswith(("adamw", "lion-pytorch", "timm")) else ms
+        state_ps = ps if c.name.startswith(("adamw", "lion-pytorch", "timm", "deepspeed")) else ms
         floor = c.bytes_per_elem(ps, state_ps) * numel / bw
         if c.make is None:
             out.append(dict(
                 model=model, optimizer=c.name, impl=c.impl, median_ms="–",
-                vs_adamw_fused="–", vs_lion_pytorch="–", floor_ms=_fmt(floor * 1e3, ".1f"),
+                vs_adamw_fused="–", vs_adamw_fused_ci="–", vs_lion_pytorch="–",
+                floor_ms=_fmt(floor * 1e3, ".1f"),
                 floor_fraction="–",
                 state_mb="–", compile_s="–", note=c.note,
             ))  # fmt: skip
             continue
         med = statistics.median(c.times)
-        ratio = statistics.median(c.ratios) if c.ratios else float("nan")
+        ratio, low, high = ratio_interval(c.ratios) if c.ratios else (float("nan"),) * 3
         peer_ratio = statistics.median(c.peer_ratios) if c.peer_ratios else float("nan")
         compile_s = max(c.first - med, 0.0)
         out.append(dict(
             model=model, optimizer=c.name, impl=c.impl, median_ms=_fmt(med * 1e3, ".1f"),
-            vs_adamw_fused=_fmt(ratio, ".2f"), vs_lion_pytorch=_fmt(peer_ratio, ".2f"),
-            floor_ms=_fmt(floor * 1e3, ".1f"),
+            vs_adamw_fused=_fmt(ratio, ".2f"),
+            vs_adamw_fused_ci="–" if low != low else f"[{low:.2f}, {high:.2f}]",
+            vs_lion_pytorch=_fmt(peer_ratio, ".2f"), floor_ms=_fmt(floor * 1e3, ".1f"),
             floor_fraction=_fmt(floor / med, ".2f"), state_mb=_fmt(c.state / 2**20, ".0f"),
-            compile_s=_fmt(compile_s, ".1f") if "fused" in c.name or "triton" in c.name else "–",
+            compile_s=_fmt(compile_s, ".1f") if any(
+                k in c.name for k in ("fused", "triton", "deepspeed")) else "–",
             note=c.note,
         ))  # fmt: skip
     return out
@@ -358,7 +374,9 @@ def rows(model: str, numel: int, cands: list[Candidate], bw: float, dtype: torch
 
 HEADERS = {
     "model": "model", "optimizer": "optimizer", "impl": "from", "median_ms": "median ms",
-    "vs_adamw_fused": "× AdamW fused", "vs_lion_pytorch": "× lion-pytorch foreach",
+    "vs_adamw_fused": "× AdamW fused",
+    "vs_adamw_fused_ci": "95% interval",  # of the per-round ratios' mean, on a log scale
+    "vs_lion_pytorch": "× lion-pytorch foreach",
     "floor_ms": "byte floor ms",
     "floor_fraction": "floor / time", "state_mb": "state MiB", "compile_s": "compile s",
     "note": "note",

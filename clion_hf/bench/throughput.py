@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from .stats import ratio_interval
+
 FAMILIES = ("gpt2", "bert", "vit")
 SIZES = ("tiny", "base")
 
@@ -48,23 +50,6 @@ OPTIMS: tuple[tuple[str, str, str], ...] = (
     ("clion global", "clion", "mode=global,nu=1e-4"),
 )
 GOAL = 0.98  # samples/s relative to adamw_torch_fused (issue: end-to-end Trainer throughput)
-
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
-
-def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
-    """(median, low, high): the median per-round ratio and a 95% t interval (log scale)."""
-    logs = [math.log(r) for r in ratios]
-    med = statistics.median(ratios)
-    if len(logs) < 2:
-        return med, float("nan"), float("nan")
-    mean, sd = statistics.fmean(logs), statistics.stdev(logs)
-    half = _T975[min(len(logs) - 1, len(_T975)) - 1] * sd / math.sqrt(len(logs))
-    return med, math.exp(mean - half), math.exp(mean + half)
-
 
 def verdict(low: float, high: float) -> str:
     """What the interval says about the ratio."""

@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ..._cache import cache_dir
-from ..functional import Hyper, TensorList, _as_real, _single_tensor_update, compute_dtype
+from ..functional import Hyper, TensorList, _single_tensor_update, compute_dtype
 from ..functional import direction_min_abs as eager_direction_min_abs
 
 logger = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def _obtain(cxx: list[str], version: str, name: str, kdir: Path) -> tuple[Path |
                            "rebuilding it", out, problem)  # fmt: skip
             out.unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
-        logger.warning("clion_hf: building the fused CPU kernel for %s into %s (once, ~10 s)",
+        logger.warning("clion_hf: building the fused CPU kernel for %s into %s (once, ~20 s)",
                        name, kdir)  # fmt: skip
         record, error = _build_into(cxx, out, isa)
         if record is None:
@@ -489,46 +489,59 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
-def _flat(t: Tensor) -> Tensor:
-    return _as_real(t).view(-1)
+_REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+"""Complex dtypes are updated as pairs of reals (functional._as_real): their real dtype."""
+
+
+class _Batch(NamedTuple):
+    """The kernel-eligible tensors of one (parameter, momentum) dtype pair."""
+
+    idx: list[int]  # positions in the caller's lists
+    numel: list[int]  # real elements (twice the complex ones)
 
 
 def _pointers(ts: list[Tensor]) -> ctypes.Array:
+    # A complex tensor's data_ptr is its view_as_real's: no view is made per step.
     return (ctypes.c_void_p * len(ts))(*[t.data_ptr() for t in ts])
 
 
 def _batches(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
-) -> tuple[dict[tuple[torch.dtype, torch.dtype], list[int]], list[int]]:
-    """Indices of kernel-eligible tensors by (param, momentum) dtype pair; the rest."""
-    batches: dict[tuple[torch.dtype, torch.dtype], list[int]] = {}
+) -> tuple[dict[tuple[torch.dtype, torch.dtype], _Batch], list[int]]:
+    """Kernel-eligible tensors by (param, momentum) dtype pair; the indices of the rest."""
+    pairs = dtype_pairs()
+    batches: dict[tuple[torch.dtype, torch.dtype], _Batch] = {}
     rest = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
-        p, g, m = _as_real(p), _as_real(g), _as_real(m)
-        if p.numel() == 0:
+        n = p.numel()
+        if n == 0:
             continue
+        pdt, gdt, mdt = p.dtype, g.dtype, m.dtype
+        if pdt in _REAL:
+            pdt, gdt, mdt, n = _REAL[pdt], _REAL.get(gdt, gdt), _REAL.get(mdt, mdt), 2 * n
         if (
-            p.dtype == g.dtype and p.dtype in _DTYPES and m.dtype in _DTYPES
-            and (p.dtype, m.dtype) in dtype_pairs()
+            pdt == gdt and (pdt, mdt) in pairs
             and p.is_contiguous() and g.is_contiguous() and m.is_contiguous()
         ):  # fmt: skip
-            batches.setdefault((p.dtype, m.dtype), []).append(i)
+            batch = batches.setdefault((pdt, mdt), _Batch([], []))
+            batch.idx.append(i)
+            batch.numel.append(n)
         else:  # strided views, a gradient of another dtype, an unsupported pair
             rest.append(i)
     return batches, rest
 
 
-def _lists(ps, gs, ms, pdt, mdt, *, take=None, scale=None, count=None, agree=None,
+def _lists(ps, gs, ms, numel, pdt, mdt, *, take=None, scale=None, count=None, agree=None,
            min_abs=None) -> tuple[CLists, list]:  # fmt: skip
     """A :class:`CLists` and the objects its pointers point into (keep them alive)."""
     keep = [_pointers(ps) if ps else None, _pointers(gs), _pointers(ms),
-            torch.tensor([t.numel() for t in gs], dtype=torch.int64)]  # fmt: skip
+            (ctypes.c_int64 * len(numel))(*numel)]  # fmt: skip
     ptr = [None if t is None else t.data_ptr() for t in (take, scale, count, agree, min_abs)]
     lists = CLists(
         ntensors=len(gs), ps=ctypes.addressof(keep[0]) if ps else None,
         gs=ctypes.addressof(keep[1]), ms=ctypes.addressof(keep[2]),
-        numel=keep[3].data_ptr(), p_dtype=_DTYPES[pdt], m_dtype=_DTYPES[mdt], take=ptr[0],
-        caution_scale=ptr[1], count=ptr[2], agree=ptr[3], min_abs=ptr[4],
+        numel=ctypes.addressof(keep[3]), p_dtype=_DTYPES[pdt], m_dtype=_DTYPES[mdt],
+        take=ptr[0], caution_scale=ptr[1], count=ptr[2], agree=ptr[3], min_abs=ptr[4],
     )  # fmt: skip
     return lists, keep
 
@@ -555,29 +568,33 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
     take_u8 = take.to("cpu", torch.uint8) if take is not None else None
     batches, rest = _batches(params, grads, exp_avgs)
     threads = torch.get_num_threads()
-    for (pdt, mdt), idx in batches.items():
-        ps = [_flat(params[i]) for i in idx]
-        gs = [_flat(grads[i]) for i in idx]
-        ms = [_flat(exp_avgs[i]) for i in idx]
+    for (pdt, mdt), (idx, numel) in batches.items():
+        ps = [params[i] for i in idx]
+        gs = [grads[i] for i in idx]
+        ms = [exp_avgs[i] for i in idx]
         k = len(idx)
         count = torch.zeros(k, dtype=torch.int64)
         min_abs = torch.empty(k, dtype=torch.float64) if want_min else None
         scale = None
         if hyper.caution:
             agree = torch.empty(k, dtype=torch.int64)
-            lists, keep = _lists(None, gs, ms, pdt, mdt, agree=agree)
+            lists, keep = _lists(None, gs, ms, numel, pdt, mdt, agree=agree)
             rc = lib.clion_reduce(ctypes.byref(chyper), ctypes.byref(lists), threads)
             assert rc == 0, "dtype pair was checked by clion_supported"
-            scale = _caution_scale(agree, [t.numel() for t in gs], compute_dtype(pdt)).double()
+            scale = _caution_scale(agree, numel, compute_dtype(pdt)).double()
         sub_take = None if take_u8 is None else take_u8[idx].contiguous()
-        lists, keep = _lists(ps, gs, ms, pdt, mdt, take=sub_take, scale=scale, count=count,
-                             min_abs=min_abs)  # fmt: skip
+        lists, keep = _lists(ps, gs, ms, numel, pdt, mdt, take=sub_take, scale=scale,
+                             count=count, min_abs=min_abs)  # fmt: skip
         rc = lib.clion_update(ctypes.byref(chyper), ctypes.byref(lists), threads)
         assert rc == 0, "dtype pair was checked by clion_supported"
-        at = torch.tensor(idx)
-        counts[at] = count.float()
-        if min_abs is not None:
-            mins[at] = min_abs
+        if k == n:  # the usual case: one batch holds every tensor, in order
+            counts = count.float()
+            mins = mins if min_abs is None else min_abs
+        else:
+            at = torch.tensor(idx)
+            counts[at] = count.float()
+            if min_abs is not None:
+                mins[at] = min_abs
     for i in rest:  # rare (strided views, mixed dtypes): the eager math, one tensor
         out = _single_tensor_update(
             [params[i]], [grads[i]], [exp_avgs[i]], hyper,
@@ -607,11 +624,11 @@ def direction_min_abs(grads: TensorList, exp_avgs: TensorList, beta1: float,
                     stop_below=-math.inf if stop_below is None else stop_below)  # fmt: skip
     batches, rest = _batches(grads, grads, exp_avgs)
     threads = torch.get_num_threads()
-    for (gdt, mdt), idx in batches.items():
-        gs = [_flat(grads[i]) for i in idx]
-        ms = [_flat(exp_avgs[i]) for i in idx]
+    for (gdt, mdt), (idx, numel) in batches.items():
+        gs = [grads[i] for i in idx]
+        ms = [exp_avgs[i] for i in idx]
         min_abs = torch.empty(len(idx), dtype=torch.float64)
-        lists, keep = _lists(None, gs, ms, gdt, mdt, min_abs=min_abs)
+        lists, keep = _lists(None, gs, ms, numel, gdt, mdt, min_abs=min_abs)
         rc = lib.clion_reduce(ctypes.byref(chyper), ctypes.byref(lists), threads)
         assert rc == 0, "dtype pair was checked by clion_supported"
         out[torch.tensor(idx)] = min_abs

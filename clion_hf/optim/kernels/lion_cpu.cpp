@@ -184,6 +184,31 @@ inline vf64 vfma(vf64 a, vf64 b, vf64 c) {
 #endif
 }
 
+// a < b ? a : b and a > b ? a : b, lane by lane: b where either is NaN. That is the x86
+// min/max instructions' own rule, spelled with them (GCC lowers the ternary to a compare
+// and a blend); elsewhere the ternary itself.
+#if defined(__AVX512F__) && CLION_VBYTES == 64
+// (the masked forms with every lane set: the unmasked ones start from an "undefined"
+// vector that GCC 12's -Wall reports as maybe-uninitialized)
+inline vf32 vmin(vf32 a, vf32 b) { return _mm512_mask_min_ps(a, 0xFFFF, a, b); }
+inline vf32 vmax(vf32 a, vf32 b) { return _mm512_mask_max_ps(a, 0xFFFF, a, b); }
+inline vf64 vmin(vf64 a, vf64 b) { return _mm512_mask_min_pd(a, 0xFF, a, b); }
+inline vf64 vmax(vf64 a, vf64 b) { return _mm512_mask_max_pd(a, 0xFF, a, b); }
+#elif defined(__AVX__) && CLION_VBYTES == 32
+inline vf32 vmin(vf32 a, vf32 b) { return _mm256_min_ps(a, b); }
+inline vf32 vmax(vf32 a, vf32 b) { return _mm256_max_ps(a, b); }
+inline vf64 vmin(vf64 a, vf64 b) { return _mm256_min_pd(a, b); }
+inline vf64 vmax(vf64 a, vf64 b) { return _mm256_max_pd(a, b); }
+#elif (defined(__x86_64__) || defined(__i386__)) && CLION_VBYTES == 16
+inline vf32 vmin(vf32 a, vf32 b) { return _mm_min_ps(a, b); }
+inline vf32 vmax(vf32 a, vf32 b) { return _mm_max_ps(a, b); }
+inline vf64 vmin(vf64 a, vf64 b) { return _mm_min_pd(a, b); }
+inline vf64 vmax(vf64 a, vf64 b) { return _mm_max_pd(a, b); }
+#else
+template <typename V> inline V vmin(V a, V b) { return a < b ? a : b; }
+template <typename V> inline V vmax(V a, V b) { return a > b ? a : b; }
+#endif
+
 // Loads and stores of N lanes from storage type T into the compute vector.
 inline vf32 vload(const float* p) {
   vf32 v;
@@ -248,26 +273,37 @@ inline V lerp(V start, V end, V w, U small) {
   return vfma(w, end - start, (V)(((U)start & small) | ((U)end & ~small)));
 }
 
-// torch.sign for finite x: -1, 0 (+0.0 for either zero, as ATen), +1. NaN and inf are
-// replaced afterwards by nonfinite_to_nan, so they need no care here: copysign(1, x),
-// then 0 where x == 0 (4 vector instructions).
+// copysign(1, x): +-1 by x's sign bit (2 vector instructions).
+template <typename C, typename V = typename Vec<C>::V, typename U = typename Vec<C>::U>
+inline V sign_one(V x) {
+  return (V)(((U)x & (U)splat<V>(C(-0.0))) | (U)splat<V>(C(1)));
+}
+
+// torch.sign for finite x: -1, 0 (+0.0 for either zero, as ATen), +1 (4 instructions).
+// NaN and inf give +-1 here; the callers make them NaN (see finite_zero).
 template <typename C, typename V = typename Vec<C>::V, typename U = typename Vec<C>::U>
 inline V sgn(V x) {
-  const U one = (U)splat<V>(C(1));
-  const U sign_bit = (U)splat<V>(C(-0.0));
-  return (V)((((U)x & sign_bit) | one) & ~(U)(x == C(0)));
+  return (V)((U)sign_one<C>(x) & ~(U)(x == C(0)));
 }
 
-// h where c is finite, NaN where it is not (c - c is 0 exactly when c is finite).
+// 0 where c is finite, NaN where it is not: c - c. Added to a value that is +-1 or +0
+// it leaves it unchanged or makes it NaN, in one instruction (no compare and select).
+template <typename V>
+inline V finite_zero(V c) {
+  return c - c;
+}
+
+// h where c is finite, NaN where it is not: for any h (a -0.0 keeps its sign).
 template <typename C, typename V = typename Vec<C>::V>
 inline V nonfinite_to_nan(V h, V c) {
-  return c - c == C(0) ? h : splat<V>(std::numeric_limits<C>::quiet_NaN());
+  return finite_zero(c) == C(0) ? h : splat<V>(std::numeric_limits<C>::quiet_NaN());
 }
 
-template <typename V>
+// |x| by clearing the sign bit (one and; |-0.0| = +0.0).
+template <typename C, typename V = typename Vec<C>::V, typename U = typename Vec<C>::U>
 inline V vabs(V x) {
-  return x < 0 ? -x : x;  // -0.0 < 0 is false: |-0.0| would keep its sign, but only
-}                         // compared and min-reduced, where -0.0 == +0.0
+  return (V)((U)x & ~(U)splat<V>(C(-0.0)));
+}
 
 template <typename C> constexpr C qnan() { return std::numeric_limits<C>::quiet_NaN(); }
 template <typename C> constexpr C inf() { return std::numeric_limits<C>::infinity(); }
@@ -318,20 +354,73 @@ struct Consts {
 };
 
 // Whether a call needs the GENERAL instantiation: a lerp weight of 0.5 or more (beta <=
-// 0.5), a tensor lr or maximize. Everything else (the defaults) runs specialised code.
+// 0.5), a tensor lr, maximize, or an nu below C's smallest subnormal (it rounds to 0).
+// Everything else (the defaults) runs specialised code.
 template <typename C>
 inline bool general(const ClionHyper& hp) {
   return !(std::fabs(C(hp.w1)) < C(0.5)) || !(std::fabs(C(hp.w2)) < C(0.5)) ||
-         hp.lr_is_tensor != 0 || hp.maximize != 0;
+         hp.lr_is_tensor != 0 || hp.maximize != 0 || !(C(hp.nu) > C(0));
 }
+
+// Whether the target has unsigned 32-bit vector min/max (SSE4.1 and later, NEON): then
+// the min |c| is tracked on bit patterns (Acc::track), else with float compares.
+#if defined(__SSE4_1__) || defined(__aarch64__)
+constexpr bool kUnsignedMinMax32 = true;
+#else
+constexpr bool kUnsignedMinMax32 = false;
+#endif
 
 // The accumulators of one chunk, one lane each.
 template <typename C>
 struct Acc {
   using V = typename Vec<C>::V;
   using I = typename Vec<C>::I;
+  using U = typename Vec<C>::U;
+  // Bit patterns of fp32 |c| (sign bit clear) sort as the values do, NaN above inf: the
+  // min of bits - 1 (a zero wraps to the top) is the smallest non-zero |c| less one, and
+  // a max above inf's bits means a NaN. 3 instructions a vector instead of 5, and the
+  // zero-padded lanes of a tail change neither.
+  static constexpr bool kBits = sizeof(C) == 4 && kUnsignedMinMax32;
   I count{}, agree{}, nan{};
+  U lo = splat<U>(~0u), hi{};
   V min = splat<V>(inf<C>());
+
+  // Takes a = |c| (sign bit clear) into the smallest non-zero |c| and the NaN flag.
+  inline void track(V a, I valid) {
+    if constexpr (kBits) {
+      const U bits = (U)a;
+      const U below = bits - 1u;
+      lo = below < lo ? below : lo;
+      hi = bits > hi ? bits : hi;
+    } else {
+      const V nz = a == C(0) ? splat<V>(inf<C>()) : a;
+      min = nz < min ? nz : min;  // NaN never wins; it is flagged instead
+      nan |= (I)(a != a) & valid;
+    }
+  }
+
+  // The smallest non-zero |c| seen, +inf if none, NaN if any |c| was NaN.
+  double min_abs() const {
+    if constexpr (kBits) {
+      // (in this const member lo[0] is a const lvalue for Clang: drop the const)
+      using E = typename std::remove_cv<
+          typename std::remove_reference<decltype(lo[0])>::type>::type;
+      E l = ~E(0), h = 0;
+#pragma GCC unroll 64
+      for (int k = 0; k < int(sizeof(U) / sizeof(E)); ++k) {
+        l = lo[k] < l ? lo[k] : l;
+        h = hi[k] > h ? hi[k] : h;
+      }
+      const E inf_bits = E(0x7F800000u);
+      if (h > inf_bits) return qnan<double>();
+      if (l == ~E(0)) return inf<double>();
+      C m;
+      const E b = l + 1;
+      std::memcpy(&m, &b, sizeof m);
+      return double(m);
+    }
+    return hsum(nan) ? qnan<double>() : hmin<C>(min);
+  }
 };
 
 // One vector of one chunk: everything fixed for the call is a template argument, so the
@@ -346,26 +435,30 @@ inline void update_vec(P* p, const P* g, M* m, const Consts<C>& k, bool take, Ac
   const V gc = GENERAL ? vload(g) * k.gsign : vload(g);
   const V mc = vload(m);
   const V c = lerp<GENERAL>(mc, gc, k.w1, k.small1);
-  const V a = vabs(c);
+  const V a = vabs<C>(c);
+  // h(c), NaN wherever c is not finite: z = finite_zero(c) is 0 or NaN, added to the
+  // branches that give +-1 or +0, a factor (z + 1) of the others (x * 1 is exact and
+  // keeps a -0.0); no compare-and-select.
+  const V z = finite_zero(c);
   V h;
   if (MODE == LION) {
-    h = sgn<C>(c);
+    h = sgn<C>(c) + z;
   } else if (MODE == TAKE) {
-    h = take ? sgn<C>(c) : c;  // take is per tensor: the same for the whole chunk
+    h = take ? sgn<C>(c) + z : c * (z + C(1));  // take: one per tensor
   } else if (MODE == ELEMENT) {
-    h = a >= k.nu ? sgn<C>(c) : c;
+    // The sign branch has |c| >= nu > 0, so sign(c) is copysign(1, c); NaN takes the
+    // identity branch (NaN >= nu is false) and stays NaN. GENERAL also serves an nu that
+    // rounds to 0 in C, where c = 0 takes the sign branch and sign(0) = 0.
+    const V s = GENERAL ? sgn<C>(c) : sign_one<C>(c);
+    h = a >= k.nu ? s + z : c;
   } else {  // SOFT: (c / nu).clamp(-1, 1), NaN propagates
     const V q = c / k.nu;
-    h = q < C(-1) ? splat<V>(C(-1)) : (q > C(1) ? splat<V>(C(1)) : q);
+    // q > 1 ? 1 : q, then < -1 ? -1 : that; NaN stays (vmin/vmax return q's lane)
+    h = vmax(splat<V>(C(-1)), vmin(splat<V>(C(1)), q)) * (z + C(1));
   }
-  h = nonfinite_to_nan<C>(h, c);  // NaN wherever c is not finite
   if (MODE == ELEMENT || MODE == SOFT) acc.count -= (I)(a >= k.nu) & valid;
   if (CAUTION) h = h * gc > C(0) ? (h * C(1)) * k.scale : (h * C(0)) * k.scale;
-  if (TRACK_MIN) {
-    const V nz = a == C(0) ? splat<V>(inf<C>()) : a;
-    acc.min = nz < acc.min ? nz : acc.min;  // NaN never wins; it is counted instead
-    acc.nan |= (I)(a != a) & valid;
-  }
+  if (TRACK_MIN) acc.track(a, valid);
   const V p1 = pc * k.decay;
   V p2 = vfma(h, k.neg_lr, p1);
   if (GENERAL) {  // a tensor lr, as the foreach path: p * decay - h * lr, two roundings
@@ -397,12 +490,17 @@ inline I lanes_below(int64_t n) {
 }
 
 // One chunk of one tensor. Kept out of line under its own name (noinline, noclone), so
-// the function that runs is the one the machine-code test inspects.
+// the function that runs is the one the machine-code test inspects. Clang has no
+// noclone (its clones keep the name with a suffix, which the test also inspects).
+#if defined(__clang__)
+#define CLION_CHUNK_FN __attribute__((noinline))
+#else
+#define CLION_CHUNK_FN __attribute__((noinline, noclone))
+#endif
 template <typename P, typename M, int MODE, bool CAUTION, bool TRACK_MIN, bool GENERAL>
-__attribute__((noinline, noclone)) Stats update_chunk(P* __restrict p, const P* __restrict g,
-                                                      M* __restrict m, int64_t n,
-                                                      const ClionHyper& hp, bool take,
-                                                      double caution_scale) {
+CLION_CHUNK_FN Stats update_chunk(P* __restrict p, const P* __restrict g, M* __restrict m,
+                                  int64_t n, const ClionHyper& hp, bool take,
+                                  double caution_scale) {
   using C = typename Compute<P>::type;
   using I = typename Vec<C>::I;
   constexpr int N = Vec<C>::N;
@@ -423,7 +521,7 @@ __attribute__((noinline, noclone)) Stats update_chunk(P* __restrict p, const P* 
     mp.back(m + i, r);
   }
   Stats s{hsum(acc.count), 0, inf<double>()};
-  if (TRACK_MIN) s.min_abs = hsum(acc.nan) ? qnan<double>() : hmin<C>(acc.min);
+  if (TRACK_MIN) s.min_abs = acc.min_abs();
   if (MODE == LION) s.count = n;
   if (MODE == TAKE) s.count = take ? n : 0;
   return s;
@@ -438,20 +536,17 @@ inline void reduce_vec(const P* g, const M* m, const Consts<C>& k, Acc<C>& acc,
   using I = typename Vec<C>::I;
   const V gc = GENERAL ? vload(g) * k.gsign : vload(g);
   const V c = lerp<GENERAL>(vload(m), gc, k.w1, k.small1);
-  const V a = vabs(c);
+  const V a = vabs<C>(c);
   if (AGREE) {
-    const V s = nonfinite_to_nan<C>(sgn<C>(c), c);
+    const V s = sgn<C>(c) + finite_zero(c);
     acc.agree -= (I)(s * gc > C(0)) & valid;
   }
-  const V nz = a == C(0) ? splat<V>(inf<C>()) : a;
-  acc.min = nz < acc.min ? nz : acc.min;
-  acc.nan |= (I)(a != a) & valid;
+  acc.track(a, valid);
 }
 
 template <typename P, typename M, bool AGREE, bool GENERAL>
-__attribute__((noinline, noclone)) Stats reduce_chunk(const P* __restrict g,
-                                                      const M* __restrict m, int64_t n,
-                                                      const ClionHyper& hp) {
+CLION_CHUNK_FN Stats reduce_chunk(const P* __restrict g, const M* __restrict m, int64_t n,
+                                  const ClionHyper& hp) {
   using C = typename Compute<P>::type;
   using I = typename Vec<C>::I;
   constexpr int N = Vec<C>::N;
@@ -466,7 +561,7 @@ __attribute__((noinline, noclone)) Stats reduce_chunk(const P* __restrict g,
     Pad<N, M> mp(m + i, r);
     reduce_vec<C, AGREE, GENERAL>(gp.buf, mp.buf, k, acc, lanes_below<I>(r));
   }
-  return Stats{0, hsum(acc.agree), hsum(acc.nan) ? qnan<double>() : hmin<C>(acc.min)};
+  return Stats{0, hsum(acc.agree), acc.min_abs()};
 }
 
 // The update_chunk instantiation for a call's loop-invariant choices, picked once per call.
@@ -517,6 +612,7 @@ void combine(const std::vector<Work>& work, const std::vector<Stats>& parts, int
 
 template <typename P, typename M>
 void run_update(const ClionHyper& hp, const ClionLists& t, int nthreads) {
+  (void)nthreads;  // unused without OpenMP
   const int64_t ntensors = t.ntensors;
   void* const* ps = t.ps;
   void* const* gs = t.gs;
@@ -534,8 +630,10 @@ void run_update(const ClionHyper& hp, const ClionLists& t, int nthreads) {
   else if (mode == LION) fn = pick_update<P, M, LION, false, false>(lb);
   else if (mode == TAKE && track_min) fn = pick_update<P, M, TAKE, false, true>(lb);
   else if (mode == TAKE) fn = pick_update<P, M, TAKE, false, false>(lb);
-  else if (mode == ELEMENT) fn = pick_update<P, M, ELEMENT, false, true>(lb);
-  else fn = pick_update<P, M, SOFT, false, true>(lb);
+  else if (mode == ELEMENT && track_min) fn = pick_update<P, M, ELEMENT, false, true>(lb);
+  else if (mode == ELEMENT) fn = pick_update<P, M, ELEMENT, false, false>(lb);
+  else if (track_min) fn = pick_update<P, M, SOFT, false, true>(lb);
+  else fn = pick_update<P, M, SOFT, false, false>(lb);  // track_stats=False: ~4% less work
   const std::vector<Work> work = plan(ntensors, t.numel);
   std::vector<Stats> parts(work.size());
   const int64_t nwork = static_cast<int64_t>(work.size());
@@ -562,6 +660,7 @@ enum Stop : int { STOP_NONE = 0, STOP_TENSOR = 1, STOP_ALL = 2 };
 
 template <typename P, typename M>
 void run_reduce(const ClionHyper& hp, const ClionLists& t, int nthreads) {
+  (void)nthreads;  // unused without OpenMP
   const int64_t ntensors = t.ntensors;
   const int stop = hp.stop;
   const double stop_below = hp.stop_below;
