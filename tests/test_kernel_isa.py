@@ -274,6 +274,13 @@ def test_hot_loops_are_vectorised_on_every_x86_target(name):
 
 # ------------------------------------------------------------------ x86 with Clang
 
+def _zig_cxx(target: str) -> list[str]:
+    """Zig's clang as a C++ compiler for ``target`` (a Zig triple), or a skip."""
+    if importlib.util.find_spec("ziglang") is None:
+        _missing("ziglang not installed (pip install ziglang; it is in the dev extra)")
+    return [sys.executable, "-m", "ziglang", "c++", "-target", target]
+
+
 # Zig reads -march= as a CPU name and has no -mtune; its CPUs of the same names
 _ZIG_X86 = {"x86-64": "-mcpu=x86_64", "x86-64-v3": "-mcpu=x86_64_v3",
             "x86-64-v4": "-mcpu=x86_64_v4"}  # fmt: skip
@@ -286,9 +293,7 @@ def test_x86_kernel_compiles_with_clang_and_is_vectorised(name, tmp_path):
     # only the arm64 cross-compile revealed. Zig's clang, an object (no libc++ link), no
     # OpenMP (Zig ships no omp.h: the builder's fallback).
     _tools()
-    if importlib.util.find_spec("ziglang") is None:
-        _missing("ziglang not installed (pip install ziglang; it is in the dev extra)")
-    cxx = [sys.executable, "-m", "ziglang", "c++", "-target", "x86_64-linux-gnu"]
+    cxx = _zig_cxx("x86_64-linux-gnu")
     flags = [f for f in cpu._FLAGS if f != "-shared"] + [_ZIG_X86[name], "-Wall", "-Wextra"]
     obj = tmp_path / f"lion_cpu-{name}-clang.o"
     proc = subprocess.run([*cxx, *flags, "-c", str(cpu.SOURCE), "-o", str(obj)],
@@ -311,15 +316,14 @@ _ZIG_SPELLING = {"-march=armv8-a": "-mcpu=generic"}
 def _a64_tools() -> tuple[list[str], str]:
     """Zig's C++ cross compiler for aarch64-linux-gnu and an llvm-objdump that reads
     AArch64, or a skip naming what is missing."""
-    if importlib.util.find_spec("ziglang") is None:
-        _missing("ziglang not installed (pip install ziglang; it is in the dev extra)")
+    cxx = _zig_cxx("aarch64-linux-gnu")
     objdump = shutil.which("llvm-objdump")
     if objdump is None:
         _missing("llvm-objdump not installed (it reads the AArch64 code)")
     targets = subprocess.run([objdump, "--version"], capture_output=True, text=True).stdout
     if "aarch64" not in targets:
         _missing(f"{objdump} was built without the AArch64 target")
-    return [sys.executable, "-m", "ziglang", "c++", "-target", "aarch64-linux-gnu"], objdump
+    return cxx, objdump
 
 
 def _a64_compile(cxx: list[str], src: Path, out: Path, flags: list[str]) -> str:
