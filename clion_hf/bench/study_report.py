@@ -619,7 +619,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                     ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps],
                             color=colour(lb), marker=".", label=describe_optimizer(lb))
             ax.set_xlabel("step")
-            ax.set_ylabel("log10 τ_t (update units)")
+            ax.set_ylabel("log10 τ_t (gradient units)")
             ax.set_title(f"{ws.name}: τ_t at N = {n}\n(min over each log interval; mean "
                          "of log10 over seeds)", fontsize=10)  # fmt: skip
             _legend(ax)
