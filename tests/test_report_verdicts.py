@@ -147,9 +147,10 @@ def test_a_row_on_a_grid_edge_is_inconclusive_never_worse(tmp_path):
     write_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     block = "\n".join(findings_block(report))
-    assert "lion vs adamw: **inconclusive**: the tuned optimum of lion sat on the edge" in block
+    assert ("lion vs adamw: **inconclusive**: lion's tuned learning rate sat on the edge of "
+            "the searched grid") in block
     assert " is worse**" not in block and " is better**" not in block
-    assert "0.064 (edge)" in report or "(edge)" in report
+    assert "(on the grid's edge)" in report.split("## gpt2-pretrain")[1]
 
 
 # ------------------------------------------------------------------------------ committed
@@ -251,10 +252,11 @@ def test_plots_follow_the_plot_rules(tmp_path):
                 name = coll.get_label()
                 if name in labels:
                     assert to_hex(coll.get_facecolor()[0], keep_alpha=False) == labels[name]
-            legend = ax.get_legend()
+        for legend in [ax.get_legend() for ax in fig.axes] + fig.legends:
             if legend is not None:
                 assert min(t.get_fontsize() for t in legend.get_texts()) >= 8, key
     loss = figures["loss:gpt2-pretrain:40"]
+    assert [t.get_text() for t in loss.legends[0].get_texts()] == list(labels)
     assert all("nats per token" in ax.get_ylabel() for ax in loss.axes)
     assert all(line.get_marker() == "o" for line in loss.axes[1].get_lines())  # validation
     lo, hi = figures["sign:gpt2-pretrain:40"].axes[0].get_ylim()

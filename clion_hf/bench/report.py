@@ -444,8 +444,22 @@ def margin_text(wa: WorkloadAnalysis, margin: float) -> str:
     return f"±{100 * margin:g} pp of test accuracy"
 
 
+_SECOND_WORDS = {"wd_scale": "weight-decay scale", "nu": "ν"}
+
+
+def edge_text(row: Row) -> str:
+    """``lion's tuned weight-decay scale``: which of a row's tuned values sits on an edge."""
+    plan = row.plan
+    what = []
+    if plan is not None and plan.lr_on_edge:
+        what.append("learning rate")
+    if plan is not None and plan.second_on_edge:
+        what.append(_SECOND_WORDS.get(plan.search.second or "", str(plan.search.second)))
+    return f"{describe_optimizer(row.optimizer)}'s tuned {' and '.join(what)}"
+
+
 def _edge_names(wa: WorkloadAnalysis, t: PairedTest) -> list[str]:
-    return [describe_optimizer(o) for o in (t.a, t.b) if _inconclusive(wa.rows.get(o))]
+    return [edge_text(wa.rows[o]) for o in (t.a, t.b) if _inconclusive(wa.rows.get(o))]
 
 
 def verdict(wa: WorkloadAnalysis, t: PairedTest) -> str:
@@ -473,8 +487,8 @@ def verdict_sentence(wa: WorkloadAnalysis, t: PairedTest) -> str:
     effect = f"{effect_text(wa, t)}, {100 * t.level:.2f}% CI"
     if v == "inconclusive":
         edge = " and ".join(_edge_names(wa, t))
-        return (f"{a} vs {b}: **inconclusive**: the tuned optimum of {edge} sat on the edge "
-                f"of its grid, so it may be under-tuned (measured {effect}; no verdict).")
+        return (f"{a} vs {b}: **inconclusive**: {edge} sat on the edge of the searched "
+                f"grid, so the row may be under-tuned (measured {effect}; no verdict).")
     if v in ("better", "worse"):
         winner = a if v == "better" else b
         return f"{a} vs {b}: **{a} is {v}** ({effect}): prefer {winner} here."
@@ -580,7 +594,8 @@ def findings(an: Analysis) -> list[str]:
             lines.append(f"- {head}: no final run finished ok, nothing to compare yet.")
             continue
         opt, mean = best
-        edge = " (its tuned optimum is on a grid edge)" if _inconclusive(wa.rows[opt]) else ""
+        edge = (f" ({edge_text(wa.rows[opt])} is on the edge of its grid)"
+                if _inconclusive(wa.rows[opt]) else "")  # fmt: skip
         tail = ("" if n >= 2 else "; one seed: a check, not a comparison")
         lines.append(f"- {head}. Best mean: **{describe_optimizer(opt)}** "
                      f"({metric_name(wa)} {mean:.4g}){edge}{tail}.")
@@ -697,11 +712,14 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         ok = [r for r in row.finals if r["status"] == "ok"]
         chosen = row.chosen
         lr_text = "–" if not chosen else fmt_float(chosen["lr"])
-        if _inconclusive(row):
-            lr_text += " (edge)"
+        second_text = _second_text(chosen, wa.max_steps)
+        if row.plan is not None and row.plan.lr_on_edge:
+            lr_text += " (on the grid's edge)"
+        if row.plan is not None and row.plan.second_on_edge:
+            second_text += " (on the grid's edge)"
         reached = [r for r in ok if r["steps_to_target"] is not None]
         name = describe_optimizer(opt)
-        result.append([name, lr_text, _second_text(chosen, wa.max_steps),
+        result.append([name, lr_text, second_text,
                        f"{len(ok)} of {len(row.finals)}",
                        _mean_sd(r["test_metric"] for r in ok),
                        _mean_sd(r["final_metric"] for r in ok)])  # fmt: skip
@@ -936,7 +954,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
                   f"{env.get('transformers') or '?'}, Python {env.get('python') or '?'}{commit}."]
     lines += list(timing)
     lines.append("")
-    tested = sum(len(wa.tests) for wa in an.workloads)
+    tested = sum(t.n >= 2 for wa in an.workloads for t in wa.tests)
     declared = ("no comparison the preset declares is in these runs, so every optimizer "
                 "against AdamW" if an.fallback else "; ".join(
                     f"{describe_optimizer(a)} vs {describe_optimizer(b)}"
@@ -1114,8 +1132,13 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
                 ax.set_xlabel("step", fontsize=LABEL_SIZE)
                 ax.set_ylabel(f"{what} ({unit})", fontsize=LABEL_SIZE)
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=LEGEND_SIZE)
-            fig.tight_layout()
+            # one legend for both panels, below them: it never hides a curve
+            handles, names = axes[1].get_legend_handles_labels()
+            if not handles:
+                handles, names = axes[0].get_legend_handles_labels()
+            fig.legend(handles, names, loc="lower center", ncol=min(len(names), 6),
+                       fontsize=LEGEND_SIZE, frameon=False)  # fmt: skip
+            fig.tight_layout(rect=(0, 0.08, 1, 1))
             return fig
 
         attempt(f"loss:{wa.name}:{wa.max_steps}", f"loss-{name}.png", loss_plot)
@@ -1214,7 +1237,7 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
             ax.set_visible(False)
         bars_are = ("mean over the final seeds; error bars: ±1 standard deviation over seeds"
                     if most >= 2 else "one final seed per optimizer: no error bars")
-        fig.suptitle(f"Held-out metric of the tuned configurations ({bars_are})",
+        fig.suptitle(f"Held-out metric of the chosen configurations ({bars_are})",
                      fontsize=LABEL_SIZE + 1)  # fmt: skip
         fig.tight_layout()
         return fig
