@@ -286,3 +286,36 @@ def test_no_error_bars_from_one_seed(tmp_path):
     assert not any(isinstance(c, ErrorbarContainer) for c in final.containers)
     assert "no error bars" in figures["final"].get_suptitle()
     assert "1 final seed" in figures["loss:gpt2-pretrain:40"].axes[0].get_title()
+
+
+def test_study_plots_use_the_same_colours_and_label_their_axes(tmp_path):
+    from matplotlib.colors import to_hex
+    from matplotlib.container import ErrorbarContainer
+
+    from clion_hf.bench.study_report import _TEXT
+    from clion_hf.bench.study_report import CSV_COLUMNS as STUDY_COLUMNS
+    from clion_hf.bench.study_report import analyze as analyze_study
+    from clion_hf.bench.study_report import make_plots as study_plots
+
+    study = REPO / "docs" / "benchmarks" / "gen-gap-cpu-2026-11-29"
+    rows = rows_from_csv((study / "results.csv").read_text(), STUDY_COLUMNS, _TEXT)
+    studies = analyze_study(rows, json.loads((study / "bench.json").read_text()))
+    figures: dict = {}
+    study_plots(studies, [], tmp_path, figures)
+    names = {describe_optimizer(o): colour(o)
+             for o in ("adamw", "lion", "clion", "clion:mode=element")}  # fmt: skip
+    assert figures
+    seen = set()
+    for fname, fig in figures.items():
+        for ax in fig.axes:
+            assert ax.get_ylabel(), fname
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                line = handle.lines[0] if isinstance(handle, ErrorbarContainer) else handle
+                name = label.split(" (")[0]
+                if name in names:
+                    seen.add(name)
+                    assert to_hex(line.get_color()) == names[name], (fname, name)
+            if "sign" in ax.get_ylabel():
+                lo, hi = ax.get_ylim()
+                assert -0.05 <= lo <= 0 and 1 <= hi <= 1.05
+    assert seen == set(names)

@@ -548,8 +548,11 @@ def _legend(ax) -> None:  # noqa: ANN001
         ax.legend(fontsize=LEGEND_SIZE - 1)
 
 
-def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
+def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path,
+               figures: dict[str, Any] | None = None
                ) -> tuple[dict[str, dict[str, str]], list[str]]:  # fmt: skip
+    """Write the PNGs (the plot rules of :func:`clion_hf.bench.report.make_plots`); with
+    ``figures``, each figure is also kept there (open) by file name, for inspection."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -565,6 +568,8 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
             if fig is not None:
                 _save(fig, plot_dir / fname)
                 plots[w][key] = f"plots/{fname}"
+                if figures is not None:
+                    figures[fname], fig = fig, None  # kept open for the caller
         except Exception as err:  # a plot must never cost the report
             errors.append(f"plot `{fname}` not drawn: {type(err).__name__}: {err}")
         finally:
@@ -651,9 +656,10 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 ax.set_xscale("log")
                 ax.set_xlabel("ν")
                 ax.set_ylabel(name if key == "sign" else f"{name} (nats, eval mode)")
-                ax.set_title(f"{name} (mean over seeds)")
+                ax.set_title(f"{name} (mean over seeds)", fontsize=10)
                 _legend(ax)
             fig.suptitle(f"{ws.name}: ν sweep at N = {ws.nu_size}")
+            fig.tight_layout(rect=(0, 0, 1, 0.94))
             return fig
 
         attempt(ws.name, "nu", f"nu-{ws.name}.png", nu_plot)
