@@ -1,12 +1,15 @@
 """Turn a results directory into ``report.md``, ``results.csv`` and PNG plots.
 
 The report is a function of the results: every number and every sentence of its
-"Findings" is computed here (nothing is typed in by hand), and the Findings can be
+"Verdict" section is computed here (nothing is typed in by hand), and the verdicts can be
 recomputed from ``results.csv`` and ``bench.json`` alone (:func:`findings_from_csv`), which
-is how the committed reports are checked. Definitions are written into the report itself
-(:data:`PROTOCOL_TEXT`). The report never refuses to be written: whatever is missing
-(unreadable result files, runs still to do, rows without a choice, a plot that cannot be
-drawn) is listed in it with the reason.
+is how the committed reports are checked. The verdicts test only the comparisons the preset
+declares (paired t-test, TOST for "the same", Holm over the whole report; see
+:mod:`clion_hf.bench.stats`); a directory holding ``results.csv`` but no per-run files (a
+committed report) is regenerated from the CSV, without the curves over steps. Definitions
+are written into the report itself (:data:`PROTOCOL_TEXT`). The report never refuses to be
+written: whatever is missing (unreadable result files, runs still to do, rows without a
+choice, a plot that cannot be drawn) is listed in it with the reason.
 """
 
 from __future__ import annotations

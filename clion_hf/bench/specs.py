@@ -610,7 +610,6 @@ PRESETS["gpu-short"] = Preset(
     extra_args=("--eval_steps", "0.125", "--logging_steps", "0.05"),
     cost_note="a rough guess for one H200, not a measurement: start-up as on CPU, 10 ms "
     "per step of the tiny models",
-    comparison_preset="gpu",
 )
 
 
