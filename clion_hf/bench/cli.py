@@ -188,7 +188,9 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     out = Path(args.dir)
     if not out.is_dir():
         parser.error(f"no such directory: {out}")
-    if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
+    has_runs = (out / "results").is_dir() and any((out / "results").glob("*.json"))
+    # a committed report keeps results.csv (and bench.json), not the per-run files
+    if not has_runs and not (out / "results.csv").is_file():
         parser.error(f"no results in {out}/results (run `clion-bench run --out {out}` first)")
     try:
         written = write_report(out)

@@ -388,6 +388,11 @@ class Matrix:
         jobs = max(1, self.preset.jobs)
         return lo / jobs, hi / jobs
 
+    def estimate_text(self) -> str:
+        """``55 min to 2 h``: :meth:`estimated_seconds` as ``clion-bench run --dry_run``
+        prints it (the same rounding)."""
+        return " to ".join(duration_text(t) for t in self.estimated_seconds())
+
     def describe(self) -> dict[str, Any]:
         """What ``bench.json`` records: enough to rebuild this matrix (:func:`matrix_from`)."""
         searches = {}
@@ -413,8 +418,14 @@ class Matrix:
             },  # fmt: skip
             "wd_coupling": {w: self.coupling(w) for w in self.workloads},
             "wd_removal": self.preset.wd_removal,
+            "primary": [list(p) for p in self.preset.primary],
+            "equivalence_margin": dict(self.preset.equivalence_margin),
             "search": searches,
         }
+
+
+def duration_text(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
 
 
 def matrix_from(description: Any) -> Matrix | None:

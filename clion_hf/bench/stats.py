@@ -1,4 +1,6 @@
-"""Statistics of the report: paired bootstrap intervals, Holm's correction, performance profiles.
+"""Statistics of the reports: paired t-tests and TOST with Holm over the whole report (the
+benchmark report, see "paired t-tests" below), paired bootstrap intervals (the gen-gap study),
+Holm's correction, performance profiles.
 
 Why hand-written: ``scipy.stats.bootstrap`` returns one interval at one level, but Holm's
 step-down procedure needs a p-value per comparison and intervals at per-comparison levels
@@ -148,3 +150,92 @@ def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
     mean, sd = statistics.fmean(logs), statistics.stdev(logs)
     half = _T975[min(len(logs) - 1, len(_T975)) - 1] * sd / math.sqrt(len(logs))
     return med, math.exp(mean - half), math.exp(mean + half)
+
+
+# ------------------------------------------------------------------------------ paired t-tests
+#
+# The report's tests (issue 23): at 5 paired seeds a percentile bootstrap gives p = 0 whenever
+# all five differences share a sign, although no exact test can go below 1/16 there. The
+# report therefore uses the paired t-test (scipy.stats), its t interval, and Schuirmann's
+# two one-sided tests (TOST) for equivalence within a declared margin, with Holm's step-down
+# over every comparison of the report (one family for "different", one for "equivalent").
+
+
+@dataclass
+class PairedTest:
+    """One paired comparison, A minus B, tested against 0 and for equivalence (|d| < margin)."""
+
+    a: str
+    b: str
+    diffs: list[float]
+    margin: float  # equivalence margin, in the units of the differences
+    key: str = ""  # what the caller groups by (e.g. the workload)
+    mean: float = math.nan
+    sd: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    level: float = math.nan  # the Holm level of the interval
+    p: float = math.nan  # two-sided paired t-test of mean 0
+    p_equiv: float = math.nan  # TOST: the larger of the two one-sided p-values
+    different: bool = False  # rejected "mean = 0" after Holm, and the interval excludes 0
+    equivalent: bool = False  # rejected "|mean| >= margin" after Holm (its own family)
+
+    @property
+    def n(self) -> int:
+        return len(self.diffs)
+
+
+def _t_parts(diffs: Sequence[float]) -> tuple[float, float, int]:
+    data = np.asarray(diffs, dtype=np.float64)
+    return float(data.mean()), float(data.std(ddof=1)), len(data) - 1
+
+
+def paired_t_p(diffs: Sequence[float]) -> float:
+    """Two-sided p-value of the paired t-test of "mean difference = 0"."""
+    from scipy import stats as st
+
+    mean, sd, _ = _t_parts(diffs)
+    if sd == 0:  # every pair differs by the same amount: t is infinite (or 0/0)
+        return 0.0 if mean != 0 else 1.0
+    return float(st.ttest_1samp(np.asarray(diffs, dtype=np.float64), 0.0).pvalue)
+
+
+def tost_p(diffs: Sequence[float], margin: float) -> float:
+    """p-value of TOST for equivalence: H0 ``|mean| >= margin`` (the larger one-sided p)."""
+    from scipy import stats as st
+
+    mean, sd, df = _t_parts(diffs)
+    if sd == 0:
+        return 0.0 if abs(mean) < margin else 1.0
+    se = sd / math.sqrt(len(diffs))
+    p_low = float(st.t.sf((mean + margin) / se, df))  # H0: mean <= -margin
+    p_high = float(st.t.cdf((mean - margin) / se, df))  # H0: mean >= +margin
+    return max(p_low, p_high)
+
+
+def t_interval(diffs: Sequence[float], level: float) -> tuple[float, float]:
+    """The ``level`` t interval of the mean difference."""
+    from scipy import stats as st
+
+    mean, sd, df = _t_parts(diffs)
+    half = float(st.t.ppf(1 - (1 - level) / 2, df)) * sd / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
+def holm_tests(tests: list[PairedTest], alpha: float = 0.05) -> list[PairedTest]:
+    """Fill in every test with at least :data:`MIN_PAIRS` pairs: t-test and TOST p-values,
+    Holm over all of them together (``different``; the interval at its Holm level) and,
+    separately, Holm over the equivalence tests (``equivalent``). Others stay undecided."""
+    usable = [t for t in tests if t.n >= MIN_PAIRS]
+    for t in usable:
+        t.mean, t.sd, _ = _t_parts(t.diffs)
+        t.p = paired_t_p(t.diffs)
+        t.p_equiv = tost_p(t.diffs, t.margin)
+    rejected, levels = holm([t.p for t in usable], alpha)
+    equivalent, _ = holm([t.p_equiv for t in usable], alpha)
+    for t, rej, level, eq in zip(usable, rejected, levels, equivalent, strict=True):
+        t.level = level
+        t.lo, t.hi = t_interval(t.diffs, level)
+        t.different = rej and (t.lo > 0 or t.hi < 0)
+        t.equivalent = eq
+    return tests

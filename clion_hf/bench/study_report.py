@@ -39,6 +39,7 @@ import numpy as np
 
 from clion_hf._files import atomic_write_text, read_json
 
+from .plotstyle import LEGEND_SIZE, colour
 from .report import (
     ReportError,
     _save,
@@ -544,11 +545,14 @@ def report_markdown(studies: list[WorkloadStudy], meta: dict, plots: dict[str, d
 
 def _legend(ax) -> None:  # noqa: ANN001
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=LEGEND_SIZE - 1)
 
 
-def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
+def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path,
+               figures: dict[str, Any] | None = None
                ) -> tuple[dict[str, dict[str, str]], list[str]]:  # fmt: skip
+    """Write the PNGs (the plot rules of :func:`clion_hf.bench.report.make_plots`); with
+    ``figures``, each figure is also kept there (open) by file name, for inspection."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -564,6 +568,8 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
             if fig is not None:
                 _save(fig, plot_dir / fname)
                 plots[w][key] = f"plots/{fname}"
+                if figures is not None:
+                    figures[fname], fig = fig, None  # kept open for the caller
         except Exception as err:  # a plot must never cost the report
             errors.append(f"plot `{fname}` not drawn: {type(err).__name__}: {err}")
         finally:
@@ -585,13 +591,14 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                             hi.append((e.hi if e.hi is not None else e.mean) - e.mean)
                     if xs:
                         ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3,
-                                    label=f"{describe_optimizer(lb)} "
+                                    color=colour(lb), label=f"{describe_optimizer(lb)} "
                                           f"(slope {ws.slopes[rule][lb].text()})")  # fmt: skip
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
                 ax.set_xlabel("N (training examples)")
-                ax.set_ylabel("held-out − training loss")
-                ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}")
+                ax.set_ylabel("held-out − training loss (nats, eval mode)")
+                ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
+                             "bootstrap interval)", fontsize=10)  # fmt: skip
                 _legend(ax)
                 return fig
 
@@ -615,10 +622,11 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 steps = sorted(by_step)
                 if steps:
                     ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps],
-                            label=describe_optimizer(lb))
+                            color=colour(lb), marker=".", label=describe_optimizer(lb))
             ax.set_xlabel("step")
-            ax.set_ylabel("log10 τ_t (min over each log interval; mean over seeds)")
-            ax.set_title(f"{ws.name}: τ_t at N = {n}")
+            ax.set_ylabel("log10 τ_t (gradient units)")
+            ax.set_title(f"{ws.name}: τ_t at N = {n}\n(min over each log interval; mean "
+                         "of log10 over seeds)", fontsize=10)  # fmt: skip
             _legend(ax)
             return fig
 
@@ -634,18 +642,24 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                     continue
                 for ax, key in zip(axes, ("sign", "train", "gap"), strict=True):
                     ax.plot([p["nu"] for p in pts], [p[key].mean for p in pts], marker=marker,
-                            label=f"clion {mode}")
+                            color=colour(f"clion:mode={mode}"), label=f"clion {mode}")
             for ax, key, name in zip(axes, ("sign", "final_train_loss", "final_gap"),
-                                     ("sign-branch fraction", "training-subset loss", "gap"),
+                                     ("sign-branch fraction", "training-subset loss",
+                                      "held-out − training loss"),
                                      strict=True):  # fmt: skip
                 ref = ws.nu_reference.get(key)
                 if key != "sign" and ref is not None and ref.mean is not None:
-                    ax.axhline(ref.mean, color="gray", linestyle="--", label="lion")
+                    ax.axhline(ref.mean, color=colour("lion"), linestyle="--",
+                               label="lion (tuned row)")  # fmt: skip
+                if key == "sign":
+                    ax.set_ylim(-0.01, 1.01)
                 ax.set_xscale("log")
                 ax.set_xlabel("ν")
-                ax.set_title(name)
+                ax.set_ylabel(name if key == "sign" else f"{name} (nats, eval mode)")
+                ax.set_title(f"{name} (mean over seeds)", fontsize=10)
                 _legend(ax)
             fig.suptitle(f"{ws.name}: ν sweep at N = {ws.nu_size}")
+            fig.tight_layout(rect=(0, 0, 1, 0.94))
             return fig
 
         attempt(ws.name, "nu", f"nu-{ws.name}.png", nu_plot)
