@@ -274,3 +274,29 @@ def test_round_trips_continue_bit_for_bit(how, rule, impl):
     _continue(params, opt, 3, 6)
     for p, q in zip(full[0], params, strict=True):
         assert torch.equal(p, q)
+
+
+# --------------------------------------------------------------------------- lr tensors
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_one_element_lr_tensor_of_any_shape_steps_as_a_0d_one_on_every_path(rule):
+    # issue 21 item 10: an lr of shape (1,) or (1, 1) was accepted and worked fused, but
+    # foreach=True raised "scalar tensor expected to be 0 dim" and, with shape (1, 1),
+    # foreach=False broadcast the 1-d parameters' update to 2-d and failed. Every
+    # 1-element shape now steps as the 0-d lr does, in both groups, on every path.
+    opt_cls, kw, overrides = RULES[rule]
+    runs = {}
+    for impl in IMPLS:
+        for shape in ((), (1,), (1, 1)):
+            params = make_params(torch.float32)
+            groups = groups_of(params, overrides, "")
+            for g in groups:
+                g["lr"] = torch.full(shape, g["lr"], dtype=torch.float64)
+            opt = opt_cls(groups, **kw, **IMPLS[impl])
+            _continue(params, opt, 0, 3)
+            assert opt.param_groups[0]["lr"].shape == shape  # the user's tensor, kept
+            runs[impl, shape] = (params, opt)
+    for key, got in runs.items():
+        if key != ("single", ()):
+            _assert_bitwise(*runs["single", ()], *got)

@@ -237,7 +237,7 @@ def lion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: flo
          beta1: float, beta2: float, weight_decay: float = 0.0, maximize: bool = False,
          caution: bool = False, impl: Impl | None = None) -> None:  # fmt: skip
     """One Lion step in place (``caution``: the cautious mask of arXiv:2411.16085)."""
-    hyper = Hyper(lr, beta1, beta2, weight_decay, "lion", 1.0, maximize, caution)
+    hyper = Hyper(_scalar_lr(lr), beta1, beta2, weight_decay, "lion", 1.0, maximize, caution)
     _update(params, grads, exp_avgs, hyper, None, False, impl)
 
 
@@ -254,7 +254,7 @@ def clion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: fl
     (else, with ``stats``, the update pass computes them).
     """
     check_mode(mode)
-    hyper = Hyper(lr, beta1, beta2, weight_decay, mode, nu, maximize)
+    hyper = Hyper(_scalar_lr(lr), beta1, beta2, weight_decay, mode, nu, maximize)
     if mode in ("global", "tensor") and take is None and params:
         impl = impl or choose_impl(params)
         min_abs = direction_min_abs(grads, exp_avgs, beta1=beta1, maximize=maximize, impl=impl)
@@ -264,6 +264,13 @@ def clion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: fl
     if out is not None and min_abs is not None:
         out = Stats(out.count, min_abs.to(out.min_abs))
     return out
+
+
+def _scalar_lr(lr: float | Tensor) -> float | Tensor:
+    """A tensor ``lr`` of any 1-element shape as a 0-d view, as torch.optim's ``_to_scalar``:
+    the foreach ops take only 0-d scalar tensors, and a (1, 1) lr would broadcast a 1-d
+    update to 2-d (issue 21 item 10). The view follows in-place updates of ``lr``."""
+    return lr.view(()) if isinstance(lr, Tensor) and lr.dim() != 0 else lr
 
 
 def _update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,

@@ -7,7 +7,8 @@ optimizer specs (through :func:`parse_option`). A bad value raises :class:`Value
 with one line that names the argument, the value and what is allowed.
 
 Numbers may be Python or numpy scalars (as torch's AdamW accepts them) and are stored as
-Python floats; ``lr`` may also be a 1-element tensor (schedulers that keep lr on device).
+Python floats; ``lr`` may also be a 1-element tensor of any shape (schedulers that keep lr
+on device; the update uses it as a 0-d scalar).
 
 Why by hand: torch.optim checks the constructor's arguments only (a param group added or
 loaded later is taken as it is), and argparse-style libraries would check the text but
