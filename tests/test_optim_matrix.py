@@ -300,3 +300,25 @@ def test_one_element_lr_tensor_of_any_shape_steps_as_a_0d_one_on_every_path(rule
     for key, got in runs.items():
         if key != ("single", ()):
             _assert_bitwise(*runs["single", ()], *got)
+
+
+# --------------------------------------------------------------------------- tiny nu
+
+
+@pytest.mark.parametrize("storage", ["fp32", "bf16", "fp16", "complex64", "fp64"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_soft_mode_with_nu_below_fp32_subnormals_is_lion_not_nan(impl, storage):
+    # issue 21 item 11: an nu that rounds to 0 in fp32 (1e-46, 1e-300) made soft's c / nu
+    # 0 / 0 = NaN wherever c == 0 (a zero gradient on a zero momentum), on every path.
+    # clamp(c / nu, -1, 1) with such an nu is sign(c) for every c != 0 and 0 at c == 0:
+    # Lion's update, bit for bit.
+    pdt, _ = STORAGE[storage]
+    for nu in (1e-46, 1e-300):
+        lion_params, clion_params = make_params(pdt), make_params(pdt)
+        lion = Lion(groups_of(lion_params, [{}, {}], ""), **IMPLS[impl])
+        clion = CLion(groups_of(clion_params, [{}, {}], ""), mode="soft", nu=nu, **IMPLS[impl])
+        _continue(lion_params, lion, 0, 3)
+        _continue(clion_params, clion, 0, 3)
+        assert (clion_params[6].grad[:5] == 0).all()  # where c == 0 ("long")
+        assert all(_real(p).isfinite().all() for p in clion_params), nu
+        _assert_bitwise(lion_params, lion, clion_params, clion)

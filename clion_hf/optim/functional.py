@@ -35,7 +35,7 @@ freezing behind a NaN momentum.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
@@ -94,6 +94,24 @@ def stat_dtype(device: torch.device) -> torch.dtype:
 def rounded(nu: float, dtype: torch.dtype) -> float:
     """``nu`` rounded to ``dtype`` (what ``c >= nu`` compares with in that dtype)."""
     return torch.tensor(nu, dtype=dtype).item()  # eager only (a constant under tracing)
+
+
+_F32_ZERO_BELOW = 2.0**-150
+"""The largest ``nu`` that rounds to 0 in fp32 (half the smallest subnormal; ties to even)."""
+
+
+def for_dtype(hyper: Hyper, dtype: torch.dtype) -> Hyper:
+    """``hyper`` as tensors stored as ``dtype`` apply it.
+
+    ``soft`` with an ``nu`` that rounds to 0 in the compute dtype (below fp32's smallest
+    subnormal, for fp32/bf16/fp16 parameters): ``clamp(c / nu, -1, 1)`` is ``sign(c)`` for
+    every ``c != 0``, but ``0 / 0`` would make ``c == 0`` NaN. ``element``'s rule with that
+    ``nu`` is the same ``sign(c)``, 0 at ``c == 0`` and the same count (issue 21 item 11).
+    """
+    if (hyper.mode == "soft" and hyper.nu <= _F32_ZERO_BELOW
+            and compute_dtype(dtype) == torch.float32):  # fmt: skip
+        return replace(hyper, mode="element")
+    return hyper
 
 
 def _compiling() -> bool:
@@ -356,7 +374,7 @@ def _h_and_stats(
     :func:`_nonfinite_masks`), where ``h`` becomes NaN. Counts are fp32; a min not wanted
     is NaN.
     """
-    mode, nu = hyper.mode, hyper.nu
+    mode, nu = for_dtype(hyper, c.dtype).mode, hyper.nu
     count = mn = None
     sd = stat_dtype(c.device)
     if mode in ("global", "tensor"):
