@@ -42,7 +42,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .validate import MODES, check_mode, check_update_lists
+from .validate import LR_MAX, MODES, check_lr, check_mode, check_update_lists
 
 __all__ = ["MODES", "Hyper", "Stats", "choose_impl", "clion", "compute_dtype",
            "direction_min_abs", "lion", "take_sign"]  # fmt: skip
@@ -297,6 +297,8 @@ def _update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: 
     if not params:
         return None
     check_update_lists(params, grads, exp_avgs)
+    if not isinstance(hyper.lr, Tensor) and hyper.lr > LR_MAX:
+        check_lr(hyper.lr)  # set after the group was checked (a scheduler): the same error
     impl = impl or choose_impl(params)
     if hyper.mode in ("global", "tensor") and take is None:
         raise ValueError(f"mode={hyper.mode!r} needs the branch decision (take)")
