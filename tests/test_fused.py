@@ -390,6 +390,12 @@ TRITON_SCRIPT = textwrap.dedent("""
     opt.step()
     ok = p[0].item() == 1 - 0.1 * c and opt.last_step_stats()["min_abs_c"] == c
     out["fp64-decision"] = [None if ok else str(p), 0.0, 0.0]
+    # soft with an nu that rounds to 0 in fp32: Lion's update, not 0/0 = NaN where c == 0
+    p = torch.nn.Parameter(torch.randn(100)); q = torch.nn.Parameter(p.detach().clone())
+    a, b = CLion([p], mode="soft", nu=1e-46, fused=True), Lion([q], fused=True)
+    g = torch.randn(100); g[:5] = 0; p.grad, q.grad = g, g.clone(); a.step(); b.step()
+    ok = bool(p.isfinite().all()) and torch.equal(p, q)
+    out["tiny-nu-soft"] = [None if ok else str(p[:6]), 0.0, 0.0]
     print("RESULT" + json.dumps(out))
 """)
 
@@ -403,7 +409,7 @@ def test_triton_kernels_match_float64_reference_under_interpreter():
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
     results = json.loads(line[0][len("RESULT"):])
-    assert len(results) == 2 * len(MODES) + 2 * 2 + 1 + 4 + 1
+    assert len(results) == 2 * len(MODES) + 2 * 2 + 1 + 4 + 1 + 1
     for key, (err, got_min, ref_min) in results.items():
         assert err is None, (key, err)
         if key.startswith(("element", "soft")):  # min |c| produced by the update kernel

@@ -383,6 +383,54 @@ def test_statistics_and_warning_survive_torch_compile(caplog):
     assert opt.consume_stats() == {}  # reset by the first read
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [
+    lambda ps: CLion(ps, lr=1e-2, mode="element", nu=1e-3),
+    lambda ps: CLion(ps, lr=1e-2, mode="global", nu=1e-3),
+    lambda ps: Lion(ps, lr=1e-2, track_stats=True),
+], ids=["clion-element", "clion-global", "lion"])
+def test_compiled_statistics_equal_eager_ones(make):
+    # issue 21 item 9: under torch.compile CLion's min abs(c) stayed at step 1's value
+    # (consume_stats gave inf) and Lion's consume_stats() gave {}. Each step starts from
+    # the same parameters and momenta on both sides, so the statistics must agree (fp64:
+    # Inductor rounds c = lerp(m, g) its own way, and c is a difference of near values).
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    model.double()
+    twin = copy.deepcopy(model)
+    opt, eager = make(model.parameters()), make(twin.parameters())
+
+    @torch.compile(fullgraph=True)
+    def compiled_step():
+        opt.step()
+
+    gen = torch.Generator().manual_seed(1)
+    per_tensor = isinstance(opt, CLion)
+    for step in range(4):
+        x = torch.randn(16, 4, generator=gen, dtype=torch.float64)
+        y = torch.randn(16, 1, generator=gen, dtype=torch.float64)
+        with torch.no_grad():  # the eager twin starts this step where the compiled one is
+            for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+                q.copy_(p)
+                if opt.state[p]:
+                    eager.state[q]["exp_avg"].copy_(opt.state[p]["exp_avg"])
+        for m, step_fn in ((model, compiled_step), (twin, eager.step)):
+            torch.nn.functional.mse_loss(m(x), y).backward()
+            step_fn()
+            m.zero_grad()
+        if per_tensor:
+            got, want = opt.last_step_stats(per_tensor=True), eager.last_step_stats(True)
+            assert got["sign_fraction"] == want["sign_fraction"]
+            assert got["min_abs_c"] == pytest.approx(want["min_abs_c"], rel=1e-9)
+            for a, b in zip(got["tensors"], want["tensors"], strict=True):
+                assert a["min_abs_c"] == pytest.approx(b["min_abs_c"], rel=1e-9)
+                assert a["sign_fraction"] == b["sign_fraction"]
+        if step % 2 == 1:
+            got, want = opt.consume_stats(), eager.consume_stats()
+            assert set(got) == set(want) and want and math.isfinite(want["min_abs_c"])
+            assert got == pytest.approx(want, rel=1e-9)
+
+
 # --------------------------------------------------------------------------- regressions
 
 IMPLS = [{"fused": True}, {"foreach": True}, {"foreach": False}, {}]

@@ -274,3 +274,51 @@ def test_round_trips_continue_bit_for_bit(how, rule, impl):
     _continue(params, opt, 3, 6)
     for p, q in zip(full[0], params, strict=True):
         assert torch.equal(p, q)
+
+
+# --------------------------------------------------------------------------- lr tensors
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_one_element_lr_tensor_of_any_shape_steps_as_a_0d_one_on_every_path(rule):
+    # issue 21 item 10: an lr of shape (1,) or (1, 1) was accepted and worked fused, but
+    # foreach=True raised "scalar tensor expected to be 0 dim" and, with shape (1, 1),
+    # foreach=False broadcast the 1-d parameters' update to 2-d and failed. Every
+    # 1-element shape now steps as the 0-d lr does, in both groups, on every path.
+    opt_cls, kw, overrides = RULES[rule]
+    runs = {}
+    for impl in IMPLS:
+        for shape in ((), (1,), (1, 1)):
+            params = make_params(torch.float32)
+            groups = groups_of(params, overrides, "")
+            for g in groups:
+                g["lr"] = torch.full(shape, g["lr"], dtype=torch.float64)
+            opt = opt_cls(groups, **kw, **IMPLS[impl])
+            _continue(params, opt, 0, 3)
+            assert opt.param_groups[0]["lr"].shape == shape  # the user's tensor, kept
+            runs[impl, shape] = (params, opt)
+    for key, got in runs.items():
+        if key != ("single", ()):
+            _assert_bitwise(*runs["single", ()], *got)
+
+
+# --------------------------------------------------------------------------- tiny nu
+
+
+@pytest.mark.parametrize("storage", ["fp32", "bf16", "fp16", "complex64", "fp64"])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_soft_mode_with_nu_below_fp32_subnormals_is_lion_not_nan(impl, storage):
+    # issue 21 item 11: an nu that rounds to 0 in fp32 (1e-46, 1e-300) made soft's c / nu
+    # 0 / 0 = NaN wherever c == 0 (a zero gradient on a zero momentum), on every path.
+    # clamp(c / nu, -1, 1) with such an nu is sign(c) for every c != 0 and 0 at c == 0:
+    # Lion's update, bit for bit.
+    pdt, _ = STORAGE[storage]
+    for nu in (1e-46, 1e-300):
+        lion_params, clion_params = make_params(pdt), make_params(pdt)
+        lion = Lion(groups_of(lion_params, [{}, {}], ""), **IMPLS[impl])
+        clion = CLion(groups_of(clion_params, [{}, {}], ""), mode="soft", nu=nu, **IMPLS[impl])
+        _continue(lion_params, lion, 0, 3)
+        _continue(clion_params, clion, 0, 3)
+        assert (clion_params[6].grad[:5] == 0).all()  # where c == 0 ("long")
+        assert all(_real(p).isfinite().all() for p in clion_params), nu
+        _assert_bitwise(lion_params, lion, clion_params, clion)

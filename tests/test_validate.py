@@ -35,6 +35,8 @@ BAD_GROUPS = [
     (CLion, {"fused": True, "foreach": True}, "exclusive"),
     (CLion, {"mode": "element", "nu": 0.0}, "nu=0.0"),
     (CLion, {"lr": torch.tensor([1e-3, 2e-3])}, "invalid lr: a tensor lr must be"),
+    (Lion, {"lr": 1e39}, "lr=1e+39: must be at most 3.40282e+38"),  # issue 21 item 12
+    (CLion, {"lr": torch.tensor([1e39], dtype=torch.float64)}, "lr=1e+39: must be at most"),
 ]
 
 
@@ -106,6 +108,30 @@ def test_multi_element_tensor_lr_is_refused_naming_lr():
     assert "lr" in _one_line(err) and "1-element" in str(err.value)
     Lion([_param()], lr=torch.tensor(1e-3))  # a 1-element tensor lr is fine
     Lion([_param()], lr=torch.tensor([1e-3]))
+
+
+@pytest.mark.parametrize("impl", [{"fused": True}, {"foreach": True}, {"foreach": False}],
+                         ids=["fused", "foreach", "single"])  # fmt: skip
+def test_lr_beyond_fp32_range_is_one_rule_on_every_path(impl):
+    # issue 21 item 12: lr=1e39 on fp32 parameters was accepted as finite; then the fused
+    # path wrote -inf while foreach/single raised "value cannot be converted to type
+    # float without overflow". Refused when given (constructor, option text); and an lr
+    # set beyond it later (a scheduler) gets the same line on every path, before any write.
+    with pytest.raises(ValueError) as err:
+        Lion([_param()], lr=1e39, **impl)
+    assert "invalid lr=1e+39" in _one_line(err) and "largest fp32" in str(err.value)
+    with pytest.raises(SpecError, match="lr=1e"):
+        parse_optimizer("lion:lr=1e39")
+    p = _param()
+    opt = CLion([p], lr=float(torch.finfo(torch.float32).max), mode="element", **impl)
+    p.grad = torch.randn(4)
+    opt.step()  # the largest fp32 lr is accepted
+    before = p.detach().clone()
+    opt.param_groups[0]["lr"] = 1e39
+    with pytest.raises(ValueError) as err:
+        opt.step()
+    assert "invalid lr=1e+39" in _one_line(err)
+    assert torch.equal(p.detach(), before)
 
 
 # --------------------------------------------------------------------------- load_state_dict

@@ -200,7 +200,9 @@ class CLion(LionFamily):
         torch.compile drops attribute assignments made inside a compiled ``step`` on an
         optimizer, but keeps in-place updates of tensors the optimizer holds: so the
         statistics live in preallocated tensors (on the parameters' device). Minima are
-        kept in fp64 (exact for every compute dtype; fp32 on MPS).
+        kept in fp64 (exact for every compute dtype; fp32 on MPS), in 1-element tensors of
+        shape (1,): dynamo takes a 0-d fp64 CPU tensor for a Python float, and an in-place
+        update of one was dropped from the compiled step (torch 2.13; issue 21 item 9).
         """
         params = [p for g in self.param_groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
@@ -216,18 +218,19 @@ class CLion(LionFamily):
         self._stat_slots: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor]] = OrderedDict()
         f32 = dict(dtype=torch.float32, device=device)
         f64 = dict(dtype=F.stat_dtype(device), device=device)
+        one = (1,)  # the minima's shape: not 0-d (see above)
         self._stats = dict(
             # last step, per parameter (in param-group order) and overall
             sign_count=torch.zeros(n, **f32), numel=torch.ones(n, **f32),
             tensor_min=torch.full((n,), inf, **f64),
             had_grad=torch.zeros(n, dtype=torch.bool, device=device),
-            fraction=torch.zeros((), **f32), min=torch.full((), inf, **f64),
+            fraction=torch.zeros((), **f32), min=torch.full(one, inf, **f64),
             # since the last consume_stats()
-            acc_fraction=torch.zeros((), **f32), acc_min=torch.full((), inf, **f64),
+            acc_fraction=torch.zeros((), **f32), acc_min=torch.full(one, inf, **f64),
             acc_steps=torch.zeros((), **f32),
             # the first WARN_AFTER_STEPS steps, for the never-took-the-sign-branch warning
             steps=torch.zeros((), **f32), warn_signed=torch.zeros((), **f32),
-            warn_lo=torch.full((), inf, **f64), warn_hi=torch.full((), -inf, **f64),
+            warn_lo=torch.full(one, inf, **f64), warn_hi=torch.full(one, -inf, **f64),
         )  # fmt: skip
 
     def _slots(self, owners: list[Tensor], numels: list[int]) -> tuple[Tensor, Tensor]:
@@ -331,7 +334,7 @@ class CLion(LionFamily):
 
     def last_step_stats_tensors(self) -> dict[str, Tensor]:
         """``sign_fraction`` and ``min_abs_c`` of the last step as 0-d device tensors."""
-        return {"sign_fraction": self._stats["fraction"], "min_abs_c": self._stats["min"]}
+        return {"sign_fraction": self._stats["fraction"], "min_abs_c": self._stats["min"].view(())}
 
     def consume_stats(self) -> dict[str, float]:
         """Mean sign fraction and min ``abs(c)`` over the steps since the last call; resets.

@@ -35,14 +35,14 @@ freezing behind a NaN momentum.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
-from .validate import MODES, check_mode, check_update_lists
+from .validate import LR_MAX, MODES, check_lr, check_mode, check_update_lists
 
 __all__ = ["MODES", "Hyper", "Stats", "choose_impl", "clion", "compute_dtype",
            "direction_min_abs", "lion", "take_sign"]  # fmt: skip
@@ -94,6 +94,24 @@ def stat_dtype(device: torch.device) -> torch.dtype:
 def rounded(nu: float, dtype: torch.dtype) -> float:
     """``nu`` rounded to ``dtype`` (what ``c >= nu`` compares with in that dtype)."""
     return torch.tensor(nu, dtype=dtype).item()  # eager only (a constant under tracing)
+
+
+_F32_ZERO_BELOW = 2.0**-150
+"""The largest ``nu`` that rounds to 0 in fp32 (half the smallest subnormal; ties to even)."""
+
+
+def for_dtype(hyper: Hyper, dtype: torch.dtype) -> Hyper:
+    """``hyper`` as tensors stored as ``dtype`` apply it.
+
+    ``soft`` with an ``nu`` that rounds to 0 in the compute dtype (below fp32's smallest
+    subnormal, for fp32/bf16/fp16 parameters): ``clamp(c / nu, -1, 1)`` is ``sign(c)`` for
+    every ``c != 0``, but ``0 / 0`` would make ``c == 0`` NaN. ``element``'s rule with that
+    ``nu`` is the same ``sign(c)``, 0 at ``c == 0`` and the same count (issue 21 item 11).
+    """
+    if (hyper.mode == "soft" and hyper.nu <= _F32_ZERO_BELOW
+            and compute_dtype(dtype) == torch.float32):  # fmt: skip
+        return replace(hyper, mode="element")
+    return hyper
 
 
 def _compiling() -> bool:
@@ -237,7 +255,7 @@ def lion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: flo
          beta1: float, beta2: float, weight_decay: float = 0.0, maximize: bool = False,
          caution: bool = False, impl: Impl | None = None) -> None:  # fmt: skip
     """One Lion step in place (``caution``: the cautious mask of arXiv:2411.16085)."""
-    hyper = Hyper(lr, beta1, beta2, weight_decay, "lion", 1.0, maximize, caution)
+    hyper = Hyper(_scalar_lr(lr), beta1, beta2, weight_decay, "lion", 1.0, maximize, caution)
     _update(params, grads, exp_avgs, hyper, None, False, impl)
 
 
@@ -254,7 +272,7 @@ def clion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: fl
     (else, with ``stats``, the update pass computes them).
     """
     check_mode(mode)
-    hyper = Hyper(lr, beta1, beta2, weight_decay, mode, nu, maximize)
+    hyper = Hyper(_scalar_lr(lr), beta1, beta2, weight_decay, mode, nu, maximize)
     if mode in ("global", "tensor") and take is None and params:
         impl = impl or choose_impl(params)
         min_abs = direction_min_abs(grads, exp_avgs, beta1=beta1, maximize=maximize, impl=impl)
@@ -266,12 +284,21 @@ def clion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: fl
     return out
 
 
+def _scalar_lr(lr: float | Tensor) -> float | Tensor:
+    """A tensor ``lr`` of any 1-element shape as a 0-d view, as torch.optim's ``_to_scalar``:
+    the foreach ops take only 0-d scalar tensors, and a (1, 1) lr would broadcast a 1-d
+    update to 2-d (issue 21 item 10). The view follows in-place updates of ``lr``."""
+    return lr.view(()) if isinstance(lr, Tensor) and lr.dim() != 0 else lr
+
+
 def _update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
             take: Tensor | None, stats: bool, impl: Impl | None,
             want_min: bool = True) -> Stats | None:  # fmt: skip
     if not params:
         return None
     check_update_lists(params, grads, exp_avgs)
+    if not isinstance(hyper.lr, Tensor) and hyper.lr > LR_MAX:
+        check_lr(hyper.lr)  # set after the group was checked (a scheduler): the same error
     impl = impl or choose_impl(params)
     if hyper.mode in ("global", "tensor") and take is None:
         raise ValueError(f"mode={hyper.mode!r} needs the branch decision (take)")
@@ -349,7 +376,7 @@ def _h_and_stats(
     :func:`_nonfinite_masks`), where ``h`` becomes NaN. Counts are fp32; a min not wanted
     is NaN.
     """
-    mode, nu = hyper.mode, hyper.nu
+    mode, nu = for_dtype(hyper, c.dtype).mode, hyper.nu
     count = mn = None
     sd = stat_dtype(c.device)
     if mode in ("global", "tensor"):

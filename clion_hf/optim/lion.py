@@ -69,9 +69,8 @@ class Lion(LionFamily):
             foreach=foreach, momentum_dtype=momentum_dtype, fused=fused,
         )  # fmt: skip
         self.track_stats = check_flag("track_stats", track_stats)
-        self._acc_min: Tensor | None = None  # min abs(c) since the last consume_stats()
-        self._acc_steps = 0
         super().__init__(params, defaults)
+        self._alloc_stats()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**super().__getstate__(), "track_stats": self.track_stats}
@@ -79,8 +78,18 @@ class Lion(LionFamily):
     def __setstate__(self, state: dict[str, Any]) -> None:
         # pickling passes track_stats; torch's load_state_dict calls this without it
         self.track_stats = state.pop("track_stats", getattr(self, "track_stats", False))
-        self._acc_min, self._acc_steps = None, 0
         super().__setstate__(state)
+        self._alloc_stats()
+
+    def _alloc_stats(self) -> None:
+        """``[min abs(c), steps]`` since the last :meth:`consume_stats`, on the device.
+
+        Allocated up front and only updated in place, as CLion's statistics: torch.compile
+        drops attribute assignments made inside a compiled step (issue 21 item 9).
+        """
+        params = [p for g in self.param_groups for p in g["params"]]
+        device = params[0].device if params else torch.device("cpu")
+        self._acc = torch.tensor([math.inf, 0.0], dtype=F.stat_dtype(device), device=device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -95,19 +104,22 @@ class Lion(LionFamily):
                    beta2=g["betas"][1], weight_decay=g["weight_decay"], maximize=g["maximize"],
                    caution=g["caution"], impl=b.impl)  # fmt: skip
         if self.track_stats:
-            self._acc_steps += 1
+            self._acc[1:].add_(1)
         return loss
 
     def _track(self, mins: Tensor) -> None:
-        low = mins.amin()
-        self._acc_min = low if self._acc_min is None else torch.minimum(self._acc_min, low)
+        low = self._acc[:1]
+        low.copy_(torch.minimum(low, mins.amin().to(low)))
 
     def consume_stats(self) -> dict[str, float]:
         """``{"min_abs_c": ...}``: the smallest non-zero ``abs(c)`` over the steps since the
         last call (``inf`` if every ``c`` was 0), as CLion's; empty without ``track_stats``
         or before a step. Resets. One host sync (the Trainer callback calls it per log)."""
-        if not self.track_stats or self._acc_steps == 0:
+        if not self.track_stats:
             return {}
-        low = math.inf if self._acc_min is None else float(self._acc_min)
-        self._acc_min, self._acc_steps = None, 0
+        low, steps = self._acc.tolist()
+        if steps == 0:
+            return {}
+        self._acc[:1].fill_(math.inf)
+        self._acc[1:].zero_()
         return {"min_abs_c": low}

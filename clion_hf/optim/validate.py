@@ -7,7 +7,8 @@ optimizer specs (through :func:`parse_option`). A bad value raises :class:`Value
 with one line that names the argument, the value and what is allowed.
 
 Numbers may be Python or numpy scalars (as torch's AdamW accepts them) and are stored as
-Python floats; ``lr`` may also be a 1-element tensor (schedulers that keep lr on device).
+Python floats; ``lr`` may also be a 1-element tensor of any shape (schedulers that keep lr
+on device; the update uses it as a 0-d scalar).
 
 Why by hand: torch.optim checks the constructor's arguments only (a param group added or
 loaded later is taken as it is), and argparse-style libraries would check the text but
@@ -27,6 +28,11 @@ from torch import Tensor
 MODES = ("global", "tensor", "element", "soft")
 """CLion modes: over what the minimum of ``abs(c)`` is taken (see :class:`clion_hf.CLion`)."""
 
+LR_MAX = float(torch.finfo(torch.float32).max)
+"""The largest ``lr`` accepted: the update runs in fp32 for fp32/bf16/fp16 parameters, where
+a larger one is inf (the fused kernel wrote -inf, the eager paths raised; issue 21 item 12).
+One bound for every dtype and path, so that an lr is valid or not whatever the parameters."""
+
 MOMENTUM_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
@@ -43,16 +49,20 @@ def _real(name: str, value: Any, *, low: float, strict: bool) -> float:
 
 
 def check_lr(lr: Any) -> float | Tensor:
-    """A finite ``lr >= 0``: a number, or a 1-element tensor (kept as a tensor)."""
+    """``0 <= lr <= LR_MAX``: a number, or a 1-element tensor (kept as a tensor)."""
     if isinstance(lr, Tensor):
         if lr.numel() != 1 or lr.is_complex() or not lr.is_floating_point():
             raise ValueError(
                 f"invalid lr: a tensor lr must be a real floating 1-element tensor, got shape "
                 f"{tuple(lr.shape)} and dtype {lr.dtype}"
             )
-        _real("lr", lr.detach().cpu().item(), low=0.0, strict=False)
+        check_lr(lr.detach().cpu().item())
         return lr
-    return _real("lr", lr, low=0.0, strict=False)
+    x = _real("lr", lr, low=0.0, strict=False)
+    if x > LR_MAX:
+        raise ValueError(f"invalid lr={lr!r}: must be at most {LR_MAX:.6g}, the largest "
+                         "fp32 value (the update runs in fp32 for fp32/bf16/fp16 parameters)")
+    return x
 
 
 def check_betas(betas: Any) -> tuple[float, float]:
@@ -293,7 +303,7 @@ def _dtype(name: str, text: str) -> torch.dtype:
 
 
 TEXT_OPTIONS: dict[str, tuple[Callable[[str, str], Any], str]] = {
-    "lr": (lambda n, t: check_lr(parse_number(n, t)), "a finite number >= 0"),
+    "lr": (lambda n, t: check_lr(parse_number(n, t)), f"a number in [0, {LR_MAX:.6g}]"),
     "nu": (lambda n, t: check_nu(parse_number(n, t)), "a finite number > 0"),
     "weight_decay": (lambda n, t: check_weight_decay(parse_number(n, t)), "a finite number >= 0"),
     "beta1": (_beta, "a number in [0, 1)"),

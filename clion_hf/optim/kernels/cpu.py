@@ -63,7 +63,7 @@ import torch
 from torch import Tensor
 
 from ..._cache import cache_dir
-from ..functional import Hyper, TensorList, _single_tensor_update, compute_dtype
+from ..functional import Hyper, TensorList, _single_tensor_update, compute_dtype, for_dtype
 from ..functional import direction_min_abs as eager_direction_min_abs
 
 logger = logging.getLogger(__name__)
@@ -585,7 +585,9 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
         sub_take = None if take_u8 is None else take_u8[idx].contiguous()
         lists, keep = _lists(ps, gs, ms, numel, pdt, mdt, take=sub_take, scale=scale,
                              count=count, min_abs=min_abs)  # fmt: skip
-        rc = lib.clion_update(ctypes.byref(chyper), ctypes.byref(lists), threads)
+        own = for_dtype(hyper, pdt)  # soft with an nu that is 0 in fp32: element's rule
+        rc = lib.clion_update(ctypes.byref(chyper if own is hyper else CHyper.of(own)),
+                              ctypes.byref(lists), threads)  # fmt: skip
         assert rc == 0, "dtype pair was checked by clion_supported"
         if k == n:  # the usual case: one batch holds every tensor, in order
             counts = count.float()

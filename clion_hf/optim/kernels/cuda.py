@@ -31,7 +31,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..functional import Hyper, TensorList, _as_real, _single_tensor_update, compute_dtype
+from ..functional import (
+    Hyper,
+    TensorList,
+    _as_real,
+    _single_tensor_update,
+    compute_dtype,
+    for_dtype,
+)
 from ..functional import direction_min_abs as eager_direction_min_abs
 
 if os.environ.get("TRITON_INTERPRET") == "1":
@@ -330,7 +337,7 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
         _update_kernel[(ct.numel(),)](
             table, ct, cs, take_i8, caution_cnt, cnt, mnb, lr_ptr,
             lr_f, 1.0 - lr_f * wd, wd, 1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.nu,
-            MODE=_MODE_ID[hyper.mode], CAUTION=hyper.caution, STATS=want_min,
+            MODE=_MODE_ID[for_dtype(hyper, pdt).mode], CAUTION=hyper.caution, STATS=want_min,
             LR_TENSOR=lr_is_tensor, P_DT=_tl_dtype(pdt), **common,
         )  # fmt: skip
         counts[sel] = cnt.float()
