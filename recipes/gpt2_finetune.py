@@ -18,9 +18,10 @@ from transformers import (
 
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
 from clion_hf.workloads.args import parse_args, run, train_and_evaluate
-from clion_hf.workloads.data import is_hub_dataset, load_text_datasets, tokenize_and_group
+from clion_hf.workloads.data import is_hub_dataset, load_text_datasets
 from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.models import ONLINE_CHECKPOINT, offline_pretrained_checkpoint
+from clion_hf.workloads.preprocess import tokenize_and_group
 from clion_hf.workloads.run_stats import RunStatsCallback
 
 OFFLINE_DEFAULTS = {

@@ -18,15 +18,12 @@ from transformers import (
 
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
 from clion_hf.workloads.args import parse_args, run, train_and_evaluate
-from clion_hf.workloads.data import (
-    is_hub_dataset,
-    load_text_datasets,
-    tokenize_and_group,
-    train_tokenizer,
-)
+from clion_hf.workloads.data import is_hub_dataset, load_text_datasets
 from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.models import ONLINE_PRESET, ONLINE_TOKENIZER, TINY_PRESET, load_config
+from clion_hf.workloads.preprocess import tokenize_and_group
 from clion_hf.workloads.run_stats import RunStatsCallback
+from clion_hf.workloads.tokenizer import train_tokenizer
 
 OFFLINE_DEFAULTS = {
     "max_steps": 200,

@@ -18,15 +18,11 @@ from transformers import (
 
 import clion_hf  # noqa: F401  (registers clion_hf's optimizers with transformers)
 from clion_hf.workloads.args import parse_args, run, train_and_evaluate
-from clion_hf.workloads.data import (
-    image_collate,
-    image_transform,
-    is_hub_dataset,
-    load_image_datasets,
-)
+from clion_hf.workloads.data import is_hub_dataset, load_image_datasets
 from clion_hf.workloads.gen_gap import add_gen_gap, train_subset
 from clion_hf.workloads.metrics import classification_metrics
 from clion_hf.workloads.models import ONLINE_PRESET, TINY_PRESET, load_config
+from clion_hf.workloads.preprocess import image_collate, image_transform
 from clion_hf.workloads.run_stats import RunStatsCallback
 
 OFFLINE_DEFAULTS = {

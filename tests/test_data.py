@@ -1,5 +1,6 @@
 """Fast tests of clion_hf's data, tokenizers, metrics and callbacks (no training runs)."""
 
+import hashlib
 import json
 import os
 import re
@@ -14,8 +15,8 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
-from clion_hf.workloads import data
-from clion_hf.workloads.data import RecipeError
+from clion_hf.workloads import corpus, data, offline, preprocess, tokenizer
+from clion_hf.workloads.errors import RecipeError
 from clion_hf.workloads.run_stats import RunStatsCallback
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,19 +48,19 @@ def data_args(**kw) -> SimpleNamespace:
 
 
 def test_corpus_is_python_docs_split_by_document():
-    docs = data.offline_documents()
+    docs = corpus.offline_documents()
     stdlib = [n for n in docs if n.startswith("stdlib:")]
-    assert len([n for n in docs if n.startswith("pydoc:")]) == len(data.pydoc_documents())
+    assert len([n for n in docs if n.startswith("pydoc:")]) > 70  # help()'s topics
     assert len(stdlib) > 200 and "stdlib:json/__init__.py" in docs
     assert not any("/test" in n or n.startswith("stdlib:test") for n in stdlib)
     assert "JSON" in docs["stdlib:json/__init__.py"]
     total = sum(len(t) for t in docs.values())
     assert total > 1_000_000  # about 4x the pydoc topics alone
-    split = data.document_split()
+    split = corpus.document_split()
     assert set(split) == {"pretrain", "finetune", "validation", "test"}
     names = [set(v) for v in split.values()]
     assert sum(len(n) for n in names) == len(set().union(*names)) == len(docs)  # a partition
-    assert data.document_split() == split
+    assert corpus.document_split() == split
     for held in ("validation", "test"):
         assert len(split[held]) >= 30  # many documents, not one
         assert sum(len(docs[n]) for n in split[held]) >= 0.10 * total
@@ -67,8 +68,53 @@ def test_corpus_is_python_docs_split_by_document():
         assert {n.split(":")[0] for n in split[held]} == {"pydoc", "stdlib"}
 
 
+def test_corpus_is_the_shipped_file_on_every_python():
+    """The corpus was the running Python's documentation (keyed by sys.version): benchmark
+    data changed with the Python version. It is now one shipped file, whatever the Python."""
+    import gzip
+    import hashlib
+
+    shipped = gzip.decompress(corpus.CORPUS_FILE.read_bytes())
+    assert hashlib.sha256(shipped).hexdigest() == corpus.CORPUS_SHA256
+    assert corpus.CORPUS_FILE.with_name("LICENSE-Python.txt").is_file()
+    rows = [json.loads(line) for line in shipped.decode().splitlines()]
+    docs = corpus.offline_documents()
+    assert docs == {r["name"]: r["text"] for r in rows} and len(docs) == len(rows)
+    docs["pydoc:assert"] = "edited"  # a copy: the next caller still gets the shipped text
+    assert corpus.offline_documents() == {r["name"]: r["text"] for r in rows}
+    assert corpus.document_split() == corpus.document_split(docs)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.version_info[:3] != (3, 11, 7) or sys.implementation.name != "cpython",
+                    reason="the corpus is CPython 3.11.7's documentation")  # fmt: skip
+def test_freeze_corpus_script_rebuilds_the_shipped_file():
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "freeze_corpus.py"), "--check"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["rebuilt", corpus.CORPUS_SHA256, "shipped",
+                                   corpus.CORPUS_SHA256]  # fmt: skip
+
+
+def test_what_a_recipe_loaded_is_recorded_with_its_hash(tmp_path):
+    """Results said nothing of the data used: the corpus changed with the Python version."""
+    data.load_text_datasets(data_args(), part="pretrain")
+    assert data.data_used() == {"data_source": "pydoc-topics",
+                                "data_sha256": corpus.CORPUS_SHA256}  # fmt: skip
+    data.load_classification_datasets(data_args())
+    assert data.data_used() == {"data_source": "pydoc-paraphrase",
+                                "data_sha256": corpus.CORPUS_SHA256}  # fmt: skip
+    data.load_image_datasets(data_args(), "finetune")
+    used = data.data_used()
+    assert used["data_source"] == "sklearn-digits" and len(used["data_sha256"]) == 64
+    assert used == (data.load_image_datasets(data_args(), "pretrain"), data.data_used())[1]
+    DatasetDict(train=Dataset.from_dict({"text": ["a b"] * 4})).save_to_disk(tmp_path / "saved")
+    data.load_text_datasets(data_args(dataset_name=str(tmp_path / "saved")), part="pretrain")
+    assert data.data_used() == {"data_source": str(tmp_path / "saved"), "data_sha256": None}
+
+
 def test_offline_text_has_wikitext_schema_and_held_out_validation():
-    pre, fine = data.offline_text_dataset("pretrain"), data.offline_text_dataset("finetune")
+    pre, fine = offline.offline_text_dataset("pretrain"), offline.offline_text_dataset("finetune")
     for ds in (pre, fine):
         assert ds["train"].features == Features({"text": Value("string")})
         assert len(ds["train"]) > 100 and len(ds["validation"]) > 100
@@ -77,17 +123,17 @@ def test_offline_text_has_wikitext_schema_and_held_out_validation():
     # held-out text shares no paragraph with any training text (pydoc topics quote each other)
     for held in ("validation", "test"):
         assert not set(pre[held]["text"]) & (set(pre["train"]["text"]) | set(fine["train"]["text"]))
-    assert pre["train"]["text"] == data.offline_text_dataset("pretrain")["train"]["text"]
+    assert pre["train"]["text"] == offline.offline_text_dataset("pretrain")["train"]["text"]
     # every training paragraph of one part comes from that part's documents only
-    docs, split = data.offline_documents(), data.document_split()
+    docs, split = corpus.offline_documents(), corpus.document_split()
     fine_text = "".join(docs[n] for n in split["finetune"])
     assert all(p.strip("\n") in fine_text for p in fine["train"]["text"][:50])
     with pytest.raises(RecipeError, match="bogus"):
-        data.offline_text_dataset("bogus")
+        offline.offline_text_dataset("bogus")
 
 
 def test_offline_pairs_have_mrpc_schema_and_balanced_labels():
-    ds = data.offline_pair_dataset()
+    ds = offline.offline_pair_dataset()
     features = ds["train"].features
     assert list(features) == ["sentence1", "sentence2", "label", "idx"]
     assert features["sentence1"] == Value("string") and features["idx"] == Value("int32")
@@ -100,11 +146,11 @@ def test_offline_pairs_have_mrpc_schema_and_balanced_labels():
     # validation pairs come from held-out documents only
     assert not set(ds["train"]["sentence1"]) & set(ds["validation"]["sentence1"])
     assert not set(ds["train"]["sentence1"]) & set(ds["test"]["sentence1"])
-    assert ds["train"]["sentence2"] == data.offline_pair_dataset()["train"]["sentence2"]
+    assert ds["train"]["sentence2"] == offline.offline_pair_dataset()["train"]["sentence2"]
 
 
 def test_offline_images_have_cifar_schema_and_split_by_class():
-    pre, fine = data.offline_image_dataset("pretrain"), data.offline_image_dataset("finetune")
+    pre, fine = offline.offline_image_dataset("pretrain"), offline.offline_image_dataset("finetune")
     assert pre["train"].features == Features(
         {"img": Image(), "label": ClassLabel(names=["0", "1", "2", "3", "4"])}
     )
@@ -117,7 +163,7 @@ def test_offline_images_have_cifar_schema_and_split_by_class():
     assert 850 < n_pre < 950 and 850 < n_fine < 950  # 1797 digits, about 180 per class
     assert len(pre["test"]) >= 220 and len(pre["train"]) >= 440  # split 50/25/25
     assert sorted(set(fine["validation"]["label"])) == [0, 1, 2, 3, 4]
-    assert pre["validation"]["label"] == data.offline_image_dataset("pretrain")["validation"][
+    assert pre["validation"]["label"] == offline.offline_image_dataset("pretrain")["validation"][
         "label"
     ]
 
@@ -128,13 +174,13 @@ def test_offline_images_have_cifar_schema_and_split_by_class():
 def test_tokenizers_train_save_and_reload(tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
-    texts = data.offline_text_dataset("pretrain")["train"]["text"]
+    texts = offline.offline_text_dataset("pretrain")["train"]["text"]
     monkeypatch.setenv("CLION_HF_CACHE", str(tmp_path / "own_cache"))  # counts cache entries
-    gpt2 = data.train_tokenizer("gpt2", texts, vocab_size=300)
+    gpt2 = tokenizer.train_tokenizer("gpt2", texts, vocab_size=300)
     assert len(gpt2) == 300 and gpt2.eos_token == "<|endoftext|>"
     ids = gpt2("The if statement")["input_ids"]
     assert gpt2.decode(ids) == "The if statement"
-    bert = data.train_tokenizer("bert", texts, vocab_size=300)
+    bert = tokenizer.train_tokenizer("bert", texts, vocab_size=300)
     enc = bert("The if statement", "is used")
     assert enc["input_ids"][0] == bert.cls_token_id and enc["input_ids"][-1] == bert.sep_token_id
     assert set(enc["token_type_ids"]) == {0, 1}
@@ -145,10 +191,10 @@ def test_tokenizers_train_save_and_reload(tmp_path, monkeypatch):
     # cached: a second call loads the same files instead of retraining
     cached = list((Path(os.environ["CLION_HF_CACHE"]) / "tokenizers").iterdir())
     assert len(cached) == 2
-    data.train_tokenizer("bert", texts, vocab_size=300)
+    tokenizer.train_tokenizer("bert", texts, vocab_size=300)
     assert len(list(cached[0].parent.iterdir())) == 2
     with pytest.raises(RecipeError, match="sentencepiece"):
-        data.train_tokenizer("sentencepiece", texts)
+        tokenizer.train_tokenizer("sentencepiece", texts)
 
 
 # --- local files and saved datasets with Hub schemas --------------------------------------
@@ -165,6 +211,9 @@ def test_local_text_files_wikitext_schema(tmp_path):
         part="pretrain",
     )
     assert column == "text" and raw["train"]["text"][1] == "some text here"
+    both = (tmp_path / "train.txt").read_bytes() + (tmp_path / "val.txt").read_bytes()
+    assert data.data_used() == {"data_source": "files",
+                                "data_sha256": hashlib.sha256(both).hexdigest()}  # fmt: skip
     rows = [{"text": f"line {i}"} for i in range(40)]
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     raw, column = data.load_text_datasets(
@@ -257,22 +306,22 @@ def test_held_out_samples_are_random_fixed_and_disjoint():
     run; before, the first 128 blocks of one document were the whole test set."""
     from transformers import AutoTokenizer  # noqa: F401  (tokenizer below)
 
-    raw = data.offline_text_dataset("pretrain")
-    tok = data.train_tokenizer("gpt2", raw["train"]["text"], vocab_size=300)
-    a = data.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_eval_samples=64)
-    b = data.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_eval_samples=64)
+    raw = offline.offline_text_dataset("pretrain")
+    tok = tokenizer.train_tokenizer("gpt2", raw["train"]["text"], vocab_size=300)
+    a = preprocess.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_eval_samples=64)
+    b = preprocess.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_eval_samples=64)
     assert len(a["validation"]) == 64 and a["validation"]["input_ids"] == b["validation"][
         "input_ids"]
-    full = data.tokenize_and_group(raw, tok, "text", 64, mlm=False)
+    full = preprocess.tokenize_and_group(raw, tok, "text", 64, mlm=False)
     first = full["validation"]["input_ids"][:64]
     assert a["validation"]["input_ids"] != first  # not the first blocks
     assert len(full["test"]) > 1000  # the test split is used whole unless capped
-    capped = data.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_test_samples=100)
+    capped = preprocess.tokenize_and_group(raw, tok, "text", 64, mlm=False, max_test_samples=100)
     assert len(capped["test"]) == 100
     train = {tuple(x) for x in full["train"]["input_ids"]}
     assert not train & {tuple(x) for x in full["test"]["input_ids"]}
     with pytest.raises(RecipeError, match="block size 0 must be >= 1"):
-        data.tokenize_and_group(raw, tok, "text", 0, mlm=False)
+        preprocess.tokenize_and_group(raw, tok, "text", 0, mlm=False)
 
 
 def test_splits_do_not_depend_on_the_run_seed_and_test_can_be_carved(tmp_path):

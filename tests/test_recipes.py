@@ -1,5 +1,6 @@
 """End-to-end runs of the six recipes through ``accelerate launch`` (a few steps each)."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
+
+from clion_hf.workloads.corpus import CORPUS_SHA256
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "accelerate_configs"
@@ -21,6 +24,15 @@ EXPECTED = {
     "bert_finetune": CLS_KEYS | {"eval_f1"},  # the offline task is a sentence pair task
     "vit_pretrain": CLS_KEYS,
     "vit_finetune": CLS_KEYS,
+}
+# the embedded dataset each recipe's offline default loads
+OFFLINE_SOURCE = {
+    "gpt2_pretrain": "pydoc-topics",
+    "gpt2_finetune": "pydoc-topics",
+    "bert_pretrain": "pydoc-topics",
+    "bert_finetune": "pydoc-paraphrase",
+    "vit_pretrain": "sklearn-digits",
+    "vit_finetune": "sklearn-digits",
 }
 
 pytestmark = pytest.mark.slow
@@ -60,6 +72,11 @@ def test_offline_default(env, tmp_path, recipe):
     held_out = {k.replace("eval_", "test_") for k in EXPECTED[recipe] if k.startswith("eval_")}
     held_out |= {"test_perplexity"} if "perplexity" in EXPECTED[recipe] else set()
     assert held_out <= set(results), results
+    # the results name the data: the shipped corpus (text) or scikit-learn's digits (ViT)
+    source = OFFLINE_SOURCE[recipe]
+    assert results["data_source"] == source, results
+    if source != "sklearn-digits":
+        assert results["data_sha256"] == CORPUS_SHA256
     history = json.loads((tmp_path / "trainer_state.json").read_text())["log_history"]
     assert history[-1]["step"] == 3
     assert all("elapsed_s" in e and "peak_mem_mb" in e for e in history)
@@ -79,6 +96,9 @@ def test_gpt2_finetune_on_wikitext_like_text_files(env, tmp_path):
         "--validation_file", str(tmp_path / "valid.txt"), "--block_size", "32",
     )  # fmt: skip
     assert LM_KEYS <= set(results)
+    given = (tmp_path / "train.txt").read_bytes() + (tmp_path / "valid.txt").read_bytes()
+    assert results["data_source"] == "files"
+    assert results["data_sha256"] == hashlib.sha256(given).hexdigest()  # the data used
 
 
 def test_bert_pretrain_from_saved_text_dataset(env, tmp_path):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from clion_hf.workloads.data import RecipeError, hub_offline, uses_offline_default
+from clion_hf.workloads.data import data_used, hub_offline, uses_offline_default
+from clion_hf.workloads.errors import RecipeError
 from clion_hf.workloads.gen_gap import check_gen_gap_args
 from clion_hf.workloads.metrics import perplexity
 
@@ -244,13 +245,15 @@ def train_and_evaluate(
 
     Writes ``train_results.json``, ``eval_results.json``, ``all_results.json`` and
     ``trainer_state.json`` into ``output_dir``; ``lm`` adds ``perplexity`` (exp eval_loss).
+    The train (and all) results name the data: ``data_source`` and ``data_sha256``
+    (:func:`~clion_hf.workloads.data.data_used`).
     With ``test_dataset`` (held-out data, never used for choosing hyper-parameters) it
     also writes ``test_results.json`` with ``test_*`` metrics (``test_perplexity`` for LMs).
     """
     args = trainer.args
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
-    metrics = {**result.metrics, "train_samples": n_train}
+    metrics = {**result.metrics, "train_samples": n_train, **data_used()}
     trainer.log_metrics("train", metrics)
     trainer.save_metrics("train", metrics)
     metrics = {**trainer.evaluate(), "eval_samples": n_eval}

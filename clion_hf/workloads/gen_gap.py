@@ -26,7 +26,8 @@ from typing import Any
 
 from transformers import Trainer, TrainerCallback
 
-from .data import RecipeError, sample
+from .data import sample
+from .errors import RecipeError
 
 TRAIN_SUBSET_PREFIX = "train_subset"
 TRAIN_SUBSET_LOSS = f"{TRAIN_SUBSET_PREFIX}_loss"

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
-from clion_hf._cache import cache_dir
+from clion_hf._cache import cache_dir, cache_key
 from clion_hf._files import atomic_dir
 from clion_hf.workloads import recipes_dir
-from clion_hf.workloads.data import RecipeError, _sha, hub_offline
+from clion_hf.workloads.data import hub_offline
+from clion_hf.workloads.errors import RecipeError
 
 FAMILIES = ("gpt2", "bert", "vit")
 
@@ -123,8 +124,9 @@ def offline_pretrained_checkpoint(family: str) -> str:
     args = _COMMON_ARGS + CHECKPOINT_ARGS[family]
     if os.environ.get("CLION_HF_CHECKPOINT_MAX_STEPS"):  # tests: a quick, weaker checkpoint
         args += ["--max_steps", os.environ["CLION_HF_CHECKPOINT_MAX_STEPS"]]
-    sources = [recipe, Path(__file__), Path(__file__).with_name("data.py")]
-    key = _sha(family, args, [p.read_bytes() for p in sources])
+    data = ("corpus.py", "offline.py", "data.py", "preprocess.py", "tokenizer.py")
+    sources = [recipe, Path(__file__), *map(Path(__file__).with_name, data)]
+    key = cache_key(family, args, [p.read_bytes() for p in sources])
     final = cache_dir() / "checkpoints" / f"{family}-pretrain-{key}"
 
     def build(tmp: Path) -> None:
