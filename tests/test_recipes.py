@@ -94,11 +94,28 @@ def test_gpt2_finetune_on_wikitext_like_text_files(env, tmp_path):
         "--model_name_or_path", checkpoint(env, "gpt2"),
         "--train_file", str(tmp_path / "train.txt"),
         "--validation_file", str(tmp_path / "valid.txt"), "--block_size", "32",
+        "--max_eval_samples", "100000",  # every validation block, for the recomputation
     )  # fmt: skip
     assert LM_KEYS <= set(results)
     given = (tmp_path / "train.txt").read_bytes() + (tmp_path / "valid.txt").read_bytes()
     assert results["data_source"] == "files"
     assert results["data_sha256"] == hashlib.sha256(given).hexdigest()  # the data used
+    # eval_loss recomputed from the saved model and the validation file, without Trainer or
+    # datasets: run_clm's grouping of the line-by-line token ids, mean NLL per predicted token
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "out"
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    lines = (tmp_path / "valid.txt").read_text().split("\n")
+    ids = [t for line in lines for t in tok(line)["input_ids"]]
+    blocks = torch.tensor(ids[: len(ids) // 32 * 32]).view(-1, 32)
+    with torch.no_grad():
+        logits = model(input_ids=blocks).logits
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), blocks[:, 1:].reshape(-1))
+    assert results["eval_loss"] == pytest.approx(nll.item(), rel=1e-4)
 
 
 def test_bert_pretrain_from_saved_text_dataset(env, tmp_path):

@@ -19,7 +19,11 @@ def group_texts(examples: dict[str, list], block_size: int, add_labels: bool) ->
         for k, t in concatenated.items()
     }
     if add_labels:
-        result["labels"] = [ids.copy() for ids in result["input_ids"]]
+        # The model shifts labels, so position 0 of a block is never a target. Marking it -100
+        # keeps Trainer's token count (num_items_in_batch, which counts labels != -100) equal
+        # to the number of predicted tokens: without it, models whose ``loss_type`` is None
+        # (GPT-2 in transformers 5.x) report the mean NLL times (block - 1) / block.
+        result["labels"] = [[-100, *ids[1:]] for ids in result["input_ids"]]
     return result
 
 
