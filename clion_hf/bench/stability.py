@@ -80,6 +80,7 @@ class Arm:
     scale_of: str | None = None  # or: this arm's lr grid = chosen lr of that arm x scales
     scales: tuple[float, ...] = ()
     lr_of: str | None = None  # or: run at the chosen lr of that arm (no sweep of its own)
+    n_design: bool = True  # also the N design (else the T design only)
 
     def get(self, key: str, default: Any = None) -> Any:
         return dict(self.options).get(key, default)
@@ -110,7 +111,7 @@ def make_optimizer(arm: Arm, params: list, lr: float):  # noqa: ANN201
 
 def _element(nu: float) -> Arm:
     return Arm(f"clion:mode=element,nu={nu:g}", "clion", (("mode", "element"), ("nu", nu)),
-               lr_of="lion")  # fmt: skip
+               lr_of="lion", n_design=False)  # fmt: skip
 
 
 def default_arms(nus: Iterable[float]) -> tuple[Arm, ...]:
@@ -122,7 +123,7 @@ def default_arms(nus: Iterable[float]) -> tuple[Arm, ...]:
         Arm("clion", "clion", (("mode", "global"), ("nu", 1e-4)),
             grid=(1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)),
         Arm(f"clion:nu={NU_BELOW_TAU:g}", "clion", (("mode", "global"), ("nu", NU_BELOW_TAU)),
-            lr_of="lion"),
+            lr_of="lion", n_design=False),
         *(_element(nu) for nu in nus),
     )  # fmt: skip
 
@@ -156,7 +157,9 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
     "convex": StabilityPreset(
         name="convex",
         description="linear softmax model on scikit-learn's digits (fp32, batch 32, no weight "
-        "decay, constant lr): T up to 2000 at N = 256, N in 64..512 at T = 500, 10 pairs",
+        "decay, constant lr), 10 pairs per arm: T up to 2000 at N = 256; N in 64..512 at "
+        "T = 500 for AdamW, SGD, Lion and CLion global (the ν points and the control: T "
+        "design only, to fit the run into the time available)",
         n_main=256, t_max=2000, t_fixed=500, sizes=(64, 128, 256, 512), pairs=10,
     ),
     "smoke": StabilityPreset(
@@ -493,8 +496,9 @@ class StabilityStudy:
         for k in range(self.pairs):
             seed = PAIR_SEED_BASE + k
             runs.append(self._run("pair", arm, lr, sp.n_main, sp.t_max, seed, "T"))
-            runs += [self._run("pair", arm, lr, n, sp.t_fixed, seed, "N")
-                     for n in sp.sizes if n != sp.n_main]  # fmt: skip
+            if arm.n_design:
+                runs += [self._run("pair", arm, lr, n, sp.t_fixed, seed, "N")
+                         for n in sp.sizes if n != sp.n_main]  # fmt: skip
         return runs
 
     def plan(self, results: dict[str, dict]) -> list[_Plan]:
@@ -511,7 +515,8 @@ class StabilityStudy:
     def run_counts(self) -> tuple[int, int]:
         sp = self.study
         tune = sum(len(a.grid) or len(a.scales) for a in sp.arms if a.tuned)
-        pairs = len(sp.arms) * self.pairs * (1 + len([n for n in sp.sizes if n != sp.n_main]))
+        extra = len([n for n in sp.sizes if n != sp.n_main])
+        pairs = sum(self.pairs * (1 + (extra if a.n_design else 0)) for a in sp.arms)
         return tune + pairs, tune + pairs
 
     def describe(self) -> dict[str, Any]:
@@ -525,7 +530,7 @@ class StabilityStudy:
             "pair_seed_base": PAIR_SEED_BASE,
             "arms": [{"label": a.label, "name": a.name, "options": dict(a.options),
                       "grid": list(a.grid), "scale_of": a.scale_of, "scales": list(a.scales),
-                      "lr_of": a.lr_of} for a in sp.arms],
+                      "lr_of": a.lr_of, "n_design": a.n_design} for a in sp.arms],
         }  # fmt: skip
 
 
@@ -588,8 +593,8 @@ def dry_run_lines(study: StabilityStudy) -> Iterable[str]:
     n, _ = study.run_counts()
     yield f"# study stability, preset {sp.name}: {sp.description}"
     yield (f"# {n} runs (tuning runs, then {study.pairs} pairs per arm: one T-design run at "
-           f"N = {sp.n_main}, T = {sp.t_max} and N-design runs at N in {list(sp.sizes)}, "
-           f"T = {sp.t_fixed}); all in this process")  # fmt: skip
+           f"N = {sp.n_main}, T = {sp.t_max} and, where marked, N-design runs at N in "
+           f"{list(sp.sizes)}, T = {sp.t_fixed}); all in this process")  # fmt: skip
     for a in sp.arms:
         if a.lr_of:
             src = f"at {a.lr_of}'s chosen lr"
@@ -597,4 +602,4 @@ def dry_run_lines(study: StabilityStudy) -> Iterable[str]:
             src = f"lr = {a.scale_of}'s chosen lr x {[round(s, 4) for s in a.scales]}"
         else:
             src = f"lr grid {list(a.grid)}"
-        yield f"#   {a.label}: {src}"
+        yield f"#   {a.label}: {src}" + ("; N design" if a.n_design else "")

@@ -451,6 +451,18 @@ def _band(ax, pts_by_seed: list[list[tuple[int, float]]], label: str, **kw) -> N
                         color=line.get_color())  # fmt: skip
 
 
+def _axes(ax, **kw) -> None:  # noqa: ANN001
+    """``ax.set(**kw)``, log scales only where something was drawn (an empty log axis
+    cannot be laid out), a legend where there are labels."""
+    drawn = [np.asarray(ln.get_ydata(), dtype=float) for ln in ax.lines]
+    if not any((np.isfinite(y) & (y > 0)).any() for y in drawn):
+        kw = {k: v for k, v in kw.items() if k not in ("xscale", "yscale")}
+        ax.text(0.5, 0.5, "no data yet", ha="center", transform=ax.transAxes)
+    ax.set(**kw)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
 def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]:
     import matplotlib
 
@@ -475,93 +487,98 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
         finally:
             plt.close(fig)
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 9))
-    ax = axes[0][0]
-    for lb in main:
-        style = {"linestyle": "--"} if lb.startswith("clion:nu=") else {}
-        _band(ax, curves(lb, "drift"), lb, **style)
-    ax.set(xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
-           title="drift against t (geometric mean over pairs, 95% band)")
-    ax.legend(fontsize=8)
-    ax = axes[0][1]
-    if LION in an.arms:
-        _band(ax, curves(LION, "drift"), LION, color="black")
-    cmap = plt.get_cmap("viridis")
-    for i, lb in enumerate(nus):
-        _band(ax, curves(lb, "drift"), f"element ν={_nu_of(lb):g}",
-              color=cmap(i / max(1, len(nus) - 1)))  # fmt: skip
-    ax.set(xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
-           title="Lion and CLion element (same lr)")
-    ax.legend(fontsize=8)
-    ax = axes[1][0]
-    for lb in [LION, GLOBAL, *nus]:
-        if lb in an.arms and an.arms[lb].curves:
-            name = lb if lb in (LION, GLOBAL) else f"element ν={_nu_of(lb):g}"
-            _band(ax, curves(lb, "tau"), name)
-    ax.set(xscale="log", yscale="log", xlabel="step t", ylabel="τ_t = min nonzero abs(c)",
-           title="τ_t of the S run (geometric mean over pairs)")
-    ax.legend(fontsize=8)
-    ax = axes[1][1]
-    for lb in an.arms:
-        _band(ax, curves(lb, "any_diff"), lb)
-    ax.set(xscale="log", yscale="log", xlabel="step t",
-           ylabel="fraction of coordinates", title="update differs in sign or branch (per step)")
-    ax.legend(fontsize=7)
-    fig.suptitle(f"Neighbouring-set drift, digits softmax, N = {m['n_main']}, "
-                 f"{m['pairs']} pairs")  # fmt: skip
-    fig.tight_layout()
-    save("drift-vs-t.png", fig)
-
-    if an.nu_vs_lion:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        ax = axes[0]
-        xs = [nu for nu, _ in an.nu_vs_lion]
-        ests = [Estimate.of(list(an.arms[f"clion:mode=element,nu={nu:g}"]
-                                 .per_seed("drift", True).values())) for nu in xs]  # fmt: skip
-        ok = [(x, e) for x, e in zip(xs, ests, strict=True)
-              if e.mean is not None and e.lo is not None]  # fmt: skip
-        if ok:
-            ax.errorbar([x for x, _ in ok], [10 ** e.mean for _, e in ok],
-                        yerr=[[10 ** e.mean - 10 ** e.lo for _, e in ok],
-                              [10 ** e.hi - 10 ** e.mean for _, e in ok]],
-                        marker="o", capsize=3, label="CLion element")  # fmt: skip
-        for lb, color in ((LION, "black"), (SGD, "tab:green"), ("adamw", "tab:blue"),
-                          (GLOBAL, "tab:red")):  # fmt: skip
-            if lb in an.arms and an.arms[lb].end:
-                e = Estimate.of(list(an.arms[lb].per_seed("drift", True).values()))
-                if e.mean is not None:
-                    ax.axhline(10 ** e.mean, color=color, linestyle="--", label=f"{lb} (own lr)"
-                               if lb != LION else "lion (same lr)")  # fmt: skip
-        ax.set(xscale="log", yscale="log", xlabel="ν", ylabel=f"drift at T = {m['t_max']}",
-               title="drift against ν (geometric mean, 95% interval)")
-        ax.legend(fontsize=8)
-        ax = axes[1]
-        for key, name in (("sign_fraction", "sign-branch fraction"),
-                          ("any_diff", "coords differing in sign/branch")):
-            es = [an.arms[f"clion:mode=element,nu={nu:g}"].mean_over_curve(key) for nu in xs]
-            ax.plot(xs, [e.mean if e.mean is not None else math.nan for e in es], marker="o",
-                    label=name)  # fmt: skip
-        ax.set(xscale="log", yscale="log", xlabel="ν", ylabel="fraction (mean over logged steps)",
-               title="CLion element: branch and disagreement")
-        ax.legend(fontsize=8)
+    def plot_t() -> None:
+        fig, axes = plt.subplots(2, 2, figsize=(13, 9))
+        ax = axes[0][0]
+        for lb in main:
+            style = {"linestyle": "--"} if lb.startswith("clion:nu=") else {}
+            _band(ax, curves(lb, "drift"), lb, **style)
+        _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
+              title="drift against t (geometric mean over pairs, 95% band)")
+        ax = axes[0][1]
+        if LION in an.arms:
+            _band(ax, curves(LION, "drift"), LION, color="black")
+        cmap = plt.get_cmap("viridis")
+        for i, lb in enumerate(nus):
+            _band(ax, curves(lb, "drift"), f"element ν={_nu_of(lb):g}",
+                  color=cmap(i / max(1, len(nus) - 1)))  # fmt: skip
+        _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
+              title="Lion and CLion element (same lr)")
+        ax = axes[1][0]
+        for lb in [LION, GLOBAL, *nus]:
+            if lb in an.arms and an.arms[lb].curves:
+                name = lb if lb in (LION, GLOBAL) else f"element ν={_nu_of(lb):g}"
+                _band(ax, curves(lb, "tau"), name)
+        _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="τ_t = min nonzero abs(c)",
+              title="τ_t of the S run (geometric mean over pairs)")
+        ax = axes[1][1]
+        for lb in an.arms:
+            _band(ax, curves(lb, "any_diff"), lb)
+        _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="fraction of coordinates",
+              title="update differs in sign or branch (mean per step since the last log)")
+        fig.suptitle(f"Neighbouring-set drift, digits softmax, N = {m['n_main']}, "
+                     f"{m['pairs']} pairs")  # fmt: skip
         fig.tight_layout()
-        save("drift-vs-nu.png", fig)
+        save("drift-vs-t.png", fig)
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for lb, a in an.arms.items():
-        if not a.n_drift:
-            continue
-        sizes = sorted({n for d in a.n_drift.values() for n in d})
-        ys = []
-        for n in sizes:
-            v = [math.log10(d[n]) for d in a.n_drift.values() if d.get(n, 0) and d[n] > 0]
-            ys.append(10 ** statistics.fmean(v) if v else math.nan)
-        ax.plot(sizes, ys, marker="o", label=lb,
-                linestyle="--" if lb.startswith("clion:nu=") else "-")  # fmt: skip
-    ax.set(xscale="log", yscale="log", xlabel="N", ylabel=f"drift at T = {m['t_fixed']}",
-           title="drift against N (geometric mean over pairs)")
-    ax.legend(fontsize=7)
-    save("drift-vs-n.png", fig)
+    def plot_nu() -> None:
+        if an.nu_vs_lion:
+            fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+            ax = axes[0]
+            xs = [nu for nu, _ in an.nu_vs_lion]
+            ests = [Estimate.of(list(an.arms[f"clion:mode=element,nu={nu:g}"]
+                                     .per_seed("drift", True).values())) for nu in xs]  # fmt: skip
+            ok = [(x, e) for x, e in zip(xs, ests, strict=True)
+                  if e.mean is not None and e.lo is not None]  # fmt: skip
+            if ok:
+                ax.errorbar([x for x, _ in ok], [10 ** e.mean for _, e in ok],
+                            yerr=[[10 ** e.mean - 10 ** e.lo for _, e in ok],
+                                  [10 ** e.hi - 10 ** e.mean for _, e in ok]],
+                            marker="o", capsize=3, label="CLion element")  # fmt: skip
+            for lb, color in ((LION, "black"), (SGD, "tab:green"), ("adamw", "tab:blue"),
+                              (GLOBAL, "tab:red")):  # fmt: skip
+                if lb in an.arms and an.arms[lb].end:
+                    e = Estimate.of(list(an.arms[lb].per_seed("drift", True).values()))
+                    if e.mean is not None:
+                        ax.axhline(10 ** e.mean, color=color, linestyle="--", label=f"{lb} (own lr)"
+                                   if lb != LION else "lion (same lr)")  # fmt: skip
+            _axes(ax, xscale="log", yscale="log", xlabel="ν", ylabel=f"drift at T = {m['t_max']}",
+                  title="drift against ν (geometric mean, 95% interval)")
+            ax = axes[1]
+            for key, name in (("sign_fraction", "sign-branch fraction"),
+                              ("any_diff", "coords differing in sign/branch")):
+                es = [an.arms[f"clion:mode=element,nu={nu:g}"].mean_over_curve(key) for nu in xs]
+                ax.plot(xs, [e.mean if e.mean is not None else math.nan for e in es], marker="o",
+                        label=name)  # fmt: skip
+            _axes(ax, xscale="log", yscale="log", xlabel="ν",
+                  ylabel="fraction (mean over logged steps)",
+                  title="CLion element: branch and disagreement")
+            fig.tight_layout()
+            save("drift-vs-nu.png", fig)
+
+    def plot_n() -> None:
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for lb, a in an.arms.items():
+            if not a.n_drift:
+                continue
+            sizes = sorted({n for d in a.n_drift.values() for n in d})
+            ys = []
+            for n in sizes:
+                v = [math.log10(d[n]) for d in a.n_drift.values() if d.get(n, 0) and d[n] > 0]
+                ys.append(10 ** statistics.fmean(v) if v else math.nan)
+            ax.plot(sizes, ys, marker="o", label=lb,
+                    linestyle="--" if lb.startswith("clion:nu=") else "-")  # fmt: skip
+        _axes(ax, xscale="log", yscale="log", xlabel="N", ylabel=f"drift at T = {m['t_fixed']}",
+              title="drift against N (geometric mean over pairs)")
+        save("drift-vs-n.png", fig)
+
+    for name, fn in (("drift-vs-t", plot_t), ("drift-vs-nu", plot_nu),
+                     ("drift-vs-n", plot_n)):
+        try:
+            fn()
+        except Exception as err:  # a plot is not worth losing the report for
+            plt.close("all")
+            errors.append(f"plot {name}: {type(err).__name__}: {err}")
     return plots, errors
 
 
