@@ -167,8 +167,10 @@ def test_csv_round_trips_the_numbers(tmp_path):
     from clion_hf.bench.stability_report import csv_text_of
 
     rows = _parse(csv_text_of([res]))
-    assert [r["drift"] for r in rows] == [h["drift"] for h in res["history"]]
-    assert [r["tau"] for r in rows] == [h["tau"] for h in res["history"]]
+    # 7 significant digits (fp32 runs)
+    assert [r["drift"] for r in rows] == pytest.approx([h["drift"] for h in res["history"]],
+                                                       rel=1e-6)  # fmt: skip
+    assert [r["tau"] for r in rows] == pytest.approx([h["tau"] for h in res["history"]], rel=1e-6)
     assert set(rows[0]) == set(CSV_COLUMNS)
 
 
@@ -180,7 +182,7 @@ def test_bad_input_is_one_line(capsys):
     assert err.value.code == 2
     assert "unknown stability preset 'nope'" in capsys.readouterr().err
     assert main(["study", "stability", "--preset", "convex", "--dry_run"]) == 0
-    assert "421 runs" in capsys.readouterr().out
+    assert "241 runs" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------ committed

@@ -65,7 +65,13 @@ def result_rows(result: dict) -> list[dict[str, Any]]:
     base = {k: result.get(k) for k in ("run_id", "stage", "design", "optimizer", "lr", "n",
                                        "steps", "seed", "status", "wall_s")}  # fmt: skip
     hist = result.get("history") or [{}]
-    return [{**base, **{k: h.get(k) for k in CSV_COLUMNS if k in h}} for h in hist]
+    return [{**base, **{k: _short(h.get(k)) for k in CSV_COLUMNS if k in h}} for h in hist]
+
+
+def _short(v: Any) -> Any:
+    """7 significant digits: the runs are fp32 (about 7 digits), and the CSV stays small.
+    The report is computed from the CSV as written, so it and the CSV agree exactly."""
+    return float(f"{v:.7g}") if isinstance(v, float) else v
 
 
 def _rows_for_seed(seed: int | float | None) -> int:
