@@ -311,9 +311,14 @@ def findings(an: Analysis) -> list[str]:
         taus = [r["tau"] for pts in lion.curves.values() for s, r in pts
                 if s >= t_max / FIT_FROM and r.get("tau") is not None]  # fmt: skip
         if taus:
+            med = statistics.median(taus)
+            rate = Estimate.of(list(lion.rate.values()))
             out.append(f"- Lion's τ_t (smallest non-zero abs(c) of the S run per logged step, "
-                       f"t >= {t_max / FIT_FROM:g}): median {statistics.median(taus):.3g}, "
-                       f"range {min(taus):.3g} to {max(taus):.3g}.")  # fmt: skip
+                       f"t >= {t_max / FIT_FROM:g}): median {med:.3g}, range {min(taus):.3g} "
+                       f"to {max(taus):.3g}. At the median, the bound's factor 1/τ^T grows by "
+                       f"ln(1/τ) = {-math.log(med):.1f} in ln per step ({-1000 * math.log(med):.3g}"
+                       f" per 1000 steps); Lion's measured drift grows by "
+                       f"{rate.text('{:.2f}')} in ln per 1000 steps.")  # fmt: skip
     if an.nu_vs_lion:
         parts = [f"ν = {nu:g}: {ctext(c)}" for nu, c in an.nu_vs_lion]
         out.append("- CLion element minus Lion, log10 drift at T (same lr): " + "; ".join(parts)
@@ -428,7 +433,10 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str]) ->
                      "sign-branch fraction", "slope in log N"], rows) + [""]  # fmt: skip
     lines += ["## Findings", "", FINDINGS_BEGIN, *findings(an), FINDINGS_END, ""]
     if plots:
-        lines += ["## Plots", ""]
+        lines += ["## Plots", "",
+                  "Drift curves start at the first logged step where every pair's drift is "
+                  "positive (before the replaced example first enters a batch the two runs are "
+                  "identical). The N plot shows the arms run in the N design.", ""]
         lines += [f"![{name}]({path})" for name, path in plots.items()] + [""]
     if problems:
         lines += ["## Problems", "", *(f"- {p}" for p in problems), ""]
@@ -455,6 +463,17 @@ def _band(ax, pts_by_seed: list[list[tuple[int, float]]], label: str, **kw) -> N
                        for s in steps), strict=True)  # fmt: skip
         ax.fill_between(steps, [10**v for v in lo], [10**v for v in hi], alpha=0.2,
                         color=line.get_color())  # fmt: skip
+
+
+def display(label: str) -> str:
+    """A plot legend's name for an arm (the tables keep the spec labels)."""
+    if label == GLOBAL:
+        return "clion global ν=1e-4 (identity branch)"
+    if label.startswith("clion:nu="):
+        return f"clion global ν={label.split('=')[1]} (control: lion's update)"
+    if _nu_of(label) is not None:
+        return f"clion element ν={_nu_of(label):g}"
+    return label
 
 
 def _axes(ax, **kw) -> None:  # noqa: ANN001
@@ -498,7 +517,7 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
         ax = axes[0][0]
         for lb in main:
             style = {"linestyle": "--"} if lb.startswith("clion:nu=") else {}
-            _band(ax, curves(lb, "drift"), lb, **style)
+            _band(ax, curves(lb, "drift"), display(lb), **style)
         _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
               title="drift against t (geometric mean over pairs, 95% band)")
         ax = axes[0][1]
@@ -513,13 +532,14 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
         ax = axes[1][0]
         for lb in [LION, GLOBAL, *nus]:
             if lb in an.arms and an.arms[lb].curves:
-                name = lb if lb in (LION, GLOBAL) else f"element ν={_nu_of(lb):g}"
-                _band(ax, curves(lb, "tau"), name)
+                _band(ax, curves(lb, "tau"), display(lb))
         _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="τ_t = min nonzero abs(c)",
               title="τ_t of the S run (geometric mean over pairs)")
         ax = axes[1][1]
-        for lb in an.arms:
-            _band(ax, curves(lb, "any_diff"), lb)
+        # the control is Lion's update (same curve); the ν sweep's middle points: plot 2
+        shown = [lb for lb in main if not lb.startswith("clion:nu=")] + nus[:1] + nus[-1:]
+        for lb in dict.fromkeys(shown):
+            _band(ax, curves(lb, "any_diff"), display(lb))
         _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="fraction of coordinates",
               title="update differs in sign or branch (mean per step since the last log)")
         fig.suptitle(f"Neighbouring-set drift, digits softmax, N = {m['n_main']}, "
@@ -546,10 +566,11 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
                 if lb in an.arms and an.arms[lb].end:
                     e = Estimate.of(list(an.arms[lb].per_seed("drift", True).values()))
                     if e.mean is not None:
-                        ax.axhline(10 ** e.mean, color=color, linestyle="--", label=f"{lb} (own lr)"
-                                   if lb != LION else "lion (same lr)")  # fmt: skip
+                        ax.axhline(10 ** e.mean, color=color, linestyle="--",
+                                   label=f"{display(lb)} (own lr)" if lb != LION
+                                   else "lion (same lr)")  # fmt: skip
             _axes(ax, xscale="log", yscale="log", xlabel="ν", ylabel=f"drift at T = {m['t_max']}",
-                  title="drift against ν (geometric mean, 95% interval)")
+                  title="drift against ν (geo. mean, unpaired 95% interval; paired tests: Findings)")
             ax = axes[1]
             for key, name in (("sign_fraction", "sign-branch fraction"),
                               ("any_diff", "coords differing in sign/branch")):
@@ -565,15 +586,17 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
     def plot_n() -> None:
         fig, ax = plt.subplots(figsize=(7, 5))
         for lb, a in an.arms.items():
-            if not a.n_drift:
-                continue
             sizes = sorted({n for d in a.n_drift.values() for n in d})
+            if len(sizes) < 2:  # arms run in the T design only
+                continue
             ys = []
             for n in sizes:
                 v = [math.log10(d[n]) for d in a.n_drift.values() if d.get(n, 0) and d[n] > 0]
                 ys.append(10 ** statistics.fmean(v) if v else math.nan)
-            ax.plot(sizes, ys, marker="o", label=lb,
-                    linestyle="--" if lb.startswith("clion:nu=") else "-")  # fmt: skip
+            ax.plot(sizes, ys, marker="o", label=display(lb))
+            if lb == LION:  # a slope -1 guide through Lion's first point (the bounds' 1/N)
+                ax.plot(sizes, [ys[0] * sizes[0] / n for n in sizes], color="gray",
+                        linestyle=":", label="slope −1 (guide)")  # fmt: skip
         _axes(ax, xscale="log", yscale="log", xlabel="N", ylabel=f"drift at T = {m['t_fixed']}",
               title="drift against N (geometric mean over pairs)")
         save("drift-vs-n.png", fig)
