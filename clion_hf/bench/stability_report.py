@@ -570,7 +570,7 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
                                    label=f"{display(lb)} (own lr)" if lb != LION
                                    else "lion (same lr)")  # fmt: skip
             _axes(ax, xscale="log", yscale="log", xlabel="ν", ylabel=f"drift at T = {m['t_max']}",
-                  title="drift against ν (geo. mean, unpaired 95% interval; paired tests: Findings)")
+                  title="drift against ν (geo. mean, unpaired 95% interval)")
             ax = axes[1]
             for key, name in (("sign_fraction", "sign-branch fraction"),
                               ("any_diff", "coords differing in sign/branch")):
