@@ -3,6 +3,7 @@
     clion-bench run --preset smoke --out bench-out
     clion-bench report bench-out
     clion-bench study gen-gap --preset cpu --tuned docs/benchmarks/cpu-2026-11-29 --out gap-out
+    clion-bench study stability --preset convex --out stability-out
     clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
     clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
 
@@ -81,6 +82,21 @@ def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
 
 
+def _add_stability_arguments(p: argparse.ArgumentParser) -> None:
+    from .stability import STABILITY_PRESETS
+
+    p.add_argument("--preset", help=f"one of: {', '.join(STABILITY_PRESETS)} (not needed "
+                   "with --report_only)")  # fmt: skip
+    p.add_argument("--pairs", type=positive_int, help="pairs per arm (default: the preset's)")
+    p.add_argument("--out", default="stability-out",
+                   help="output directory (default: stability-out)")
+    p.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--report_only", action="store_true",
+                   help="write the report from the results already in --out, run nothing")
+    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="clion-bench", description="Fair AdamW / Lion / CLion comparison on the recipes."
@@ -94,6 +110,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     _add_gen_gap_arguments(studies.add_parser(
         "gen-gap", help="generalization gap against training-set size N and against ν: "
         "runs (or resumes) the study, then writes report.md, results.csv and plots",
+    ))  # fmt: skip
+    _add_stability_arguments(studies.add_parser(
+        "stability", help="drift between runs on neighbouring training sets (the quantity the "
+        "paper's bounds are about): runs (or resumes) the study, then writes the report",
     ))  # fmt: skip
     steps = sub.add_parser("steps", help="time optimizer steps (clion_hf.bench.steps)")
     throughput = sub.add_parser(
@@ -247,6 +267,38 @@ def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 0
 
 
+def _cmd_stability(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .stability import build_stability, dry_run_lines, make_runner
+    from .stability_report import write_stability_report
+
+    out = Path(args.out)
+    if args.report_only:
+        if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
+            parser.error(f"no results in {out}/results (run `clion-bench study stability "
+                         f"--out {out}` first)")  # fmt: skip
+        for path in write_stability_report(out).values():
+            print(path)
+        return 0
+    if args.preset is None:
+        parser.error("the following arguments are required: --preset")
+    try:
+        study = build_stability(args.preset, args.pairs)
+    except SpecError as err:
+        parser.error(str(err))
+    if args.dry_run:
+        for line in dry_run_lines(study):
+            print(line)
+        return 0
+    runner = make_runner(study, out, progress=not args.no_progress,
+                         retry_failed=args.retry_failed)  # fmt: skip
+    code = _drive(runner, out, parser)
+    if code != 0:
+        return code
+    for path in write_stability_report(out).values():
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -263,6 +315,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _cmd_run(args, parser)
     if args.command == "report":
         return _cmd_report(args, parser)
+    if args.command == "study" and args.study == "stability":
+        return _cmd_stability(args, parser)
     if args.command == "study":
         return _cmd_gen_gap(args, parser)
     if args.command == "throughput":

@@ -1,0 +1,605 @@
+"""``clion-bench study stability``: the quantity the paper bounds, measured directly.
+
+The paper's generalization bounds are algorithmic-stability bounds (``CLION.md``, last
+section): train the same algorithm on two training sets S and S' of size N that differ in
+one example, from the same initialization and in the same sample order, and bound how far
+the outputs drift apart. Lion's bound grows as 1/τ^T (τ: the smallest non-zero ``abs(c)``),
+CLion's does not. This study measures that drift.
+
+Design (the ``convex`` preset; all in-process, no recipe):
+
+* Model and data: multinomial logistic regression (a linear softmax model, 10 x 64 weights
+  and 10 biases) on scikit-learn's digits, features scaled by 1/16 (a fixed map, so S and
+  S' see the same features), fp32. A fixed split: a held-out test set (the loss difference),
+  a validation set (the learning-rate sweep) and a pool from which training sets are drawn.
+* A pair ``k``: S = N examples drawn from the pool with seed ``k``; S' = S with position
+  ``i*`` replaced by a pool example outside S (replaced, not removed). Both runs start
+  from the same initialization and take the same mini-batch positions at every step (an
+  epoch is a permutation of the positions 0..N-1), so the replaced example enters both
+  runs at the same steps. The two runs are stepped in lockstep in one process, so every
+  per-step comparison is exact.
+* Logged at log-spaced steps: ``||θ_t − θ'_t||_2``, the same relative to ``||θ_t||``, the
+  fraction of coordinates whose update differed in sign or in branch (CLion's sign vs
+  identity) between the runs (mean over the steps since the last log), the held-out
+  loss of both runs, and τ_t of the S run (Lion's ``track_stats``; CLion's statistics),
+  with CLion's sign-branch fraction.
+* Designs: T at fixed N (one long run per pair, constant learning rate: the drift at t
+  of a run of length T >= t is the drift at step t of the long run, read at every logged
+  step), and N at fixed T (N in the preset's sizes, the same pairs' seeds).
+* Learning rates: a declared validation sweep in the same command, one run per grid
+  point on a tuning draw (seed 0, not one of the pairs), chosen by the lowest
+  validation loss at the fixed T. Lion's grid is AdamW's chosen lr divided by 3, 5, 10
+  (the Lion paper's advice); CLion global's grid is SGD-sized (its identity branch is
+  momentum SGD). Every CLion element ν point and the global control (ν below every τ
+  representable in fp32: it is Lion) run at Lion's chosen lr, so the ν sweep changes
+  ν alone. No weight decay anywhere: the convex stability argument is about the update
+  map itself.
+
+The runs go through :class:`~clion_hf.bench.runner.Runner`'s scheduler (re-planned after
+each result: the pairs wait for their row's learning rate), its lock on the output
+directory, its atomic result files and resumption by run id; they execute in the
+runner's own process (:class:`InProcessRunner`), as they are milliseconds per step.
+:mod:`clion_hf.bench.stability_report` analyses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .specs import SpecError
+
+SCHEMA = 1
+STUDY = "stability"
+WORKLOAD = "digits-softmax"
+TUNE_SEED = 0
+PAIR_SEED_BASE = 1000  # pair k draws S, i*, the replacement, init and order from 1000 + k
+NU_BELOW_TAU = 1e-45  # rounds to fp32's smallest subnormal: every non-zero abs(c) is >= it
+
+
+# ------------------------------------------------------------------------------ arms
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One optimizer row: how it is built and where its learning rate comes from."""
+
+    label: str
+    name: str  # adamw | sgd | lion | clion
+    options: tuple[tuple[str, Any], ...] = ()
+    grid: tuple[float, ...] = ()  # its own lr sweep (absolute values)
+    scale_of: str | None = None  # or: this arm's lr grid = chosen lr of that arm x scales
+    scales: tuple[float, ...] = ()
+    lr_of: str | None = None  # or: run at the chosen lr of that arm (no sweep of its own)
+    n_design: bool = True  # also the N design (else the T design only)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return dict(self.options).get(key, default)
+
+    @property
+    def tuned(self) -> bool:
+        return self.lr_of is None
+
+
+def make_optimizer(arm: Arm, params: list, lr: float):  # noqa: ANN201
+    """The optimizer of ``arm`` (torch's AdamW and SGD; this package's Lion and CLion)."""
+    import torch
+
+    from clion_hf.optim import CLion, Lion
+
+    opts = dict(arm.options)
+    if arm.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if arm.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=opts.get("momentum", 0.9))
+    if arm.name == "lion":
+        return Lion(params, lr=lr, track_stats=True)
+    if arm.name == "clion":
+        return CLion(params, lr=lr, mode=opts.get("mode", "global"), nu=opts.get("nu", 1e-4),
+                     track_stats=True)  # fmt: skip
+    raise SpecError(f"unknown optimizer {arm.name!r}; allowed: adamw, sgd, lion, clion")
+
+
+def _element(nu: float) -> Arm:
+    return Arm(f"clion:mode=element,nu={nu:g}", "clion", (("mode", "element"), ("nu", nu)),
+               lr_of="lion", n_design=False)  # fmt: skip
+
+
+def default_arms(nus: Iterable[float]) -> tuple[Arm, ...]:
+    return (
+        Arm("adamw", "adamw", grid=(3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+        Arm("sgd:momentum=0.9", "sgd", (("momentum", 0.9),),
+            grid=(1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
+        Arm("lion", "lion", scale_of="adamw", scales=(1 / 3, 1 / 5, 1 / 10)),
+        Arm("clion", "clion", (("mode", "global"), ("nu", 1e-4)),
+            grid=(1e-2, 3e-2, 1e-1, 3e-1, 1.0, 3.0)),
+        Arm(f"clion:nu={NU_BELOW_TAU:g}", "clion", (("mode", "global"), ("nu", NU_BELOW_TAU)),
+            lr_of="lion", n_design=False),
+        *(_element(nu) for nu in nus),
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ presets
+
+
+@dataclass(frozen=True)
+class StabilityPreset:
+    name: str
+    description: str
+    n_main: int  # N of the T design
+    t_max: int  # T of the T design
+    t_fixed: int  # T of the N design and of the lr sweep
+    sizes: tuple[int, ...]  # N of the N design (n_main among them)
+    pairs: int
+    batch: int = 32
+    log_points: int = 30
+    nus: tuple[float, ...] = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
+    test_size: int = 500
+    val_size: int = 300
+    init_std: float = 0.01
+    arms: tuple[Arm, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not self.arms:
+            object.__setattr__(self, "arms", default_arms(self.nus))
+
+
+STABILITY_PRESETS: dict[str, StabilityPreset] = {
+    "convex": StabilityPreset(
+        name="convex",
+        description="linear softmax model on scikit-learn's digits (fp32, batch 32, no weight "
+        "decay, constant lr), 10 pairs per arm: T up to 2000 at N = 256; N in 64..512 at "
+        "T = 500 for AdamW, SGD, Lion and CLion global (the ν points and the control: T "
+        "design only, to fit the run into the time available)",
+        n_main=256, t_max=2000, t_fixed=500, sizes=(64, 128, 256, 512), pairs=10,
+    ),
+    "smoke": StabilityPreset(
+        name="smoke",
+        description="checks that the study runs: the convex design, tiny (T 60, 3 pairs)",
+        n_main=64, t_max=60, t_fixed=30, sizes=(32, 64), pairs=3, batch=16, log_points=8,
+        nus=(1e-6, 1e-2),
+    ),
+}
+
+
+def get_stability_preset(name: str) -> StabilityPreset:
+    if name not in STABILITY_PRESETS:
+        raise SpecError(f"unknown stability preset {name!r}; allowed: "
+                        f"{', '.join(STABILITY_PRESETS)}")  # fmt: skip
+    return STABILITY_PRESETS[name]
+
+
+def log_steps(t: int, points: int, extra: Iterable[int] = ()) -> list[int]:
+    """About ``points`` log-spaced steps in 1..t, always with t (and ``extra`` <= t)."""
+    raw = np.unique(np.round(np.geomspace(1, t, points)).astype(int))
+    return sorted({int(s) for s in raw} | {t} | {e for e in extra if 1 <= e <= t})
+
+
+# ------------------------------------------------------------------------------ data
+
+
+_DATA: dict[tuple[int, int], dict[str, Any]] = {}
+
+
+def digits_split(test_size: int, val_size: int) -> dict[str, Any]:
+    """A fixed split of digits (seed 0): test, validation and the training pool."""
+    key = (test_size, val_size)
+    if key not in _DATA:
+        import torch
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        order = np.random.default_rng(0).permutation(len(y))
+        if test_size + val_size >= len(y):
+            raise SpecError(f"test {test_size} + validation {val_size} leave no training "
+                            f"pool of the {len(y)} digits")  # fmt: skip
+        xt = torch.tensor(x[order] / 16.0, dtype=torch.float32)
+        yt = torch.tensor(y[order], dtype=torch.long)
+        a, b = test_size, test_size + val_size
+        _DATA[key] = {"test": (xt[:a], yt[:a]), "val": (xt[a:b], yt[a:b]),
+                      "pool": (xt[b:], yt[b:])}  # fmt: skip
+    return _DATA[key]
+
+
+@dataclass(frozen=True)
+class PairDraw:
+    """What pair ``seed`` draws: S's pool indices, the replaced position and its stand-in."""
+
+    indices: np.ndarray  # S (pool indices), S' is S with indices[pos] -> replacement
+    pos: int
+    replacement: int
+
+
+def draw_pair(seed: int, n: int, pool_size: int) -> PairDraw:
+    if n >= pool_size:
+        raise SpecError(f"N = {n} must be below the training pool's {pool_size} examples "
+                        "(one must stay outside S to replace)")  # fmt: skip
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(pool_size)
+    pos = int(rng.integers(n))
+    return PairDraw(perm[:n], pos, int(perm[n + int(rng.integers(pool_size - n))]))
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class StabRun:
+    """One unit of the study: a tuning run (one model) or a pair (two models in lockstep)."""
+
+    stage: str  # "tune" | "pair"
+    optimizer: str  # the arm's label
+    lr: float
+    n: int
+    steps: int
+    seed: int  # tuning: TUNE_SEED; pair k: PAIR_SEED_BASE + k
+    design: str  # "tune" | "T" | "N"
+    preset: str
+    batch: int
+    test_size: int
+    val_size: int
+    init_std: float
+    log_at: tuple[int, ...] = ()
+    workload: str = WORKLOAD
+
+    @property
+    def run_id(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    @property
+    def stem(self) -> str:
+        return f"{self.workload}-{self.run_id}"
+
+    @property
+    def title(self) -> str:
+        return (f"{self.stage} {self.optimizer} lr={self.lr:g} N={self.n} T={self.steps} "
+                f"seed={self.seed}")  # fmt: skip
+
+
+def _loss(w, b, data) -> float:  # noqa: ANN001
+    import torch.nn.functional as F
+
+    x, y = data
+    return float(F.cross_entropy(x @ w.T + b, y))
+
+
+def _init(seed: int, std: float):  # noqa: ANN202
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(10, 64, generator=g) * std
+    return w, torch.zeros(10)
+
+
+def _order(seed: int, n: int, steps: int, batch: int) -> np.ndarray:
+    """Positions 0..n-1 taken ``batch`` at a time, epoch after epoch (a permutation each)."""
+    rng = np.random.default_rng(seed + 7919)
+    need = steps * batch
+    epochs = [rng.permutation(n) for _ in range(-(-need // n))]
+    return np.concatenate(epochs)[:need].reshape(steps, batch)
+
+
+def _direction(opt, params):  # noqa: ANN001, ANN202
+    """Lion/CLion's c = beta1 * m + (1 - beta1) * g of every coordinate, concatenated."""
+    import torch
+
+    beta1 = opt.param_groups[0]["betas"][0]
+    parts = []
+    for p in params:
+        m = opt.state[p].get("exp_avg") if p in opt.state else None
+        g = p.grad.reshape(-1)
+        parts.append(g * (1 - beta1) if m is None else m.reshape(-1) * beta1 + g * (1 - beta1))
+    return torch.cat(parts)
+
+
+def _branch(c, arm: Arm):  # noqa: ANN001, ANN202
+    """CLion's branch of each coordinate (True: sign); None for other optimizers."""
+    import torch
+
+    if arm.name != "clion":
+        return None
+    nu = torch.tensor(arm.get("nu"), dtype=c.dtype)
+    if arm.get("mode") == "element":
+        return c.abs() >= nu
+    nz = c.abs()[c != 0]
+    take = bool(nz.numel() == 0 or nz.min() >= nu)
+    return torch.full_like(c, take, dtype=torch.bool)
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
+def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
+    """Train ``run`` (one model, or the pair in lockstep) and return its result dict."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)  # a 650-parameter model: threads only add overhead
+    data = digits_split(run.test_size, run.val_size)
+    xp, yp = data["pool"]
+    started = time.time()
+    if run.stage == "tune":
+        draw = draw_pair(run.seed, run.n, len(yp))
+        sets = [(xp[draw.indices], yp[draw.indices])]
+    else:
+        draw = draw_pair(run.seed, run.n, len(yp))
+        idx2 = draw.indices.copy()
+        idx2[draw.pos] = draw.replacement
+        sets = [(xp[draw.indices], yp[draw.indices]), (xp[idx2], yp[idx2])]
+    w0, b0 = _init(run.seed, run.init_std)
+    models = [[w0.clone().requires_grad_(), b0.clone().requires_grad_()] for _ in sets]
+    opts = [make_optimizer(arm, m, run.lr) for m in models]
+    order = _order(run.seed, run.n, run.steps, run.batch)
+    log_at = set(run.log_at)
+    sign_lion_like = arm.name in ("lion", "clion")
+    history: list[dict[str, Any]] = []
+    acc_sign = acc_branch = acc_any = 0.0
+    acc_n = 0
+    status, reason = "ok", ""
+    for t in range(1, run.steps + 1):
+        pos = torch.from_numpy(order[t - 1])
+        before, branches = [], []
+        for (x, y), (w, b), opt in zip(sets, models, opts, strict=True):
+            loss = F.cross_entropy(x[pos] @ w.T + b, y[pos])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if len(sets) == 2:
+                before.append(torch.cat([w.detach().reshape(-1), b.detach()]).clone())
+                if sign_lion_like:
+                    branches.append(_branch(_direction(opt, [w, b]), arm))
+            opt.step()
+        if len(sets) == 2:
+            after = [torch.cat([w.detach().reshape(-1), b.detach()]) for w, b in models]
+            d0, d1 = after[0] - before[0], after[1] - before[1]
+            sign_diff = torch.sign(d0) != torch.sign(d1)
+            any_diff = sign_diff
+            if branches and branches[0] is not None:
+                branch_diff = branches[0] != branches[1]
+                any_diff = sign_diff | branch_diff
+                acc_branch += float(branch_diff.float().mean())
+            acc_sign += float(sign_diff.float().mean())
+            acc_any += float(any_diff.float().mean())
+            acc_n += 1
+        if t not in log_at:
+            continue
+        entry: dict[str, Any] = {"step": t}
+        w, b = (p.detach() for p in models[0])
+        entry["test_loss"] = _loss(w, b, data["test"])
+        if run.stage == "tune":
+            entry["val_loss"] = _loss(w, b, data["val"])
+            entry["train_loss"] = _loss(w, b, sets[0])
+        else:
+            w2, b2 = (p.detach() for p in models[1])
+            theta = torch.cat([w.reshape(-1), b])
+            theta2 = torch.cat([w2.reshape(-1), b2])
+            drift = float(torch.linalg.vector_norm(theta - theta2))
+            norm = float(torch.linalg.vector_norm(theta))
+            entry.update(
+                drift=drift, norm=norm, rel_drift=drift / norm if norm > 0 else math.nan,
+                test_loss_prime=_loss(w2, b2, data["test"]),
+                sign_diff=acc_sign / max(acc_n, 1), any_diff=acc_any / max(acc_n, 1),
+                branch_diff=acc_branch / max(acc_n, 1) if arm.name == "clion" else None,
+            )  # fmt: skip
+            entry["loss_diff"] = entry["test_loss"] - entry["test_loss_prime"]
+            acc_sign = acc_branch = acc_any = 0.0
+            acc_n = 0
+        stats = opts[0].consume_stats() if hasattr(opts[0], "consume_stats") else {}
+        if "min_abs_c" in stats:
+            entry["tau"] = stats["min_abs_c"]
+        if "sign_fraction" in stats:
+            entry["sign_fraction"] = stats["sign_fraction"]
+        history.append(entry)
+        if not _finite(*(v for k, v in entry.items()
+                         if k.endswith("loss") or k == "drift")):  # fmt: skip
+            status, reason = "diverged", f"non-finite loss or drift at step {t}"
+            break
+    result = {
+        "schema": SCHEMA, "study": STUDY, "run_id": run.run_id, "status": status,
+        "reason": reason, **asdict(run), "log_at": list(run.log_at),
+        "replaced_position": draw.pos, "replacement": draw.replacement,
+        "history": history, "wall_s": round(time.time() - started, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }  # fmt: skip
+    if run.stage == "tune" and status == "ok":
+        result["val_loss"] = history[-1]["val_loss"]
+    return result
+
+
+# ------------------------------------------------------------------------------ the study
+
+
+@dataclass
+class _Plan:
+    workload: str
+    finals: list[StabRun]
+    needed: list[StabRun]
+    trials: list = field(default_factory=list)
+
+
+class _NoPreset:
+    """What :class:`Runner` reads of a preset when no child process is launched."""
+
+    env: dict[str, str] = {}
+    accelerate_config = "cpu"
+
+
+@dataclass
+class StabilityStudy:
+    """The study's runs, planned from the results so far (duck-types :class:`Matrix`)."""
+
+    study: StabilityPreset
+    pairs: int
+
+    workloads = [WORKLOAD]
+    preset = _NoPreset()
+
+    def arm(self, label: str) -> Arm:
+        return next(a for a in self.study.arms if a.label == label)
+
+    def _run(self, stage: str, arm: Arm, lr: float, n: int, steps: int, seed: int,
+             design: str) -> StabRun:  # fmt: skip
+        sp = self.study
+        log_at = (tuple(log_steps(steps, sp.log_points, (sp.t_fixed,)))
+                  if stage == "pair" else (steps,))  # fmt: skip
+        return StabRun(stage, arm.label, lr, n, steps, seed, design, sp.name, sp.batch,
+                       sp.test_size, sp.val_size, sp.init_std, log_at)  # fmt: skip
+
+    def grid(self, arm: Arm, chosen: dict[str, float | None]) -> tuple[float, ...] | None:
+        """The lr grid of a tuned arm (None while it waits for another arm's choice)."""
+        if arm.scale_of is not None:
+            base = chosen.get(arm.scale_of)
+            return None if base is None else tuple(base * s for s in arm.scales)
+        return arm.grid
+
+    def tune_runs(self, arm: Arm, chosen: dict[str, float | None]) -> list[StabRun] | None:
+        grid = self.grid(arm, chosen)
+        if grid is None:
+            return None
+        sp = self.study
+        return [self._run("tune", arm, lr, sp.n_main, sp.t_fixed, TUNE_SEED, "tune")
+                for lr in grid]  # fmt: skip
+
+    def choose(self, results: dict[str, dict]) -> dict[str, float | None]:
+        """The chosen lr of every arm (lowest final validation loss), None if not yet known."""
+        chosen: dict[str, float | None] = {}
+        for _ in range(3):  # an arm's grid may depend on another's choice (one level deep)
+            for arm in self.study.arms:
+                if not arm.tuned or chosen.get(arm.label) is not None:
+                    continue
+                runs = self.tune_runs(arm, chosen)
+                if runs is None or any(r.run_id not in results for r in runs):
+                    chosen[arm.label] = None
+                    continue
+                scored = [(results[r.run_id].get("val_loss"), r.lr) for r in runs
+                          if results[r.run_id].get("status") == "ok"]  # fmt: skip
+                scored = [(v, lr) for v, lr in scored if v is not None and math.isfinite(v)]
+                chosen[arm.label] = min(scored)[1] if scored else math.nan
+        for arm in self.study.arms:
+            if not arm.tuned:
+                chosen[arm.label] = chosen.get(arm.lr_of)  # type: ignore[arg-type]
+        return chosen
+
+    def pair_runs(self, arm: Arm, lr: float) -> list[StabRun]:
+        sp = self.study
+        runs = []
+        for k in range(self.pairs):
+            seed = PAIR_SEED_BASE + k
+            runs.append(self._run("pair", arm, lr, sp.n_main, sp.t_max, seed, "T"))
+            if arm.n_design:
+                runs += [self._run("pair", arm, lr, n, sp.t_fixed, seed, "N")
+                         for n in sp.sizes if n != sp.n_main]  # fmt: skip
+        return runs
+
+    def plan(self, results: dict[str, dict]) -> list[_Plan]:
+        chosen = self.choose(results)
+        runs: list[StabRun] = []
+        for arm in self.study.arms:
+            if arm.tuned:
+                runs += self.tune_runs(arm, chosen) or []
+            lr = chosen.get(arm.label)
+            if lr is not None and math.isfinite(lr):
+                runs += self.pair_runs(arm, lr)
+        return [_Plan(WORKLOAD, runs, [r for r in runs if r.run_id not in results])]
+
+    def run_counts(self) -> tuple[int, int]:
+        sp = self.study
+        tune = sum(len(a.grid) or len(a.scales) for a in sp.arms if a.tuned)
+        extra = len([n for n in sp.sizes if n != sp.n_main])
+        pairs = sum(self.pairs * (1 + (extra if a.n_design else 0)) for a in sp.arms)
+        return tune + pairs, tune + pairs
+
+    def describe(self) -> dict[str, Any]:
+        sp = self.study
+        return {
+            "study": STUDY, "schema": SCHEMA, "preset": sp.name, "description": sp.description,
+            "workload": WORKLOAD, "pairs": self.pairs, "n_main": sp.n_main, "t_max": sp.t_max,
+            "t_fixed": sp.t_fixed, "sizes": list(sp.sizes), "batch": sp.batch,
+            "nus": list(sp.nus), "nu_below_tau": NU_BELOW_TAU, "test_size": sp.test_size,
+            "val_size": sp.val_size, "init_std": sp.init_std, "tune_seed": TUNE_SEED,
+            "pair_seed_base": PAIR_SEED_BASE,
+            "arms": [{"label": a.label, "name": a.name, "options": dict(a.options),
+                      "grid": list(a.grid), "scale_of": a.scale_of, "scales": list(a.scales),
+                      "lr_of": a.lr_of, "n_design": a.n_design} for a in sp.arms],
+        }  # fmt: skip
+
+
+def build_stability(preset: str, pairs: int | None = None) -> StabilityStudy:
+    sp = get_stability_preset(preset)
+    return StabilityStudy(sp, pairs if pairs is not None else sp.pairs)
+
+
+# ------------------------------------------------------------------------------ running
+
+
+class _InProcess:
+    """Stands in for the fork launcher: nothing to start or close."""
+
+    preload = False
+
+    def close(self) -> None:
+        pass
+
+
+def make_runner(study: StabilityStudy, out: Path, progress: bool = True,
+                retry_failed: bool = False):  # noqa: ANN201  # fmt: skip
+    """A :class:`~clion_hf.bench.runner.Runner` whose runs execute in this process."""
+    from .runner import Runner, environment_info
+
+    class InProcessRunner(Runner):
+        def _start_launcher(self) -> None:
+            self._launcher = _InProcess()  # type: ignore[assignment]
+
+        def prepare(self) -> None:
+            pass
+
+        def execute(self, run: StabRun) -> dict | None:  # type: ignore[override]
+            if self._stop.is_set():
+                return None
+            with self._lock:
+                self.launched += 1
+            try:
+                result = execute_run(run, study.arm(run.optimizer))
+            except Exception as err:  # a failed run is a result, not a crash of the study
+                result = {"schema": SCHEMA, "study": STUDY, "run_id": run.run_id,
+                          "status": "failed", "reason": f"{type(err).__name__}: {err}",
+                          **asdict(run), "history": [], "wall_s": 0.0}  # fmt: skip
+            if self._stop.is_set():
+                return None
+            result["environment"] = environment_info(self.recipes_dir)
+            path = self.result_path(run)  # type: ignore[arg-type]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.record(run, result)  # type: ignore[arg-type]
+            return result
+
+    from ..workloads import recipes_dir
+
+    return InProcessRunner(study, out, recipes_dir() or Path(__file__).parent,  # type: ignore[arg-type]
+                           jobs=1, progress=progress, retry_failed=retry_failed)  # fmt: skip
+
+
+def dry_run_lines(study: StabilityStudy) -> Iterable[str]:
+    sp = study.study
+    n, _ = study.run_counts()
+    yield f"# study stability, preset {sp.name}: {sp.description}"
+    yield (f"# {n} runs (tuning runs, then {study.pairs} pairs per arm: one T-design run at "
+           f"N = {sp.n_main}, T = {sp.t_max} and, where marked, N-design runs at N in "
+           f"{list(sp.sizes)}, T = {sp.t_fixed}); all in this process")  # fmt: skip
+    for a in sp.arms:
+        if a.lr_of:
+            src = f"at {a.lr_of}'s chosen lr"
+        elif a.scale_of:
+            src = f"lr = {a.scale_of}'s chosen lr x {[round(s, 4) for s in a.scales]}"
+        else:
+            src = f"lr grid {list(a.grid)}"
+        yield f"#   {a.label}: {src}" + ("; N design" if a.n_design else "")

@@ -1,0 +1,207 @@
+"""``clion-bench study stability``: the neighbouring-set design, the lockstep pair, a tiny
+study end to end in-process (run, resume, report, findings recomputed from its CSV), the
+growth fits, errors, and that the committed report says what its CSV gives. Fast except the
+end-to-end study (marked slow)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from clion_hf._files import read_json
+from clion_hf.bench.cli import main
+from clion_hf.bench.specs import SpecError
+from clion_hf.bench.stability import (
+    NU_BELOW_TAU,
+    PAIR_SEED_BASE,
+    Arm,
+    StabilityPreset,
+    StabilityStudy,
+    StabRun,
+    _order,
+    build_stability,
+    digits_split,
+    draw_pair,
+    execute_run,
+    log_steps,
+    make_runner,
+)
+from clion_hf.bench.stability_report import (
+    CSV_COLUMNS,
+    MIN_PAIRS_VERDICT,
+    _fit,
+    _parse,
+    analyze,
+    ctext,
+    findings_block,
+    findings_from_csv,
+    write_stability_report,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "docs" / "benchmarks" / "stability-2026-12-06"
+
+TINY = StabilityPreset(
+    name="tiny", description="test", n_main=32, t_max=24, t_fixed=12, sizes=(16, 32),
+    pairs=MIN_PAIRS_VERDICT, batch=8, log_points=6, nus=(1e-7, 1e-2),
+    arms=(  # the convex preset's arms with two-point grids (same kinds of lr sources)
+        Arm("adamw", "adamw", grid=(3e-3, 3e-2)),
+        Arm("sgd:momentum=0.9", "sgd", (("momentum", 0.9),), grid=(3e-2, 3e-1)),
+        Arm("lion", "lion", scale_of="adamw", scales=(1 / 3, 1 / 10)),
+        Arm("clion", "clion", (("mode", "global"), ("nu", 1e-4)), grid=(0.3, 3.0)),
+        Arm(f"clion:nu={NU_BELOW_TAU:g}", "clion", (("mode", "global"), ("nu", NU_BELOW_TAU)),
+            lr_of="lion"),
+        *(Arm(f"clion:mode=element,nu={nu:g}", "clion", (("mode", "element"), ("nu", nu)),
+              lr_of="lion") for nu in (1e-7, 1e-2)),
+    ),
+)  # fmt: skip
+
+
+def _pair(arm: Arm, lr: float, n: int = 32, steps: int = 24, seed: int = PAIR_SEED_BASE,
+          batch: int = 8) -> StabRun:  # fmt: skip
+    return StabRun("pair", arm.label, lr, n, steps, seed, "T", "tiny", batch, 500, 300, 0.01,
+                   tuple(log_steps(steps, 24)))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ the design
+
+
+def test_neighbouring_sets_differ_in_exactly_one_example():
+    pool = len(digits_split(500, 300)["pool"][1])
+    for seed in range(20):
+        d = draw_pair(seed, 64, pool)
+        assert len(set(d.indices.tolist())) == 64
+        assert d.replacement not in set(d.indices.tolist())
+        s2 = d.indices.copy()
+        s2[d.pos] = d.replacement
+        assert int((s2 != d.indices).sum()) == 1
+    with pytest.raises(SpecError, match="below the training pool"):
+        draw_pair(0, pool, pool)
+
+
+def test_lockstep_drift_is_zero_until_the_replaced_example_is_drawn():
+    """Same init and order: the runs agree exactly until the replaced position enters a
+    batch, and differ from that step on (SGD: any difference in the gradient moves θ)."""
+    arm = Arm("sgd", "sgd", (("momentum", 0.9),))
+    run = _pair(arm, 0.1)
+    order = _order(run.seed, run.n, run.steps, run.batch)
+    pos = draw_pair(run.seed, run.n, len(digits_split(500, 300)["pool"][1])).pos
+    first = 1 + next(t for t in range(run.steps) if pos in order[t])
+    res = execute_run(run, arm)
+    assert res["status"] == "ok" and res["replaced_position"] == pos
+    for h in res["history"]:
+        if h["step"] < first:
+            assert h["drift"] == 0.0 and h["loss_diff"] == 0.0
+        else:
+            assert h["drift"] > 0.0
+
+
+def test_global_control_below_tau_is_lion_and_global_at_large_nu_never_signs():
+    lion = Arm("lion", "lion")
+    control = Arm("c", "clion", (("mode", "global"), ("nu", NU_BELOW_TAU)))
+    a, b = execute_run(_pair(lion, 0.01), lion), execute_run(_pair(control, 0.01), control)
+    assert [h["drift"] for h in a["history"]] == [h["drift"] for h in b["history"]]
+    assert all(h["sign_fraction"] == 1.0 for h in b["history"])
+    glob = Arm("g", "clion", (("mode", "global"), ("nu", 1e-4)))
+    g = execute_run(_pair(glob, 0.3), glob)
+    assert all(h["sign_fraction"] == 0.0 for h in g["history"])
+    assert all(h["tau"] < 1e-4 for h in g["history"])  # why: τ_t is below ν at every step
+
+
+def test_growth_fit_recovers_power_law_and_exponential():
+    t = np.array([10, 20, 50, 100, 200, 500, 1000], dtype=float)
+    assert _fit(list(np.log(t)), list(np.log(3 * t**0.7))) == pytest.approx(0.7)
+    assert _fit(list(t / 1000), list(np.log(2 * np.exp(1.5 * t / 1000)))) == pytest.approx(1.5)
+    assert _fit([1.0, 2.0], [1.0, 2.0]) is None  # fewer than 3 points: no fit
+
+
+# ------------------------------------------------------------------------------ the study
+
+
+@pytest.mark.slow  # ~20 s on a loaded 2-core machine: 92 runs, then the report
+def test_tiny_study_end_to_end_in_process(tmp_path):
+    study = StabilityStudy(TINY, TINY.pairs)
+    out = tmp_path / "stab"
+    counts = make_runner(study, out, progress=False).run()
+    total, _ = study.run_counts()
+    assert counts["ok"] == total and counts["failed"] == 0
+    # resumption: a second call finds every run done
+    again = make_runner(study, out, progress=False)
+    assert again.run()["skipped"] == total and again.launched == 0
+    paths = write_stability_report(out, plots=False)
+    report = paths["report"].read_text()
+    csv_text = paths["csv"].read_text()
+    meta = read_json(out / "bench.json")
+    assert findings_from_csv(csv_text, meta) == findings_block(report)
+    an = analyze(_parse(csv_text), meta)
+    # every arm has its pairs, the tuned lrs are the validation minima of the CSV's tune rows
+    assert all(len(a.end) == TINY.pairs for a in an.arms.values())
+    for label, tried in an.tuning.items():
+        best = min((v, lr) for lr, v, st in tried if st == "ok")[1]
+        assert an.chosen[label] == best
+    assert sorted(lr for lr, _, _ in an.tuning["lion"]) == pytest.approx(
+        sorted(an.chosen["adamw"] * s for s in (1 / 3, 1 / 10)))  # AdamW/3, /10
+    assert an.chosen["clion:mode=element,nu=1e-07"] == an.chosen["lion"]
+    # verdicts agree with their intervals, and "no difference detected" is said exactly
+    # when the interval contains 0
+    for comps in an.vs_lion.values():
+        for c in comps:
+            assert c.detected == (c.lo > 0 or c.hi < 0)
+    lines = findings_block(report)
+    text = next(ln for ln in lines if ln.startswith("- Lion minus each arm, exponent"))
+    for c in an.vs_lion["exponent"]:
+        assert f"{c.b}: {ctext(c)}" in text
+        assert ("no difference detected" in ctext(c)) == (c.lo <= 0 <= c.hi)
+    # the control is Lion: same drift on every pair
+    control = an.arms[f"clion:nu={NU_BELOW_TAU:g}"]
+    assert all(control.end[s]["drift"] == an.arms["lion"].end[s]["drift"] for s in control.end)
+
+
+def test_csv_round_trips_the_numbers(tmp_path):
+    arm = Arm("lion", "lion")
+    res = execute_run(_pair(arm, 0.01), arm)
+    from clion_hf.bench.stability_report import csv_text_of
+
+    rows = _parse(csv_text_of([res]))
+    # 7 significant digits (fp32 runs)
+    assert [r["drift"] for r in rows] == pytest.approx([h["drift"] for h in res["history"]],
+                                                       rel=1e-6)  # fmt: skip
+    assert [r["tau"] for r in rows] == pytest.approx([h["tau"] for h in res["history"]], rel=1e-6)
+    assert set(rows[0]) == set(CSV_COLUMNS)
+
+
+def test_bad_input_is_one_line(capsys):
+    with pytest.raises(SpecError, match="unknown stability preset 'nope'; allowed: convex"):
+        build_stability("nope")
+    with pytest.raises(SystemExit) as err:
+        main(["study", "stability", "--preset", "nope", "--dry_run"])
+    assert err.value.code == 2
+    assert "unknown stability preset 'nope'" in capsys.readouterr().err
+    assert main(["study", "stability", "--preset", "convex", "--dry_run"]) == 0
+    assert "241 runs" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------ committed
+
+
+@pytest.mark.skipif(not COMMITTED.is_dir(), reason="no committed stability report")
+def test_committed_report_findings_follow_from_its_csv():
+    meta = read_json(COMMITTED / "bench.json")
+    csv_text = (COMMITTED / "results.csv").read_text()
+    report = (COMMITTED / "report.md").read_text()
+    assert findings_from_csv(csv_text, meta) == findings_block(report)
+    readme = (REPO / "README.md").read_text()
+    begin, end = "<!-- stability-findings:begin -->", "<!-- stability-findings:end -->"
+    if begin in readme:
+        block = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
+        for line in block.splitlines():
+            assert line in report, line
+
+
+def test_pair_counts_meet_the_issue_floor():
+    assert build_stability("convex").pairs >= 10
+    assert math.isclose(NU_BELOW_TAU, float(torch.tensor(NU_BELOW_TAU)), rel_tol=0.5)
