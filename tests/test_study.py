@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from clion_hf._files import read_json
 from clion_hf.bench.cli import main
 from clion_hf.bench.specs import parse_optimizer, parse_optimizers
-from clion_hf.bench.stats import bootstrap_means
 from clion_hf.bench.study import build_study, sizes_of
 from clion_hf.bench.study_report import (
     CSV_COLUMNS,
@@ -51,7 +51,7 @@ def test_seed_slope_recovers_a_power_law_and_matches_scipy():
 
 def test_slope_interval_over_seeds_covers_the_true_slope():
     """Known case: gap = C·N^-1 with multiplicative noise per (seed, N); the mean per-seed
-    slope's 95% bootstrap interval covers -1 and is as wide as the noise makes it."""
+    slope's 95% t interval covers -1 and is as wide as the noise makes it."""
     rng = np.random.default_rng(0)
     sizes = [1024, 512, 256, 128, 64]
     slopes = [seed_slope({n: 5.0 / n * math.exp(rng.normal(0, 0.1)) for n in sizes})
@@ -59,9 +59,10 @@ def test_slope_interval_over_seeds_covers_the_true_slope():
     est = Estimate([s for s in slopes if s is not None])
     assert est.lo < -1.0 < est.hi
     assert est.hi - est.lo < 0.15
-    # the interval is the percentile interval of stats.bootstrap_means
-    dist = bootstrap_means(est.values)
-    assert est.lo == pytest.approx(float(np.quantile(dist, 0.025)))
+    # the interval is the t interval of the mean (scipy's)
+    lo, hi = scipy_stats.t.interval(0.95, len(est.values) - 1, loc=np.mean(est.values),
+                                    scale=scipy_stats.sem(est.values))  # fmt: skip
+    assert (est.lo, est.hi) == (pytest.approx(lo), pytest.approx(hi))
 
 
 def test_matched_point_is_the_first_evaluation_at_or_below_the_target():

@@ -3,14 +3,14 @@
 Everything in ``report.md``'s Findings is a function of ``results.csv`` and ``bench.json``
 alone (:func:`findings_from_csv`; a test checks it), as for the other reports.
 
-Statistics (:mod:`clion_hf.bench.stats`: percentile bootstrap over pairs, Holm):
+Statistics (:mod:`clion_hf.bench.stats`: paired t-tests and t intervals over pairs, Holm):
 
 * Growth in t: for each pair, least squares of ln(drift) on ln(t) (the exponent a of
   drift ∝ t^a) and of ln(drift) on t (a rate r per 1000 steps, drift ∝ e^{r t}), over the
   logged steps from T/:data:`FIT_FROM` to T where the drift is positive. The paper's
   Lion bound grows geometrically in T (a positive rate that does not fall with T);
   uniform-stability bounds of SGD on convex smooth losses grow linearly (a ≈ 1).
-* Per arm: the mean over pairs with a 95% bootstrap interval; drifts as geometric means
+* Per arm: the mean over pairs with a 95% t interval; drifts as geometric means
   (the mean of log10 drift).
 * Comparisons, paired by pair (same S, S', initialization and order): Lion minus every
   other arm (except the control, which is Lion's update), per quantity, Holm within the
@@ -36,7 +36,7 @@ import numpy as np
 from clion_hf._files import atomic_write_text, read_json
 
 from .report import ReportError, _save, rows_csv
-from .stats import Comparison, bootstrap_means, compare_family, percentile_interval
+from .stats import Comparison, bootstrap_means, compare_family, percentile_interval, t_interval
 
 LEVEL = 0.95
 # below this many pairs no verdict is given: with n pairs an exact sign-flip test cannot go
@@ -96,7 +96,7 @@ class Estimate:
         mean = statistics.fmean(vals)
         if len(vals) < 2:
             return cls(mean, n=len(vals))
-        lo, hi = percentile_interval(bootstrap_means(vals), LEVEL)
+        lo, hi = t_interval(vals, LEVEL)
         return cls(mean, lo, hi, len(vals))
 
     def text(self, fmt: str = "{:.3g}") -> str:
@@ -392,7 +392,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str]) ->
         "same relative to ‖θ_t‖, the fraction of coordinates whose update differed in sign "
         "or branch (mean over the steps since the last log), the held-out loss of both "
         f"runs ({m['test_size']} test images) and τ_t (smallest non-zero abs(c) of the S "
-        "run). Intervals: 95% percentile bootstrap over pairs; comparisons paired by pair, "
+        "run). Intervals: 95% t intervals over pairs; comparisons paired by pair (paired t-test), "
         "Holm within each family (the stated level), \"no difference detected\" when the "
         "interval contains 0.", "",
         "## Learning rates (declared sweep, same command)", "",

@@ -1,17 +1,15 @@
-"""Statistics of the reports: paired t-tests and TOST with Holm over the whole report (the
-benchmark report, see "paired t-tests" below), paired bootstrap intervals (the gen-gap study),
-Holm's correction, performance profiles.
+"""Statistics of the reports: paired t-tests, t intervals and TOST with Holm's correction
+(the benchmark report over all its comparisons, the studies within each family), percentile
+bootstrap bands (plots only), performance profiles.
 
-Why hand-written: ``scipy.stats.bootstrap`` returns one interval at one level, but Holm's
-step-down procedure needs a p-value per comparison and intervals at per-comparison levels
-from the same bootstrap distribution; both come from the percentile bootstrap below in a
-few lines of numpy (the test checks the interval against SciPy's percentile bootstrap).
+Why hand-written: Holm's step-down procedure needs a p-value per comparison and intervals at
+per-comparison levels; SciPy gives the t-tests and quantiles, the step-down is a few lines.
 
 Paired design: run ``s`` of optimizer A and run ``s`` of optimizer B share the seed, so the
 same initialization and data order; the unit is the per-seed difference ``d_s = A_s - B_s``
-and the statistic its mean. The bootstrap resamples seeds with replacement.
+and the statistic its mean.
 
-Holm (1979) over the comparisons of one family (one workload): sort the p-values
+Holm (1979) over the comparisons of one family: sort the p-values
 ``p_(1) <= ... <= p_(m)``; reject ``H_(k)`` while ``p_(j) <= alpha / (m - j + 1)`` for every
 ``j <= k``. Each comparison's interval is reported at the level its test used,
 ``1 - alpha / (m - j + 1)``, and at the level of the first non-rejected test for every test
@@ -98,18 +96,18 @@ MIN_PAIRS = 2  # below this there is no interval to give
 
 
 def compare_family(comparisons: list[Comparison], alpha: float = 0.05) -> list[Comparison]:
-    """Fill in mean, p, Holm-adjusted interval and verdict of every comparison with at least
-    :data:`MIN_PAIRS` pairs (the others stay undecided: ``detected`` False, no interval)."""
+    """Fill in mean, paired t-test p, Holm-adjusted t interval and verdict of every comparison
+    with at least :data:`MIN_PAIRS` pairs (the others stay undecided: ``detected`` False)."""
+    # The paired t-test, not the bootstrap: a percentile bootstrap gives p = 0 whenever every
+    # pair's difference has one sign, below what any exact test allows at a few seeds.
     usable = [c for c in comparisons if c.n >= MIN_PAIRS]
-    dists = [bootstrap_means(c.diffs) for c in usable]
-    for c, dist in zip(usable, dists, strict=True):
+    for c in usable:
         c.mean = float(np.mean(c.diffs))
-        c.p = bootstrap_p(dist)
+        c.p = paired_t_p(c.diffs)
     rejected, levels = holm([c.p for c in usable], alpha)
-    for c, dist, rej, level in zip(usable, dists, rejected, levels, strict=True):
+    for c, rej, level in zip(usable, rejected, levels, strict=True):
         c.level = level
-        c.lo, c.hi = percentile_interval(dist, level)
-        # the verdict and the interval must agree even where the bootstrap is discrete
+        c.lo, c.hi = t_interval(c.diffs, level)
         c.detected = rej and (c.lo > 0 or c.hi < 0)
     return comparisons
 
