@@ -318,3 +318,54 @@ def test_steps_refuses_a_full_disk_before_timing_and_keeps_results_it_cannot_wri
     spare = Path(err.rsplit("saved in ", 1)[1].strip())
     assert spare.read_text() == "| table |\n"
     spare.unlink()
+
+
+# ------------------------------------------------------------------------------ item 4
+
+
+def test_only_a_signal_from_outside_makes_a_run_redone():
+    """Issue 21 item 4 (the rule; tests/test_bench_e2e.py kills a real child): SIGKILL,
+    SIGTERM, SIGINT, SIGHUP came from outside; a crash (SIGSEGV, SIGABRT, ...) is the run's
+    own and is recorded as failed."""
+    import signal
+
+    from clion_hf.bench.runner import outside_signal
+
+    for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        assert outside_signal(-sig) == sig.name
+    for sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE):
+        assert outside_signal(-sig) is None
+    assert outside_signal(0) is None and outside_signal(1) is None
+    tail = "subprocess.CalledProcessError: Command '[...]' died with <Signals.SIGKILL: 9>."
+    assert outside_signal(1, tail, forked=False) == "SIGKILL"
+    assert outside_signal(1, tail, forked=True) is None  # a forked run reports it itself
+
+
+# ------------------------------------------------------------------------------ item 5
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
+    """Issue 21 item 5: a truncated cached model.safetensors was used as it was ("ready in
+    0.1s"), and every finetune run failed with SafetensorError."""
+    from safetensors.torch import load_file
+
+    from clion_hf.workloads.models import offline_pretrained_checkpoint
+
+    monkeypatch.setenv("CLION_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLION_HF_CHECKPOINT_MAX_STEPS", "2")
+    path = Path(offline_pretrained_checkpoint("vit"))
+    weights = path / "model.safetensors"
+    good = weights.read_bytes()
+    assert offline_pretrained_checkpoint("vit") == str(path)  # verified, not rebuilt
+    assert "is damaged" not in capsys.readouterr().err
+    weights.write_bytes(good[: len(good) // 2])
+    assert offline_pretrained_checkpoint("vit") == str(path)
+    assert "is damaged (model.safetensors has" in capsys.readouterr().err
+    assert weights.read_bytes() == good  # same recipe, seed and steps: the same weights
+    assert load_file(weights)
+    # the same size but other bytes: caught by the hash
+    weights.write_bytes(good[:-8] + b"\0" * 8)
+    offline_pretrained_checkpoint("vit")
+    assert "does not match its SHA-256" in capsys.readouterr().err
+    assert weights.read_bytes() == good

@@ -6,9 +6,11 @@
     clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
     clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
 
-Bad arguments (and an output directory that cannot be used, or is in use by another
-``run``) exit with one line on stderr and status 2; an interrupted ``run`` exits with
-128 + the signal number and resumes on the next call.
+Bad arguments (and an output directory that cannot be used, is in use by another ``run``
+or holds another kind of experiment) exit with one line on stderr and status 2; an
+interrupted ``run`` exits with 128 + the signal number and resumes on the next call; a disk
+that fills up on the way, or runs killed from outside, end it with one line and status 1
+(the next call resumes, redoing the killed runs).
 """
 
 from __future__ import annotations
