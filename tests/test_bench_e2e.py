@@ -188,9 +188,10 @@ def test_a_child_killed_from_outside_is_redone_by_the_next_run(env, tmp_path):
 
     _wait_for(recipe_running, 120, "the first run")
     os.kill(launcher_children[0], signal.SIGKILL)
-    _, stderr = proc.communicate(timeout=600)
+    stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 1, stderr[-3000:]
-    assert "killed by SIGKILL from outside; not recorded" in stderr
+    assert "[killed] gpt2-pretrain adamw" in stdout
+    assert "killed by SIGKILL from outside; not recorded" in stdout
     assert "1 run(s) were killed by a signal from outside" in stderr
     results = {(r["optimizer"], r["phase"]): r for r in load_results(out)[0]}
     assert ("adamw", "tune") not in results and ("adamw", "final") not in results

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -272,13 +273,15 @@ def small_disk(tmp_path):
                       capture_output=True).returncode != 0:  # fmt: skip
         pytest.skip("cannot mount a tmpfs here (needs root)")
 
-    def fill() -> None:
+    def fill(leave: int = 0) -> None:
+        """Fill the disk, then free ``leave`` bytes."""
         with open(disk / "filler", "ab", buffering=0) as fh:
             try:
                 while True:
                     fh.write(b"\0" * 4096)
             except OSError:
                 pass
+            fh.truncate(max(0, fh.tell() - leave))
 
     yield disk, fill
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
@@ -296,6 +299,23 @@ def test_a_full_disk_is_one_line_in_run_and_report(small_disk, capsys):
     err = _one_line_exit(["report", str(disk / "done")], capsys)
     assert "cannot write the report into" in err and "No space left on device" in err
     assert not list(disk.rglob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_up_during_run_is_one_line(small_disk, offline_env, capsys):
+    """Issue 21 item 8: room for the probe, not for a run's outputs: a traceback before;
+    now one line, status 1, and the run that failed for it is not recorded as failed."""
+    disk, fill = small_disk
+    fill(leave=1536 * 1024)
+    proc = subprocess.run([sys.executable, "-m", "clion_hf.bench.cli", "run", "--preset",
+                           "smoke", "--workloads", "gpt2-pretrain", "--optimizers", "adamw",
+                           "--max_steps", "2", "--out", str(disk / "out"), "--no_progress"],
+                          capture_output=True, text=True, cwd=REPO, env=offline_env,
+                          timeout=600)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.count("\n") == 1 and "No space left on device" in proc.stderr
+    assert "finished runs are kept, rerun to resume" in proc.stderr
+    assert not [r for r in load_results(disk / "out")[0] if r["status"] == "failed"]
 
 
 def test_steps_refuses_a_full_disk_before_timing_and_keeps_results_it_cannot_write(
