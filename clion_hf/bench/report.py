@@ -23,14 +23,7 @@ from typing import Any
 
 from clion_hf._files import atomic_path, atomic_write_text, probe_writable, read_json
 
-from .protocol import (
-    Matrix,
-    RowPlan,
-    final_metric,
-    matrix_from,
-    result_problem,
-    test_metric,
-)
+from .protocol import Matrix, RowPlan, final_metric, matrix_from, result_problem, test_metric
 from .specs import MODES, WORKLOADS, SpecError, fmt_float, parse_optimizer, removal_fraction
 from .stats import Comparison, compare_family, performance_profile
 
