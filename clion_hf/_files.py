@@ -40,6 +40,28 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+PROBE_BYTES = 1 << 20
+
+
+def probe_writable(directory: Path, nbytes: int = PROBE_BYTES) -> None:
+    """Write ``nbytes`` into a temporary file in ``directory`` (synced), then remove it.
+
+    Raises ``OSError`` (read-only, no permission, a full disk) before any real work: an
+    empty file passes on a full disk, so the probe writes bytes, and syncs them so that a
+    filesystem that allocates late (ext4's delayed allocation, NFS) reports it now.
+    """
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".write-probe.", suffix=".tmp")
+    try:
+        chunk = b"\0" * min(nbytes, 1 << 16)
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, chunk[:left])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (see the module doc)."""
     with atomic_path(path) as tmp:
@@ -80,3 +102,16 @@ def atomic_dir(final: Path, build: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def discard_dir(path: Path) -> None:
+    """Remove the directory ``path``: first renamed aside (atomic, so that a reader sees it
+    whole or not at all, and :func:`atomic_dir` can build a new one at once), then deleted.
+    Nothing happens if it is already gone (another process discarded it first)."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".discarded", dir=path.parent))
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(path, trash / path.name)
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)

@@ -488,7 +488,8 @@ def test_a_recorded_ok_result_is_never_replaced_by_a_worse_one(tmp_path):
     m = _matrix("adamw")
     run = m.plan({})[0].needed[0]
     runner = Runner(m, tmp_path, REPO / "recipes", echo=lambda msg: None)
-    ok = {"run_id": run.run_id, "status": "ok", "marker": 1}
+    # a whole result (issue 21 item 1: an unusable file protects nothing, it is redone)
+    ok = {**run.__dict__, "run_id": run.run_id, "status": "ok", "marker": 1}
     assert runner.record(run, ok)
     assert not runner.record(run, {"run_id": run.run_id, "status": "failed"})
     assert not runner.record(run, {"run_id": run.run_id, "status": "diverged"})

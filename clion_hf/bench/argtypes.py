@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -20,3 +21,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
+
+
+def bounded_int(high: int) -> Callable[[str], int]:
+    """:func:`positive_int` at most ``high`` (for counts that size memory or processes)."""
+
+    def parse(text: str) -> int:
+        value = positive_int(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be <= {high}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its message: "invalid integer"
+    return parse

@@ -7,9 +7,11 @@
     clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
     clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
 
-Bad arguments (and an output directory that cannot be used, or is in use by another
-``run``) exit with one line on stderr and status 2; an interrupted ``run`` exits with
-128 + the signal number and resumes on the next call.
+Bad arguments (and an output directory that cannot be used, is in use by another ``run``
+or holds another kind of experiment) exit with one line on stderr and status 2; an
+interrupted ``run`` exits with 128 + the signal number and resumes on the next call; a disk
+that fills up on the way, or runs killed from outside, end it with one line and status 1
+(the next call resumes, redoing the killed runs).
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .argtypes import OneLineParser, positive_int
+from .argtypes import OneLineParser, bounded_int, positive_int
 from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
 
 FINAL_SEED_BASE = 100  # final seeds are 100, 101, ...: never a tuning seed (0, 1, ...)
+# Upper bounds of the counts that size the plan (every run is planned up front: a count of
+# 10^9 filled memory until the OOM killer came) and of what runs at once.
+MAX_SEEDS = 1000
+MAX_TUNING_SEEDS = 100
+MAX_JOBS = 256
+MAX_THREADS = 1024
+MAX_SIZES = 30  # N_max / 2^29 is below one example for every workload
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -35,14 +44,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         "'adamw,lion:caution=true,clion:mode=element,nu=1e-4' (default: the preset's); "
         "lr=X pins an optimizer's lr instead of its grid",
     )
-    p.add_argument("--seeds", type=positive_int,
+    p.add_argument("--seeds", type=bounded_int(MAX_SEEDS),
                    help="final (reported) seeds per optimizer (default: the preset's)")
-    p.add_argument("--tuning_seeds", type=positive_int,
+    p.add_argument("--tuning_seeds", type=bounded_int(MAX_TUNING_SEEDS),
                    help="seeds each tried configuration runs on (default: the preset's)")
     p.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
-    p.add_argument("--jobs", type=positive_int, help="runs at a time (default: the preset's)")
+    p.add_argument("--jobs", type=bounded_int(MAX_JOBS),
+                   help="runs at a time (default: the preset's)")
     p.add_argument(
-        "--threads", type=positive_int,
+        "--threads", type=bounded_int(MAX_THREADS),
         help="torch threads per run (default: all cores with --jobs 1, else cores // jobs)",
     )  # fmt: skip
     p.add_argument("--max_steps", type=positive_int, help="override every workload's steps")
@@ -67,13 +77,15 @@ def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", help="comma list (default: the study preset's)")
     p.add_argument("--optimizers", help="comma list of specs as for `run` (default: the "
                    "study preset's); each must be in --tuned's run or pin lr=")  # fmt: skip
-    p.add_argument("--seeds", type=positive_int, help="seeds per size (default: the preset's)")
-    p.add_argument("--sizes", type=positive_int,
+    p.add_argument("--seeds", type=bounded_int(MAX_SEEDS),
+                   help="seeds per size (default: the preset's)")
+    p.add_argument("--sizes", type=bounded_int(MAX_SIZES),
                    help="number of nested sizes N_max/2^k (default: the preset's, 5)")
     p.add_argument("--no_nu_sweep", action="store_true", help="skip the ν sweep")
     p.add_argument("--out", default="gen-gap-out", help="output directory (default: gen-gap-out)")
-    p.add_argument("--jobs", type=positive_int, help="runs at a time (default: the preset's)")
-    p.add_argument("--threads", type=positive_int, help="torch threads per run")
+    p.add_argument("--jobs", type=bounded_int(MAX_JOBS),
+                   help="runs at a time (default: the preset's)")
+    p.add_argument("--threads", type=bounded_int(MAX_THREADS), help="torch threads per run")
     p.add_argument("--recipes_dir", help="directory with the recipes (default: the installed)")
     p.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
     p.add_argument("--report_only", action="store_true",
@@ -197,17 +209,31 @@ def _drive(runner: Any, out: Path, parser: argparse.ArgumentParser) -> int:
     except Interrupted as err:
         print("clion-bench: terminated; finished runs are kept, rerun to resume", file=sys.stderr)
         return 128 + err.signum
-    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    except OSError as err:  # a full disk (results, logs, bench.json), or one gone read-only
+        where = f": {err.filename}" if err.filename else ""
+        print(f"clion-bench: error: {err.strerror or err}{where}; finished runs are kept, "
+              "rerun to resume", file=sys.stderr)  # fmt: skip
+        return 1
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "killed" or v)
     print(f"clion-bench: done ({summary}; {runner.launched} launched); results in {out}/results")
+    if counts.get("killed"):
+        print(f"clion-bench: {counts['killed']} run(s) were killed by a signal from outside "
+              "(not recorded, see their logs); rerun to redo them", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 
 def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .report import ReportError, write_report
+    from .runner import experiment_kind, kind_text
 
     out = Path(args.dir)
     if not out.is_dir():
         parser.error(f"no such directory: {out}")
+    kind = experiment_kind(out)
+    if kind is not None and kind != "run":
+        parser.error(f"{out} holds {kind_text(kind)}, not a `clion-bench run` benchmark: "
+                     f"write its report with `clion-bench {kind} --report_only --out {out}`")
     has_runs = (out / "results").is_dir() and any((out / "results").glob("*.json"))
     # a committed report keeps results.csv (and bench.json), not the per-run files
     if not has_runs and not (out / "results.csv").is_file():
@@ -227,14 +253,10 @@ def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
     out = Path(args.out)
     if args.report_only:
-        from .study_report import write_study_report
-
         if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
             parser.error(f"no results in {out}/results (run `clion-bench study gen-gap "
                          f"--out {out}` first)")  # fmt: skip
-        for path in write_study_report(out).values():
-            print(path)
-        return 0
+        return _study_report(out, parser)
     if args.preset is None:
         parser.error("the following arguments are required: --preset")
     try:
@@ -260,9 +282,23 @@ def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     code = _drive(runner, out, parser)
     if code != 0:
         return code
+    return _study_report(out, parser)
+
+
+def _study_report(out: Path, parser: argparse.ArgumentParser) -> int:
+    from .report import ReportError
+    from .runner import experiment_kind, kind_text
     from .study_report import write_study_report
 
-    for path in write_study_report(out).values():
+    kind = experiment_kind(out)
+    if kind == "run":
+        parser.error(f"{out} holds {kind_text(kind)}, not a study: write its report with "
+                     f"`clion-bench report {out}`")  # fmt: skip
+    try:
+        written = write_study_report(out)
+    except ReportError as err:
+        parser.error(str(err))
+    for path in written.values():
         print(path)
     return 0
 

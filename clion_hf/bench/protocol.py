@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,93 @@ def _num(value: Any) -> float | None:
 
 def _finite(value: Any) -> bool:
     return not isinstance(value, int | float) or math.isfinite(value)
+
+
+# ------------------------------------------------------------------------------ result files
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _real(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _iso(v: Any) -> bool:
+    try:
+        datetime.fromisoformat(v)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _history(v: Any) -> bool:
+    return isinstance(v, list) and all(
+        isinstance(e, dict) and ("step" not in e or _int(e["step"])) for e in v)
+
+
+def _environment(v: Any) -> bool:
+    return v is None or (isinstance(v, dict) and isinstance(v.get("versions") or {}, dict))
+
+
+def _second(v: Any) -> bool:
+    return v is None or (isinstance(v, list) and len(v) == 2 and isinstance(v[0], str)
+                         and (v[1] is None or _real(v[1])))  # fmt: skip
+
+
+def _opt(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+STATUSES = ("ok", "diverged", "failed")
+# Every field of a result file that the runner, the protocol or a report reads, with the
+# type they rely on: required ones first (a result without them is another version's).
+_REQUIRED = {
+    "optimizer": (lambda v: isinstance(v, str), "a string"),
+    "lr": (_real, "a number"),
+    "weight_decay": (_real, "a number"),
+    "seed": (_int, "an integer"),
+    "max_steps": (_int, "an integer"),
+    "status": (lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+}
+_OPTIONAL = {
+    "phase": (lambda v: isinstance(v, str), "a string"),
+    "stage": (lambda v: isinstance(v, str), "a string"),
+    "reason": (lambda v: isinstance(v, str), "a string"),
+    "second": (_second, "null or [name, number]"),
+    "recipe_args": (lambda v: isinstance(v, list) and all(isinstance(a, str) for a in v),
+                    "a list of strings"),
+    "all_results": (lambda v: isinstance(v, dict), "an object"),
+    "log_history": (_history, "a list of objects with integer steps"),
+    "environment": (_environment, "null or an object with an object of versions"),
+    "started_at": (_opt(_iso), "null or an ISO time"),
+    "finished_at": (_opt(_iso), "null or an ISO time"),
+    "returncode": (_opt(_int), "null or an integer"),
+    "jobs": (_opt(_int), "null or an integer"),
+    "wall_s": (_opt(_real), "null or a number"),
+    "cpu_s": (_opt(_real), "null or a number"),
+    "load_avg_1m": (_opt(_real), "null or a number"),
+}
+
+
+def result_problem(data: Any) -> str | None:
+    """Why a parsed result file cannot be used (one line), or None if it can.
+
+    Checked on every read (runner, report, studies), so a truncated or hand-edited file is
+    listed in the report and rerun on resume instead of crashing whoever reads it.
+    """
+    if not isinstance(data, dict):
+        return "not readable as JSON (truncated or corrupt)"
+    if not isinstance(data.get("run_id"), str) or data.get("workload") not in WORKLOADS:
+        return "not a clion-bench result (no run id or workload)"
+    missing = [k for k in _REQUIRED if k not in data]
+    if missing:
+        return f"missing fields {', '.join(missing)} (written by another version?)"
+    for key, (check, what) in (_REQUIRED | _OPTIONAL).items():
+        if key in data and not check(data[key]):
+            return f"field {key!r} is {json.dumps(data[key])[:60]}, expected {what}"
+    return None
 
 
 def classify(returncode: int | None, all_results: dict | None, log_history: list[dict],
@@ -439,7 +527,13 @@ def matrix_from(description: Any) -> Matrix | None:
             [parse_optimizer(o) for o in description["optimizers"]],
             tuple(int(s) for s in description["tuning_seeds"]),
             tuple(int(s) for s in description["final_seeds"]),
-            description.get("max_steps_override"),
+            _max_steps_override(description.get("max_steps_override")),
         )
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
+
+
+def _max_steps_override(value: Any) -> int | None:
+    if value is not None and not (_int(value) and value >= 1):
+        raise ValueError(f"max_steps_override {value!r}")
+    return value

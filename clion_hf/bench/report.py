@@ -24,9 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clion_hf._files import atomic_path, atomic_write_text, read_json
+from clion_hf._files import atomic_path, atomic_write_text, probe_writable, read_json
 
-from .protocol import Matrix, RowPlan, final_metric, matrix_from, test_metric
+from .protocol import (
+    Matrix,
+    RowPlan,
+    final_metric,
+    matrix_from,
+    result_problem,
+    test_metric,
+)
 from .specs import (
     MARGINS,
     MODES,
@@ -62,14 +69,11 @@ def load_results(out_dir: Path) -> tuple[list[dict], list[str]]:
     results, problems = [], []
     for path in sorted((out_dir / "results").glob("*.json")):
         data = read_json(path)
-        if not isinstance(data, dict):
-            problems.append(f"`{path.name}`: not readable as JSON (truncated or corrupt)")
-        elif not isinstance(data.get("run_id"), str) or data.get("workload") not in WORKLOADS:
-            problems.append(f"`{path.name}`: not a clion-bench result (no run id or workload)")
-        elif not all(k in data for k in ("optimizer", "lr", "seed", "status")):
-            problems.append(f"`{path.name}`: missing fields (written by another version?)")
-        else:
+        problem = result_problem(data)
+        if problem is None:
             results.append(data)
+        else:
+            problems.append(f"`{path.name}`: {problem}")
     return results, problems
 
 
@@ -1337,17 +1341,21 @@ def write_report(out_dir: Path) -> dict[str, Path]:
 
     Raises :class:`ReportError` only when ``out_dir`` cannot be written.
     """
-    probe = out_dir / ".clion-bench-report-probe"
     try:
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ReportError(f"cannot write the report into {out_dir}: {err.strerror}") from None
+        probe_writable(out_dir)
+        return _write_report(out_dir)
+    except OSError as err:  # read-only, or a disk that filled up on the way
+        raise ReportError(f"cannot write the report into {out_dir}: "
+                          f"{err.strerror or err}") from None
+
+
+def _write_report(out_dir: Path) -> dict[str, Path]:
     results, problems = load_results(out_dir)
     meta = read_json(out_dir / "bench.json")
     if meta is not None and matrix_from(meta) is None:
         problems.append("`bench.json` is from another version or unreadable: the search "
                         "details are not shown")  # fmt: skip
+        meta = None  # its fields are not what the report reads: show the runs as found
     from_csv = not results and (out_dir / "results.csv").is_file()
     if from_csv:
         # a committed report keeps results.csv, not the per-run files: regenerate from it

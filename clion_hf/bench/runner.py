@@ -23,10 +23,12 @@ nothing is written for them. A recorded ``ok`` result is never replaced by a wor
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -43,16 +45,39 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from clion_hf._files import atomic_write_json, read_json
+from clion_hf._files import atomic_write_json, probe_writable, read_json
 
 from ..workloads import recipes_dir as installed_recipes_dir
 from .launcher import MARKER, Child, Launcher, LauncherDied, accelerate_env, stop_leftovers
-from .protocol import SCHEMA, Matrix, RunConfig, classify
+from .protocol import SCHEMA, Matrix, RunConfig, classify, result_problem
 from .specs import WORKLOADS
 
 LOG_TAIL_CHARS = 4000
 LOCK_NAME = ".clion-bench.lock"
 STATUS_RANK = {"failed": 0, "diverged": 1, "ok": 2}
+# Signals a process gets for its own fault (a crash, an abort, a limit it ran into); a run
+# ended by any other signal was killed from outside (the OOM killer, a user's `kill`): that
+# says nothing about the run, so it is not recorded and the next `run` redoes it.
+OWN_SIGNALS = {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT,
+               signal.SIGTRAP, signal.SIGSYS, signal.SIGXCPU, signal.SIGXFSZ}  # fmt: skip
+# `accelerate launch` (exec'd runs) reports a recipe killed by a signal this way
+_DIED_WITH = re.compile(r"died with <Signals\.SIG\w+: (\d+)>")
+_NO_SPACE = os.strerror(errno.ENOSPC)
+
+
+def outside_signal(returncode: int | None, log_tail: str = "", forked: bool = True) -> str | None:
+    """The name of the signal that killed a run from outside, or None (it exited, or
+    crashed by itself)."""
+    num = -returncode if returncode is not None and returncode < 0 else None
+    if num is None and returncode and not forked:
+        found = _DIED_WITH.findall(log_tail)
+        num = int(found[-1]) if found else None
+    if num is None or num in OWN_SIGNALS:
+        return None
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
 
 
 class Interrupted(BaseException):
@@ -124,13 +149,46 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
 
 
 def load_result_files(out_dir: Path) -> dict[str, dict]:
-    """Every readable result under ``out_dir/results``, by run id."""
+    """Every usable result under ``out_dir/results`` (:func:`result_problem`), by run id."""
     found = {}
     for path in sorted((out_dir / "results").glob("*.json")):
         data = read_json(path)
-        if isinstance(data, dict) and isinstance(data.get("run_id"), str):
+        if result_problem(data) is None:  # a bad file is as good as none: the run is redone
             found[data["run_id"]] = data
     return found
+
+
+def _kind_of(description: Any) -> str | None:
+    """``run`` or ``study NAME`` for a ``bench.json``'s content; None if it is neither."""
+    if not isinstance(description, dict):
+        return None
+    if "study" in description:
+        return f"study {description['study']}"
+    return "run" if "search" in description else None
+
+
+def experiment_kind(out_dir: Path) -> str | None:
+    """What ``out_dir`` holds: ``run`` (a ``clion-bench run`` matrix), ``study NAME`` (a
+    ``clion-bench study NAME``), ``study`` (a study whose bench.json is lost) or None (new)."""
+    kind = _kind_of(read_json(out_dir / "bench.json"))
+    if kind is None and (out_dir / "results").is_dir():  # bench.json lost: ask the results
+        phases = {r.get("phase") for r in load_result_files(out_dir).values()}
+        kind = "run" if phases & {"tune", "final"} else "study" if "study" in phases else None
+    return kind
+
+
+def kind_text(kind: str) -> str:
+    return "a `clion-bench run` benchmark" if kind == "run" else f"a `clion-bench {kind}`"
+
+
+def check_kind(out_dir: Path, description: dict) -> None:
+    """:class:`OutDirError` unless ``out_dir`` is new or holds the experiment ``description``
+    (a ``bench.json``) is of: one directory, one kind, so that neither overwrites the
+    other's ``bench.json`` and report, nor mixes its results into the other's."""
+    have, want = experiment_kind(out_dir), _kind_of(description) or "run"
+    if have is not None and have != want and not want.startswith(f"{have} "):
+        raise OutDirError(f"--out {out_dir} holds {kind_text(have)}, not {kind_text(want)}; "
+                          "use another --out")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -167,9 +225,7 @@ def prepare_out_dir(out: Path) -> None:
         raise OutDirError(f"--out {out} exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        probe_writable(out)  # bytes, not an empty file: that passes on a full disk
     except OSError as err:
         raise OutDirError(f"--out {out} is not writable: {err.strerror}") from None
 
@@ -204,7 +260,8 @@ class Runner:
         self._stop = threading.Event()
         self._launcher: Launcher | None = None
         self.launched = 0
-        self.counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0}
+        self.counts = {"ok": 0, "diverged": 0, "failed": 0, "skipped": 0, "killed": 0}
+        self._deferred: set[str] = set()  # killed from outside: redone by the next `run`
 
     # -------------------------------------------------------------- paths and results
 
@@ -215,7 +272,7 @@ class Runner:
         """Write ``result`` unless the file already holds a better one (ok > diverged > failed)."""
         path = self.result_path(run)
         old = read_json(path)
-        if (isinstance(old, dict) and old.get("run_id") == run.run_id
+        if (result_problem(old) is None and old.get("run_id") == run.run_id
                 and STATUS_RANK.get(old.get("status"), -1) > STATUS_RANK[result["status"]]):
             self.echo(f"clion-bench: kept the recorded {old['status']} result of {run.title} "
                       f"over this attempt's {result['status']}")  # fmt: skip
@@ -281,11 +338,21 @@ class Runner:
                 raise LauncherDied(child.error)
             return None
         wall = time.time() - started
+        tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+        killer = outside_signal(returncode, tail, forked)
+        if killer is not None:
+            shutil.rmtree(work, ignore_errors=True)
+            return {"run_id": run.run_id, "status": "killed", "wall_s": wall,
+                    "reason": f"killed by {killer} from outside; not recorded, the next "
+                              f"`run` redoes it (log: {log_path.relative_to(self.out)})"}
         all_results = read_json(work / "all_results.json")
         state = read_json(work / "trainer_state.json") or {}
         log_history = state.get("log_history") or []
-        tail = log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
         status, reason = classify(returncode, all_results, log_history, tail)
+        if status == "failed" and _NO_SPACE in tail:
+            # the disk, not the run: stop here rather than record a failure for good
+            raise OSError(errno.ENOSPC, f"{_NO_SPACE} (the run {run.title} failed for it)",
+                          str(log_path))
         workload = WORKLOADS[run.workload]
         result = {
             "schema": SCHEMA,
@@ -390,7 +457,7 @@ class Runner:
         try:
             while True:
                 plans = self.matrix.plan(results)
-                flying = {r.run_id for r in in_flight.values()}
+                flying = {r.run_id for r in in_flight.values()} | self._deferred
                 needed = [r for p in plans for r in p.needed if r.run_id not in flying]
                 if first:
                     done_runs = {r.run_id for p in plans for t in p.trials for r in t.runs}
@@ -405,6 +472,12 @@ class Runner:
                     bar.total = lo
                     bar.refresh()
                 if not in_flight:
+                    # every result the final plans use that was there before (a known run
+                    # is never launched): the first plan cannot see the finals of a row
+                    # whose search still has a run to redo
+                    used = {r.run_id for p in plans for t in p.trials for r in t.runs}
+                    used |= {r.run_id for p in plans for r in p.finals}
+                    self.counts["skipped"] = len(used & known)
                     return
                 # a short timeout keeps the main thread responsive to signals
                 done, _ = wait(list(in_flight), timeout=0.5, return_when=FIRST_COMPLETED)
@@ -413,7 +486,14 @@ class Runner:
                     result = fut.result()
                     if result is None:
                         continue
-                    results[run.run_id] = read_json(self.result_path(run)) or result
+                    if result["status"] == "killed":
+                        self._deferred.add(run.run_id)
+                        self.counts["killed"] += 1
+                        bar.write(f"[killed] {run.title} {result['wall_s']:.1f}s "
+                                  f"({result['reason']})")  # fmt: skip
+                        continue
+                    kept = read_json(self.result_path(run))
+                    results[run.run_id] = kept if result_problem(kept) is None else result
                     self.counts[result["status"]] += 1
                     extra = f" ({result['reason']})" if result["reason"] else ""
                     bar.write(f"[{result['status']}] {run.title} {result['wall_s']:.1f}s{extra}")
@@ -439,6 +519,7 @@ class Runner:
         }
         try:
             with owned(self.out):
+                check_kind(self.out, self.matrix.describe())
                 stopped = stop_leftovers(self.out)
                 if stopped:
                     self.echo(f"clion-bench: stopped {stopped} process(es) left running by an "

@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from clion_hf._files import atomic_write_text
+from clion_hf._files import atomic_write_text, probe_writable
 
 from .argtypes import positive_int
 from .stats import ratio_interval
@@ -474,6 +474,15 @@ def run(args: argparse.Namespace) -> int:
         print("steps: error: --isa times the CPU kernel: use it with --device cpu",
               file=sys.stderr)  # fmt: skip
         return 2
+    if args.out:
+        # before minutes of timing: a read-only or full disk is said now, in one line
+        try:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            probe_writable(Path(args.out).parent)
+        except OSError as err:
+            print(f"steps: error: --out {args.out} is not writable: {err.strerror or err}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     with contextlib.ExitStack() as stack:
@@ -518,9 +527,7 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
                 f"elements); ratios are medians of per-round ratios\n\n"
                 f"{markdown(isa_rows, ISA_HEADERS)}\n")  # fmt: skip
         print(text)
-        if args.out:
-            atomic_write_text(Path(args.out), text)
-        return 0
+        return _write_out(args.out, text) if args.out else 0
     table: list[dict[str, str]] = []
     for model in models:
         cands = [c for c in candidates(device, args.momentum_dtype)
@@ -537,10 +544,28 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
             w = csv.DictWriter(buf, fieldnames=list(HEADERS))
             w.writeheader()
             w.writerows(table)
-            atomic_write_text(Path(args.out), buf.getvalue())
-        else:
-            atomic_write_text(Path(args.out), text)
+            return _write_out(args.out, buf.getvalue())
+        return _write_out(args.out, text)
     return 0
+
+
+def _write_out(out: str, text: str) -> int:
+    """Write ``--out``; if that fails (the disk filled up while timing), keep the results:
+    they are on stdout already, and go to a file in the temporary directory if one can be
+    written. One line on stderr, exit status 1."""
+    try:
+        atomic_write_text(Path(out), text)
+        return 0
+    except OSError as err:
+        reason = err.strerror or str(err)
+    kept = "they are printed above"
+    spare = Path(tempfile.gettempdir()) / f"clion-bench-steps-{os.getpid()}{Path(out).suffix}"
+    with contextlib.suppress(OSError):  # often the same full disk: then stdout it is
+        atomic_write_text(spare, text)
+        kept += f" and saved in {spare}"
+    print(f"steps: error: cannot write --out {out}: {reason}; the timing results are kept: "
+          f"{kept}", file=sys.stderr)  # fmt: skip
+    return 1
 
 
 def main(argv: list[str] | None = None) -> int:

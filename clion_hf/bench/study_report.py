@@ -27,6 +27,7 @@ bootstrap, intervals and Holm correction they use):
 
 from __future__ import annotations
 
+import json
 import math
 import shlex
 import statistics
@@ -37,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from clion_hf._files import atomic_write_text, read_json
+from clion_hf._files import atomic_write_text, probe_writable, read_json
 
 from .plotstyle import LEGEND_SIZE, colour
 from .report import (
@@ -51,8 +52,9 @@ from .report import (
     rows_from_csv,
     timing_lines,
 )
-from .specs import fmt_float, parse_optimizer
+from .specs import WORKLOADS, SpecError, fmt_float, parse_optimizer
 from .stats import Comparison, compare_family, t_interval
+from .study import STUDY_SCHEMA
 
 MIN_SIZES_FOR_SLOPE = 3
 LEVEL = 0.95
@@ -680,11 +682,79 @@ def findings_block(report_text: str) -> list[str]:
     return report_text[begin:report_text.index(FINDINGS_END)].strip("\n").splitlines()
 
 
-def write_study_report(out_dir: Path) -> dict[str, Path]:
-    """Write ``report.md``, ``results.csv`` and ``plots/*.png`` of a study directory."""
-    meta = read_json(out_dir / "bench.json")
+def _ints(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+
+
+def _reals(v: Any) -> bool:
+    return isinstance(v, list) and all(_num(x) is not None for x in v)
+
+
+def _study_row(r: Any) -> bool:
+    if not (isinstance(r, dict) and all(isinstance(r.get(k), str)
+                                        for k in ("label", "spec", "source"))):  # fmt: skip
+        return False
+    try:
+        parse_optimizer(r["spec"])
+    except SpecError:
+        return False
+    return _num(r.get("lr")) is not None and _num(r.get("weight_decay")) is not None
+
+
+_SETTINGS = ("max_steps", "eval_every", "log_every", "nu_size")
+
+
+def study_meta_problem(meta: Any) -> str | None:
+    """Why a directory's ``bench.json`` cannot drive a gen-gap report (one line), or None:
+    every field the report reads, with the type it relies on."""
     if not isinstance(meta, dict) or meta.get("study") != "gen-gap":
-        raise ReportError(f"{out_dir}/bench.json is not a gen-gap study's")
+        return "is not a gen-gap study's (missing, unreadable or another experiment's)"
+    if meta.get("schema") != STUDY_SCHEMA:
+        return f"has schema {meta.get('schema')!r}, this version reads {STUDY_SCHEMA}"
+    names = meta.get("workloads")
+    checks = {
+        "preset": isinstance(meta.get("preset"), str),
+        "tuned_dir": meta.get("tuned_dir") is None or isinstance(meta.get("tuned_dir"), str),
+        "workloads": isinstance(names, list) and all(isinstance(w, str) and w in WORKLOADS
+                                                     for w in names),  # fmt: skip
+        "seeds": _ints(meta.get("seeds")),
+        "nu_seeds": _ints(meta.get("nu_seeds", [])),
+        "nu_values": _reals(meta.get("nu_values", [])),
+        "nu_global": _reals(meta.get("nu_global", [])),
+        "nu_sweep": isinstance(meta.get("nu_sweep", False), bool),
+    }
+    bad = next((k for k, ok in checks.items() if not ok), None)
+    if bad is not None:
+        return f"has a bad field {bad!r}: {json.dumps(meta.get(bad))[:60]}"
+    for key, check in (("sizes", _ints), ("rows", lambda v: isinstance(v, list) and all(
+            _study_row(r) for r in v)), ("settings", lambda v: isinstance(v, dict) and all(
+            isinstance(v.get(k), int) for k in _SETTINGS))):  # fmt: skip
+        part = meta.get(key)
+        for w in names:
+            if not isinstance(part, dict) or not check(part.get(w)):
+                return f"has a bad field {key!r} for {w}"
+    return None
+
+
+def write_study_report(out_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``results.csv`` and ``plots/*.png`` of a study directory.
+
+    Raises :class:`ReportError` (one line) when ``out_dir`` has no usable study
+    ``bench.json`` or cannot be written (read-only, a full disk).
+    """
+    meta = read_json(out_dir / "bench.json")
+    problem = study_meta_problem(meta)
+    if problem is not None:
+        raise ReportError(f"{out_dir}/bench.json {problem}")
+    try:
+        probe_writable(out_dir)
+        return _write_study_report(out_dir, meta)
+    except OSError as err:
+        raise ReportError(f"cannot write the report into {out_dir}: "
+                          f"{err.strerror or err}") from None
+
+
+def _write_study_report(out_dir: Path, meta: dict) -> dict[str, Path]:
     results, problems = load_results(out_dir)
     rows = sorted((summarize_run(r) for r in results),
                   key=lambda r: (r["workload"], r["stage"], r["optimizer"], r["n"] or 0,

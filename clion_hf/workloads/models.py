@@ -8,6 +8,8 @@ need no network.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -17,7 +19,7 @@ from pathlib import Path
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
 from clion_hf._cache import cache_dir, cache_key
-from clion_hf._files import atomic_dir
+from clion_hf._files import atomic_dir, discard_dir
 from clion_hf.workloads import recipes_dir
 from clion_hf.workloads.data import hub_offline
 from clion_hf.workloads.errors import RecipeError
@@ -146,9 +148,56 @@ def offline_pretrained_checkpoint(family: str) -> str:
             tail = log.read_text()[-3000:]
             raise RuntimeError(f"pretraining the offline {family} checkpoint failed:\n{tail}")
         _export_checkpoint(family, run_dir, tmp)
+        _write_manifest(tmp)
 
+    problem = _verify_checkpoint(final) if final.is_dir() else None
+    if problem is not None:
+        # truncated, edited or half-deleted since it was built: build it again
+        print(f"[clion_hf] offline {family} checkpoint {final} is damaged ({problem}); "
+              "rebuilding it", file=sys.stderr)  # fmt: skip
+        discard_dir(final)
     print(f"[clion_hf] offline {family} checkpoint: {final}", file=sys.stderr)
     return str(atomic_dir(final, build))
+
+
+MANIFEST = "clion_hf_manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(directory: Path) -> None:
+    """Record every file's size and SHA-256, checked on each later use."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
+    record = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+              for p in files}  # fmt: skip
+    (directory / MANIFEST).write_text(json.dumps(record, indent=1, sort_keys=True))
+
+
+def _verify_checkpoint(directory: Path) -> str | None:
+    """Why the cached checkpoint ``directory`` does not match what was built, or None."""
+    try:
+        record = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return f"no readable {MANIFEST}"
+    if not isinstance(record, dict) or not record:
+        return f"{MANIFEST} lists no files"
+    for name, want in record.items():
+        path = directory / name
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if not isinstance(want, dict) or size != want.get("size"):
+            return f"{name} has {size} bytes, built with {want.get('size')}"
+        if _sha256(path) != want.get("sha256"):
+            return f"{name} does not match its SHA-256"
+    return None
 
 
 def _export_checkpoint(family: str, run_dir: Path, out: Path) -> None:
