@@ -174,6 +174,10 @@ BAD = [
     ("clion", "lr=1e-3", ["'lr'", "--learning_rate"]),
     ("clion", "nu", ["'nu' is not key=value"]),
     ("lion", "nu=1e-4", ["'nu'", "allowed keys: beta1"]),  # nu is CLion's only
+    # each key valid alone, not together: refused here, not at train() (issue 21, item 15)
+    ("clion", "fused=true,foreach=true", ["--optim_args for optim 'clion'",
+                                          "fused=True and foreach=True are exclusive"]),
+    ("lion", "foreach=1,fused=yes", ["--optim_args for optim 'lion'", "are exclusive"]),
 ]
 
 
