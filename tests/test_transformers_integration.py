@@ -175,8 +175,7 @@ BAD = [
     ("clion", "nu", ["'nu' is not key=value"]),
     ("lion", "nu=1e-4", ["'nu'", "allowed keys: beta1"]),  # nu is CLion's only
     # each key valid alone, not together: refused here, not at train() (issue 21, item 15)
-    ("clion", "fused=true,foreach=true", ["--optim_args for optim 'clion'",
-                                          "fused=True and foreach=True are exclusive"]),
+    ("clion", "fused=true,foreach=true", ["optim 'clion'", "fused=True and foreach=True"]),
     ("lion", "foreach=1,fused=yes", ["--optim_args for optim 'lion'", "are exclusive"]),
 ]
 
