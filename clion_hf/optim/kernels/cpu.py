@@ -22,7 +22,17 @@ load: a truncated or foreign library is rebuilt (and said so), never loaded. The
 directory is created 0700 and must belong to the user and not be group/world-writable
 (else the kernel is built in a private temporary directory, with a warning); the build
 lock is opened with ``O_NOFOLLOW``. The first build (seconds) is announced with a
-warning-level log line, so that it shows without any logging set up.
+warning-level log line, so that it shows without any logging set up. A cache that cannot
+be written (read-only file system) still serves a valid library it holds; one it lacks is
+built in a private temporary directory.
+
+**Waiting.** A build runs in a background thread. The automatic choice (``fused=None``,
+:func:`automatic`) waits for it once, at most ``CLION_HF_BUILD_WAIT`` seconds (60), with a
+progress line every 10 s; steps that find it still building run the eager path (the same
+bits) and switch to the kernel once it is built. ``fused=True`` (:func:`available`) waits
+for the build, whose compiler is stopped after ``CLION_HF_BUILD_TIMEOUT`` seconds (300,
+all attempts together) and when the process exits. Each reason for the eager path is said
+once at WARNING level.
 
 Why not a torch C++ extension: building against torch's headers takes a minute or more,
 needs a matching compiler and headers, and is redone for every torch version; the plain
@@ -244,6 +254,7 @@ def _seconds(var: str, default: float) -> float:
 
 _running: set[subprocess.Popen] = set()
 _running_lock = threading.Lock()
+_exiting = False  # set at exit: no compiler is started after the running ones are stopped
 
 
 def _run(cmd: list[str], deadline: float) -> subprocess.CompletedProcess:
@@ -256,9 +267,12 @@ def _run(cmd: list[str], deadline: float) -> subprocess.CompletedProcess:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise subprocess.TimeoutExpired(cmd, 0)
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     with _running_lock:
+        if _exiting:
+            raise subprocess.SubprocessError("this process is exiting")
+        pipe = subprocess.PIPE
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
+                                text=True, start_new_session=True)
         _running.add(proc)
     try:
         out, err = proc.communicate(timeout=remaining)
@@ -280,7 +294,9 @@ def _stop(proc: subprocess.Popen) -> None:
 @atexit.register
 def _stop_builds() -> None:
     """At exit: stop compilers still running in the background (none left behind)."""
+    global _exiting
     with _running_lock:
+        _exiting = True
         procs = list(_running)
     for proc in procs:
         _stop(proc)
@@ -591,11 +607,13 @@ class _Build:
                 return False
             if self.done.wait(min(_PROGRESS_EVERY, left)):
                 break
-            until = (f"the eager path is used after {limit:g} s ({WAIT_ENV})" if limit is not None
-                     else f"the compiler is stopped after {self.deadline - self.started:g} s "
-                     f"({TIMEOUT_ENV})")  # fmt: skip
-            logger.warning("clion_hf: still building the fused CPU kernel for %s (%.0f s; %s)",
-                           self.name, time.monotonic() - self.started, until)  # fmt: skip
+            if time.monotonic() >= end:
+                return False
+            until = (f"CPU steps run the eager path after {WAIT_ENV}={limit:g} s"
+                     if limit is not None else f"the compiler is stopped after {TIMEOUT_ENV}="
+                     f"{self.deadline - self.started:g} s")  # fmt: skip
+            logger.warning("clion_hf: still building the fused CPU kernel for %s: %.0f s so far; "
+                           "%s", self.name, time.monotonic() - self.started, until)  # fmt: skip
         return True
 
 
