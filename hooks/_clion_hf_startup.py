@@ -1,4 +1,9 @@
-"""Start-up hook of clion-hf, imported by ``clion_hf-autoregister.pth`` in site-packages.
+"""Start-up hook of clion-hf, run by ``clion_hf-autoregister.pth`` in site-packages.
+
+The ``.pth`` line loads this file by its path next to the ``.pth`` file (``site`` gives
+that directory as ``sitedir``), never with ``import _clion_hf_startup``: an import searches
+``sys.path``, whose first entries may be the current directory (``PYTHONPATH=:`` or
+``.``), so a ``_clion_hf_startup.py`` there would run at every interpreter start.
 
 It makes ``--optim clion`` / ``--optim lion`` work in Trainer scripts that never import
 clion_hf (and ``clionhf`` / ``lionhf`` in timm's optimizer registry). It runs

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import site
 import subprocess
 import sys
 import sysconfig
@@ -113,11 +115,43 @@ def install_at_startup():
 """
 
 
-def _plant(directory: Path) -> Path:
-    """A ``clion_hf/_hook.py`` in ``directory`` that leaves a file ``RAN`` when it runs."""
+PLANTED_STARTUP = """
+import os
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "RAN"), "w") as f:
+    f.write(__file__)
+"""
+
+
+def _plant(directory: Path, startup: bool = True) -> Path:
+    """A ``clion_hf/_hook.py`` (and a ``_clion_hf_startup.py``) in ``directory`` that leave
+    a file ``RAN`` when either runs."""
     (directory / "clion_hf").mkdir()
     (directory / "clion_hf" / "_hook.py").write_text(PLANTED_HOOK)
+    if startup:
+        (directory / "_clion_hf_startup.py").write_text(PLANTED_STARTUP)
     return directory / "RAN"
+
+
+def test_pth_runs_the_startup_file_beside_it_never_one_on_sys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `site` does with the .pth at interpreter start, in-process: a
+    # `_clion_hf_startup.py` in a directory before site-packages on sys.path (the current
+    # directory with PYTHONPATH=: or .) must not run, even with the hook turned off.
+    site_dir = tmp_path / "site-packages"
+    site_dir.mkdir()
+    for name in ("clion_hf-autoregister.pth", "_clion_hf_startup.py"):
+        shutil.copy(ROOT / "hooks" / name, site_dir / name)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    ran = _plant(cwd)
+    monkeypatch.syspath_prepend(str(cwd))
+    monkeypatch.delitem(sys.modules, "_clion_hf_startup", raising=False)
+    monkeypatch.setenv("CLION_HF_AUTOREGISTER", "0")
+    site.addpackage(str(site_dir), "clion_hf-autoregister.pth", set())
+    assert not ran.exists(), f"planted start-up module ran: {ran.read_text()}"
+    loaded = sys.modules["_clion_hf_startup"]  # the one beside the .pth ran instead
+    assert Path(loaded.__file__) == site_dir / "_clion_hf_startup.py"
 
 
 @pytest.mark.slow
@@ -138,8 +172,10 @@ def test_hook_never_runs_code_from_the_current_directory(
 
 @pytest.mark.slow
 def test_editable_install_ignores_the_current_directory_too(tmp_path: Path) -> None:
-    # This environment's install (CI: editable, the hook in the checkout).
-    ran = _plant(tmp_path)
+    # This environment's install (CI: editable, the hook in the checkout). Its .pth file
+    # is a copy made at install time (the start-up module beside it is checked with the
+    # wheel above), so only the hook module that it finds in the checkout is planted.
+    ran = _plant(tmp_path, startup=False)
     env = {k: v for k, v in os.environ.items() if k != "CLION_HF_AUTOREGISTER"}
     r = subprocess.run(
         [sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=tmp_path,

@@ -611,3 +611,178 @@ def test_temporary_files_of_a_killed_build_are_removed(seeded):
     out, why = cpu._obtain(cxx, version, cpu.selected_isa(), seeded.parent)
     assert out == seeded, why
     assert not [s for s in stale if s.exists()] and live.exists()
+
+
+# ------------------------------------ building and falling back (issue 21, items 16 and 17)
+
+
+@pytest.fixture
+def fresh_loader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's kernel loader as at start-up (no build started, nothing said yet),
+    with a cache of its own; the session's loader is put back afterwards."""
+    monkeypatch.setattr(cpu, "_builds", {})
+    monkeypatch.setattr(cpu, "_said", set())
+    monkeypatch.setenv("CLION_HF_CACHE", str(tmp_path))
+    cpu.selected_isa.cache_clear()
+    yield tmp_path
+    for build in cpu._builds.values():  # this test's builds only: ended, not left behind
+        assert build.done.wait(60), f"the build for {build.name} is still running"
+    cpu.selected_isa.cache_clear()
+
+
+def _fake_compiler(tmp_path: Path, body: str) -> Path:
+    """A C++ compiler that answers ``--version`` and does ``body`` when asked to build."""
+    cxx = tmp_path / "fake-c++"
+    cxx.write_text(f'#!/bin/sh\nif [ "$1" = --version ]; then echo "fake 1.0"; exit 0; fi\n'
+                   f"{body}\n")  # fmt: skip
+    cxx.chmod(0o755)
+    return cxx
+
+
+def _eager_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "run the eager path" in r.getMessage()]
+
+
+def _cpu_param() -> torch.Tensor:
+    p = torch.zeros(8, requires_grad=True)
+    p.grad = torch.ones(8)
+    return p
+
+
+def test_a_hanging_compiler_delays_the_first_step_boundedly(
+    fresh_loader: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Such a compiler used to block the first step for 2 x 600 s, then the step fell back
+    # silently. Now the automatic choice waits CLION_HF_BUILD_WAIT once and trains on
+    # the eager path meanwhile; the compiler is stopped after CLION_HF_BUILD_TIMEOUT.
+    import threading
+    import time
+
+    from clion_hf import CLion
+    from clion_hf.optim.functional import choose_impl
+
+    pid = fresh_loader / "compiler.pid"
+    cxx = _fake_compiler(fresh_loader, f'echo $$ > "{pid}"; exec sleep 60')
+    for var, value in (("CXX", str(cxx)), ("CLION_HF_BUILD_WAIT", "0.5"),
+                       ("CLION_HF_BUILD_TIMEOUT", "4")):  # fmt: skip
+        monkeypatch.setenv(var, value)
+    caplog.set_level("WARNING")
+    p = _cpu_param()
+    got: list[str] = []
+    start = time.monotonic()
+    first = threading.Thread(target=lambda: got.append(choose_impl([p])), daemon=True)
+    first.start()
+    first.join(30)
+    assert not first.is_alive(), "the first step waits for a hanging compiler"
+    assert got == ["single"] and time.monotonic() - start < 3  # the eager path, at once
+    assert choose_impl([p]) == "single"  # no second wait
+    (line,) = _eager_lines(caplog)  # said once
+    assert "still being built after CLION_HF_BUILD_WAIT=0.5 s" in line
+    opt = CLion([p], lr=0.1, mode="element")
+    opt.step()  # trains meanwhile
+    assert torch.equal(p.detach(), torch.full((8,), -0.1))
+    # fused=True waits for the build: stopped at the timeout, with the reason.
+    with pytest.raises(ValueError, match=r"did not finish within 4 s \(CLION_HF_BUILD_TIMEOUT\)"):
+        CLion([p], fused=True)
+    assert time.monotonic() - start < 15
+    with pytest.raises(ProcessLookupError):  # stopped, not left running
+        os.kill(int(pid.read_text()), 0)
+    assert choose_impl([p]) == "single"
+    lines = _eager_lines(caplog)
+    assert len(lines) == 2 and "did not finish within 4 s" in lines[1]
+
+
+def test_steps_switch_to_the_kernel_when_a_slow_build_ends(
+    seeded: Path, fresh_loader: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # A build slower than CLION_HF_BUILD_WAIT: the first steps run the eager path, later
+    # ones the kernel, and the parameters are those of a run on either path throughout.
+    # The slow "compiler" delivers this host's built library (no second real build).
+    from clion_hf import CLion
+    from clion_hf.optim.functional import choose_impl
+
+    cxx = _fake_compiler(fresh_loader, f'for a; do out="$a"; done; sleep 2; cp "{seeded}" "$out"')
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("CLION_HF_BUILD_WAIT", "0.2")
+    caplog.set_level("WARNING")
+    torch.manual_seed(0)
+    grads = [torch.randn(300) for _ in range(4)]
+    p, ref = torch.zeros(300, requires_grad=True), torch.zeros(300, requires_grad=True)
+    opt = CLion([p], lr=0.1, mode="element", nu=0.5)
+    eager = CLion([ref], lr=0.1, mode="element", nu=0.5, foreach=False)
+    impls = []
+    for i, g in enumerate(grads):
+        if i == 2:
+            assert cpu.available()  # wait for the build to end
+        p.grad, ref.grad = g.clone(), g.clone()
+        impls.append(choose_impl([p]))
+        opt.step()
+        eager.step()
+        assert torch.equal(p, ref), i
+    assert impls == ["single", "single", "fused", "fused"]
+    assert len(_eager_lines(caplog)) == 1
+    assert any("is built" in r.getMessage() and "from now on" in r.getMessage()
+               for r in caplog.records)  # fmt: skip
+
+
+def test_a_read_only_cache_still_serves_its_valid_kernel(
+    seeded: Path, fresh_loader: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    # The lock file cannot be created on a read-only file system (EROFS): the kernel
+    # there used to be given up (eager path, silently). Root ignores a 0500 directory,
+    # so the file system's answer is given to the lock's open() as it would come.
+    import errno
+
+    assert seeded.parent == fresh_loader / "kernels"
+    real_open = os.open
+
+    def read_only_open(path, flags, *args, **kwargs):  # noqa: ANN001, ANN202
+        if str(path).endswith(".lock") and flags & (os.O_CREAT | os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, *args, **kwargs)
+
+    before = sorted(seeded.parent.iterdir())
+    seeded.parent.chmod(0o500)
+    monkeypatch.setattr(os, "open", read_only_open)
+    caplog.set_level("WARNING")
+    try:
+        lib, why = cpu._load()
+    finally:
+        seeded.parent.chmod(0o700)
+    assert lib is not None and Path(lib._name) == seeded, why
+    assert sorted(seeded.parent.iterdir()) == before  # nothing written there
+    assert not _eager_lines(caplog) and "cannot be written" not in caplog.text
+
+
+_STDERR = "/usr/bin/ld: final link failed: No space left on device\\n" \
+          "collect2: error: ld returned 1 exit status"  # fmt: skip
+
+
+@pytest.mark.parametrize(("case", "expected"), [
+    ("full disk", "final link failed: No space left on device"),
+    ("CXX=false", "'false' does not run: `--version` exited with status 1"),
+    ("CLION_HF_CPU_ISA=bogus", "CLION_HF_CPU_ISA='bogus': this CPU runs"),
+])  # fmt: skip
+def test_the_eager_fallback_is_said_once_with_its_reason(
+    fresh_loader: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    case: str, expected: str,
+) -> None:  # fmt: skip
+    # Each used to fall back to the eager path (several times slower) without a word.
+    from clion_hf.optim.functional import choose_impl
+
+    if case == "full disk":  # what g++ prints when the cache's disk is full
+        cxx = _fake_compiler(fresh_loader, f'printf "{_STDERR}\\n" >&2; exit 1')
+        monkeypatch.setenv("CXX", str(cxx))
+    elif case == "CXX=false":
+        monkeypatch.setenv("CXX", "false")
+    else:
+        monkeypatch.setenv("CLION_HF_CPU_ISA", "bogus")
+    caplog.set_level("WARNING")
+    p = _cpu_param()
+    assert choose_impl([p]) == "single"
+    assert choose_impl([p]) == "single"
+    (line,) = _eager_lines(caplog)  # once, at WARNING
+    assert expected in line, line
+    assert all(r.levelname == "WARNING" for r in caplog.records if "eager path" in r.message)

@@ -175,6 +175,9 @@ BAD = [
     ("clion", "lr=1e-3", ["'lr'", "--learning_rate"]),
     ("clion", "nu", ["'nu' is not key=value"]),
     ("lion", "nu=1e-4", ["'nu'", "allowed keys: beta1"]),  # nu is CLion's only
+    # each key valid alone, not together: refused here, not at train() (issue 21, item 15)
+    ("clion", "fused=true,foreach=true", ["optim 'clion'", "fused=True and foreach=True"]),
+    ("lion", "foreach=1,fused=yes", ["--optim_args for optim 'lion'", "are exclusive"]),
 ]
 
 
@@ -390,6 +393,46 @@ class _StopAt(__import__("transformers").TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
         if state.global_step >= self.step:
             control.should_training_stop = True
+
+
+def test_resume_keeps_this_runs_settings_and_says_so(tmp_path: Path) -> None:
+    # Issue 21, item 13: the checkpoint's mode/nu used to replace the command line's
+    # silently. Settings that are not state now come from the resumed run's arguments,
+    # with a WARNING naming each value that differed; the momentum (and its dtype) is the
+    # checkpoint's.
+    def run(optim_args: str, steps: int, resume: str | None = None) -> Trainer:
+        args = _args(
+            tmp_path, optim="clion", optim_args=optim_args, learning_rate=1e-3,
+            weight_decay=0.1, max_steps=steps, save_strategy="steps", save_steps=2,
+        )  # fmt: skip
+        trainer = Trainer(model=tiny_model(), args=args, train_dataset=TinyData(n=32))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    first = run("mode=element,nu=1e-4,momentum_dtype=bf16", steps=2)
+    saved = {id(p): first.optimizer.state[p]["exp_avg"].clone()
+             for p in first.model.parameters()}  # fmt: skip
+    assert all(m.dtype == torch.bfloat16 for m in saved.values())
+    capture = _Capture()
+    log = logging.getLogger("transformers.clion_hf")
+    log.addHandler(capture)
+    try:
+        second = run("mode=global,nu=1e-2,beta2=0.95", steps=3,
+                     resume=str(tmp_path / "checkpoint-2"))  # fmt: skip
+    finally:
+        log.removeHandler(capture)
+    opt = unwrap_optimizer(second.optimizer)
+    for g in opt.param_groups:
+        assert (g["mode"], g["nu"], tuple(g["betas"])) == ("global", 1e-2, (0.9, 0.95))
+        assert g["momentum_dtype"] == torch.bfloat16  # the saved momentum's dtype
+    assert all(s["exp_avg"].dtype == torch.bfloat16 for s in opt.state.values())
+    (warning,) = [line for line in capture.lines if "resumed from a checkpoint" in line]
+    for piece in ("this run's mode='global' (checkpoint: 'element')",
+                  "this run's nu=0.01 (checkpoint: 0.0001)",
+                  "this run's betas=(0.9, 0.95) (checkpoint: (0.9, 0.99))",
+                  "the checkpoint's momentum_dtype=torch.bfloat16 (this run: None"):  # fmt: skip
+        assert piece in warning, warning
+    assert "weight_decay" not in warning  # equal: not named
 
 
 @pytest.mark.slow

@@ -57,6 +57,44 @@ def _lr(group: dict[str, Any]) -> str:
     return f"lr={_num(initial):g} (scheduled now: {lr:g})"
 
 
+RUN_WINS = ("mode", "nu", "betas", "weight_decay", "maximize", "caution", "foreach", "fused")
+"""Settings a resumed run takes from its own arguments, not from the checkpoint: they are
+not state (the momentum is). ``lr`` follows the restored LR scheduler, as for any Trainer
+optimizer, and ``momentum_dtype`` stays the checkpoint's: the saved momentum has it."""
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return tuple(a) == tuple(b)  # betas: a tuple, or a list after some loaders
+    return type(a) is type(b) and a == b  # 1 == 1.0 == True: still say it
+
+
+def restore_run_settings(optimizer: LionFamily) -> list[str]:
+    """After a Trainer resumed ``optimizer`` from a checkpoint: put back this run's settings
+    (:data:`RUN_WINS`) that the checkpoint replaced; one line per value that differs."""
+    before = optimizer.__dict__.pop("_settings_before_load", None)
+    if before is None or len(before) != len(optimizer.param_groups):
+        return []
+    lines: list[str] = []
+    for i, (run, group) in enumerate(zip(before, optimizer.param_groups, strict=True)):
+        for key, value in run.items():
+            if key not in group or _same(group[key], value):
+                continue
+            # weight_decay is per group (Trainer's decay / no-decay groups); the rest shared
+            name = f"{key} of group {i}" if key == "weight_decay" and len(before) > 1 else key
+            if key in RUN_WINS:
+                line = f"this run's {name}={value!r} (checkpoint: {group[key]!r})"
+                group[key] = value
+            elif key == "momentum_dtype":
+                line = (f"the checkpoint's {name}={group[key]!r} (this run: {value!r}; the "
+                        "saved momentum has that dtype)")  # fmt: skip
+            else:
+                continue
+            if line not in lines:
+                lines.append(line)
+    return lines
+
+
 class LionFamilyCallback(TrainerCallback):
     """Logs Lion/CLion settings once; adds CLion diagnostics to every training log.
 
@@ -73,10 +111,25 @@ class LionFamilyCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, optimizer=None, **kwargs):  # noqa: ANN001
         opt = unwrap_optimizer(optimizer)
+        self._restore_run_settings(args, state, opt)
         if isinstance(opt, LionFamily) and not getattr(opt, "_clion_hf_described", False):
             opt._clion_hf_described = True  # once per optimizer, also across resumed train()s
             if state.is_world_process_zero:
                 logger.info(describe(opt))
+
+    @staticmethod
+    def _restore_run_settings(args: Any, state: Any, opt: Any) -> None:
+        """A resumed run (the Trainer made the optimizer from ``--optim clion/lion`` and
+        loaded the checkpoint's state into it) keeps its own settings; WARNING if any
+        differed from the checkpoint's, naming each and which one is used."""
+        from .transformers import OPTIMIZERS, _optim_value
+
+        if not isinstance(opt, LionFamily) or _optim_value(args.optim) not in OPTIMIZERS:
+            return
+        lines = restore_run_settings(opt)
+        if lines and state.is_world_process_zero:
+            logger.warning("clion_hf: resumed from a checkpoint whose optimizer settings "
+                           "differ from this run's; using %s", "; ".join(lines))  # fmt: skip
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):  # noqa: ANN001
         opt = unwrap_optimizer(optimizer)

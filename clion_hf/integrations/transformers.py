@@ -46,7 +46,7 @@ from typing import Any
 import torch
 
 from ..optim import CLion, Lion
-from ..optim.validate import TEXT_OPTIONS, check_lr, check_weight_decay
+from ..optim.validate import TEXT_OPTIONS, check_impl, check_lr, check_weight_decay
 from ._log import logger
 
 OPTIMIZERS: dict[str, tuple[str, type[torch.optim.Optimizer]]] = {
@@ -130,6 +130,10 @@ def parse_optim_args(optim: str, optim_args: str | None) -> dict[str, Any]:
             raise OptimArgsError(
                 f"{where}: {key}='{text}' is not allowed; {key} must be {keys[key].allowed}"
             ) from None
+    try:  # keys that are fine alone but not together (fused=true,foreach=true)
+        check_impl(out.get("foreach"), out.get("fused"))
+    except ValueError as e:
+        raise OptimArgsError(f"{where}: {e}") from None
     beta1, beta2 = out.pop("beta1", LION_BETAS[0]), out.pop("beta2", LION_BETAS[1])
     return {"betas": (beta1, beta2), **out}
 

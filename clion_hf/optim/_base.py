@@ -124,7 +124,11 @@ class LionFamily(Optimizer):
                 problem = state_problem(p, saved[i], device=False)  # loading moves it to p's
                 if problem is not None:
                     raise ValueError(f"loaded state of {name} (shape {tuple(p.shape)}): {problem}")
+        before = [{k: v for k, v in g.items() if k != "params"} for g in self.param_groups]
         super().load_state_dict(state_dict)
+        # torch.optim restores each group's settings from the checkpoint; what they were
+        # before lets a resumed Trainer give its command line's back (integrations._callback).
+        self._settings_before_load = before
         for i, p in zip(ids, params, strict=True):
             m, state = saved.get(i), self.state.get(p)
             if isinstance(m, Tensor) and state and state["exp_avg"].dtype != m.dtype:

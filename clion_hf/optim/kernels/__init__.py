@@ -72,7 +72,7 @@ def default_fused(params: list[Tensor]) -> bool:
         bool(params)
         and not _FORCE_TRITON
         and all(p.device.type == "cpu" for p in params)
-        and cpu.available()
+        and cpu.automatic()  # a bounded wait for a first build; says why not, once
         and cpu.vectorised()
     )
 

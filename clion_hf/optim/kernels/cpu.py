@@ -22,7 +22,17 @@ load: a truncated or foreign library is rebuilt (and said so), never loaded. The
 directory is created 0700 and must belong to the user and not be group/world-writable
 (else the kernel is built in a private temporary directory, with a warning); the build
 lock is opened with ``O_NOFOLLOW``. The first build (seconds) is announced with a
-warning-level log line, so that it shows without any logging set up.
+warning-level log line, so that it shows without any logging set up. A cache that cannot
+be written (read-only file system) still serves a valid library it holds; one it lacks is
+built in a private temporary directory.
+
+**Waiting.** A build runs in a background thread. The automatic choice (``fused=None``,
+:func:`automatic`) waits for it once, at most ``CLION_HF_BUILD_WAIT`` seconds (60), with a
+progress line every 10 s; steps that find it still building run the eager path (the same
+bits) and switch to the kernel once it is built. ``fused=True`` (:func:`available`) waits
+for the build, whose compiler is stopped after ``CLION_HF_BUILD_TIMEOUT`` seconds (300,
+all attempts together) and when the process exits. Each reason for the eager path is said
+once at WARNING level.
 
 Why not a torch C++ extension: building against torch's headers takes a minute or more,
 needs a matching compiler and headers, and is redone for every torch version; the plain
@@ -41,8 +51,10 @@ kernels use one), so results match the foreach path bit for bit (tested).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
+import errno
 import functools
 import hashlib
 import json
@@ -50,11 +62,15 @@ import logging
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -212,6 +228,80 @@ def _layout() -> list[int]:
     return out
 
 
+WAIT_ENV = "CLION_HF_BUILD_WAIT"
+"""Seconds the automatic choice (``fused=None``) waits for a first build (default 60);
+past them CPU steps run the eager path until the build, going on in the background, ends."""
+TIMEOUT_ENV = "CLION_HF_BUILD_TIMEOUT"
+"""Seconds after which a build's compiler is stopped (default 300, all variants together);
+``fused=True`` waits for the build up to then."""
+_DEFAULT_WAIT, _DEFAULT_TIMEOUT, _PROGRESS_EVERY = 60.0, 300.0, 10.0
+
+
+def _seconds(var: str, default: float) -> float:
+    text = os.environ.get(var, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        logger.warning("clion_hf: %s=%r is not a number of seconds >= 0; using %g", var, text,
+                       default)  # fmt: skip
+        return default
+    return value
+
+
+_running: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+_exiting = False  # set at exit: no compiler is started after the running ones are stopped
+
+
+def _run(cmd: list[str], deadline: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` to its end or to ``deadline`` (``time.monotonic``), whichever is first.
+
+    In a session of its own, so that a timeout (or this process exiting) stops the
+    compiler's whole process group (cc1plus, ld, a wrapper script's children), whose
+    open pipes would otherwise keep the wait going.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise subprocess.TimeoutExpired(cmd, 0)
+    with _running_lock:
+        if _exiting:
+            raise subprocess.SubprocessError("this process is exiting")
+        pipe = subprocess.PIPE
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=pipe, stderr=pipe,
+                                text=True, start_new_session=True)
+        _running.add(proc)
+    try:
+        out, err = proc.communicate(timeout=remaining)
+    except BaseException:
+        _stop(proc)
+        proc.communicate()
+        raise
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@atexit.register
+def _stop_builds() -> None:
+    """At exit: stop compilers still running in the background (none left behind)."""
+    global _exiting
+    with _running_lock:
+        _exiting = True
+        procs = list(_running)
+    for proc in procs:
+        _stop(proc)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -220,14 +310,16 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _compile(cxx: list[str], out: Path, flags: list[str]) -> dict:
+def _compile(cxx: list[str], out: Path, flags: list[str], deadline: float) -> dict:
     """Build to ``out`` atomically (temporary name, then rename); the record to keep."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         # With -fopenmp the library links libgomp.so.1; torch (imported first) has loaded
         # its own copy under that name, so both share one OpenMP runtime and thread pool.
-        subprocess.run([*cxx, *_FLAGS, *flags, str(SOURCE), "-o", str(tmp)], check=True,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
+        cmd = [*cxx, *_FLAGS, *flags, str(SOURCE), "-o", str(tmp)]
+        done = _run(cmd, deadline)
+        if done.returncode != 0:
+            raise subprocess.CalledProcessError(done.returncode, cmd, done.stdout, done.stderr)
         tmp.chmod(0o700)
         record = {"size": tmp.stat().st_size, "sha256": _sha256(tmp), "flags": flags}
         os.replace(tmp, out)  # atomic: concurrent ranks may build the same file
@@ -237,11 +329,12 @@ def _compile(cxx: list[str], out: Path, flags: list[str]) -> dict:
 
 
 @contextlib.contextmanager
-def _build_lock(out: Path) -> Iterator[None]:
+def _build_lock(out: Path, deadline: float | None = None) -> Iterator[None]:
     """An exclusive lock on ``out``'s build (POSIX ``flock``; elsewhere none).
 
     The lock file is opened with ``O_NOFOLLOW``: a planted symlink fails (``OSError``)
-    instead of having its target truncated or locked.
+    instead of having its target truncated or locked. Waiting for another process's build
+    stops at ``deadline`` (``time.monotonic``) with :class:`TimeoutError`.
     """
     try:
         import fcntl
@@ -251,7 +344,15 @@ def _build_lock(out: Path) -> Iterator[None]:
     flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
     fd = os.open(out.with_name(out.name + ".lock"), flags, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if deadline is None else fcntl.LOCK_NB))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"another process has been building {out.name} for "
+                                       f"longer than {TIMEOUT_ENV} allows") from None  # fmt: skip
+                time.sleep(0.2)
         yield
     finally:
         os.close(fd)  # releases the lock
@@ -323,29 +424,66 @@ class Library(NamedTuple):
     vectorised: bool
 
 
-def _build_into(cxx: list[str], out: Path, isa: Isa) -> tuple[dict | None, str]:
+_CAUSE = re.compile(r"error|fail|no space|cannot|denied|killed|not found", re.IGNORECASE)
+
+
+def _compiler_error(e: subprocess.CalledProcessError) -> str:
+    """The compiler's cause in one line: its first line that names one (a full disk shows as
+    "ld: final link failed: No space left on device" before collect2's summary), and the
+    last line."""
+    lines = [line.strip() for line in (e.stderr or "").splitlines() if line.strip()]
+    if not lines:
+        return f"it exited with status {e.returncode} and printed nothing"
+    cause = next((line for line in lines if _CAUSE.search(line)), lines[-1])
+    return cause if cause == lines[-1] else f"{cause} [...] {lines[-1]}"
+
+
+def _build_into(cxx: list[str], out: Path, isa: Isa, deadline: float) -> tuple[dict | None, str]:
     """Compile ``out`` with the first variant that works: (record, "") or (None, error)."""
     errors: list[str] = []
     for extra in _VARIANTS:
         flags = [*isa.flags, *extra]
         try:
-            return _compile(cxx, out, flags), ""
+            return _compile(cxx, out, flags, deadline), ""
         except subprocess.CalledProcessError as e:
-            errors.append((e.stderr.strip().splitlines() or ["failed"])[-1])
+            errors.append(_compiler_error(e))
+        except subprocess.TimeoutExpired:
+            errors.append(f"it did not finish within {_seconds(TIMEOUT_ENV, _DEFAULT_TIMEOUT):g} "
+                          f"s ({TIMEOUT_ENV}) and was stopped")  # fmt: skip
+            break  # the time is spent: no second variant
         except (OSError, subprocess.SubprocessError) as e:
             errors.append(str(e))
     return None, errors[0]
 
 
-def _obtain(cxx: list[str], version: str, name: str, kdir: Path) -> tuple[Path | None, str]:
-    """The verified library file for target ``name`` in ``kdir``, built if needed."""
+def _obtain(cxx: list[str], version: str, name: str, kdir: Path,
+            deadline: float | None = None) -> tuple[Path | None, str]:  # fmt: skip
+    """The verified library file for target ``name`` in ``kdir``, built if needed.
+
+    A cache that cannot be written (read-only file system, no permission for the lock
+    file) still serves a valid library it holds; otherwise the ``OSError`` is raised.
+    """
+    if deadline is None:
+        deadline = time.monotonic() + _seconds(TIMEOUT_ENV, _DEFAULT_TIMEOUT)
     isa = _isa(name)
     text = "\0".join([SOURCE.read_text(), str((_FLAGS, _VARIANTS, isa.flags)), " ".join(cxx),
                       version])
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     out = kdir / f"lion_cpu-{name}-{key}.so"
     meta = out.with_suffix(".json")
-    with _build_lock(out):  # the ranks of one job build once, the others wait
+    lock = str(out.with_name(out.name + ".lock"))
+    try:
+        return _obtain_locked(cxx, name, isa, kdir, out, meta, deadline)
+    except OSError as e:
+        read_only = e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and str(e.filename) == lock
+        if read_only and (out.exists() or meta.exists()) and _verify(out, meta) is None:
+            return out, ""  # verified as always; nothing is written, so no lock is needed
+        raise
+
+
+def _obtain_locked(cxx: list[str], name: str, isa: Isa, kdir: Path, out: Path, meta: Path,
+                   deadline: float) -> tuple[Path | None, str]:  # fmt: skip
+    with _build_lock(out, deadline):  # the ranks of one job build once, the others wait
         _clean_stale(out)
         problem = _verify(out, meta) if out.exists() or meta.exists() else "absent"
         if problem is None:
@@ -357,7 +495,7 @@ def _obtain(cxx: list[str], version: str, name: str, kdir: Path) -> tuple[Path |
             meta.unlink(missing_ok=True)
         logger.warning("clion_hf: building the fused CPU kernel for %s into %s (once, ~20 s)",
                        name, kdir)  # fmt: skip
-        record, error = _build_into(cxx, out, isa)
+        record, error = _build_into(cxx, out, isa, deadline)
         if record is None:
             return None, f"{' '.join(cxx)} could not build {SOURCE.name} for {name}: {error}"
         record.update(isa=name, vectorised=name != GENERIC)
@@ -373,18 +511,20 @@ def _obtain(cxx: list[str], version: str, name: str, kdir: Path) -> tuple[Path |
         return out, ""
 
 
-@functools.cache
-def _load_isa(name: str) -> Library:
-    """The compiled kernel library for target ``name`` (building it on first use)."""
+def _build_library(name: str, deadline: float) -> Library:
+    """The compiled kernel library for target ``name``, built if needed (by :class:`_Build`)."""
     isa = _isa(name)
     cxx = _compiler()
     if not cxx:
         return Library(None, "no C++ compiler found (set CXX or install g++/clang++)", name, False)
     try:
-        version = subprocess.run([*cxx, "--version"], capture_output=True, text=True,
-                                 timeout=60).stdout  # fmt: skip
+        done = _run([*cxx, "--version"], min(deadline, time.monotonic() + 60))
     except (OSError, subprocess.SubprocessError) as e:
         return Library(None, f"C++ compiler {' '.join(cxx)!r} does not run: {e}", name, False)
+    if done.returncode != 0:  # e.g. CXX=false
+        return Library(None, f"C++ compiler {' '.join(cxx)!r} does not run: `--version` exited "
+                       f"with status {done.returncode}", name, False)  # fmt: skip
+    version = done.stdout
     kdir = cache_dir() / "kernels"
     private = None
     problem = _private_dir(kdir)
@@ -395,9 +535,19 @@ def _load_isa(name: str) -> Library:
         kdir = private
     try:
         try:
-            out, reason = _obtain(cxx, version, name, kdir)
+            out, reason = _obtain(cxx, version, name, kdir, deadline)
+        except TimeoutError as e:
+            out, reason = None, str(e)
         except OSError as e:
             out, reason = None, f"the kernel cache {kdir}: {e}"
+            if private is None:  # e.g. read-only without this kernel: build privately
+                private = Path(tempfile.mkdtemp(prefix="clion_hf-kernels-"))
+                logger.warning("clion_hf: the kernel cache %s cannot be written (%s); building "
+                               "in %s for this process", kdir, e, private)  # fmt: skip
+                try:
+                    out, reason = _obtain(cxx, version, name, private, deadline)
+                except OSError as e2:
+                    out, reason = None, f"{reason}; the private build in {private}: {e2}"
         if out is None:
             return Library(None, reason, name, False)
         try:
@@ -425,6 +575,91 @@ def _load_isa(name: str) -> Library:
     return Library(lib, "", name, name != GENERIC)
 
 
+class _Build:
+    """One target's build, in a background thread: the steps that cannot wait for it run
+    the eager path meanwhile (its results are the kernel's, bit for bit, and the
+    collectives of distributed steps do not depend on the path)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.started = time.monotonic()
+        self.deadline = self.started + _seconds(TIMEOUT_ENV, _DEFAULT_TIMEOUT)
+        self.result: Library | None = None
+        self.done = threading.Event()
+        self.waited = False  # the automatic choice has had its one bounded wait
+        self.passed = False  # ... and went on without the kernel (say so when it is built)
+        threading.Thread(target=self._run, name=f"clion_hf-kernel-{name}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.result = _build_library(self.name, self.deadline)
+        except Exception as e:  # noqa: BLE001 - reported as the reason, never lost
+            self.result = Library(None, f"building the kernel failed: {e!r}", self.name, False)
+        finally:
+            self.done.set()
+
+    def wait(self, limit: float | None) -> bool:
+        """Wait up to ``limit`` seconds (None: until the build ends); a line every 10 s."""
+        end = self.deadline + 5 if limit is None else time.monotonic() + limit
+        while not self.done.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if self.done.wait(min(_PROGRESS_EVERY, left)):
+                break
+            if time.monotonic() >= end:
+                return False
+            until = (f"CPU steps run the eager path after {WAIT_ENV}={limit:g} s"
+                     if limit is not None else f"the compiler is stopped after {TIMEOUT_ENV}="
+                     f"{self.deadline - self.started:g} s")  # fmt: skip
+            logger.warning("clion_hf: still building the fused CPU kernel for %s: %.0f s so far; "
+                           "%s", self.name, time.monotonic() - self.started, until)  # fmt: skip
+        return True
+
+
+_builds: dict[str, _Build] = {}
+_builds_lock = threading.Lock()
+
+
+def _forget_unfinished() -> None:
+    # A forked child (DataLoader workers) has no build thread: it would wait for nothing.
+    for name in [n for n, b in _builds.items() if not b.done.is_set()]:
+        del _builds[name]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_unfinished)
+
+
+def _load_isa(name: str, wait: float | None = None) -> Library:
+    """The kernel library for target ``name``, its build started on first use.
+
+    ``wait=None``: until the build ends (``fused=True``; the compiler is stopped after
+    ``CLION_HF_BUILD_TIMEOUT``). A number: the automatic choice, which waits that long
+    once and then never again: until the build ends, the library is "still being built".
+    """
+    with _builds_lock:
+        build = _builds.get(name)
+        if build is None:
+            build = _builds[name] = _Build(name)
+    if not build.done.is_set():
+        if wait is None:
+            build.wait(None)
+        elif not build.waited:
+            build.waited = True
+            build.passed = not build.wait(wait)
+    if not build.done.is_set() or build.result is None:
+        waited = f"{WAIT_ENV}={wait:g} s" if wait is not None else TIMEOUT_ENV
+        return Library(None, f"the fused CPU kernel for {name} is still being built after "
+                       f"{waited} (CPU steps switch to it when it is ready)", name,
+                       False)  # fmt: skip
+    if build.passed and build.result.lib is not None:
+        build.passed = False
+        logger.warning("clion_hf: the fused CPU kernel for %s is built (%.0f s): CPU steps use "
+                       "it from now on", name, time.monotonic() - build.started)  # fmt: skip
+    return build.result
+
+
 _override: str | None = None
 
 
@@ -441,14 +676,32 @@ def use_isa(name: str) -> Iterator[None]:
         _override = before
 
 
-def _load() -> tuple[ctypes.CDLL | None, str]:
+def _load(wait: float | None = None) -> tuple[ctypes.CDLL | None, str]:
     """The kernel library of :func:`selected_isa` (or :func:`use_isa`'s), or ``(None, reason)``."""
     try:
         name = _override or selected_isa()
     except ValueError as e:
         return None, str(e)
-    loaded = _load_isa(name)
+    loaded = _load_isa(name, wait)
     return loaded.lib, loaded.reason
+
+
+_said: set[str] = set()
+
+
+def automatic() -> bool:
+    """Whether the automatic choice (``fused=None``) can run the kernel now.
+
+    Its first build is waited for up to ``CLION_HF_BUILD_WAIT`` seconds, once; a step that
+    finds it still building runs the eager path. Each reason for the eager path is said
+    once, at WARNING level (the eager path is several times slower).
+    """
+    lib, reason = _load(_seconds(WAIT_ENV, _DEFAULT_WAIT))
+    if lib is None and reason not in _said:
+        _said.add(reason)
+        logger.warning("clion_hf: CPU steps run the eager path (same results, several times "
+                       "slower) because %s", reason)  # fmt: skip
+    return lib is not None
 
 
 @functools.cache
