@@ -307,10 +307,9 @@ class CLion(LionFamily):
             "clion_hf: CLion's first step took the sign branch on no coordinate (mode=%r, "
             "nu=%g): the smallest non-zero abs(c) was %.3g, below nu, so the update was "
             "momentum SGD at lr=%s, not Lion. With mode=%r this is the rule, not bad luck "
-            "(min abs(c) over a model is ~1e-15), so training will likely barely move. "
-            "Either use an SGD-sized learning rate (tuned 0.025..3.2 in this package's "
-            "benchmarks, not Lion's 1e-4) or mode='element' (nu ~1e-4..1e-5), which trains "
-            "like Lion. optim/sign_fraction in the training logs shows the branch taken.",
+            "(min abs(c) over a model is ~1e-15), so at a Lion-sized lr training will barely "
+            "move. Use an SGD-sized learning rate (0.025..3.2 were best in this package's "
+            "benchmarks) or mode='element' (nu ~1e-4..1e-5), which trains like Lion.",
             g["mode"], g["nu"], float(st["min"]), self._lr_text(), g["mode"],
         )  # fmt: skip
 
