@@ -344,7 +344,8 @@ _BUILD_S = {"clion_hf": (20.0, 50.0), "deepspeed": (100.0, 100.0)}
 def estimate_seconds(models: list[str], cands: list[Candidate], *, bw: float,
                      dtype: torch.dtype, momentum_dtype: torch.dtype | None, repeats: int,
                      cold: bool, isas: int = 1) -> tuple[float, float]:  # fmt: skip
-    """(low, high) wall seconds of the run, from the byte floor at the measured bandwidth."""
+    """(low, high) wall seconds of the run on a quiet host, from the byte floor at the
+    measured bandwidth (a busy host can take several times longer)."""
     ps = torch.empty((), dtype=dtype).element_size()
     ms = torch.empty((), dtype=momentum_dtype or torch.float32).element_size()
     low = high = 0.0
@@ -360,8 +361,9 @@ def estimate_seconds(models: list[str], cands: list[Candidate], *, bw: float,
             state_ps = ps if c.impl != "clion_hf" else ms
             floor = c.bytes_per_elem(ps, state_ps) * numel / bw
             fast, slow = _FLOOR_FRACTION[kind]
-            low += (repeats + 1) * floor / fast
-            high += (repeats + 1) * floor / slow
+            # + 1: the first step, which also allocates (and first touches) the state
+            low += (repeats + 2) * floor / fast
+            high += (repeats + 2) * floor / slow
     if cold:
         for impl, (b_low, b_high) in _BUILD_S.items():
             if any(c.make is not None and c.impl == impl and "foreach" not in c.name
@@ -567,8 +569,8 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
         low, high = estimate_seconds(models[:1], cands, bw=bw, dtype=args.dtype,
                                      momentum_dtype=None, repeats=args.repeats,
                                      cold=not args.warm_cache, isas=len(isas))  # fmt: skip
-        log(f"steps: estimated duration {duration_text(low, high)} ({models[0]}, "
-            f"{len(isas)} kernel targets, {args.repeats} rounds)")  # fmt: skip
+        log(f"steps: estimated duration {duration_text(low, high)} if the host is quiet "
+            f"({models[0]}, {len(isas)} kernel targets, {args.repeats} rounds)")  # fmt: skip
         numel, isa_rows = isa_table(models[0], dtype=args.dtype, repeats=args.repeats, log=log)
         env = environment(device, bw, args.dtype, args.repeats)
         text = (f"{env}\n\nns/element of one step on {models[0]}'s shapes ({numel / 1e6:.1f}M "
@@ -584,7 +586,8 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
     low, high = estimate_seconds(models, planned, bw=bw, dtype=args.dtype,
                                  momentum_dtype=args.momentum_dtype, repeats=args.repeats,
                                  cold=not args.warm_cache)  # fmt: skip
-    log(f"steps: estimated duration {duration_text(low, high)} ({len(models)} model(s) x "
+    log(f"steps: estimated duration {duration_text(low, high)} if the host is quiet "
+        f"({len(models)} model(s) x "
         f"{sum(c.make is not None for c in planned)} optimizers x {args.repeats + 1} steps"
         f"{'' if args.warm_cache else ', kernels built fresh (--warm_cache reuses them)'})")
     for model in models:
