@@ -52,8 +52,11 @@ OPTIMS: tuple[tuple[str, str, str], ...] = (
 )
 DEFAULT_OPTIMIZERS = "adamw_torch_fused,lion,clion:mode=element,nu=1e-4,clion:mode=global,nu=1e-4"
 GOAL = 0.98  # samples/s relative to adamw_torch_fused (issue: end-to-end Trainer throughput)
-TRAINER_START_S = (0.5, 2.0)
+TRAINER_START_S = (1.0, 3.0)
 """Seconds a Trainer takes to start and finish a run besides its steps (the estimate's)."""
+STEP_OVER_FORWARD_BACKWARD = (1.3, 3.0)
+"""A whole Trainer step over one forward+backward (the optimizer, clipping, the data
+loader): the estimate's range; 2.8 measured on a 2-core host under a load average of 10."""
 
 
 class OptimizersError(ValueError):
@@ -360,7 +363,8 @@ def run(args: argparse.Namespace) -> int:
     del probe
     entries = [Entry(label, optim, optim_args) for label, optim, optim_args in optims]
     low, high = (args.rounds * len(entries) * (start + (args.warmup + args.steps) * step_s * k)
-                 for start, k in zip(TRAINER_START_S, (1.1, 1.6), strict=True))  # fmt: skip
+                 for start, k in zip(TRAINER_START_S, STEP_OVER_FORWARD_BACKWARD,
+                                     strict=True))  # fmt: skip
     log(f"throughput: estimated duration {duration_text(low, high)} ({args.rounds} rounds x "
         f"{len(entries)} optimizers x {args.warmup + args.steps} steps; one forward+backward "
         f"took {step_s * 1e3:.0f} ms here)")  # fmt: skip
