@@ -277,6 +277,8 @@ class CLion(LionFamily):
             # The only host syncs CLion makes in eager steps: at step 1 (global/tensor
             # groups only) and once at step WARN_AFTER_STEPS.
             self._eager_steps += 1
+            if self._eager_steps in (1, WARN_AFTER_STEPS) and _capturing():
+                return  # a CUDA graph being captured cannot sync; the readers warn later
             if self._eager_steps == 1:
                 self._check_first_step()
             elif self._eager_steps == WARN_AFTER_STEPS:
@@ -383,6 +385,11 @@ class CLion(LionFamily):
         st["acc_min"].fill_(math.inf)
         st["acc_steps"].zero_()
         return out
+
+
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _distributed() -> bool:
