@@ -685,3 +685,29 @@ def test_lion_track_stats_survives_load_state_dict_and_pickle():
     assert not clion.track_stats
     with pytest.raises(ValueError, match="track_stats"):
         Lion([p], track_stats="yes")
+
+
+@pytest.mark.parametrize("signed", [1, 10])
+def test_element_mode_warns_when_it_is_effectively_momentum_sgd(signed, caplog):
+    # 1 of 10_000 coordinates above nu (1e-4 < ELEMENT_SGD_FRACTION): a warning after 100
+    # steps; 10 of 10_000 (1e-3): none
+    from clion_hf.optim.clion import ELEMENT_SGD_FRACTION
+
+    assert 1 / 10_000 < ELEMENT_SGD_FRACTION < 10 / 10_000
+    p = torch.nn.Parameter(torch.zeros(10_000))
+    opt = CLion([p], lr=1e-3, mode="element", nu=1e-2)
+    grad = torch.full((10_000,), 1e-4)
+    grad[:signed] = 1.0  # |c| = 0.1 there (step 1), above nu; 1e-5 elsewhere, below
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(100):
+            p.grad = grad.clone()
+            opt.step()
+    records = [r for r in caplog.records if r.name.startswith("clion_hf")]
+    if signed == 10:
+        assert not records
+        return
+    (record,) = records
+    assert "mode='element', nu=0.01) took the sign branch on 0.01% of coordinates" in (
+        record.getMessage()
+    ), record.getMessage()
+    assert "momentum SGD at lr=0.001" in record.getMessage()

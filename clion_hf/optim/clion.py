@@ -22,6 +22,15 @@ logger = logging.getLogger(__name__)
 WARN_AFTER_STEPS = 100
 """CLion warns once if none of its first this-many steps took the sign branch."""
 
+ELEMENT_SGD_FRACTION = 2e-4
+"""Element mode warns when fewer than this fraction of coordinates took the sign branch over
+its first WARN_AFTER_STEPS steps: it is then momentum SGD at the given lr. From the ν sweep
+of docs/benchmarks/gen-gap-cpu-2026-11-29 (200 steps, 2 seeds each): ViT at ν=1e-2 signed
+1.4e-4 of its coordinates and ended at training loss 1.600, global mode's (no sign branch)
+1.604, Lion's 0.075; every point above it trained measurably better than global mode (GPT-2
+at ν=1e-2: 5.2e-4 signed, loss 5.49 vs global 6.05 and Lion 5.12; ViT at ν=1e-3: 2.2e-2,
+1.21). One workload's point below the threshold: a conservative bound, not a sharp one."""
+
 _SLOTS = 16
 """Statistics index tensors kept for this many distinct sets of parameters with grads."""
 
@@ -228,6 +237,7 @@ class CLion(LionFamily):
             acc_steps=torch.zeros((), **f32),
             # the first WARN_AFTER_STEPS steps, for the never-took-the-sign-branch warning
             steps=torch.zeros((), **f32), warn_signed=torch.zeros((), **f32),
+            warn_numel=torch.zeros((), **f32),
             warn_lo=torch.full((), inf, **f64), warn_hi=torch.full((), -inf, **f64),
         )  # fmt: skip
 
@@ -268,6 +278,7 @@ class CLion(LionFamily):
         st["acc_steps"].add_(1)
         in_window = st["steps"] < WARN_AFTER_STEPS
         st["warn_signed"].add_(torch.where(in_window, sign_count.sum(), 0.0))
+        st["warn_numel"].add_(in_window.to(torch.float32) * float(sum(numels)))
         st["warn_lo"].copy_(torch.where(in_window, torch.minimum(st["warn_lo"], step_min),
                                         st["warn_lo"]))  # fmt: skip
         st["warn_hi"].copy_(torch.where(in_window, torch.maximum(st["warn_hi"], step_min),
@@ -316,7 +327,8 @@ class CLion(LionFamily):
         )  # fmt: skip
 
     def _maybe_warn(self) -> None:
-        """One warning if none of the first WARN_AFTER_STEPS steps took the sign branch.
+        """One warning if none of the first WARN_AFTER_STEPS steps took the sign branch, or
+        (element mode) fewer than ELEMENT_SGD_FRACTION of their coordinates did.
 
         Called at that step in eager mode, and by the statistics readers (so compiled
         training loops, whose steps cannot sync, still get it at their next log).
@@ -335,6 +347,20 @@ class CLion(LionFamily):
                 "or an SGD-sized learning rate.",
                 WARN_AFTER_STEPS, g["mode"], g["nu"], float(st["warn_lo"]),
                 float(st["warn_hi"]), lr_text,
+            )  # fmt: skip
+            return
+        fraction = float(st["warn_signed"]) / max(float(st["warn_numel"]), 1.0)
+        if fraction < ELEMENT_SGD_FRACTION and all(
+            g["mode"] == "element" for g in self.param_groups
+        ):
+            g = self.param_groups[0]
+            logger.warning(
+                "clion_hf: CLion (mode='element', nu=%g) took the sign branch on %.2g%% of "
+                "coordinates over its first %d steps, below %g%%: in this package's nu sweep "
+                "element mode then trained like momentum SGD at lr=%s (like mode='global'), "
+                "not like Lion. Use a smaller nu (1e-4..1e-5 signed 10-85%% there).",
+                g["nu"], 100 * fraction, WARN_AFTER_STEPS, 100 * ELEMENT_SGD_FRACTION,
+                self._lr_text(),
             )  # fmt: skip
 
     def last_step_stats(self, per_tensor: bool = False) -> dict[str, Any]:
