@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -58,8 +59,8 @@ def _lr(group: dict[str, Any]) -> str:
 
 
 class LionFamilyCallback(TrainerCallback):
-    """Logs Lion/CLion settings once (WARNING level, so shown by default); adds CLion
-    diagnostics to every training log.
+    """Logs Lion/CLion settings once (INFO, or WARNING where INFO is hidden: shown by
+    default); adds CLion diagnostics to every training log.
 
     For a :class:`clion_hf.CLion` optimizer each log that carries ``loss`` gains
     ``optim/sign_fraction`` (mean over the optimizer steps since the last log of the
@@ -77,9 +78,11 @@ class LionFamilyCallback(TrainerCallback):
         if isinstance(opt, LionFamily) and not getattr(opt, "_clion_hf_described", False):
             opt._clion_hf_described = True  # once per optimizer, also across resumed train()s
             if state.is_world_process_zero:
-                # WARNING: shown at transformers' default verbosity (recipes, `trl sft`), which
-                # hides INFO; transformers' format prints no level: "[transformers] clion_hf: ..."
-                logger.warning(describe(opt))
+                # It is information, but transformers' default verbosity (recipes, `trl sft`)
+                # hides INFO: then WARNING, which its default format prints without a level
+                # ("[transformers] clion_hf: CLion(...)"). Scripts at INFO (run_clm.py) get INFO.
+                level = logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING
+                logger.log(level, describe(opt))
 
     def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):  # noqa: ANN001
         opt = unwrap_optimizer(optimizer)
