@@ -479,3 +479,11 @@ def test_optim_args_help_names_our_keys() -> None:
     assert "AnyPrecisionAdamW" in text  # transformers' own text stays
     assert "clion (clion_hf): nu, mode, beta1, beta2" in text
     assert "lion (clion_hf): beta1, beta2" in text and "caution" in text
+
+
+def test_post_init_called_on_the_class_still_checks(tmp_path: Path) -> None:
+    # some subclasses call TrainingArguments.__post_init__(self) instead of super()
+    args = _args(tmp_path, optim="clion")
+    args.optim_args = "mode=elem"
+    with pytest.raises(OptimArgsError, match="mode='elem' is not allowed"):
+        TrainingArguments.__post_init__(args)

@@ -286,15 +286,23 @@ class _CheckedPostInit:
         functools.update_wrapper(self, original)
         setattr(self, _MARK, True)
 
+        @functools.wraps(original)
+        def unbound(args: Any) -> None:
+            self.__get__(args, type(args))()
+
+        # `TrainingArguments.__post_init__(self)` called on the class checks too
+        self._unbound = unbound
+
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is not None:
-            try:
-                validate_training_args(obj)
-            except OptimArgsError as e:
-                parser = _active_parser()
-                if parser is None:
-                    raise
-                parser.error(str(e))  # prints usage and the line, exits with status 2
+        if obj is None:
+            return self._unbound
+        try:
+            validate_training_args(obj)
+        except OptimArgsError as e:
+            parser = _active_parser()
+            if parser is None:
+                raise
+            parser.error(str(e))  # prints usage and the line, exits with status 2
         return self.original.__get__(obj, owner)
 
 
