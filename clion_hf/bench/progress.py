@@ -46,11 +46,11 @@ def ticker(desc: str, *, enabled: bool = True, every: float = 1.0) -> Iterator[N
 
     done = threading.Event()
     with tqdm(desc=desc, bar_format="{desc}: {elapsed} elapsed", file=sys.stderr,
-              mininterval=every, delay=every, dynamic_ncols=True) as bar:  # fmt: skip
+              mininterval=every / 2, delay=every, dynamic_ncols=True) as bar:  # fmt: skip
 
         def tick() -> None:
             while not done.wait(every):
-                bar.refresh()
+                bar.update(0)  # redraws (elapsed time) once the delay has passed
 
         thread = threading.Thread(target=tick, name="clion-bench-ticker", daemon=True)
         thread.start()
