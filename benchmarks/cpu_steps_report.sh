@@ -19,15 +19,15 @@ case "$target" in
   isa)
     title="clion-bench steps --isa: the fused kernel per instruction set, one thread"
     out=docs/benchmarks/steps-cpu-isa-${day}.md
-    args=(--isa --models gpt2 --repeats "$repeats" --threads 1 --warm-cache) ;;
+    args=(--isa --models gpt2 --repeats "$repeats" --threads 1 --warm_cache) ;;
   offload)
     title="clion-bench steps, CPU, a 1B-shaped step (the CPU-offload case): Llama-3.2-1B's shapes with 1 of its 16 decoder layers, 323M parameters"
     out=docs/benchmarks/steps-cpu-offload-1b-shaped-${day}.md
-    args=(--models llama1b-1layer --repeats "$repeats" --optimizers adamw-fused,lion-fused,clion-element-fused,clion-soft-fused --warm-cache) ;;
+    args=(--models llama1b-1layer --repeats "$repeats" --optimizers adamw-fused,lion-fused,clion-element-fused,clion-soft-fused --warm_cache) ;;
   *)
     title="clion-bench steps, CPU, kernel target: $target"
     out=docs/benchmarks/steps-cpu-${target}-${day}.md
-    args=(--models gpt2,bert,vit --repeats "$repeats" --optimizers "$optimizers" --warm-cache)
+    args=(--models gpt2,bert,vit --repeats "$repeats" --optimizers "$optimizers" --warm_cache)
     if [ "$target" != native ]; then isa_env=(CLION_HF_CPU_ISA="$target"); fi ;;
 esac
 table=$(mktemp --suffix=.md)

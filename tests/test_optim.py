@@ -277,7 +277,9 @@ def test_mlp_regression_trains(make_opt):
     assert losses[-1] < losses[0] / 10, (losses[0], losses[-1])
 
 
-def test_global_mode_warns_on_a_transformers_model(caplog):
+def test_global_mode_warns_at_its_first_step_on_a_transformers_model(caplog):
+    # The paper's rule at its defaults never takes the sign branch on a real model: say so
+    # at step 1 (short runs never reach step 100), once, at WARNING (shown by default).
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -290,13 +292,17 @@ def test_global_mode_warns_on_a_transformers_model(caplog):
             opt.zero_grad()
             model(input_ids=ids, labels=ids).loss.backward()
             opt.step()
-            if step < 99:
-                assert not [r for r in caplog.records if r.name.startswith("clion_hf")]
-    warnings = [r for r in caplog.records if "sign branch on none" in r.getMessage()]
-    assert len(warnings) == 1
-    msg = warnings[0].getMessage()
-    assert "mode='global'" in msg and "nu=0.0001" in msg and "mode='element'" in msg
-    assert opt.last_step_stats()["min_abs_c"] < 1e-4
+            if step == 0:
+                (record,) = [r for r in caplog.records if r.name.startswith("clion_hf")]
+                assert record.levelno == logging.WARNING
+    warnings = [r for r in caplog.records if r.name.startswith("clion_hf")]
+    assert warnings == [record]  # once, not again at step 100
+    msg = record.getMessage()
+    assert "first step took the sign branch on no coordinate" in msg
+    assert "mode='global'" in msg and "nu=0.0001" in msg and "momentum SGD at lr=0.0001" in msg
+    assert "SGD-sized learning rate" in msg and "mode='element'" in msg
+    low = float(msg.split("smallest non-zero abs(c) was ")[1].split(",")[0])
+    assert 0 < low < 1e-4
 
 
 def test_element_mode_does_not_warn(caplog):
@@ -627,8 +633,53 @@ def test_no_sign_branch_warning_names_the_set_lr_not_the_warmup_one(caplog):
             w.grad = torch.randn_like(w)
             opt.step()
             warmup.step()
+    (record,) = [r for r in caplog.records if r.name.startswith("clion_hf")]
+    assert "lr=0.1 (scheduled now: 0.0001)" in record.getMessage(), record.getMessage()
+
+
+def test_no_sign_branch_warning_after_100_steps_names_the_set_lr(caplog):
+    # element mode is not checked at step 1; its 100-step check names the lr the user set
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(64, 64))
+    opt = CLion([w], lr=0.1, mode="element", nu=1e3)  # nu above every |c|
+    warmup = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 1000))
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(100):
+            w.grad = torch.randn_like(w)
+            opt.step()
+            warmup.step()
     (record,) = [r for r in caplog.records if "sign branch on none" in r.getMessage()]
     assert "lr=0.1 (scheduled now: 0.01)" in record.getMessage(), record.getMessage()
+
+
+def test_element_mode_does_not_warn_at_its_first_step(caplog):
+    # the same model and defaults as the global-mode test above, mode="element": no warning
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                       n_positions=32))
+    opt = CLion(model.parameters(), mode="element")
+    ids = torch.randint(0, 64, (4, 16))
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(3):
+            opt.zero_grad()
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+    assert 0 < opt.last_step_stats()["sign_fraction"] < 1
+    assert not [r for r in caplog.records if r.name.startswith("clion_hf")]
+
+
+@pytest.mark.parametrize("cls", [CLion, Lion])
+def test_lr_zero_gets_a_warning(cls, caplog):
+    p = torch.nn.Parameter(torch.randn(4))
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        cls([p], lr=0.1)
+        assert not caplog.records
+        cls([{"params": [p], "lr": 0.0}], lr=0.1)
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING
+    assert record.getMessage().startswith(f"clion_hf: {cls.__name__} got lr=0 (param group 0)")
 
 
 @pytest.mark.parametrize("impl", [{"foreach": False}, {"foreach": True}, {"fused": None}])
@@ -682,3 +733,29 @@ def test_lion_track_stats_survives_load_state_dict_and_pickle():
     assert not clion.track_stats
     with pytest.raises(ValueError, match="track_stats"):
         Lion([p], track_stats="yes")
+
+
+@pytest.mark.parametrize("signed", [1, 10])
+def test_element_mode_warns_when_it_is_effectively_momentum_sgd(signed, caplog):
+    # 1 of 10_000 coordinates above nu (1e-4 < ELEMENT_SGD_FRACTION): a warning after 100
+    # steps; 10 of 10_000 (1e-3): none
+    from clion_hf.optim.clion import ELEMENT_SGD_FRACTION
+
+    assert 1 / 10_000 < ELEMENT_SGD_FRACTION < 10 / 10_000
+    p = torch.nn.Parameter(torch.zeros(10_000))
+    opt = CLion([p], lr=1e-3, mode="element", nu=1e-2)
+    grad = torch.full((10_000,), 1e-4)
+    grad[:signed] = 1.0  # |c| = 0.1 there (step 1), above nu; 1e-5 elsewhere, below
+    with caplog.at_level(logging.WARNING, logger="clion_hf"):
+        for _ in range(100):
+            p.grad = grad.clone()
+            opt.step()
+    records = [r for r in caplog.records if r.name.startswith("clion_hf")]
+    if signed == 10:
+        assert not records
+        return
+    (record,) = records
+    assert "mode='element', nu=0.01) took the sign branch on 0.01% of coordinates" in (
+        record.getMessage()
+    ), record.getMessage()
+    assert "momentum SGD at lr=0.001" in record.getMessage()

@@ -51,6 +51,8 @@ def launch(env, recipe: str, out: Path, *args: str, config: str = "cpu.yaml"):
            *args]  # fmt: skip
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # the recipe says where its results are
+    assert f"{recipe}.py: results written to {out.resolve()}/ (all_results.json" in proc.stdout
     return json.loads((out / "all_results.json").read_text())
 
 

@@ -468,3 +468,66 @@ def test_resume_is_bit_identical(tmp_path: Path) -> None:
         full.model.named_parameters(), second.model.parameters(), strict=True
     ):
         assert torch.equal(p, q), name
+
+
+def test_default_clion_run_shows_settings_and_first_step_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a user of a Trainer script sees with default logging: transformers' verbosity
+    # WARNING (it hides INFO), `--optim clion` with Trainer's default lr (5e-5) and mode.
+    import transformers
+
+    capture = _Capture()
+    capture.setLevel(logging.NOTSET)
+    log = logging.getLogger("transformers.clion_hf")
+    log.addHandler(capture)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_warning()
+    try:
+        args = _args(tmp_path, optim="clion", max_steps=2, learning_rate=5e-5)
+        with caplog.at_level(logging.WARNING, logger="clion_hf"):
+            Trainer(model=tiny_model(), args=args, train_dataset=TinyData()).train()
+    finally:
+        log.removeHandler(capture)
+        transformers.logging.set_verbosity(verbosity)
+    (line,) = [x for x in capture.lines if x.startswith("clion_hf: CLion(")]
+    assert "mode='global'" in line
+    (warning,) = [r for r in caplog.records if r.name.startswith("clion_hf")]
+    assert warning.levelno == logging.WARNING
+    assert "first step took the sign branch on no coordinate" in warning.getMessage()
+    assert "momentum SGD at lr=5e-05" in warning.getMessage()
+
+
+def test_transformers_errors_carry_no_clion_hf_frame(tmp_path: Path) -> None:
+    # An error of transformers' own checks (as TRL's bf16-on-CPU one) must not look like
+    # ours: no frame of clion_hf in its traceback, in Python and through the parser.
+    import traceback
+
+    bad = dict(eval_strategy="steps", eval_steps=0, logging_steps=0)
+    with pytest.raises(ValueError, match="requires either non-zero") as info:
+        _args(tmp_path, optim="clion", **bad)
+    frames = [f.filename for f in traceback.extract_tb(info.value.__traceback__)]
+    assert not [f for f in frames if "clion_hf" in f], frames
+    parser = HfArgumentParser(TrainingArguments)
+    with pytest.raises(ValueError, match="requires either non-zero") as info:
+        parser.parse_args_into_dataclasses(
+            ["--output_dir", str(tmp_path), "--optim", "clion", "--eval_strategy", "steps",
+             "--eval_steps", "0", "--logging_steps", "0"]
+        )  # fmt: skip
+    frames = [f.filename for f in traceback.extract_tb(info.value.__traceback__)]
+    assert not [f for f in frames if "clion_hf" in f], frames
+
+
+def test_optim_args_help_names_our_keys() -> None:
+    text = " ".join(HfArgumentParser(TrainingArguments).format_help().split())
+    assert "AnyPrecisionAdamW" in text  # transformers' own text stays
+    assert "clion (clion_hf): nu, mode, beta1, beta2" in text
+    assert "lion (clion_hf): beta1, beta2" in text and "caution" in text
+
+
+def test_post_init_called_on_the_class_still_checks(tmp_path: Path) -> None:
+    # some subclasses call TrainingArguments.__post_init__(self) instead of super()
+    args = _args(tmp_path, optim="clion")
+    args.optim_args = "mode=elem"
+    with pytest.raises(OptimArgsError, match="mode='elem' is not allowed"):
+        TrainingArguments.__post_init__(args)

@@ -4,8 +4,8 @@
     clion-bench report bench-out
     clion-bench study gen-gap --preset cpu --tuned docs/benchmarks/cpu-2026-11-29 --out gap-out
     clion-bench study stability --preset convex --out stability-out
-    clion-bench steps ...          (per-step timing; see clion_hf/bench/steps.py)
-    clion-bench throughput ...     (Trainer samples/s per --optim; bench/throughput.py)
+    clion-bench steps ...          (time one optimizer step on real model shapes)
+    clion-bench throughput ...     (samples/s of whole Trainer steps per optimizer)
 
 Bad arguments (and an output directory that cannot be used, is in use by another ``run``
 or holds another kind of experiment) exit with one line on stderr and status 2; an
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .argtypes import OneLineParser, bounded_int, positive_int
+from .progress import ticker
 from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
 
 FINAL_SEED_BASE = 100  # final seeds are 100, 101, ...: never a tuning seed (0, 1, ...)
@@ -111,13 +112,24 @@ def _add_stability_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = OneLineParser(
-        prog="clion-bench", description="Fair AdamW / Lion / CLion comparison on the recipes."
+        prog="clion-bench", description="Fair AdamW / Lion / CLion comparison on the recipes.",
+        epilog="Options are spelled with underscores (--max_steps), as in transformers' "
+        "scripts; the hyphenated spelling (--max-steps) is accepted too.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_run_arguments(sub.add_parser("run", help="run (or resume) a benchmark matrix"))
-    rep = sub.add_parser("report", help="write report.md, results.csv and plots for DIR")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_arguments(sub.add_parser(
+        "run", help="train every optimizer on every workload: tune each one's learning rate, "
+        "then train the final seeds (resumes where it stopped)",
+    ))  # fmt: skip
+    rep = sub.add_parser(
+        "report", help="write report.md, results.csv and plots from a run's results"
+    )
     rep.add_argument("dir", help="a `clion-bench run` output directory")
-    study = sub.add_parser("study", help="studies built on the runs (clion_hf/bench/study.py)")
+    rep.add_argument("--no_progress", action="store_true", help="no elapsed-time line")
+    study = sub.add_parser(
+        "study", help="experiments that reuse a run's tuned settings (gen-gap: the "
+        "generalization gap against training-set size and ν)",
+    )  # fmt: skip
     studies = study.add_subparsers(dest="study", required=True)
     _add_gen_gap_arguments(studies.add_parser(
         "gen-gap", help="generalization gap against training-set size N and against ν: "
@@ -127,10 +139,14 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         "stability", help="drift between runs on neighbouring training sets (the quantity the "
         "paper's bounds are about): runs (or resumes) the study, then writes the report",
     ))  # fmt: skip
-    steps = sub.add_parser("steps", help="time optimizer steps (clion_hf.bench.steps)")
+    steps = sub.add_parser(
+        "steps", help="time one optimizer step (AdamW, Lion, CLion, other Lions) on the "
+        "parameter shapes of GPT-2, BERT and ViT",
+    )  # fmt: skip
     throughput = sub.add_parser(
-        "throughput", help="samples/s of whole Trainer steps per --optim (bench/throughput.py)"
-    )
+        "throughput", help="samples/s of whole Trainer training steps (forward, backward, "
+        "optimizer) per optimizer, on a recipe's model",
+    )  # fmt: skip
     # steps.py is imported only when asked for: run/report must work without it
     if argv[:1] == ["steps"]:
         try:
@@ -238,8 +254,11 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     # a committed report keeps results.csv (and bench.json), not the per-run files
     if not has_runs and not (out / "results.csv").is_file():
         parser.error(f"no results in {out}/results (run `clion-bench run --out {out}` first)")
+    n = len(list((out / "results").glob("*.json")))
     try:
-        written = write_report(out)
+        with ticker(f"clion-bench report: reading {n} results, drawing plots",
+                    enabled=not args.no_progress):  # fmt: skip
+            written = write_report(out)
     except ReportError as err:
         parser.error(str(err))
     for path in written.values():

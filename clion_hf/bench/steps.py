@@ -32,6 +32,7 @@ import contextlib
 import csv
 import datetime
 import io
+import math
 import os
 import platform
 import statistics
@@ -47,7 +48,8 @@ import torch
 
 from clion_hf._files import atomic_write_text, probe_writable
 
-from .argtypes import positive_int
+from .argtypes import OneLineParser, positive_int
+from .progress import duration_text, quiet_optimizer_warnings
 from .stats import ratio_interval
 
 MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
@@ -330,6 +332,47 @@ def isa_table(model: str, *, dtype: torch.dtype, repeats: int,
     return numel, table
 
 
+# For the duration estimate printed before a run: step time over the byte floor (measured
+# in docs/benchmarks/steps-cpu-native-2026-11-29.md, 2 vCPU: eager/foreach paths reached
+# 0.28..0.35 of the floor, fused ones 1.4..2.2, i.e. beat the copy-bandwidth floor thanks to
+# caches) and the cold build of clion_hf's CPU kernel (20 s quiet .. 50 s on a loaded 2-core
+# host) and of DeepSpeed's CPU Lion (~100 s).
+_FLOOR_FRACTION = {"fused": (2.2, 1.4), "other": (0.35, 0.28)}
+_BUILD_S = {"clion_hf": (20.0, 50.0), "deepspeed": (100.0, 100.0)}
+
+
+def estimate_seconds(models: list[str], cands: list[Candidate], *, bw: float,
+                     dtype: torch.dtype, momentum_dtype: torch.dtype | None, repeats: int,
+                     cold: bool, isas: int = 1) -> tuple[float, float]:  # fmt: skip
+    """(low, high) wall seconds of the run on a quiet host, from the byte floor at the
+    measured bandwidth (a busy host can take several times longer)."""
+    ps = torch.empty((), dtype=dtype).element_size()
+    ms = torch.empty((), dtype=momentum_dtype or torch.float32).element_size()
+    low = high = 0.0
+    for model in models:
+        numel = sum(math.prod(s) for s in model_shapes(model))
+        low, high = low + 1.0, high + 5.0  # the model's shapes, allocation, freeing
+        low += 2 * numel / 1.5e8  # drawing the parameters and gradients (randn)
+        high += 2 * numel / 0.4e8
+        for c in cands:
+            if c.make is None:
+                continue
+            kind = "fused" if ("fused" in c.name or c.impl == "deepspeed") else "other"
+            state_ps = ps if c.impl != "clion_hf" else ms
+            floor = c.bytes_per_elem(ps, state_ps) * numel / bw
+            fast, slow = _FLOOR_FRACTION[kind]
+            # + 1: the first step, which also allocates (and first touches) the state
+            low += (repeats + 2) * floor / fast
+            high += (repeats + 2) * floor / slow
+    if cold:
+        for impl, (b_low, b_high) in _BUILD_S.items():
+            if any(c.make is not None and c.impl == impl and "foreach" not in c.name
+                   for c in cands):  # fmt: skip
+                n = isas if impl == "clion_hf" else 1
+                low, high = low + n * b_low, high + n * b_high
+    return low, high
+
+
 ISA_HEADERS = {"target": "target", "optimizer": "optimizer", "ns_per_elem": "ns/element",
                "vs_adamw_fused": "× AdamW fused", "note": "note"}  # fmt: skip
 
@@ -436,7 +479,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="timed rounds after the first step (default: 5)")
     parser.add_argument("--dtype", type=_dtype, default=torch.float32,
                         help="parameter and gradient dtype: float32 or bfloat16")
-    parser.add_argument("--momentum-dtype", type=_dtype, default=None,
+    parser.add_argument("--momentum_dtype", type=_dtype, default=None,
                         help="momentum dtype of our optimizers (default: fp32)")
     parser.add_argument("--optimizers", default="all",
                         help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
@@ -447,7 +490,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isa", action="store_true",
                         help="CPU: ns/element of the fused kernel of every instruction "
                              "set this host runs, against eager and torch AdamW")  # fmt: skip
-    parser.add_argument("--warm-cache", action="store_true",
+    parser.add_argument("--warm_cache", action="store_true",
                         help="reuse the on-disk caches of clion_hf's CPU kernel and of "
                              "Triton (default: fresh ones, so the compile column is the cold "
                              "one-off cost)")  # fmt: skip
@@ -493,6 +536,9 @@ def run(args: argparse.Namespace) -> int:
                                 ("TRITON_CACHE_DIR", "clion-bench-triton-")):  # fmt: skip
                 tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
                 stack.enter_context(_env(var, tmp))
+        # The table's note gives each CLion's sign-branch fraction; the optimizers' own
+        # first-step warning about global mode would only repeat it for every model.
+        stack.enter_context(quiet_optimizer_warnings())
         return _run(args, device, models, wanted)
 
 
@@ -521,6 +567,19 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
 
     bw = copy_bandwidth(device)
     if args.isa:
+        from clion_hf.optim.kernels import cpu
+
+        isas = cpu.host_isas()
+        every = candidates(device, None)
+        eager = [c for c in every if c.impl == "clion_hf" and c.name.endswith("-foreach")]
+        fused = [c for c in every if c.impl == "clion_hf" and c.name.endswith("-fused")]
+        cands = [c for c in every if c.name in ("adamw-fused", "adamw-foreach")]
+        cands += eager + fused * len(isas)  # the runs of isa_table
+        low, high = estimate_seconds(models[:1], cands, bw=bw, dtype=args.dtype,
+                                     momentum_dtype=None, repeats=args.repeats,
+                                     cold=not args.warm_cache, isas=len(isas))  # fmt: skip
+        log(f"steps: estimated duration {duration_text(low, high)} if the host is quiet "
+            f"({models[0]}, {len(isas)} kernel targets, {args.repeats} rounds)")  # fmt: skip
         numel, isa_rows = isa_table(models[0], dtype=args.dtype, repeats=args.repeats, log=log)
         env = environment(device, bw, args.dtype, args.repeats)
         text = (f"{env}\n\nns/element of one step on {models[0]}'s shapes ({numel / 1e6:.1f}M "
@@ -529,6 +588,15 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
         print(text)
         return _write_out(args.out, text) if args.out else 0
     table: list[dict[str, str]] = []
+    planned = [c for c in candidates(device, args.momentum_dtype)
+               if wanted is None or c.name in wanted]  # fmt: skip
+    low, high = estimate_seconds(models, planned, bw=bw, dtype=args.dtype,
+                                 momentum_dtype=args.momentum_dtype, repeats=args.repeats,
+                                 cold=not args.warm_cache)  # fmt: skip
+    log(f"steps: estimated duration {duration_text(low, high)} if the host is quiet "
+        f"({len(models)} model(s) x "
+        f"{sum(c.make is not None for c in planned)} optimizers x {args.repeats + 1} steps"
+        f"{'' if args.warm_cache else ', kernels built fresh (--warm_cache reuses them)'})")
     for model in models:
         cands = [c for c in candidates(device, args.momentum_dtype)
                  if wanted is None or c.name in wanted]  # fmt: skip
@@ -569,8 +637,8 @@ def _write_out(out: str, text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m clion_hf.bench.steps",
-                                     description=__doc__.split("\n\n")[0])  # fmt: skip
+    parser = OneLineParser(prog="python -m clion_hf.bench.steps",
+                           description=__doc__.split("\n\n")[0])  # fmt: skip
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

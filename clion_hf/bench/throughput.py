@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from .progress import duration_text, quiet_optimizer_warnings
 from .stats import ratio_interval
 
 FAMILIES = ("gpt2", "bert", "vit")
@@ -49,7 +50,60 @@ OPTIMS: tuple[tuple[str, str, str], ...] = (
     ("clion element", "clion", "mode=element,nu=1e-4"),
     ("clion global", "clion", "mode=global,nu=1e-4"),
 )
+DEFAULT_OPTIMIZERS = "adamw_torch_fused,lion,clion:mode=element,nu=1e-4,clion:mode=global,nu=1e-4"
 GOAL = 0.98  # samples/s relative to adamw_torch_fused (issue: end-to-end Trainer throughput)
+TRAINER_START_S = (1.0, 3.0)
+"""Seconds a Trainer takes to start and finish a run besides its steps (the estimate's)."""
+STEP_OVER_FORWARD_BACKWARD = (1.3, 3.0)
+"""A whole Trainer step over one forward+backward (the optimizer, clipping, the data
+loader): the estimate's range; 2.8 measured on a 2-core host under a load average of 10."""
+
+
+class OptimizersError(ValueError):
+    """A bad ``--optimizers`` value; the message is one line."""
+
+
+def parse_optimizers(text: str) -> list[tuple[str, str, str]]:
+    """``--optimizers``: (label, --optim, --optim_args) per optimizer; the first is the
+    reference of the ratios.
+
+    A comma list of transformers ``--optim`` names, each optionally ``:KEY=VALUE,...``
+    (its ``--optim_args``): ``adamw_torch_fused,clion:mode=element,nu=1e-5,lion``. A comma
+    starts a new optimizer unless what follows is ``KEY=VALUE`` without a ``:``.
+    """
+    from transformers.training_args import OptimizerNames
+
+    from ..integrations.transformers import OPTIMIZERS as OURS
+    from ..integrations.transformers import OptimArgsError, parse_optim_args
+
+    pieces: list[str] = []
+    for item in (x.strip() for x in text.replace(";", ",").split(",")):
+        if pieces and "=" in item and ":" not in item:
+            pieces[-1] += "," + item
+        elif item:
+            pieces.append(item)
+    names = [m.value for m in OptimizerNames]
+    known = {(optim, args): label for label, optim, args in OPTIMS}
+    out: list[tuple[str, str, str]] = []
+    for piece in pieces:
+        optim, _, optim_args = (x.strip() for x in piece.partition(":"))
+        if optim not in names:
+            raise OptimizersError(f"--optimizers: unknown optimizer {optim!r}; allowed: any "
+                                  f"transformers --optim name: {', '.join(names)}")  # fmt: skip
+        if optim in OURS:
+            try:
+                parse_optim_args(optim, optim_args)
+            except OptimArgsError as err:
+                raise OptimizersError(f"--optimizers: {err}") from None
+        out.append((known.get((optim, optim_args), piece), optim, optim_args))
+    if not out:
+        raise OptimizersError(f"--optimizers: no optimizer in {text!r}")
+    labels = [label for label, _, _ in out]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise OptimizersError(f"--optimizers: given twice: {', '.join(dupes)}")
+    return out
+
 
 def verdict(low: float, high: float) -> str:
     """What the interval says about the ratio."""
@@ -112,6 +166,26 @@ class SyntheticBatches(torch.utils.data.Dataset):
 
 
 # --------------------------------------------------------------------------- timing
+
+
+def forward_backward_seconds(model: torch.nn.Module, data: SyntheticBatches, batch: int) -> float:
+    """One forward and backward pass of ``model`` on a batch (the second of two), for the
+    duration estimate; on the device the Trainer will use."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).train()
+    items = [data[i % len(data)] for i in range(batch)]
+    inputs = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+    elapsed = 0.0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        model(**inputs).loss.backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    return elapsed
+
+
 
 
 @dataclass
@@ -232,6 +306,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=16, help="batch size (default: 16)")
     parser.add_argument("--block", type=int, default=64,
                         help="tokens per example, gpt2/bert (default: 64, the recipes')")
+    parser.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
+                        help="comma list of transformers --optim names, each optionally "
+                        "with :KEY=VALUE,... (its --optim_args); the first is the reference "
+                        f"of the ratios (default: {DEFAULT_OPTIMIZERS})")  # fmt: skip
     parser.add_argument("--out", help="also write the table (markdown) to this file")
 
 
@@ -257,6 +335,12 @@ def run(args: argparse.Namespace) -> int:
     import clion_hf  # noqa: F401 - registers --optim clion / lion
     from clion_hf._files import atomic_write_text
 
+    try:
+        optims = parse_optimizers(args.optimizers)
+    except OptimizersError as err:
+        print(f"clion-bench throughput: error: {err}", file=sys.stderr)
+        return 2
+
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
@@ -275,10 +359,18 @@ def run(args: argparse.Namespace) -> int:
                 or getattr(probe.config, "n_positions", args.block))  # fmt: skip
     args.block = block
     data = SyntheticBatches(probe, args.family, (args.warmup + args.steps) * args.batch, block)
+    step_s = forward_backward_seconds(probe, data, args.batch)
     del probe
-    entries = [Entry(label, optim, optim_args) for label, optim, optim_args in OPTIMS]
-    run_rounds(entries, make_model, data, rounds=args.rounds, batch=args.batch,
-               warmup=args.warmup, steps=args.steps, log=log)  # fmt: skip
+    entries = [Entry(label, optim, optim_args) for label, optim, optim_args in optims]
+    low, high = (args.rounds * len(entries) * (start + (args.warmup + args.steps) * step_s * k)
+                 for start, k in zip(TRAINER_START_S, STEP_OVER_FORWARD_BACKWARD,
+                                     strict=True))  # fmt: skip
+    log(f"throughput: estimated duration {duration_text(low, high)} ({args.rounds} rounds x "
+        f"{len(entries)} optimizers x {args.warmup + args.steps} steps; one forward+backward "
+        f"took {step_s * 1e3:.0f} ms here)")  # fmt: skip
+    with quiet_optimizer_warnings():  # the table has CLion's sign-branch fraction
+        run_rounds(entries, make_model, data, rounds=args.rounds, batch=args.batch,
+                   warmup=args.warmup, steps=args.steps, log=log)  # fmt: skip
     text = f"{environment(args, params)}\n\n{markdown(entries)}\n"
     print(text)
     if args.out:
@@ -286,4 +378,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["OPTIMS", "add_arguments", "ratio_interval", "run", "verdict"]
+__all__ = ["OPTIMS", "add_arguments", "parse_optimizers", "ratio_interval", "run", "verdict"]

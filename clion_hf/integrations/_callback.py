@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -96,7 +97,8 @@ def restore_run_settings(optimizer: LionFamily) -> list[str]:
 
 
 class LionFamilyCallback(TrainerCallback):
-    """Logs Lion/CLion settings once; adds CLion diagnostics to every training log.
+    """Logs Lion/CLion settings once (INFO, or WARNING where INFO is hidden: shown by
+    default); adds CLion diagnostics to every training log.
 
     For a :class:`clion_hf.CLion` optimizer each log that carries ``loss`` gains
     ``optim/sign_fraction`` (mean over the optimizer steps since the last log of the
@@ -115,7 +117,11 @@ class LionFamilyCallback(TrainerCallback):
         if isinstance(opt, LionFamily) and not getattr(opt, "_clion_hf_described", False):
             opt._clion_hf_described = True  # once per optimizer, also across resumed train()s
             if state.is_world_process_zero:
-                logger.info(describe(opt))
+                # It is information, but transformers' default verbosity (recipes, `trl sft`)
+                # hides INFO: then WARNING, which its default format prints without a level
+                # ("[transformers] clion_hf: CLion(...)"). Scripts at INFO (run_clm.py) get INFO.
+                level = logging.INFO if logger.isEnabledFor(logging.INFO) else logging.WARNING
+                logger.log(level, describe(opt))
 
     @staticmethod
     def _restore_run_settings(args: Any, state: Any, opt: Any) -> None:

@@ -7,11 +7,13 @@ What registration does (each patch idempotent; run by :func:`clion_hf.register`,
   "clion"`` (:class:`clion_hf.CLion`) and ``LION_TORCH = "lion"`` (:class:`clion_hf.Lion`).
   transformers' own ``lion_32bit`` / ``lion_8bit`` / ``paged_lion_*`` names stay the
   bitsandbytes optimizers; the bare name ``lion`` was free and now means the torch Lion of
-  this package. ``TrainingArguments.__post_init__`` additionally checks ``optim_args``,
+  this package. ``TrainingArguments.__post_init__`` first checks ``optim_args``,
   ``learning_rate`` and ``weight_decay`` for these two names, so a bad value fails when the
-  arguments are made, with one line naming the key, the value and what is allowed.
-  Subclasses (TRL's ``SFTConfig``, ``DPOConfig``, ...) inherit both.
-* ``transformers.hf_argparser``: ``parse_args_into_dataclasses`` turns that error into a
+  arguments are made, with one line naming the key, the value and what is allowed (a
+  descriptor, not a wrapper: transformers' and TRL's own errors carry no clion_hf frame).
+  Subclasses (TRL's ``SFTConfig``, ``DPOConfig``, ...) inherit both. ``--optim_args``'s
+  help text names the keys of both.
+* ``transformers.hf_argparser``: within ``parse_args_into_dataclasses`` that error becomes a
   ``parser.error`` (usage + one line, exit status 2) instead of a traceback; likewise
   ``trl.scripts._hf_argparser`` (TRL's own copy, under ``TrlParser`` and ``trl sft``).
 * ``transformers.trainer``: ``Trainer.get_optimizer_cls_and_kwargs`` returns
@@ -38,6 +40,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -265,32 +269,83 @@ def patch_training_args() -> None:
     for value, (member, _) in OPTIMIZERS.items():
         _extend_enum(names, member, value)
 
+    _document_optim_args(args_cls)
     if getattr(original, _MARK, False):
         return
+    args_cls.__post_init__ = _CheckedPostInit(original)
 
-    @functools.wraps(original)
-    def __post_init__(self: Any) -> None:
-        original(self)
-        validate_training_args(self)
 
-    setattr(__post_init__, _MARK, True)
-    args_cls.__post_init__ = __post_init__
+class _CheckedPostInit:
+    """``TrainingArguments.__post_init__`` with :func:`validate_training_args` run first.
+
+    A descriptor, not a wrapper function: dataclass ``__init__`` sets every field and then
+    looks ``__post_init__`` up, so ``__get__`` checks the instance there and hands back
+    transformers' own method. An error that transformers or a subclass (TRL's configs)
+    raises, e.g. "Your setup doesn't support bf16/gpu", then has no clion_hf frame in its
+    traceback, and nobody blames this package for it.
+    """
+
+    def __init__(self, original: Callable[..., None]) -> None:
+        self.original = original
+        functools.update_wrapper(self, original)
+        setattr(self, _MARK, True)
+
+        @functools.wraps(original)
+        def unbound(args: Any) -> None:
+            self.__get__(args, type(args))()
+
+        # `TrainingArguments.__post_init__(self)` called on the class checks too
+        self._unbound = unbound
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self._unbound
+        try:
+            validate_training_args(obj)
+        except OptimArgsError as e:
+            parser = _active_parser()
+            if parser is None:
+                raise
+            parser.error(str(e))  # prints usage and the line, exits with status 2
+        return self.original.__get__(obj, owner)
+
+
+_PARSE_CODES: set[Any] = set()
+"""Code objects of the patched parsers' ``parse_args_into_dataclasses``."""
+
+
+def _active_parser() -> Any:
+    """The argument parser whose ``parse_args_into_dataclasses`` is running, or None.
+
+    Found on the call stack (only on the error path), so that the parser needs no
+    wrapper whose frame would sit in the traceback of every other argument error.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code in _PARSE_CODES:
+            return frame.f_locals.get("self")
+        frame = frame.f_back
+    return None
+
+
+def _document_optim_args(args_cls: Any) -> None:
+    """Name clion's and lion's keys in ``--optim_args``'s help (``--help`` of every script)."""
+    field = getattr(args_cls, "__dataclass_fields__", {}).get("optim_args")
+    if field is None or "clion" in str(field.metadata.get("help", "")):
+        return
+    ours = "; ".join(f"{name} (clion_hf): {', '.join(keys)}" for name, keys in _KEYS.items())
+    text = str(field.metadata.get("help", "")).rstrip(".")
+    field.metadata = types.MappingProxyType(
+        {**field.metadata, "help": f"{text}. Keys for {ours}; e.g. mode=element,nu=1e-5"}
+    )
 
 
 def _patch_parser(parser_cls: Any) -> None:
-    original = parser_cls.parse_args_into_dataclasses
-    if getattr(original, _MARK, False):
-        return
-
-    @functools.wraps(original)
-    def parse_args_into_dataclasses(self: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return original(self, *args, **kwargs)
-        except OptimArgsError as e:
-            self.error(str(e))  # prints usage and the line, exits with status 2
-
-    setattr(parse_args_into_dataclasses, _MARK, True)
-    parser_cls.parse_args_into_dataclasses = parse_args_into_dataclasses
+    """Register the parser: a bad ``--optim_args`` becomes its ``error`` (see
+    :class:`_CheckedPostInit`); nothing of the parser is replaced."""
+    code = getattr(parser_cls.parse_args_into_dataclasses, "__code__", None)
+    if code is not None:
+        _PARSE_CODES.add(code)
 
 
 def patch_hf_argparser() -> None:

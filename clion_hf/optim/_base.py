@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,8 @@ except ImportError:  # pragma: no cover - torch built without distributed
     DTensor = ()  # type: ignore[assignment,misc]
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
+
+logger = logging.getLogger(__name__)
 
 
 def local(t: Tensor) -> Tensor:
@@ -55,6 +58,16 @@ class LionFamily(Optimizer):
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
         super().__init__(params, check_group(defaults))
+        # lr = 0 is allowed (a schedule may start there) but a whole run at 0 trains
+        # nothing, silently: say so once, when the optimizer is made
+        zero = [i for i, g in enumerate(self.param_groups) if float(g["lr"]) == 0.0]
+        if zero:
+            logger.warning(
+                "clion_hf: %s got lr=0 (param group%s %s): its steps leave the parameters "
+                "unchanged (weight decay is scaled by lr too); set a learning rate > 0",
+                type(self).__name__, "s" if len(zero) > 1 else "",
+                ", ".join(map(str, zero)),
+            )  # fmt: skip
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

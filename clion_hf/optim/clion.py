@@ -22,6 +22,15 @@ logger = logging.getLogger(__name__)
 WARN_AFTER_STEPS = 100
 """CLion warns once if none of its first this-many steps took the sign branch."""
 
+ELEMENT_SGD_FRACTION = 2e-4
+"""Element mode warns when fewer than this fraction of coordinates took the sign branch over
+its first WARN_AFTER_STEPS steps: it is then momentum SGD at the given lr. From the ν sweep
+of docs/benchmarks/gen-gap-cpu-2026-11-29 (200 steps, 2 seeds each): ViT at ν=1e-2 signed
+1.4e-4 of its coordinates and ended at training loss 1.600, global mode's (no sign branch)
+1.604, Lion's 0.075; every point above it trained measurably better than global mode (GPT-2
+at ν=1e-2: 5.2e-4 signed, loss 5.49 vs global 6.05 and Lion 5.12; ViT at ν=1e-3: 2.2e-2,
+1.21). One workload's point below the threshold: a conservative bound, not a sharp one."""
+
 _SLOTS = 16
 """Statistics index tensors kept for this many distinct sets of parameters with grads."""
 
@@ -46,7 +55,8 @@ class CLion(LionFamily):
     never takes the sign branch and CLion becomes momentum SGD at Lion's small learning
     rate (it did not train at lr=3e-4). Use ``mode="element"`` with ``nu`` ~1e-4..1e-5
     for Lion-like training, or an SGD-sized ``lr`` for ``global``. The optimizer warns
-    after 100 steps without a sign branch.
+    (logging WARNING) at its first step when a ``global``/``tensor`` step took the sign
+    branch nowhere, and after 100 steps without a sign branch in any mode (once).
 
     A NaN or infinite gradient makes the parameter's coordinate NaN (see
     :mod:`clion_hf.optim.functional`), on every implementation.
@@ -230,6 +240,7 @@ class CLion(LionFamily):
             acc_steps=torch.zeros((), **f32),
             # the first WARN_AFTER_STEPS steps, for the never-took-the-sign-branch warning
             steps=torch.zeros((), **f32), warn_signed=torch.zeros((), **f32),
+            warn_numel=torch.zeros((), **f32),
             warn_lo=torch.full(one, inf, **f64), warn_hi=torch.full(one, -inf, **f64),
         )  # fmt: skip
 
@@ -270,19 +281,57 @@ class CLion(LionFamily):
         st["acc_steps"].add_(1)
         in_window = st["steps"] < WARN_AFTER_STEPS
         st["warn_signed"].add_(torch.where(in_window, sign_count.sum(), 0.0))
+        st["warn_numel"].add_(in_window.to(torch.float32) * float(sum(numels)))
         st["warn_lo"].copy_(torch.where(in_window, torch.minimum(st["warn_lo"], step_min),
                                         st["warn_lo"]))  # fmt: skip
         st["warn_hi"].copy_(torch.where(in_window, torch.maximum(st["warn_hi"], step_min),
                                         st["warn_hi"]))  # fmt: skip
         st["steps"].add_(1)
         if not torch.compiler.is_compiling():
-            # The only host sync CLion makes in eager steps: once, at step WARN_AFTER_STEPS.
+            # The only host syncs CLion makes in eager steps: at step 1 (global/tensor
+            # groups only) and once at step WARN_AFTER_STEPS.
             self._eager_steps += 1
-            if self._eager_steps == WARN_AFTER_STEPS:
+            if self._eager_steps in (1, WARN_AFTER_STEPS) and _capturing():
+                return  # a CUDA graph being captured cannot sync; the readers warn later
+            if self._eager_steps == 1:
+                self._check_first_step()
+            elif self._eager_steps == WARN_AFTER_STEPS:
                 self._maybe_warn()
 
+    def _lr_text(self) -> str:
+        """The lr the user set (LR schedulers keep it as initial_lr), not the warm-up's."""
+        g = self.param_groups[0]
+        lr_set, lr_now = float(g.get("initial_lr", g["lr"])), float(g["lr"])
+        return f"{lr_set:g}" + (f" (scheduled now: {lr_now:g})" if lr_now != lr_set else "")
+
+    def _check_first_step(self) -> None:
+        """Warn at once if a global/tensor first step took the sign branch nowhere.
+
+        That is the usual case, not an accident: the smallest non-zero abs(c) over a model
+        is ~1e-15 (1e-20..1e-15 in every committed CPU run), far below any useful nu, so
+        the step is momentum SGD at a Lion-sized lr, which barely trains. Waiting for
+        WARN_AFTER_STEPS would say nothing in short runs. One host sync, at step 1 only.
+        """
+        st = self._stats
+        if self.warned or not any(g["mode"] in ("global", "tensor") for g in self.param_groups):
+            return
+        if float(st["warn_signed"]) != 0 or not math.isfinite(float(st["min"])):
+            return  # took the sign branch somewhere, or c == 0 everywhere: nothing to say
+        self.warned = True  # once; the step-WARN_AFTER_STEPS check then stays silent
+        g = self.param_groups[0]
+        logger.warning(
+            "clion_hf: CLion's first step took the sign branch on no coordinate (mode=%r, "
+            "nu=%g): the smallest non-zero abs(c) was %.3g, below nu, so the update was "
+            "momentum SGD at lr=%s, not Lion. With mode=%r this is the rule, not bad luck "
+            "(min abs(c) over a model is ~1e-15), so at a Lion-sized lr training will barely "
+            "move. Use an SGD-sized learning rate (0.025..3.2 were best in this package's "
+            "benchmarks) or mode='element' (nu ~1e-4..1e-5), which trains like Lion.",
+            g["mode"], g["nu"], float(st["min"]), self._lr_text(), g["mode"],
+        )  # fmt: skip
+
     def _maybe_warn(self) -> None:
-        """One warning if none of the first WARN_AFTER_STEPS steps took the sign branch.
+        """One warning if none of the first WARN_AFTER_STEPS steps took the sign branch, or
+        (element mode) fewer than ELEMENT_SGD_FRACTION of their coordinates did.
 
         Called at that step in eager mode, and by the statistics readers (so compiled
         training loops, whose steps cannot sync, still get it at their next log).
@@ -293,9 +342,7 @@ class CLion(LionFamily):
         self.warned = True  # checked once, whatever the outcome
         if float(st["warn_signed"]) == 0:
             g = self.param_groups[0]
-            # the lr the user set (LR schedulers keep it as initial_lr), not the warmup's
-            lr_set, lr_now = float(g.get("initial_lr", g["lr"])), float(g["lr"])
-            lr_text = f"{lr_set:g}" + (f" (scheduled now: {lr_now:g})" if lr_now != lr_set else "")
+            lr_text = self._lr_text()
             logger.warning(
                 "CLion took the sign branch on none of its first %d steps (mode=%r, nu=%g): "
                 "the per-step min abs(c) ranged %.3g..%.3g, below nu, so every update was "
@@ -303,6 +350,20 @@ class CLion(LionFamily):
                 "or an SGD-sized learning rate.",
                 WARN_AFTER_STEPS, g["mode"], g["nu"], float(st["warn_lo"]),
                 float(st["warn_hi"]), lr_text,
+            )  # fmt: skip
+            return
+        fraction = float(st["warn_signed"]) / max(float(st["warn_numel"]), 1.0)
+        if fraction < ELEMENT_SGD_FRACTION and all(
+            g["mode"] == "element" for g in self.param_groups
+        ):
+            g = self.param_groups[0]
+            logger.warning(
+                "clion_hf: CLion (mode='element', nu=%g) took the sign branch on %.2g%% of "
+                "coordinates over its first %d steps, below %g%%: in this package's nu sweep "
+                "element mode then trained like momentum SGD at lr=%s (like mode='global'), "
+                "not like Lion. Use a smaller nu (1e-4..1e-5 signed 10-85%% there).",
+                g["nu"], 100 * fraction, WARN_AFTER_STEPS, 100 * ELEMENT_SGD_FRACTION,
+                self._lr_text(),
             )  # fmt: skip
 
     def last_step_stats(self, per_tensor: bool = False) -> dict[str, Any]:
@@ -353,6 +414,11 @@ class CLion(LionFamily):
         st["acc_min"].fill_(math.inf)
         st["acc_steps"].zero_()
         return out
+
+
+def _capturing() -> bool:
+    """Whether a CUDA graph is being captured on the current stream."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _distributed() -> bool:

@@ -269,3 +269,8 @@ def train_and_evaluate(
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
     trainer.save_state()
+    if trainer.is_world_process_zero():
+        out = Path(args.output_dir).resolve()
+        files = ", ".join(sorted(p.name for p in out.glob("*results.json")))
+        print(f"{Path(sys.argv[0]).name}: results written to {out}/ ({files}; "
+              "trainer_state.json: the logged history; the model)", flush=True)  # fmt: skip
