@@ -35,8 +35,10 @@ import numpy as np
 
 from clion_hf._files import atomic_write_text, read_json
 
+from .plotstyle import LEGEND_SIZE, colour
 from .report import ReportError, _save, rows_csv
-from .stats import Comparison, bootstrap_means, compare_family, percentile_interval, t_interval
+from .specs import OPTION_KEYS
+from .stats import Comparison, compare_family, t_interval
 
 LEVEL = 0.95
 # below this many pairs no verdict is given: with n pairs an exact sign-flip test cannot go
@@ -447,7 +449,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str]) ->
 
 
 def _band(ax, pts_by_seed: list[list[tuple[int, float]]], label: str, **kw) -> None:  # noqa: ANN001
-    """Geometric mean over pairs at each step, with the 95% bootstrap band."""
+    """Geometric mean over pairs at each step, with the 95% t band (of log10 drift)."""
     by_step: dict[int, list[float]] = defaultdict(list)
     for pts in pts_by_seed:
         for s, v in pts:
@@ -459,8 +461,7 @@ def _band(ax, pts_by_seed: list[list[tuple[int, float]]], label: str, **kw) -> N
     mean = [10 ** statistics.fmean(by_step[s]) for s in steps]
     (line,) = ax.plot(steps, mean, label=label, **kw)
     if len(pts_by_seed) >= 2:
-        lo, hi = zip(*(percentile_interval(bootstrap_means(by_step[s], 2000), LEVEL)
-                       for s in steps), strict=True)  # fmt: skip
+        lo, hi = zip(*(t_interval(by_step[s], LEVEL) for s in steps), strict=True)  # fmt: skip
         ax.fill_between(steps, [10**v for v in lo], [10**v for v in hi], alpha=0.2,
                         color=line.get_color())  # fmt: skip
 
@@ -485,7 +486,7 @@ def _axes(ax, **kw) -> None:  # noqa: ANN001
         ax.text(0.5, 0.5, "no data yet", ha="center", transform=ax.transAxes)
     ax.set(**kw)
     if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=LEGEND_SIZE)
 
 
 def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]:
@@ -499,6 +500,15 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
     m = an.meta
     main = [lb for lb in an.arms if _nu_of(lb) is None]
     nus = [lb for lb in an.arms if _nu_of(lb) is not None]
+
+    cmap = plt.get_cmap("viridis")
+
+    def arm_colour(label: str) -> Any:
+        """The reports' colour per optimizer; the ν points on one colour scale; the control
+        (Lion's update) in Lion's colour."""
+        if label in nus:
+            return cmap(nus.index(label) / max(1, len(nus) - 1) * 0.9)
+        return colour(LION if label.startswith("clion:nu=") else label)
 
     def curves(label: str, key: str) -> list[list[tuple[int, float]]]:
         return [[(s, r.get(key)) for s, r in pts] for pts in an.arms[label].curves.values()]
@@ -517,29 +527,34 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
         ax = axes[0][0]
         for lb in main:
             style = {"linestyle": "--"} if lb.startswith("clion:nu=") else {}
-            _band(ax, curves(lb, "drift"), display(lb), **style)
+            _band(ax, curves(lb, "drift"), display(lb), color=arm_colour(lb), **style)
         _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
               title="drift against t (geometric mean over pairs, 95% band)")
         ax = axes[0][1]
         if LION in an.arms:
-            _band(ax, curves(LION, "drift"), LION, color="black")
-        cmap = plt.get_cmap("viridis")
-        for i, lb in enumerate(nus):
-            _band(ax, curves(lb, "drift"), f"element ν={_nu_of(lb):g}",
-                  color=cmap(i / max(1, len(nus) - 1)))  # fmt: skip
+            _band(ax, curves(LION, "drift"), LION, color=arm_colour(LION))
+        for lb in nus:
+            _band(ax, curves(lb, "drift"), f"element ν={_nu_of(lb):g}", color=arm_colour(lb))
         _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="‖θ_t − θ′_t‖₂",
               title="Lion and CLion element (same lr)")
         ax = axes[1][0]
         for lb in [LION, GLOBAL, *nus]:
             if lb in an.arms and an.arms[lb].curves:
-                _band(ax, curves(lb, "tau"), display(lb))
-        _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="τ_t = min nonzero abs(c)",
-              title="τ_t of the S run (geometric mean over pairs)")
+                _band(ax, curves(lb, "tau"), display(lb), color=arm_colour(lb))
+        # ν against τ: global signs only if τ_t >= its ν; element compares each abs(c_j)
+        for lb in [GLOBAL, *nus]:
+            if lb in an.arms and an.arms[lb].curves:
+                nu = _nu_of(lb) if lb in nus else OPTION_KEYS["clion"]["nu"][1]
+                ax.axhline(nu, color=arm_colour(lb), linestyle=":", linewidth=1,
+                           label=f"ν = {nu:g}" + (" (clion global)" if lb == GLOBAL else ""))
+        _axes(ax, xscale="log", yscale="log", xlabel="step t",
+              ylabel="τ_t = min non-zero abs(c)",
+              title="τ_t of the S run (geometric mean over pairs; dotted: ν)")
         ax = axes[1][1]
         # the control is Lion's update (same curve); the ν sweep's middle points: plot 2
         shown = [lb for lb in main if not lb.startswith("clion:nu=")] + nus[:1] + nus[-1:]
         for lb in dict.fromkeys(shown):
-            _band(ax, curves(lb, "any_diff"), display(lb))
+            _band(ax, curves(lb, "any_diff"), display(lb), color=arm_colour(lb))
         _axes(ax, xscale="log", yscale="log", xlabel="step t", ylabel="fraction of coordinates",
               title="update differs in sign or branch (mean per step since the last log)")
         fig.suptitle(f"Neighbouring-set drift, digits softmax, N = {m['n_main']}, "
@@ -560,26 +575,37 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
                 ax.errorbar([x for x, _ in ok], [10 ** e.mean for _, e in ok],
                             yerr=[[10 ** e.mean - 10 ** e.lo for _, e in ok],
                                   [10 ** e.hi - 10 ** e.mean for _, e in ok]],
-                            marker="o", capsize=3, label="CLion element")  # fmt: skip
-            for lb, color in ((LION, "black"), (SGD, "tab:green"), ("adamw", "tab:blue"),
-                              (GLOBAL, "tab:red")):  # fmt: skip
+                            marker="o", capsize=3, label="CLion element",
+                            color=colour("clion:mode=element"))  # fmt: skip
+            for lb in (LION, SGD, "adamw", GLOBAL):
+                color = arm_colour(lb)
                 if lb in an.arms and an.arms[lb].end:
                     e = Estimate.of(list(an.arms[lb].per_seed("drift", True).values()))
                     if e.mean is not None:
                         ax.axhline(10 ** e.mean, color=color, linestyle="--",
                                    label=f"{display(lb)} (own lr)" if lb != LION
                                    else "lion (same lr)")  # fmt: skip
-            _axes(ax, xscale="log", yscale="log", xlabel="ν", ylabel=f"drift at T = {m['t_max']}",
+            _axes(ax, xscale="log", yscale="log", xlabel="ν",
+                  ylabel=f"drift ‖θ_T − θ′_T‖₂ at T = {m['t_max']}",
                   title="drift against ν (geo. mean, unpaired 95% interval)")
             ax = axes[1]
-            for key, name in (("sign_fraction", "sign-branch fraction"),
-                              ("any_diff", "coords differing in sign/branch")):
+
+            def means(key: str) -> list[float]:
                 es = [an.arms[f"clion:mode=element,nu={nu:g}"].mean_over_curve(key) for nu in xs]
-                ax.plot(xs, [e.mean if e.mean is not None else math.nan for e in es], marker="o",
-                        label=name)  # fmt: skip
-            _axes(ax, xscale="log", yscale="log", xlabel="ν",
-                  ylabel="fraction (mean over logged steps)",
-                  title="CLion element: branch and disagreement")
+                return [e.mean if e.mean is not None else math.nan for e in es]
+
+            ax.plot(xs, means("sign_fraction"), marker="o", color=colour("clion:mode=element"),
+                    label="sign-branch fraction (left axis)")  # fmt: skip
+            ax.set(xscale="log", ylim=(0, 1), xlabel="ν",
+                   ylabel="sign-branch fraction (mean over logged steps)",
+                   title="CLion element: branch and disagreement")  # fmt: skip
+            # the disagreement is ~1% of coordinates: its own (log) axis, in grey
+            twin = ax.twinx()
+            twin.plot(xs, means("any_diff"), marker="s", color="dimgray", linestyle="--",
+                      label="coordinates differing in sign/branch (right axis)")  # fmt: skip
+            twin.set(yscale="log", ylabel="fraction differing between S and S′ runs")
+            handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+            ax.legend(handles=handles, fontsize=LEGEND_SIZE, loc="center left")
             fig.tight_layout()
             save("drift-vs-nu.png", fig)
 
@@ -593,11 +619,12 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
             for n in sizes:
                 v = [math.log10(d[n]) for d in a.n_drift.values() if d.get(n, 0) and d[n] > 0]
                 ys.append(10 ** statistics.fmean(v) if v else math.nan)
-            ax.plot(sizes, ys, marker="o", label=display(lb))
+            ax.plot(sizes, ys, marker="o", label=display(lb), color=arm_colour(lb))
             if lb == LION:  # a slope -1 guide through Lion's first point (the bounds' 1/N)
                 ax.plot(sizes, [ys[0] * sizes[0] / n for n in sizes], color="gray",
                         linestyle=":", label="slope −1 (guide)")  # fmt: skip
-        _axes(ax, xscale="log", yscale="log", xlabel="N", ylabel=f"drift at T = {m['t_fixed']}",
+        _axes(ax, xscale="log", yscale="log", xlabel="N",
+              ylabel=f"drift ‖θ_T − θ′_T‖₂ at T = {m['t_fixed']}",
               title="drift against N (geometric mean over pairs)")
         save("drift-vs-n.png", fig)
 

@@ -4,7 +4,7 @@ Everything in ``report.md``'s Findings is a function of ``results.csv`` and ``be
 alone (:func:`findings_from_csv`; a test checks it), as for ``clion-bench report``.
 
 The statistics (hand-written for the same reason as :mod:`clion_hf.bench.stats`, whose
-bootstrap, intervals and Holm correction they use):
+t-tests, intervals and Holm correction they use):
 
 * Slope: for each seed, the least-squares slope of log(gap) against log(N) over the sizes
   where that seed's gap is positive (at least :data:`MIN_SIZES_FOR_SLOPE`; log of a
@@ -460,7 +460,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
         if rule == "matched":
             title += f" (target {_g(ws.target, 4)}, from {ws.target_from})"
         lines += [f"### Gap, {title}", "",
-                  "Held-out loss − training-subset loss, mean over seeds [95% bootstrap "
+                  "Held-out loss − training-subset loss, mean over seeds [95% t "
                   "interval]:", ""]  # fmt: skip
         rows = []
         for lb in ws.labels:
@@ -601,7 +601,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 ax.set_xlabel("N (training examples)")
                 ax.set_ylabel("held-out − training loss (nats, eval mode)")
                 ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
-                             "bootstrap interval)", fontsize=10)  # fmt: skip
+                             "t interval)", fontsize=10)  # fmt: skip
                 _legend(ax)
                 return fig
 
