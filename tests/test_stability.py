@@ -5,6 +5,7 @@ end-to-end study (marked slow)."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -205,3 +206,39 @@ def test_committed_report_findings_follow_from_its_csv():
 def test_pair_counts_meet_the_issue_floor():
     assert build_stability("convex").pairs >= 10
     assert math.isclose(NU_BELOW_TAU, float(torch.tensor(NU_BELOW_TAU)), rel_tol=0.5)
+
+
+def test_committed_plots_follow_the_plot_rules(tmp_path):
+    """The reports' colour per optimizer, y-labels, readable legends, ν drawn where τ_t is,
+    sign-branch fraction on [0, 1] (issue 20's rules), on the committed study's data."""
+    from matplotlib.colors import to_hex
+
+    from clion_hf.bench.plotstyle import colour
+    from clion_hf.bench.stability_report import _parse, analyze, make_plots
+
+    study = REPO / "docs" / "benchmarks" / "stability-2026-12-06"
+    an = analyze(_parse((study / "results.csv").read_text()),
+                 json.loads((study / "bench.json").read_text()))  # fmt: skip
+    figures: dict = {}
+    plots, errors = make_plots(an, tmp_path, figures)
+    assert not errors and set(figures) == {"drift-vs-t", "drift-vs-nu", "drift-vs-n"}
+    expected = {"adamw": colour("adamw"), "lion": colour("lion"),
+                "clion global ν=1e-4 (identity branch)": colour("clion")}  # fmt: skip
+    seen = set()
+    for name, fig in figures.items():
+        for ax in fig.axes:
+            assert ax.get_ylabel(), name
+            for line in ax.get_lines():
+                label = line.get_label()
+                if label in expected:
+                    seen.add(label)
+                    assert to_hex(line.get_color()) == expected[label], (name, label)
+            if "sign-branch" in ax.get_ylabel():
+                assert ax.get_ylim() == (0, 1)
+            legend = ax.get_legend()
+            if legend is not None:
+                assert min(t.get_fontsize() for t in legend.get_texts()) >= 8, name
+    assert seen == set(expected)
+    tau = next(ax for ax in figures["drift-vs-t"].axes if "τ_t" in ax.get_ylabel())
+    flat = [ln.get_ydata()[0] for ln in tau.get_lines() if len(set(ln.get_ydata())) == 1]
+    assert 1e-4 in flat and 1e-7 in flat  # global's ν and the smallest element ν

@@ -489,7 +489,9 @@ def _axes(ax, **kw) -> None:  # noqa: ANN001
         ax.legend(fontsize=LEGEND_SIZE)
 
 
-def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]:
+def make_plots(an: Analysis, plot_dir: Path, figures: dict | None = None
+               ) -> tuple[dict[str, str], list[str]]:  # fmt: skip
+    """Draw the study's plots into ``plot_dir``; ``figures`` (tests) keeps them, by name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -517,6 +519,8 @@ def make_plots(an: Analysis, plot_dir: Path) -> tuple[dict[str, str], list[str]]
         try:
             _save(fig, plot_dir / name)
             plots[name.removesuffix(".png")] = f"plots/{name}"
+            if figures is not None:
+                figures[name.removesuffix(".png")] = fig
         except Exception as err:  # a plot is not worth losing the report for
             errors.append(f"plot {name}: {type(err).__name__}: {err}")
         finally:
