@@ -10,10 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def offline_env(tmp_path_factory) -> dict[str, str]:
     """An environment for recipe and benchmark subprocesses: no Hub, caches of its own
-    (shared by the tests of one module), fast offline finetune checkpoints."""
+    (shared by the whole session: the kernel, corpus, tokenizers and checkpoints are built
+    once; tests that need a fresh checkpoint use their own CLION_HF_CHECKPOINT_MAX_STEPS,
+    which is part of its cache key), fast offline finetune checkpoints."""
     cache = tmp_path_factory.mktemp("cache")
     return {
         **os.environ,
