@@ -10,6 +10,7 @@ never a mix, and a killed writer leaves at most a ``.tmp`` sibling that nobody r
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -41,6 +42,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 PROBE_BYTES = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (caches verify what they serve)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def probe_writable(directory: Path, nbytes: int = PROBE_BYTES) -> None:

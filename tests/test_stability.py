@@ -242,3 +242,41 @@ def test_committed_plots_follow_the_plot_rules(tmp_path):
     tau = next(ax for ax in figures["drift-vs-t"].axes if "τ_t" in ax.get_ylabel())
     flat = [ln.get_ydata()[0] for ln in tau.get_lines() if len(set(ln.get_ydata())) == 1]
     assert 1e-4 in flat and 1e-7 in flat  # global's ν and the smallest element ν
+
+
+@pytest.mark.parametrize("bench", [{"search": {}}, {"study": "gen-gap"}, {"study": "stability"}])
+def test_report_only_on_a_foreign_or_broken_directory_is_one_line(tmp_path, capsys, bench):
+    """A run's or a gen-gap study's directory is refused by name; a stability bench.json
+    that the report cannot read is one line too (it was a ReportError traceback)."""
+    from clion_hf.bench.cli import main
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "x.json").write_text("{}")
+    (tmp_path / "bench.json").write_text(json.dumps(bench))
+    with pytest.raises(SystemExit) as exc:
+        main(["study", "stability", "--report_only", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def test_a_hand_edited_result_is_listed_and_redone(tmp_path):
+    """A result file with a wrong-typed field neither crashes the report nor blocks resume:
+    it is listed in the report and its run is done again."""
+    from clion_hf.bench.stability import stability_result_problem
+
+    study = StabilityStudy(TINY, 2)
+    out = tmp_path / "stab"
+    counts = make_runner(study, out, progress=False).run()
+    assert counts["failed"] == 0
+    victim = sorted((out / "results").glob("*.json"))[0]
+    data = json.loads(victim.read_text())
+    data["history"] = {"step": "abc"}
+    victim.write_text(json.dumps(data))
+    assert "history" in stability_result_problem(data)
+    report = write_stability_report(out, plots=False)["report"].read_text()
+    assert victim.name in report
+    again = make_runner(study, out, progress=False)
+    again.run()
+    assert again.launched == 1
+    assert stability_result_problem(json.loads(victim.read_text())) is None

@@ -324,16 +324,13 @@ def _study_report(out: Path, parser: argparse.ArgumentParser) -> int:
 
 def _cmd_stability(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .stability import build_stability, dry_run_lines, make_runner
-    from .stability_report import write_stability_report
 
     out = Path(args.out)
     if args.report_only:
         if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
             parser.error(f"no results in {out}/results (run `clion-bench study stability "
                          f"--out {out}` first)")  # fmt: skip
-        for path in write_stability_report(out).values():
-            print(path)
-        return 0
+        return _stability_report(out, parser)
     if args.preset is None:
         parser.error("the following arguments are required: --preset")
     try:
@@ -349,7 +346,23 @@ def _cmd_stability(args: argparse.Namespace, parser: argparse.ArgumentParser) ->
     code = _drive(runner, out, parser)
     if code != 0:
         return code
-    for path in write_stability_report(out).values():
+    return _stability_report(out, parser)
+
+
+def _stability_report(out: Path, parser: argparse.ArgumentParser) -> int:
+    from .report import ReportError
+    from .runner import experiment_kind, kind_text
+    from .stability_report import write_stability_report
+
+    kind = experiment_kind(out)
+    if kind not in (None, "study", "study stability"):  # "study": bench.json lost
+        parser.error(f"{out} holds {kind_text(kind)}, not a stability study: write its report "
+                     f"with {'`clion-bench report`' if kind == 'run' else f'`clion-bench {kind}`'}")
+    try:
+        written = write_stability_report(out)
+    except ReportError as err:
+        parser.error(str(err))
+    for path in written.values():
         print(path)
     return 0
 

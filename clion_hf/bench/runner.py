@@ -149,12 +149,14 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
     return dict(_ENV_CACHE)
 
 
-def load_result_files(out_dir: Path) -> dict[str, dict]:
-    """Every usable result under ``out_dir/results`` (:func:`result_problem`), by run id."""
+def load_result_files(out_dir: Path, problem: Callable[[Any], str | None] = result_problem
+                      ) -> dict[str, dict]:  # fmt: skip
+    """Every usable result under ``out_dir/results`` (``problem`` says which are not: a
+    benchmark's :func:`result_problem` unless a study passes its own), by run id."""
     found = {}
     for path in sorted((out_dir / "results").glob("*.json")):
         data = read_json(path)
-        if result_problem(data) is None:  # a bad file is as good as none: the run is redone
+        if problem(data) is None:  # a bad file is as good as none: the run is redone
             found[data["run_id"]] = data
     return found
 
@@ -234,6 +236,10 @@ def prepare_out_dir(out: Path) -> None:
 class Runner:
     """Runs a :class:`Matrix` into ``out_dir`` (see the module doc for the layout)."""
 
+    # why a result file cannot be used (None if it can); a study with results of its own
+    # shape sets its own
+    result_problem = staticmethod(result_problem)
+
     def __init__(
         self,
         matrix: Matrix,
@@ -273,7 +279,7 @@ class Runner:
         """Write ``result`` unless the file already holds a better one (ok > diverged > failed)."""
         path = self.result_path(run)
         old = read_json(path)
-        if (result_problem(old) is None and old.get("run_id") == run.run_id
+        if (self.result_problem(old) is None and old.get("run_id") == run.run_id
                 and STATUS_RANK.get(old.get("status"), -1) > STATUS_RANK[result["status"]]):
             self.echo(f"clion-bench: kept the recorded {old['status']} result of {run.title} "
                       f"over this attempt's {result['status']}")  # fmt: skip
@@ -446,7 +452,7 @@ class Runner:
             self.echo(f"clion-bench: {family} checkpoint ready in {time.time() - t0:.1f}s")
 
     def _load(self) -> dict[str, dict]:
-        results = load_result_files(self.out)
+        results = load_result_files(self.out, self.result_problem)
         if self.retry_failed:
             results = {k: v for k, v in results.items() if v.get("status") != "failed"}
         return results
@@ -497,7 +503,7 @@ class Runner:
                                   f"({result['reason']})")  # fmt: skip
                         continue
                     kept = read_json(self.result_path(run))
-                    results[run.run_id] = kept if result_problem(kept) is None else result
+                    results[run.run_id] = kept if self.result_problem(kept) is None else result
                     self.counts[result["status"]] += 1
                     extra = f" ({result['reason']})" if result["reason"] else ""
                     bar.write(f"[{result['status']}] {run.title} {result['wall_s']:.1f}s{extra}")

@@ -551,12 +551,40 @@ class _InProcess:
         pass
 
 
+# the fields of a result file that resume and the report read, and their types
+_RESULT_FIELDS: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "status": (str,), "stage": (str,), "design": (str,),
+    "optimizer": (str,), "lr": (int, float), "n": (int,), "steps": (int,), "seed": (int,),
+    "history": (list,), "wall_s": (int, float),
+}  # fmt: skip
+
+
+def stability_result_problem(data: Any) -> str | None:
+    """Why a stability result file cannot be used (one line), or None if it can: a bad one
+    is listed and its run redone, as for the benchmark's results."""
+    if not isinstance(data, dict):
+        return "not readable as JSON (truncated or corrupt)"
+    if data.get("study") != STUDY:
+        return "not a stability study's result"
+    for key, kind in _RESULT_FIELDS.items():
+        value = data.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"field {key!r} is {value!r}, expected {' or '.join(k.__name__ for k in kind)}"
+    if data["status"] not in ("ok", "diverged", "failed"):
+        return f"field 'status' is {data['status']!r}, expected ok, diverged or failed"
+    if not all(isinstance(h, dict) for h in data["history"]):
+        return "field 'history' holds something other than logged steps"
+    return None
+
+
 def make_runner(study: StabilityStudy, out: Path, progress: bool = True,
                 retry_failed: bool = False):  # noqa: ANN201  # fmt: skip
     """A :class:`~clion_hf.bench.runner.Runner` whose runs execute in this process."""
     from .runner import Runner, environment_info
 
     class InProcessRunner(Runner):
+        result_problem = staticmethod(stability_result_problem)
+
         def _start_launcher(self) -> None:
             self._launcher = _InProcess()  # type: ignore[assignment]
 

@@ -38,6 +38,7 @@ from clion_hf._files import atomic_write_text, read_json
 from .plotstyle import LEGEND_SIZE, colour
 from .report import ReportError, _save, rows_csv
 from .specs import OPTION_KEYS
+from .stability import stability_result_problem
 from .stats import Comparison, compare_family, t_interval
 
 LEVEL = 0.95
@@ -648,11 +649,11 @@ def make_plots(an: Analysis, plot_dir: Path, figures: dict | None = None
 def load_stability_results(out_dir: Path) -> tuple[list[dict], list[str]]:
     results, problems = [], []
     for path in sorted((out_dir / "results").glob("*.json")):
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("study") != "stability":
-            problems.append(f"`{path.name}`: not a stability result")
+        problem = stability_result_problem(read_json(path))
+        if problem is not None:  # listed, and redone by the next run of the study
+            problems.append(f"`{path.name}`: {problem}")
         else:
-            results.append(data)
+            results.append(read_json(path))
     return results, problems
 
 
@@ -688,11 +689,23 @@ def findings_block(report_text: str) -> list[str]:
     return report_text[begin:report_text.index(FINDINGS_END)].strip("\n").splitlines()
 
 
+# the bench.json fields the report reads, and their types (a hand-edited one gets one line)
+META_FIELDS: dict[str, tuple[type, ...]] = {
+    **{k: (int,) for k in ("t_max", "t_fixed", "n_main", "pairs", "batch", "test_size",
+                           "val_size", "tune_seed")},
+    "sizes": (list,), "arms": (list,), "preset": (str,), "description": (str,),
+}  # fmt: skip
+
+
 def write_stability_report(out_dir: Path, plots: bool = True) -> dict[str, Path]:
     """Write ``report.md``, ``results.csv`` and ``plots/*.png`` of a stability directory."""
     meta = read_json(out_dir / "bench.json")
     if not isinstance(meta, dict) or meta.get("study") != "stability":
         raise ReportError(f"{out_dir}/bench.json is not a stability study's")
+    for key, kind in META_FIELDS.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            raise ReportError(f"{out_dir}/bench.json: field {key!r} must be "
+                              f"{' or '.join(k.__name__ for k in kind)}, not {meta.get(key)!r}")
     results, problems = load_stability_results(out_dir)
     csv_text = csv_text_of(results)
     an = analyze(_parse(csv_text), meta)

@@ -8,7 +8,6 @@ need no network.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, ViTConfig
 
 from clion_hf._cache import cache_dir, cache_key
-from clion_hf._files import atomic_dir, discard_dir
+from clion_hf._files import atomic_dir, discard_dir, sha256_file
 from clion_hf.workloads import recipes_dir
 from clion_hf.workloads.data import hub_offline
 from clion_hf.workloads.errors import RecipeError
@@ -163,18 +162,10 @@ def offline_pretrained_checkpoint(family: str) -> str:
 MANIFEST = "clion_hf_manifest.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(directory: Path) -> None:
     """Record every file's size and SHA-256, checked on each later use."""
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST)
-    record = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+    record = {str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
               for p in files}  # fmt: skip
     (directory / MANIFEST).write_text(json.dumps(record, indent=1, sort_keys=True))
 
@@ -195,7 +186,7 @@ def _verify_checkpoint(directory: Path) -> str | None:
             return f"{name} is missing"
         if not isinstance(want, dict) or size != want.get("size"):
             return f"{name} has {size} bytes, built with {want.get('size')}"
-        if _sha256(path) != want.get("sha256"):
+        if sha256_file(path) != want.get("sha256"):
             return f"{name} does not match its SHA-256"
     return None
 

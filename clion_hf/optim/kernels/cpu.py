@@ -79,6 +79,7 @@ import torch
 from torch import Tensor
 
 from ..._cache import cache_dir
+from ..._files import sha256_file
 from ..functional import Hyper, TensorList, _single_tensor_update, compute_dtype, for_dtype
 from ..functional import direction_min_abs as eager_direction_min_abs
 
@@ -302,14 +303,6 @@ def _stop_builds() -> None:
         _stop(proc)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _compile(cxx: list[str], out: Path, flags: list[str], deadline: float) -> dict:
     """Build to ``out`` atomically (temporary name, then rename); the record to keep."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -321,7 +314,7 @@ def _compile(cxx: list[str], out: Path, flags: list[str], deadline: float) -> di
         if done.returncode != 0:
             raise subprocess.CalledProcessError(done.returncode, cmd, done.stdout, done.stderr)
         tmp.chmod(0o700)
-        record = {"size": tmp.stat().st_size, "sha256": _sha256(tmp), "flags": flags}
+        record = {"size": tmp.stat().st_size, "sha256": sha256_file(tmp), "flags": flags}
         os.replace(tmp, out)  # atomic: concurrent ranks may build the same file
         return record
     finally:
@@ -388,7 +381,7 @@ def _verify(out: Path, meta: Path) -> str | None:
         return problem
     if st.st_size != record.get("size"):
         return f"size {st.st_size} bytes, built {record.get('size')}"
-    if _sha256(out) != record.get("sha256"):
+    if sha256_file(out) != record.get("sha256"):
         return "its SHA-256 differs from the build's"
     return None
 
