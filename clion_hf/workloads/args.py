@@ -254,7 +254,9 @@ def train_and_evaluate(
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     trainer.save_model()
     metrics = {**result.metrics, "train_samples": n_train, **data_used()}
-    trainer.log_metrics("train", metrics)
+    # log_metrics formats every value: a hash that is not known (a Hub or saved dataset,
+    # an image folder) is saved as null but not printed
+    trainer.log_metrics("train", {k: v for k, v in metrics.items() if v is not None})
     trainer.save_metrics("train", metrics)
     metrics = {**trainer.evaluate(), "eval_samples": n_eval}
     if lm:
