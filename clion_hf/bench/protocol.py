@@ -58,6 +58,8 @@ class RunConfig:
     stage: str = field(default="lr", compare=False)  # lr, lr+, second, second+, final
     second: tuple[str, float] | None = field(default=None, compare=False)
     preset: str = field(default="", compare=False)
+    # the local search's tuned values other than lr (beta2, wd_scale, nu); in recipe_args too
+    params: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     @property
     def run_id(self) -> str:
@@ -76,6 +78,7 @@ class RunConfig:
     @property
     def title(self) -> str:
         extra = f" {self.second[0]}={fmt_float(self.second[1])}" if self.second else ""
+        extra += "".join(f" {k}={fmt_float(v)}" for k, v in self.params if k != "wd_scale")
         return (
             f"{self.workload} {self.optimizer} lr={fmt_float(self.lr)} "
             f"wd={fmt_float(self.weight_decay)}{extra} seed={self.seed}"
@@ -183,6 +186,9 @@ class Trial:
     stage: str
     runs: list[RunConfig]
     results: list[dict | None]
+    # the local search: the tuned values other than lr, and the point's grid indices
+    params: tuple[tuple[str, float], ...] = ()
+    point: tuple[int, ...] | None = None
 
     @property
     def complete(self) -> bool:
@@ -209,6 +215,24 @@ def _best(trials: Iterable[Trial]) -> Trial | None:
     return min(scored, key=lambda t: (t.score, t.lr, t.second or 0.0))
 
 
+def _next_point(dims: tuple[Any, ...], tried: dict[tuple[int, ...], Trial],
+                best: Trial | None) -> tuple[int, ...] | None:  # fmt: skip
+    """The local search's next configuration (see :meth:`Matrix._plan_local`)."""
+    if best is None:  # nothing ok yet: the next smaller lr, the other dimensions at start
+        low = min(tried)[0] - 1
+        point = (low, *(0,) * (len(dims) - 1))
+        return point if dims[0].in_bounds(low) and point not in tried else None
+    assert best.point is not None
+    for distance in range(1, 64):
+        for i, d in enumerate(dims):
+            for step in (-distance, distance):
+                k = best.point[i] + step
+                point = best.point[:i] + (k,) + best.point[i + 1:]
+                if d.in_bounds(k) and point not in tried:
+                    return point
+    return None
+
+
 @dataclass
 class RowPlan:
     """Where one (workload, optimizer) row stands."""
@@ -224,6 +248,7 @@ class RowPlan:
     second_extensions: list[float] = field(default_factory=list)
     lr_on_edge: bool = False  # optimum still on an edge of the (extended) lr grid
     second_on_edge: bool = False
+    edges: list[str] = field(default_factory=list)  # local search: dimensions on an edge
     finals: list[RunConfig] = field(default_factory=list)
     final_results: list[dict | None] = field(default_factory=list)
 
@@ -249,6 +274,18 @@ class Matrix:
 
     # -------------------------------------------------------------- runs
 
+    def row_specs(self, workload: str) -> list[OptimizerSpec]:
+        """The matrix's optimizers that run on ``workload`` (a preset may restrict a
+        workload to some of them: the ladder's larger rungs)."""
+        keep = self.preset.settings(workload, self.max_steps).optimizers
+        return [s for s in self.optimizers if not keep or s.label in keep]
+
+    def row_final_seeds(self, workload: str) -> tuple[int, ...]:
+        """The final seeds of ``workload``'s rows: the matrix's, or their first
+        ``final_seeds`` where the preset caps them (the ladder's largest rung)."""
+        cap = self.preset.settings(workload, self.max_steps).final_seeds
+        return self.final_seeds[:cap] if cap else self.final_seeds
+
     def coupling(self, workload: str) -> float:
         return self.preset.coupling(self.preset.settings(workload, self.max_steps))
 
@@ -256,7 +293,8 @@ class Matrix:
         return self.preset.search(spec, self.preset.settings(workload, self.max_steps))
 
     def make_run(self, workload: str, spec: OptimizerSpec, lr: float, second: float | None,
-                 seed: int, stage: str) -> RunConfig:  # fmt: skip
+                 seed: int, stage: str,
+                 params: tuple[tuple[str, float], ...] = ()) -> RunConfig:  # fmt: skip
         ws = self.preset.settings(workload, self.max_steps)
         search = self.preset.search(spec, ws)
         scale, run_spec, tag = 1.0, spec, None
@@ -264,6 +302,11 @@ class Matrix:
             scale, tag = second, ("wd_scale", second)
         elif search.second == "nu" and second is not None:
             run_spec, tag = spec.with_option("nu", second), ("nu", second)
+        for key, value in params:  # the local search's values
+            if key == "wd_scale":
+                scale = value
+            else:
+                run_spec = run_spec.with_option(key, value)
         args = (*run_spec.recipe_args(), *COMMON_RECIPE_ARGS, *self.preset.extra_args,
                 *ws.extra_args)  # fmt: skip
         return RunConfig(
@@ -271,18 +314,20 @@ class Matrix:
             weight_decay=weight_decay_for(lr, scale, self.preset.coupling(ws)), seed=seed,
             max_steps=ws.max_steps, accelerate_config=self.preset.accelerate_config,
             recipe_args=tuple(args), phase="final" if stage == "final" else "tune",
-            stage=stage, second=tag, preset=self.preset.name,
+            stage=stage, second=tag, preset=self.preset.name, params=tuple(params),
         )  # fmt: skip
 
     # -------------------------------------------------------------- the plan
 
     def plan(self, results: dict[str, dict]) -> list[RowPlan]:
         """Every row's state given ``results`` (run id -> result), and the runs it needs next."""
-        return [self.plan_row(w, s, results) for w in self.workloads for s in self.optimizers]
+        return [self.plan_row(w, s, results) for w in self.workloads for s in self.row_specs(w)]
 
     def plan_row(self, workload: str, spec: OptimizerSpec, results: dict[str, dict]) -> RowPlan:
         search = self.search(workload, spec)
         row = RowPlan(workload, spec.label, search)
+        if search.local:
+            return self._plan_local(row, spec, results)
         default = search.second_default if search.second else None
         trials: dict[tuple[float, float | None], Trial] = {}
 
@@ -355,7 +400,72 @@ class Matrix:
         row.chosen = _best(row.trials)
         assert row.chosen is not None
         row.finals = [self.make_run(workload, spec, row.chosen.lr, row.chosen.second, s, "final")
-                      for s in self.final_seeds]  # fmt: skip
+                      for s in self.row_final_seeds(workload)]  # fmt: skip
+        row.final_results = [results.get(r.run_id) for r in row.finals]
+        row.needed = [r for r, res in zip(row.finals, row.final_results, strict=True)
+                      if res is None]  # fmt: skip
+        return row
+
+    def _plan_local(self, row: RowPlan, spec: OptimizerSpec, results: dict[str, dict]
+                    ) -> RowPlan:  # fmt: skip
+        """The local search (issue 23): exactly ``search.trials`` configurations per row.
+
+        It starts with the first lr grid at every other dimension's start, then adds one
+        configuration at a time: the untried point nearest to the best one so far along a
+        single dimension (fewest grid steps; ties in the order of ``search.dims``, the
+        smaller value first). So it first checks both neighbours of the best point in every
+        dimension (extending a grid whose optimum sits on its edge), then, with trials
+        left, points further out; a better point found moves the centre. If no trial
+        finished ok, it tries the next smaller lr. Once the spend is reached, a dimension
+        in which a neighbour of the chosen point (inside the space's bounds) was never
+        tried is on an edge: the row is inconclusive.
+        """
+        search, dims, workload = row.search, row.search.dims, row.workload
+        trials: dict[tuple[int, ...], Trial] = {}
+
+        def trial(point: tuple[int, ...], stage: str) -> None:
+            params = tuple((d.name, d.value(k)) for d, k in zip(dims[1:], point[1:], strict=True))
+            lr = dims[0].value(point[0])
+            runs = [self.make_run(workload, spec, lr, None, s, stage, params)
+                    for s in self.tuning_seeds]  # fmt: skip
+            trials[point] = Trial(lr, None, stage, runs, [results.get(r.run_id) for r in runs],
+                                  params, point)  # fmt: skip
+            row.trials.append(trials[point])
+
+        rest = (0,) * (len(dims) - 1)
+        n = len(search.lrs)
+        for k in range(-((n - 1) // 2), n - (n - 1) // 2):
+            if dims[0].in_bounds(k):
+                trial((k, *rest), "lr")
+        while True:
+            row.needed = [r for t in row.trials
+                          for r, res in zip(t.runs, t.results, strict=True) if res is None]
+            if row.needed or len(trials) >= search.trials:
+                break
+            point = _next_point(dims, trials, _best(row.trials))
+            if point is None:  # a bounded space, all of it tried
+                break
+            trial(point, "local")
+        if row.needed:
+            return row
+        best = _best(row.trials)
+        initial = set(search.lrs)
+        row.lr_extensions = sorted({t.lr for t in row.trials} - initial)
+        if best is None:  # nothing finished ok: smaller lrs would have been next
+            row.edges = ["lr"] if dims[0].in_bounds(min(trials)[0] - 1) else []
+            row.lr_on_edge = bool(row.edges)
+            return row
+        assert best.point is not None
+        for i, d in enumerate(dims):
+            for step in (-1, 1):
+                near = best.point[:i] + (best.point[i] + step,) + best.point[i + 1:]
+                if d.in_bounds(near[i]) and near not in trials and d.name not in row.edges:
+                    row.edges.append(d.name)
+        row.lr_on_edge = "lr" in row.edges
+        row.second_on_edge = any(e != "lr" for e in row.edges)
+        row.best_lr_trial = row.chosen = best
+        row.finals = [self.make_run(workload, spec, best.lr, None, s, "final", best.params)
+                      for s in self.row_final_seeds(workload)]  # fmt: skip
         row.final_results = [results.get(r.run_id) for r in row.finals]
         row.needed = [r for r, res in zip(row.finals, row.final_results, strict=True)
                       if res is None]  # fmt: skip
@@ -366,9 +476,10 @@ class Matrix:
     def run_counts(self) -> tuple[int, int]:
         """The fewest and the most runs the matrix can take (extensions are data-dependent)."""
         lo = hi = 0
-        n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
+        n_tune = len(self.tuning_seeds)
         for w in self.workloads:
-            for s in self.optimizers:
+            n_final = len(self.row_final_seeds(w))
+            for s in self.row_specs(w):
                 search = self.search(w, s)
                 lo += search.min_trials * n_tune + n_final
                 hi += search.budget * n_tune + n_final
@@ -377,11 +488,12 @@ class Matrix:
     def estimated_seconds(self) -> tuple[float, float]:
         """Device time of the fewest and the most runs, from the preset's cost model."""
         lo = hi = 0.0
-        n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
+        n_tune = len(self.tuning_seeds)
         for w in self.workloads:
+            n_final = len(self.row_final_seeds(w))
             ws = self.preset.settings(w, self.max_steps)
             each = ws.cost.run_s(ws.max_steps)
-            for s in self.optimizers:
+            for s in self.row_specs(w):
                 search = self.search(w, s)
                 lo += each * (search.min_trials * n_tune + n_final)
                 hi += each * (search.budget * n_tune + n_final)
@@ -398,13 +510,18 @@ class Matrix:
         searches = {}
         for w in self.workloads:
             searches[w] = {}
-            for s in self.optimizers:
+            for s in self.row_specs(w):
                 search = self.search(w, s)
                 searches[w][s.label] = {
                     "lrs": list(search.lrs), "lr_extend": search.lr_extend,
                     "second": search.second, "second_values": list(search.second_values),
                     "second_extend": search.second_extend, "budget": search.budget,
                 }  # fmt: skip
+                if search.local:
+                    searches[w][s.label]["dims"] = {
+                        d.name: [d.value(k) for k in range(-2, 3) if d.in_bounds(k)]
+                        for d in search.dims
+                    }  # fmt: skip
         return {
             "schema": SCHEMA,
             "preset": self.preset.name,
