@@ -217,19 +217,31 @@ def _best(trials: Iterable[Trial]) -> Trial | None:
 
 def _next_point(dims: tuple[Any, ...], tried: dict[tuple[int, ...], Trial],
                 best: Trial | None) -> tuple[int, ...] | None:  # fmt: skip
-    """The local search's next configuration (see :meth:`Matrix._plan_local`)."""
+    """The local search's next configuration (see :meth:`Matrix._plan_local`): first, in
+    the order of ``dims``, one step past the best point in a dimension where its value is
+    the smallest or largest tried there (an edge); with no edge left, the untried point
+    nearest to the best one along a single dimension."""
     if best is None:  # nothing ok yet: the next smaller lr, the other dimensions at start
-        low = min(tried)[0] - 1
+        low = min(p[0] for p in tried) - 1
         point = (low, *(0,) * (len(dims) - 1))
         return point if dims[0].in_bounds(low) and point not in tried else None
     assert best.point is not None
+    here = best.point
+
+    def moved(i: int, k: int) -> tuple[int, ...]:
+        return here[:i] + (k,) + here[i + 1 :]
+
+    for i, d in enumerate(dims):
+        values = [p[i] for p in tried]
+        for k, edge in ((here[i] - 1, here[i] == min(values)),
+                        (here[i] + 1, here[i] == max(values))):  # fmt: skip
+            if edge and d.in_bounds(k) and moved(i, k) not in tried:
+                return moved(i, k)
     for distance in range(1, 64):
         for i, d in enumerate(dims):
-            for step in (-distance, distance):
-                k = best.point[i] + step
-                point = best.point[:i] + (k,) + best.point[i + 1:]
-                if d.in_bounds(k) and point not in tried:
-                    return point
+            for k in (here[i] - distance, here[i] + distance):
+                if d.in_bounds(k) and moved(i, k) not in tried:
+                    return moved(i, k)
     return None
 
 
@@ -411,14 +423,17 @@ class Matrix:
         """The local search (issue 23): exactly ``search.trials`` configurations per row.
 
         It starts with the first lr grid at every other dimension's start, then adds one
-        configuration at a time: the untried point nearest to the best one so far along a
-        single dimension (fewest grid steps; ties in the order of ``search.dims``, the
-        smaller value first). So it first checks both neighbours of the best point in every
-        dimension (extending a grid whose optimum sits on its edge), then, with trials
-        left, points further out; a better point found moves the centre. If no trial
-        finished ok, it tries the next smaller lr. Once the spend is reached, a dimension
-        in which a neighbour of the chosen point (inside the space's bounds) was never
-        tried is on an edge: the row is inconclusive.
+        configuration at a time around the best one so far: one step further in a
+        dimension where the best value is the smallest or largest tried there (in the
+        order of ``search.dims``, the smaller value first), so that every dimension's
+        optimum is bracketed and a grid whose optimum sits on its edge is extended; with
+        no edge left, the untried point nearest to the best along a single dimension
+        (fewest grid steps), i.e. a closer look around the optimum. If no trial
+        finished ok, it tries the next smaller lr. Once the spend is reached, the chosen
+        point is on an edge in a dimension where its value is the smallest or the largest
+        tried there and the space goes on beyond it (a bound of the space, such as no
+        weight decay or beta2's last declared value, is not an edge): the row is
+        inconclusive. As in the coordinate search, this reads the dimensions one at a time.
         """
         search, dims, workload = row.search, row.search.dims, row.workload
         trials: dict[tuple[int, ...], Trial] = {}
@@ -456,11 +471,11 @@ class Matrix:
             row.lr_on_edge = bool(row.edges)
             return row
         assert best.point is not None
-        for i, d in enumerate(dims):
-            for step in (-1, 1):
-                near = best.point[:i] + (best.point[i] + step,) + best.point[i + 1:]
-                if d.in_bounds(near[i]) and near not in trials and d.name not in row.edges:
-                    row.edges.append(d.name)
+        for i, d in enumerate(dims):  # an edge: the smallest or largest value tried
+            tried = [p[i] for p in trials]
+            k = best.point[i]
+            if (k == min(tried) and d.in_bounds(k - 1)) or (k == max(tried) and d.in_bounds(k + 1)):
+                row.edges.append(d.name)
         row.lr_on_edge = "lr" in row.edges
         row.second_on_edge = any(e != "lr" for e in row.edges)
         row.best_lr_trial = row.chosen = best

@@ -447,16 +447,25 @@ def margin_text(wa: WorkloadAnalysis, margin: float) -> str:
     return f"±{100 * margin:g} pp of test accuracy"
 
 
-_SECOND_WORDS = {"wd_scale": "weight-decay scale", "nu": "ν"}
+_SECOND_WORDS = {"wd_scale": "weight-decay scale", "nu": "ν", "beta2": "β2",
+                 "lr": "learning rate"}  # fmt: skip
+
+
+def _params_text(params: Iterable[tuple[str, float]]) -> str:
+    """The local search's tuned values other than lr: ``, β2 0.95, wd scale 0.25, ν 1e-5``."""
+    names = {"wd_scale": "wd scale", "nu": "ν", "beta2": "β2"}
+    return "".join(f", {names.get(k, k)} {fmt_float(v)}" for k, v in params)
 
 
 def edge_text(row: Row) -> str:
     """``lion's tuned weight-decay scale``: which of a row's tuned values sits on an edge."""
     plan = row.plan
     what = []
-    if plan is not None and plan.lr_on_edge:
+    if plan is not None and plan.edges:  # the local search names its dimensions
+        what = [_SECOND_WORDS.get(e, e) for e in plan.edges]
+    elif plan is not None and plan.lr_on_edge:
         what.append("learning rate")
-    if plan is not None and plan.second_on_edge:
+    if plan is not None and plan.second_on_edge and not plan.edges:
         what.append(_SECOND_WORDS.get(plan.search.second or "", str(plan.search.second)))
     return f"{describe_optimizer(row.optimizer)}'s tuned {' and '.join(what)}"
 
@@ -716,6 +725,8 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         chosen = row.chosen
         lr_text = "–" if not chosen else fmt_float(chosen["lr"])
         second_text = _second_text(chosen, wa.max_steps)
+        if row.plan is not None and row.plan.chosen is not None and row.plan.chosen.params:
+            second_text += _params_text(p for p in row.plan.chosen.params if p[0] != "wd_scale")
         if row.plan is not None and row.plan.lr_on_edge:
             lr_text += " (on the grid's edge)"
         if row.plan is not None and row.plan.second_on_edge:
@@ -778,6 +789,7 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
             text = (f"{_f(statistics.fmean(metric))}" if metric and not status
                     else ("/".join(sorted(status)) if status else "pending"))  # fmt: skip
             sec = "" if t.second is None else f", {row.plan.search.second} {fmt_float(t.second)}"
+            sec += _params_text(t.params)
             cell = f"lr {fmt_float(t.lr)}{sec}: {text}"
             if row.plan.chosen is t:
                 cell = f"**{cell}**"
@@ -791,7 +803,8 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         if row.plan.lr_on_edge:
             ext.append("**lr optimum still on an edge: inconclusive**")
         if row.plan.second_on_edge:
-            ext.append(f"**{row.plan.search.second} optimum still on an edge: inconclusive**")
+            what = ", ".join(e for e in row.plan.edges if e != "lr") or row.plan.search.second
+            ext.append(f"**{what} optimum still on an edge: inconclusive**")
         tail = f" ({'; '.join(ext)})" if ext else ""
         lines.append(f"- {describe_optimizer(opt)}: " + "; ".join(cells) + tail)
     lines += [""]
@@ -930,7 +943,8 @@ def next_step_lines(an: Analysis) -> list[str]:
 
 
 def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
-                    plot_errors: list[str], timing: list[str] = ()) -> str:  # fmt: skip
+                    plot_errors: list[str], timing: list[str] = (),
+                    ladder: list[str] = ()) -> str:  # fmt: skip
     n = len(an.rows)
     counts: dict[str, int] = defaultdict(int)
     for r in an.rows:
@@ -979,6 +993,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
               "", FINDINGS_BEGIN]  # fmt: skip
     lines += findings(an)
     lines += [FINDINGS_END, ""]
+    lines += list(ladder)  # the scale ladder's section (clion_hf/bench/ladder.py), if any
     if problems or an.missing or plot_errors:
         lines += ["## Missing or unreadable", ""]
         lines += [f"- {p}" for p in problems + an.missing + plot_errors]
@@ -1368,17 +1383,35 @@ def write_report(out_dir: Path) -> dict[str, Path]:
             "commit": env.get("git_commit"),
         }}  # fmt: skip
     plots, plot_errors = make_plots(an, results, out_dir / "plots")
+    ladder = _ladder_section(an, results, out_dir, plots, plot_errors)
     if not from_csv:
         atomic_write_text(out_dir / "results.csv", rows_csv(rows))
     timing = timing_lines(results or rows, out_dir / "host-load.log",
                           an.matrix.preset.jobs if from_csv and an.matrix else None)
     atomic_write_text(out_dir / "report.md",
-                      report_markdown(an, plots, problems, plot_errors, timing))  # fmt: skip
+                      report_markdown(an, plots, problems, plot_errors, timing,
+                                      ladder))  # fmt: skip
     return {
         "report": out_dir / "report.md",
         "csv": out_dir / "results.csv",
         **{k: out_dir / v for k, v in plots.items()},
     }
+
+
+def _ladder_section(an: Analysis, results: list[dict], out_dir: Path, plots: dict[str, str],
+                    plot_errors: list[str]) -> list[str]:  # fmt: skip
+    """The scale ladder (rungs ``NAME@WIDTH``): plateau levels, ratios to AdamW against
+    width, their plots and ``ladder.csv``; ``[]`` when the results hold no rung."""
+    from .ladder import ladder_csv, ladder_levels, ladder_markdown, ladder_plots, ladder_points
+
+    if not any(wa.workload.width for wa in an.workloads):
+        return []
+    points, levels = ladder_points(an), ladder_levels(an)
+    drawn, errors = ladder_plots(an, points, levels, results, out_dir / "plots")
+    plots.update(drawn)
+    plot_errors += errors
+    atomic_write_text(out_dir / "ladder.csv", ladder_csv(points, levels))
+    return ladder_markdown(points, levels, plots)
 
 
 def findings_from_csv(csv_text: str, meta: dict | None) -> list[str]:
