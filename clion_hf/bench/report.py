@@ -1338,6 +1338,87 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
 # ------------------------------------------------------------------------------ entry points
 
 
+def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, dict[str, float]],
+                 results: list[dict], plot_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """Ratio (or difference) to AdamW against width with intervals, and the mean validation
+    curves of every rung's final runs with the plateau levels drawn; (plots, errors)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plotstyle import LABEL_SIZE, LEGEND_SIZE, colour
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str] = {}
+    errors: list[str] = []
+    for base in sorted({p["base"] for p in points}):
+        fig = None
+        try:
+            mine = [p for p in points if p["base"] == base]
+            fig, ax = plt.subplots(figsize=(6.5, 4.2))
+            for opt in sorted({p["optimizer"] for p in mine}):
+                ps = [p for p in mine if p["optimizer"] == opt]
+                x = [p["width"] for p in ps]
+                y = [p["value"] for p in ps]
+                err = [[p["value"] - p["lo"] for p in ps], [p["hi"] - p["value"] for p in ps]]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color=colour(opt),
+                            label=f"{describe_optimizer(opt)} (n = {ps[0]['n']})")  # fmt: skip
+            ax.axhline(1.0 if mine[0]["measure"] == "perplexity ratio" else 0.0, color="black",
+                       linewidth=1, label="AdamW")  # fmt: skip
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({p["width"] for p in mine}),
+                          [str(w) for w in sorted({p["width"] for p in mine})])  # fmt: skip
+            ax.set_xlabel("model width (hidden size)", fontsize=LABEL_SIZE)
+            ax.set_ylabel(f"test {mine[0]['measure']} vs AdamW", fontsize=LABEL_SIZE)
+            ax.set_title(f"{base}: mean over paired final seeds, 95% t interval")
+            ax.legend(fontsize=LEGEND_SIZE)
+            _save(fig, plot_dir / f"ladder-{base}.png")
+            plots[f"ladder-{base}"] = f"plots/ladder-{base}.png"
+        except Exception as exc:  # a plot must never cost the report
+            errors.append(f"plot `ladder-{base}.png` not drawn: {type(exc).__name__}: {exc}")
+        finally:
+            if fig is not None:
+                plt.close(fig)
+    by_id = {r["run_id"]: r for r in results}
+    rungs: dict[str, list[WorkloadAnalysis]] = {}
+    for wa in an.workloads:
+        if WORKLOADS[wa.name].width:
+            rungs.setdefault(WORKLOADS[wa.name].base, []).append(wa)
+    for base, was in sorted(rungs.items()):
+        if not results:
+            break
+        fig = None
+        try:
+            was = sorted(was, key=lambda wa: WORKLOADS[wa.name].width)
+            fig, axes = plt.subplots(1, len(was), figsize=(4.2 * len(was), 3.8), squeeze=False)
+            key = WORKLOADS[was[0].name].curve_key
+            for ax, wa in zip(axes[0], was, strict=True):
+                for opt, row in wa.rows.items():
+                    runs = [by_id[r["run_id"]] for r in row.finals if r["run_id"] in by_id]
+                    steps, mean, _, _ = _mean_curve(runs, key)
+                    if steps:
+                        ax.plot(steps, mean, marker=".", color=colour(opt),
+                                label=describe_optimizer(opt))  # fmt: skip
+                for (name, value), style in zip(levels.get(base, {}).items(), ("--", ":"),
+                                                strict=False):  # fmt: skip
+                    ax.axhline(value, color="black", linestyle=style, linewidth=1,
+                               label=f"{name} level {value:.3g}")  # fmt: skip
+                ax.set_title(f"width {WORKLOADS[wa.name].width}")
+                ax.set_xlabel("step", fontsize=LABEL_SIZE)
+            axes[0][0].set_ylabel(f"validation {key} (mean of final seeds)", fontsize=LABEL_SIZE)
+            axes[0][-1].legend(fontsize=LEGEND_SIZE, loc="best")
+            _save(fig, plot_dir / f"ladder-curves-{base}.png")
+            plots[f"ladder-curves-{base}"] = f"plots/ladder-curves-{base}.png"
+        except Exception as exc:  # a plot must never cost the report
+            errors.append(f"plot `ladder-curves-{base}.png` not drawn: "
+                          f"{type(exc).__name__}: {exc}")  # fmt: skip
+        finally:
+            if fig is not None:
+                plt.close(fig)
+    return plots, errors
+
+
 def summary_rows(results: list[dict]) -> list[dict]:
     """Summaries of every run, with steps-to-target against each workload's target."""
     first = [summarize(r) for r in results]
@@ -1402,7 +1483,7 @@ def _ladder_section(an: Analysis, results: list[dict], out_dir: Path, plots: dic
                     plot_errors: list[str]) -> list[str]:  # fmt: skip
     """The scale ladder (rungs ``NAME@WIDTH``): plateau levels, ratios to AdamW against
     width, their plots and ``ladder.csv``; ``[]`` when the results hold no rung."""
-    from .ladder import ladder_csv, ladder_levels, ladder_markdown, ladder_plots, ladder_points
+    from .ladder import ladder_csv, ladder_levels, ladder_markdown, ladder_points
 
     if not any(wa.workload.width for wa in an.workloads):
         return []

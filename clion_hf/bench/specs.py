@@ -34,7 +34,7 @@ tuning): every optimizer gets a declared search space and the same trial budget.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,7 +303,8 @@ for _base in LADDER_BASES:
             _w.curve_key, _w.finetune, _width, _base)  # fmt: skip
 
 
-def parse_workloads(text: str) -> list[str]:
+def parse_workloads(text: str, in_preset: Iterable[str] | None = None) -> list[str]:
+    """Workload names from a comma list; with ``in_preset``, each must be one of those."""
     names = [w.strip() for w in text.split(",")]
     if not any(names):
         raise SpecError(f"no workload given in {text!r}; allowed: {', '.join(WORKLOADS)}")
@@ -312,6 +313,9 @@ def parse_workloads(text: str) -> list[str]:
     for name in names:
         if name not in WORKLOADS:
             raise SpecError(f"unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
+        if in_preset is not None and name not in (allowed := list(in_preset)):
+            raise SpecError(f"workload {name!r} is not in this preset; allowed: "
+                            f"{', '.join(allowed)}")  # fmt: skip
     return list(dict.fromkeys(names))
 
 
