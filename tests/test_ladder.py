@@ -245,3 +245,20 @@ def test_ladder_points_are_ratios_to_adamw_per_width():
     for p in points:
         assert p["value"] == pytest.approx(math.exp(ref[f"gpt2-pretrain@{p['width']}"]))
         assert p["n"] == 4
+
+
+def test_gen_gap_study_uses_the_local_search_choice():
+    """A study tuned on a ladder run uses its tuned beta2, weight-decay scale and ν."""
+    from clion_hf.bench.study import tuned_row
+
+    m = _ladder("lion,clion:mode=element")
+    results = _drive(m, _bowl({"lion": 0.001, "element": 0.001}))
+    for label, extra in (("lion", ""), ("clion:mode=element", ",nu=1e-5")):
+        spec = parse_optimizers(label)[0]
+        row = m.plan_row("gpt2-pretrain@64", spec, results)
+        study = tuned_row(spec, "gpt2-pretrain@64", (m, results), m.preset, 700, "tuned")
+        assert study.lr == row.chosen.lr == 0.001
+        assert study.weight_decay == row.finals[0].weight_decay  # wd scale 0.25, not 1
+        assert study.spec.get("beta2") == 0.98, label
+        if extra:
+            assert study.spec.get("nu") == 1e-5
