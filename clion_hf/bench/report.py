@@ -803,7 +803,8 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         if row.plan.lr_on_edge:
             ext.append("**lr optimum still on an edge: inconclusive**")
         if row.plan.second_on_edge:
-            what = ", ".join(e for e in row.plan.edges if e != "lr") or row.plan.search.second
+            what = (" and ".join(_SECOND_WORDS.get(e, e) for e in row.plan.edges if e != "lr")
+                    or row.plan.search.second)  # fmt: skip
             ext.append(f"**{what} optimum still on an edge: inconclusive**")
         tail = f" ({'; '.join(ext)})" if ext else ""
         lines.append(f"- {describe_optimizer(opt)}: " + "; ".join(cells) + tail)
@@ -1347,7 +1348,7 @@ def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, d
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .plotstyle import LABEL_SIZE, LEGEND_SIZE, colour
+    from .plotstyle import LABEL_SIZE, LEGEND_SIZE, colour, loss_unit
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
@@ -1399,14 +1400,21 @@ def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, d
                     steps, mean, _, _ = _mean_curve(runs, key)
                     if steps:
                         ax.plot(steps, mean, marker=".", color=colour(opt),
-                                label=describe_optimizer(opt))  # fmt: skip
+                                label=f"{describe_optimizer(opt)} (validation)")  # fmt: skip
+                    if key == "eval_loss":  # the training loss too, in the same units
+                        steps, mean, _, _ = _mean_curve(runs, "loss")
+                        if steps:
+                            ax.plot(steps, mean, color=colour(opt), linewidth=0.8, alpha=0.6,
+                                    label=f"{describe_optimizer(opt)} (training)")  # fmt: skip
                 for (name, value), style in zip(levels.get(base, {}).items(), ("--", ":"),
                                                 strict=False):  # fmt: skip
                     ax.axhline(value, color="black", linestyle=style, linewidth=1,
                                label=f"{name} level {value:.3g}")  # fmt: skip
                 ax.set_title(f"width {WORKLOADS[wa.name].width}")
                 ax.set_xlabel("step", fontsize=LABEL_SIZE)
-            axes[0][0].set_ylabel(f"validation {key} (mean of final seeds)", fontsize=LABEL_SIZE)
+            what = (f"loss ({loss_unit(was[0].name)})" if key == "eval_loss"
+                    else "validation accuracy")  # fmt: skip
+            axes[0][0].set_ylabel(f"{what}, mean of final seeds", fontsize=LABEL_SIZE)
             axes[0][-1].legend(fontsize=LEGEND_SIZE, loc="best")
             _save(fig, plot_dir / f"ladder-curves-{base}.png")
             plots[f"ladder-curves-{base}"] = f"plots/ladder-curves-{base}.png"
