@@ -878,6 +878,18 @@ Protocol (AlgoPerf-style external tuning; the searches are in `bench.json`):
 """
 
 
+LOCAL_SEARCH_TEXT = (
+    "*This preset's search* replaces the lr-then-second-hyper-parameter search above: every "
+    "row spends exactly {trials} configurations (each on every tuning seed) in one local "
+    "search over the same dimensions for everyone ({dims}; ν only for CLion element/soft; "
+    "beta2 on a declared list, 0.9 to 0.999 for the sign methods and up to 0.9999 for "
+    "AdamW). From the first lr grid it steps past the best point in any dimension whose "
+    "best value is the smallest or largest tried there, then looks closer around the best. "
+    "A row whose choice is still the smallest or largest value tried in a dimension (other "
+    "than a bound of the space: no weight decay, beta2's ends) is inconclusive."
+)
+
+
 def timing_lines(results: list[dict], load_log: Path | None = None,
                  jobs: int | None = None) -> list[str]:  # fmt: skip
     """How long the matrix took: CPU time, wall time, and the host's load while it ran
@@ -1000,6 +1012,9 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
         lines += [f"- {p}" for p in problems + an.missing + plot_errors]
         lines.append("")
     lines += ["## Protocol", "", PROTOCOL_TEXT]
+    if an.matrix is not None and an.matrix.preset.tuned:  # issue 23's search, not the above
+        lines += [LOCAL_SEARCH_TEXT.format(trials=an.matrix.preset.trials_per_row,
+                                           dims=", ".join(an.matrix.preset.tuned)), ""]
     if "profile" in plots:
         lines += ["## Performance profile", "",
                   "Fraction of workloads on which each optimizer reaches the target within "

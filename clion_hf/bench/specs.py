@@ -29,6 +29,13 @@ tuning): every optimizer gets a declared search space and the same trial budget.
   with a diverged or failed seed is out. The chosen configuration then runs on fresh
   final seeds (same seeds for every optimizer: same init, same data order), which the
   report compares, paired, on the held-out test split.
+
+The presets from issue 23 on (``cpu-ladder``, ``gpu-ladder``, ``gpu``) declare ``tuned``
+instead: one local search per row over the same dimensions for every optimizer (lr, beta2
+and the weight-decay scale; ν too for CLion element/soft) that spends exactly
+``trials_per_row`` configurations in every row (:meth:`Preset.search`,
+:meth:`clion_hf.bench.protocol.Matrix.plan_row`). The scale ladder's rungs are workloads
+``NAME@WIDTH`` (see :func:`rung_args`).
 """
 
 from __future__ import annotations
