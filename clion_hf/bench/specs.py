@@ -794,23 +794,27 @@ def _ladder_lrs(base: str, width: int) -> tuple[float, float, float]:
     return round_sig(adamw * f, 2), round_sig(lion * f, 2), sgd
 
 
-# Per-run cost of a rung on 2 dedicated cores, two one-thread runs at a time: the per-step,
-# per-evaluation and set-up times measured on this machine for each rung (40-step runs,
-# one torch thread, two repeats, under nice while other jobs loaded the 2 cores; see
-# _LADDER_NOTE), scaled by each family's ratio of the cpu-2026-11-29 width-64 step time
-# (2 dedicated cores) to the one measured here, 0.40 for GPT-2 and 0.35 for ViT.
+# Per-run cost of a rung on 2 dedicated cores, two one-thread runs at a time. Measured on
+# this machine while other jobs loaded its 2 cores (recipes run alone under nice, one torch
+# thread, 5 repeats: two of 40 steps, three of 100 (GPT-2) or 200 (ViT) steps): the per-step
+# time varied up to 2.5x between repeats, so each rung's time is its ratio to width 64 in
+# the same repeat (the median ratio of the longer repeats, rounded up: GPT-2 x2.9 at 128,
+# x5.5 at 256; ViT x1.6 and x3.9) times the width-64 step time of cpu-2026-11-29 on 2
+# dedicated cores (0.045 s GPT-2, 0.013 s ViT; the least-loaded repeats here measured
+# 0.048 s for GPT-2). Evaluations scale the same way from the width-64 times measured in
+# the least-loaded repeats; set-up is the runner's (torch and transformers pre-imported).
 # (set-up s, s per step, s per evaluation of the validation sample, s for the test split)
 _LADDER_CPU_COST = {
-    ("gpt2-pretrain", 64): (4.5, 0.045, 0.13, 0.75),
-    ("gpt2-pretrain", 128): (4.5, 0.080, 0.28, 1.6),
-    ("gpt2-pretrain", 256): (4.5, 0.197, 0.70, 3.8),
-    ("vit-pretrain", 64): (4.5, 0.013, 0.06, 0.04),
-    ("vit-pretrain", 128): (4.5, 0.018, 0.08, 0.05),
-    ("vit-pretrain", 256): (4.5, 0.054, 0.11, 0.12),
+    ("gpt2-pretrain", 64): (3.0, 0.045, 0.17, 1.0),
+    ("gpt2-pretrain", 128): (3.0, 0.13, 0.5, 3.3),
+    ("gpt2-pretrain", 256): (3.0, 0.25, 0.9, 5.6),
+    ("vit-pretrain", 64): (3.0, 0.013, 0.1, 0.1),
+    ("vit-pretrain", 128): (3.0, 0.021, 0.13, 0.11),
+    ("vit-pretrain", 256): (3.0, 0.051, 0.27, 0.29),
 }
-_LADDER_NOTE = ("per-step and evaluation times of each rung measured on a shared 2-core host "
-                "(40-step runs, 1 thread, 2 repeats), scaled to 2 dedicated cores by the "
-                "width-64 step time of cpu-2026-11-29")  # fmt: skip
+_LADDER_NOTE = ("per-step and evaluation times of each rung measured against width 64 on a "
+                "shared 2-core host (5 repeats, 1 thread), scaled to 2 dedicated cores by "
+                "the width-64 step time of cpu-2026-11-29")  # fmt: skip
 _LADDER_EVALS = 10  # --eval_steps 0.1: a validation curve of 10 points, plus the final one
 
 
@@ -825,14 +829,15 @@ def _ladder_cpu(base: str, width: int, steps: int, finals: int = 0) -> WorkloadS
     return WorkloadSettings(steps, adamw, lion, sgd, cost, args, optimizers, finals)
 
 
-# Steps: as many as 6 hours allow with 10 final seeds on every rung. The issue's check saw
-# every optimizer leave GPT-2's unigram plateau within 600 steps once beta2 was tuned.
-_CPU_LADDER_STEPS = {"gpt2-pretrain": 700, "vit-pretrain": 1000}
+# Steps: as many as 6 hours allow with 10 final seeds on every rung (3x the cpu preset's).
+# The issue's check ran 600 steps: AdamW left GPT-2's unigram plateau (5.32 nats) at widths
+# 64-256, and so did Lion with beta2 = 0.95 (4.32 at width 64, 3.30 at 256).
+_CPU_LADDER_STEPS = {"gpt2-pretrain": 600, "vit-pretrain": 600}
 
 PRESETS["cpu-ladder"] = Preset(
     name="cpu-ladder",
-    description="offline, CPU, the scale ladder: gpt2-pretrain (700 steps) and vit-pretrain "
-    "(1000 steps) at widths 64, 128 and 256 (2 layers); every optimizer on width 64, AdamW, "
+    description="offline, CPU, the scale ladder: gpt2-pretrain and vit-pretrain at widths "
+    "64, 128 and 256 (2 layers), 600 steps; every optimizer on width 64, AdamW, "
     "Lion, CLion global and element above; the same 9 trials per row over lr, beta2, "
     "weight-decay scale (and ν for element/soft), 2 tuning seeds, 10 final seeds",
     accelerate_config="cpu",
