@@ -292,12 +292,6 @@ class Matrix:
         keep = self.preset.settings(workload, self.max_steps).optimizers
         return [s for s in self.optimizers if not keep or s.label in keep]
 
-    def row_final_seeds(self, workload: str) -> tuple[int, ...]:
-        """The final seeds of ``workload``'s rows: the matrix's, or their first
-        ``final_seeds`` where the preset caps them (the ladder's largest rung)."""
-        cap = self.preset.settings(workload, self.max_steps).final_seeds
-        return self.final_seeds[:cap] if cap else self.final_seeds
-
     def coupling(self, workload: str) -> float:
         return self.preset.coupling(self.preset.settings(workload, self.max_steps))
 
@@ -412,7 +406,7 @@ class Matrix:
         row.chosen = _best(row.trials)
         assert row.chosen is not None
         row.finals = [self.make_run(workload, spec, row.chosen.lr, row.chosen.second, s, "final")
-                      for s in self.row_final_seeds(workload)]  # fmt: skip
+                      for s in self.final_seeds]  # fmt: skip
         row.final_results = [results.get(r.run_id) for r in row.finals]
         row.needed = [r for r, res in zip(row.finals, row.final_results, strict=True)
                       if res is None]  # fmt: skip
@@ -480,7 +474,7 @@ class Matrix:
         row.second_on_edge = any(e != "lr" for e in row.edges)
         row.best_lr_trial = row.chosen = best
         row.finals = [self.make_run(workload, spec, best.lr, None, s, "final", best.params)
-                      for s in self.row_final_seeds(workload)]  # fmt: skip
+                      for s in self.final_seeds]  # fmt: skip
         row.final_results = [results.get(r.run_id) for r in row.finals]
         row.needed = [r for r, res in zip(row.finals, row.final_results, strict=True)
                       if res is None]  # fmt: skip
@@ -491,9 +485,8 @@ class Matrix:
     def run_counts(self) -> tuple[int, int]:
         """The fewest and the most runs the matrix can take (extensions are data-dependent)."""
         lo = hi = 0
-        n_tune = len(self.tuning_seeds)
+        n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
         for w in self.workloads:
-            n_final = len(self.row_final_seeds(w))
             for s in self.row_specs(w):
                 search = self.search(w, s)
                 lo += search.min_trials * n_tune + n_final
@@ -503,9 +496,8 @@ class Matrix:
     def estimated_seconds(self) -> tuple[float, float]:
         """Device time of the fewest and the most runs, from the preset's cost model."""
         lo = hi = 0.0
-        n_tune = len(self.tuning_seeds)
+        n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
         for w in self.workloads:
-            n_final = len(self.row_final_seeds(w))
             ws = self.preset.settings(w, self.max_steps)
             each = ws.cost.run_s(ws.max_steps)
             for s in self.row_specs(w):

@@ -358,7 +358,6 @@ class WorkloadSettings:
     # the preset's optimizers this workload runs (labels); (): all of them. The ladder's
     # larger rungs run only the ones its primary comparisons need.
     optimizers: tuple[str, ...] = ()
-    final_seeds: int = 0  # run only the first this many final seeds here; 0: all of them
 
 
 @dataclass(frozen=True)
@@ -525,7 +524,7 @@ class Preset:
         ws = self.workloads[workload]
         if max_steps is not None:
             ws = WorkloadSettings(max_steps, ws.adamw_lr, ws.lion_lr, ws.sgd_lr, ws.cost,
-                                  ws.extra_args, ws.optimizers, ws.final_seeds)  # fmt: skip
+                                  ws.extra_args, ws.optimizers)  # fmt: skip
         return ws
 
     def search(self, spec: OptimizerSpec, ws: WorkloadSettings) -> Search:
@@ -818,7 +817,7 @@ _LADDER_NOTE = ("per-step and evaluation times of each rung measured against wid
 _LADDER_EVALS = 10  # --eval_steps 0.1: a validation curve of 10 points, plus the final one
 
 
-def _ladder_cpu(base: str, width: int, steps: int, finals: int = 0) -> WorkloadSettings:
+def _ladder_cpu(base: str, width: int, steps: int) -> WorkloadSettings:
     adamw, lion, sgd = _ladder_lrs(base, width)
     setup, step, each_eval, test = _LADDER_CPU_COST[(base, width)]
     cost = Cost(setup, step, each_eval * (_LADDER_EVALS + 1) + test)
@@ -826,7 +825,7 @@ def _ladder_cpu(base: str, width: int, steps: int, finals: int = 0) -> WorkloadS
     if base in _OFFLINE_EVAL:
         args += ("--max_eval_samples", str(_OFFLINE_EVAL[base]))
     optimizers = () if width == 64 else LADDER_OPTIMIZERS  # every mode on the smallest rung
-    return WorkloadSettings(steps, adamw, lion, sgd, cost, args, optimizers, finals)
+    return WorkloadSettings(steps, adamw, lion, sgd, cost, args, optimizers)
 
 
 # Steps: as many as 6 hours allow with 10 final seeds on every rung (3x the cpu preset's).
