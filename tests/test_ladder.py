@@ -12,7 +12,14 @@ import re
 import pytest
 
 from clion_hf.bench import cli
-from clion_hf.bench.ladder import bigram_nats, chance_levels, ladder_points, unigram_nats
+from clion_hf.bench.ladder import (
+    bigram_nats,
+    chance_levels,
+    ladder_csv,
+    ladder_markdown,
+    ladder_points,
+    unigram_nats,
+)
 from clion_hf.bench.protocol import Matrix, RunConfig
 from clion_hf.bench.specs import (
     BASE_WORKLOADS,
@@ -245,6 +252,14 @@ def test_ladder_points_are_ratios_to_adamw_per_width():
     for p in points:
         assert p["value"] == pytest.approx(math.exp(ref[f"gpt2-pretrain@{p['width']}"]))
         assert p["n"] == 4
+    # the report's section: one row per optimizer, one column per width, the levels
+    text = "\n".join(ladder_markdown(points, {"gpt2-pretrain": {"unigram": 5.3, "bigram": 3.7}},
+                                     {}))  # fmt: skip
+    assert "| optimizer vs AdamW | width 64 | width 128 |" in text
+    assert re.search(r"\| lion \| 1\.649 \[1\.649, 1\.649\] \(n=4\) \| 1\.105 ", text)
+    assert "unigram 5.3, bigram 3.7" in text
+    assert "gpt2-pretrain,,,plateau,,unigram,5.3" in ladder_csv(points, {"gpt2-pretrain":
+                                                                        {"unigram": 5.3}})
 
 
 def test_gen_gap_study_uses_the_local_search_choice():
