@@ -29,6 +29,7 @@ from clion_hf.bench.report import (
 )
 from clion_hf.bench.runner import Interrupted, Runner, owned
 from clion_hf.bench.specs import (
+    BASE_WORKLOADS,
     PRESETS,
     WORKLOADS,
     SpecError,
@@ -140,7 +141,7 @@ def test_cpu_searches_are_declared_equal_and_2x_apart():
     specs = parse_optimizers(",".join(preset.optimizers))
     assert len(preset.final_seeds) >= 5 and len(preset.tuning_seeds) >= 2
     assert not set(preset.final_seeds) & set(preset.tuning_seeds)  # fresh final seeds
-    for w in WORKLOADS:
+    for w in BASE_WORKLOADS:
         ws = preset.settings(w)
         searches = {s.label: preset.search(s, ws) for s in specs}
         assert len({s.budget for s in searches.values()}) == 1, w  # same trial budget
@@ -250,7 +251,7 @@ def test_presets_dry_run_counts_and_time(capsys):
     assert cli.main(["run", "--preset", "cpu", "--dry_run"]) == 0
     out = capsys.readouterr().out
     lo, hi = map(int, re.search(r"# runs: (\d+) to (\d+)", out).groups())
-    m = Matrix(get_preset("cpu"), list(WORKLOADS), parse_optimizers(",".join(CPU)), (0, 1),
+    m = Matrix(get_preset("cpu"), list(BASE_WORKLOADS), parse_optimizers(",".join(CPU)), (0, 1),
                (100, 101, 102, 103, 104))  # fmt: skip
     assert (lo, hi) == m.run_counts() and lo < hi
     assert re.search(r"# estimated device time: \d+ min to \d+ min \(cost model: ", out)
@@ -273,7 +274,7 @@ def test_gpu_dry_run_prints_valid_recipe_commands():
     preset = PRESETS["gpu"]
     specs = parse_optimizers(",".join(preset.optimizers))
     assert len(lines) == sum(len(preset.search(s, preset.settings(w)).lrs) * 2
-                             for w in WORKLOADS for s in specs)  # fmt: skip
+                             for w in BASE_WORKLOADS for s in specs)  # fmt: skip
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
     known = set(parser._option_string_actions)
     seen = set()

@@ -30,7 +30,7 @@ from clion_hf.bench.report import (
     write_report,
 )
 from clion_hf.bench.runner import dry_run_lines, find_recipes_dir
-from clion_hf.bench.specs import PRIMARY, WORKLOADS, get_preset, parse_optimizers
+from clion_hf.bench.specs import BASE_WORKLOADS, PRIMARY, WORKLOADS, get_preset, parse_optimizers
 from clion_hf.bench.stats import (
     PairedTest,
     bootstrap_means,
@@ -111,7 +111,7 @@ def test_holm_runs_over_every_comparison_of_the_report():
     wa = one.workloads[0]
     assert [(t.a, t.b) for t in wa.tests] == [(a, b) for a, b in PRIMARY]
     assert verdict(wa, wa.tests[0]) == "worse"
-    six = analyze(_rows({w: _workload() for w in WORKLOADS}), None)
+    six = analyze(_rows({w: _workload() for w in BASE_WORKLOADS}), None)
     assert sum(len(x.tests) for x in six.workloads) == 18
     for wa in six.workloads:
         assert verdict(wa, wa.tests[0]) == "no difference detected", wa.name

@@ -168,7 +168,8 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     try:
         preset = get_preset(args.preset)
         # `--workloads ''` is an error, not "the preset's": only a missing flag means that
-        workloads = (parse_workloads(args.workloads) if args.workloads is not None
+        workloads = (parse_workloads(args.workloads, preset.workloads)
+                     if args.workloads is not None
                      else list(preset.workloads))  # fmt: skip
         optimizers = parse_optimizers(args.optimizers if args.optimizers is not None
                                       else ",".join(preset.optimizers))  # fmt: skip

@@ -59,6 +59,8 @@ class RunConfig:
     stage: str = field(default="lr", compare=False)  # lr, lr+, second, second+, final
     second: tuple[str, float] | None = field(default=None, compare=False)
     preset: str = field(default="", compare=False)
+    # the local search's tuned values other than lr (beta2, wd_scale, nu); in recipe_args too
+    params: tuple[tuple[str, float], ...] = field(default=(), compare=False)
 
     @property
     def run_id(self) -> str:
@@ -77,6 +79,7 @@ class RunConfig:
     @property
     def title(self) -> str:
         extra = f" {self.second[0]}={fmt_float(self.second[1])}" if self.second else ""
+        extra += "".join(f" {k}={fmt_float(v)}" for k, v in self.params if k != "wd_scale")
         return (
             f"{self.workload} {self.optimizer} lr={fmt_float(self.lr)} "
             f"wd={fmt_float(self.weight_decay)}{extra} seed={self.seed}"
@@ -271,6 +274,9 @@ class Trial:
     stage: str
     runs: list[RunConfig]
     results: list[dict | None]
+    # the local search: the tuned values other than lr, and the point's grid indices
+    params: tuple[tuple[str, float], ...] = ()
+    point: tuple[int, ...] | None = None
 
     @property
     def complete(self) -> bool:
@@ -297,6 +303,36 @@ def _best(trials: Iterable[Trial]) -> Trial | None:
     return min(scored, key=lambda t: (t.score, t.lr, t.second or 0.0))
 
 
+def _next_point(dims: tuple[Any, ...], tried: dict[tuple[int, ...], Trial],
+                best: Trial | None) -> tuple[int, ...] | None:  # fmt: skip
+    """The local search's next configuration (see :meth:`Matrix._plan_local`): first, in
+    the order of ``dims``, one step past the best point in a dimension where its value is
+    the smallest or largest tried there (an edge); with no edge left, the untried point
+    nearest to the best one along a single dimension."""
+    if best is None:  # nothing ok yet: the next smaller lr, the other dimensions at start
+        low = min(p[0] for p in tried) - 1
+        point = (low, *(0,) * (len(dims) - 1))
+        return point if dims[0].in_bounds(low) and point not in tried else None
+    assert best.point is not None
+    here = best.point
+
+    def moved(i: int, k: int) -> tuple[int, ...]:
+        return here[:i] + (k,) + here[i + 1 :]
+
+    for i, d in enumerate(dims):
+        values = [p[i] for p in tried]
+        for k, edge in ((here[i] - 1, here[i] == min(values)),
+                        (here[i] + 1, here[i] == max(values))):  # fmt: skip
+            if edge and d.in_bounds(k) and moved(i, k) not in tried:
+                return moved(i, k)
+    for distance in range(1, 64):
+        for i, d in enumerate(dims):
+            for k in (here[i] - distance, here[i] + distance):
+                if d.in_bounds(k) and moved(i, k) not in tried:
+                    return moved(i, k)
+    return None
+
+
 @dataclass
 class RowPlan:
     """Where one (workload, optimizer) row stands."""
@@ -312,6 +348,7 @@ class RowPlan:
     second_extensions: list[float] = field(default_factory=list)
     lr_on_edge: bool = False  # optimum still on an edge of the (extended) lr grid
     second_on_edge: bool = False
+    edges: list[str] = field(default_factory=list)  # local search: dimensions on an edge
     finals: list[RunConfig] = field(default_factory=list)
     final_results: list[dict | None] = field(default_factory=list)
 
@@ -337,6 +374,12 @@ class Matrix:
 
     # -------------------------------------------------------------- runs
 
+    def row_specs(self, workload: str) -> list[OptimizerSpec]:
+        """The matrix's optimizers that run on ``workload`` (a preset may restrict a
+        workload to some of them: the ladder's larger rungs)."""
+        keep = self.preset.settings(workload, self.max_steps).optimizers
+        return [s for s in self.optimizers if not keep or s.label in keep]
+
     def coupling(self, workload: str) -> float:
         return self.preset.coupling(self.preset.settings(workload, self.max_steps))
 
@@ -344,7 +387,8 @@ class Matrix:
         return self.preset.search(spec, self.preset.settings(workload, self.max_steps))
 
     def make_run(self, workload: str, spec: OptimizerSpec, lr: float, second: float | None,
-                 seed: int, stage: str) -> RunConfig:  # fmt: skip
+                 seed: int, stage: str,
+                 params: tuple[tuple[str, float], ...] = ()) -> RunConfig:  # fmt: skip
         ws = self.preset.settings(workload, self.max_steps)
         search = self.preset.search(spec, ws)
         scale, run_spec, tag = 1.0, spec, None
@@ -352,6 +396,11 @@ class Matrix:
             scale, tag = second, ("wd_scale", second)
         elif search.second == "nu" and second is not None:
             run_spec, tag = spec.with_option("nu", second), ("nu", second)
+        for key, value in params:  # the local search's values
+            if key == "wd_scale":
+                scale = value
+            else:
+                run_spec = run_spec.with_option(key, value)
         args = (*run_spec.recipe_args(), *COMMON_RECIPE_ARGS, *self.preset.extra_args,
                 *ws.extra_args)  # fmt: skip
         return RunConfig(
@@ -359,18 +408,20 @@ class Matrix:
             weight_decay=weight_decay_for(lr, scale, self.preset.coupling(ws)), seed=seed,
             max_steps=ws.max_steps, accelerate_config=self.preset.accelerate_config,
             recipe_args=tuple(args), phase="final" if stage == "final" else "tune",
-            stage=stage, second=tag, preset=self.preset.name,
+            stage=stage, second=tag, preset=self.preset.name, params=tuple(params),
         )  # fmt: skip
 
     # -------------------------------------------------------------- the plan
 
     def plan(self, results: dict[str, dict]) -> list[RowPlan]:
         """Every row's state given ``results`` (run id -> result), and the runs it needs next."""
-        return [self.plan_row(w, s, results) for w in self.workloads for s in self.optimizers]
+        return [self.plan_row(w, s, results) for w in self.workloads for s in self.row_specs(w)]
 
     def plan_row(self, workload: str, spec: OptimizerSpec, results: dict[str, dict]) -> RowPlan:
         search = self.search(workload, spec)
         row = RowPlan(workload, spec.label, search)
+        if search.local:
+            return self._plan_local(row, spec, results)
         default = search.second_default if search.second else None
         trials: dict[tuple[float, float | None], Trial] = {}
 
@@ -449,6 +500,74 @@ class Matrix:
                       if res is None]  # fmt: skip
         return row
 
+    def _plan_local(self, row: RowPlan, spec: OptimizerSpec, results: dict[str, dict]
+                    ) -> RowPlan:  # fmt: skip
+        """The local search (issue 23): exactly ``search.trials`` configurations per row.
+
+        It starts with the first lr grid at every other dimension's start, then adds one
+        configuration at a time around the best one so far: one step further in a
+        dimension where the best value is the smallest or largest tried there (in the
+        order of ``search.dims``, the smaller value first), so that every dimension's
+        optimum is bracketed and a grid whose optimum sits on its edge is extended; with
+        no edge left, the untried point nearest to the best along a single dimension
+        (fewest grid steps), i.e. a closer look around the optimum. If no trial
+        finished ok, it tries the next smaller lr. Once the spend is reached, the chosen
+        point is on an edge in a dimension where its value is the smallest or the largest
+        tried there and the space goes on beyond it (a bound of the space, such as no
+        weight decay or beta2's last declared value, is not an edge): the row is
+        inconclusive. As in the coordinate search, this reads the dimensions one at a time.
+        """
+        search, dims, workload = row.search, row.search.dims, row.workload
+        trials: dict[tuple[int, ...], Trial] = {}
+
+        def trial(point: tuple[int, ...], stage: str) -> None:
+            params = tuple((d.name, d.value(k)) for d, k in zip(dims[1:], point[1:], strict=True))
+            lr = dims[0].value(point[0])
+            runs = [self.make_run(workload, spec, lr, None, s, stage, params)
+                    for s in self.tuning_seeds]  # fmt: skip
+            trials[point] = Trial(lr, None, stage, runs, [results.get(r.run_id) for r in runs],
+                                  params, point)  # fmt: skip
+            row.trials.append(trials[point])
+
+        rest = (0,) * (len(dims) - 1)
+        n = len(search.lrs)
+        for k in range(-((n - 1) // 2), n - (n - 1) // 2):
+            if dims[0].in_bounds(k):
+                trial((k, *rest), "lr")
+        while True:
+            row.needed = [r for t in row.trials
+                          for r, res in zip(t.runs, t.results, strict=True) if res is None]
+            if row.needed or len(trials) >= search.trials:
+                break
+            point = _next_point(dims, trials, _best(row.trials))
+            if point is None:  # a bounded space, all of it tried
+                break
+            trial(point, "local")
+        if row.needed:
+            return row
+        best = _best(row.trials)
+        initial = set(search.lrs)
+        row.lr_extensions = sorted({t.lr for t in row.trials} - initial)
+        if best is None:  # nothing finished ok: smaller lrs would have been next
+            row.edges = ["lr"] if dims[0].in_bounds(min(trials)[0] - 1) else []
+            row.lr_on_edge = bool(row.edges)
+            return row
+        assert best.point is not None
+        for i, d in enumerate(dims):  # an edge: the smallest or largest value tried
+            tried = [p[i] for p in trials]
+            k = best.point[i]
+            if (k == min(tried) and d.in_bounds(k - 1)) or (k == max(tried) and d.in_bounds(k + 1)):
+                row.edges.append(d.name)
+        row.lr_on_edge = "lr" in row.edges
+        row.second_on_edge = any(e != "lr" for e in row.edges)
+        row.best_lr_trial = row.chosen = best
+        row.finals = [self.make_run(workload, spec, best.lr, None, s, "final", best.params)
+                      for s in self.final_seeds]  # fmt: skip
+        row.final_results = [results.get(r.run_id) for r in row.finals]
+        row.needed = [r for r, res in zip(row.finals, row.final_results, strict=True)
+                      if res is None]  # fmt: skip
+        return row
+
     # -------------------------------------------------------------- sizes and records
 
     def run_counts(self) -> tuple[int, int]:
@@ -456,7 +575,7 @@ class Matrix:
         lo = hi = 0
         n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
         for w in self.workloads:
-            for s in self.optimizers:
+            for s in self.row_specs(w):
                 search = self.search(w, s)
                 lo += search.min_trials * n_tune + n_final
                 hi += search.budget * n_tune + n_final
@@ -469,7 +588,7 @@ class Matrix:
         for w in self.workloads:
             ws = self.preset.settings(w, self.max_steps)
             each = ws.cost.run_s(ws.max_steps)
-            for s in self.optimizers:
+            for s in self.row_specs(w):
                 search = self.search(w, s)
                 lo += each * (search.min_trials * n_tune + n_final)
                 hi += each * (search.budget * n_tune + n_final)
@@ -486,13 +605,18 @@ class Matrix:
         searches = {}
         for w in self.workloads:
             searches[w] = {}
-            for s in self.optimizers:
+            for s in self.row_specs(w):
                 search = self.search(w, s)
                 searches[w][s.label] = {
                     "lrs": list(search.lrs), "lr_extend": search.lr_extend,
                     "second": search.second, "second_values": list(search.second_values),
                     "second_extend": search.second_extend, "budget": search.budget,
                 }  # fmt: skip
+                if search.local:
+                    searches[w][s.label]["dims"] = {
+                        d.name: [d.value(k) for k in range(-2, 3) if d.in_bounds(k)]
+                        for d in search.dims
+                    }  # fmt: skip
         return {
             "schema": SCHEMA,
             "preset": self.preset.name,

@@ -451,16 +451,25 @@ def margin_text(wa: WorkloadAnalysis, margin: float) -> str:
     return f"±{100 * margin:g} pp of test accuracy"
 
 
-_SECOND_WORDS = {"wd_scale": "weight-decay scale", "nu": "ν"}
+_SECOND_WORDS = {"wd_scale": "weight-decay scale", "nu": "ν", "beta2": "β2",
+                 "lr": "learning rate"}  # fmt: skip
+
+
+def _params_text(params: Iterable[tuple[str, float]]) -> str:
+    """The local search's tuned values other than lr: ``, β2 0.95, wd scale 0.25, ν 1e-5``."""
+    names = {"wd_scale": "wd scale", "nu": "ν", "beta2": "β2"}
+    return "".join(f", {names.get(k, k)} {fmt_float(v)}" for k, v in params)
 
 
 def edge_text(row: Row) -> str:
     """``lion's tuned weight-decay scale``: which of a row's tuned values sits on an edge."""
     plan = row.plan
     what = []
-    if plan is not None and plan.lr_on_edge:
+    if plan is not None and plan.edges:  # the local search names its dimensions
+        what = [_SECOND_WORDS.get(e, e) for e in plan.edges]
+    elif plan is not None and plan.lr_on_edge:
         what.append("learning rate")
-    if plan is not None and plan.second_on_edge:
+    if plan is not None and plan.second_on_edge and not plan.edges:
         what.append(_SECOND_WORDS.get(plan.search.second or "", str(plan.search.second)))
     return f"{describe_optimizer(row.optimizer)}'s tuned {' and '.join(what)}"
 
@@ -720,6 +729,8 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         chosen = row.chosen
         lr_text = "–" if not chosen else fmt_float(chosen["lr"])
         second_text = _second_text(chosen, wa.max_steps)
+        if row.plan is not None and row.plan.chosen is not None and row.plan.chosen.params:
+            second_text += _params_text(p for p in row.plan.chosen.params if p[0] != "wd_scale")
         if row.plan is not None and row.plan.lr_on_edge:
             lr_text += " (on the grid's edge)"
         if row.plan is not None and row.plan.second_on_edge:
@@ -782,6 +793,7 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
             text = (f"{_f(statistics.fmean(metric))}" if metric and not status
                     else ("/".join(sorted(status)) if status else "pending"))  # fmt: skip
             sec = "" if t.second is None else f", {row.plan.search.second} {fmt_float(t.second)}"
+            sec += _params_text(t.params)
             cell = f"lr {fmt_float(t.lr)}{sec}: {text}"
             if row.plan.chosen is t:
                 cell = f"**{cell}**"
@@ -795,7 +807,9 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         if row.plan.lr_on_edge:
             ext.append("**lr optimum still on an edge: inconclusive**")
         if row.plan.second_on_edge:
-            ext.append(f"**{row.plan.search.second} optimum still on an edge: inconclusive**")
+            what = (" and ".join(_SECOND_WORDS.get(e, e) for e in row.plan.edges if e != "lr")
+                    or row.plan.search.second)  # fmt: skip
+            ext.append(f"**{what} optimum still on an edge: inconclusive**")
         tail = f" ({'; '.join(ext)})" if ext else ""
         lines.append(f"- {describe_optimizer(opt)}: " + "; ".join(cells) + tail)
     lines += [""]
@@ -868,6 +882,18 @@ Protocol (AlgoPerf-style external tuning; the searches are in `bench.json`):
 """
 
 
+LOCAL_SEARCH_TEXT = (
+    "*This preset's search* replaces the lr-then-second-hyper-parameter search above: every "
+    "row spends exactly {trials} configurations (each on every tuning seed) in one local "
+    "search over the same dimensions for everyone ({dims}; ν only for CLion element/soft; "
+    "beta2 on a declared list, 0.9 to 0.999 for the sign methods and up to 0.9999 for "
+    "AdamW). From the first lr grid it steps past the best point in any dimension whose "
+    "best value is the smallest or largest tried there, then looks closer around the best. "
+    "A row whose choice is still the smallest or largest value tried in a dimension (other "
+    "than a bound of the space: no weight decay, beta2's ends) is inconclusive."
+)
+
+
 def timing_lines(results: list[dict], load_log: Path | None = None,
                  jobs: int | None = None) -> list[str]:  # fmt: skip
     """How long the matrix took: CPU time, wall time, and the host's load while it ran
@@ -934,7 +960,8 @@ def next_step_lines(an: Analysis) -> list[str]:
 
 
 def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
-                    plot_errors: list[str], timing: list[str] = ()) -> str:  # fmt: skip
+                    plot_errors: list[str], timing: list[str] = (),
+                    ladder: list[str] = ()) -> str:  # fmt: skip
     n = len(an.rows)
     counts: dict[str, int] = defaultdict(int)
     for r in an.rows:
@@ -983,11 +1010,15 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
               "", FINDINGS_BEGIN]  # fmt: skip
     lines += findings(an)
     lines += [FINDINGS_END, ""]
+    lines += list(ladder)  # the scale ladder's section (clion_hf/bench/ladder.py), if any
     if problems or an.missing or plot_errors:
         lines += ["## Missing or unreadable", ""]
         lines += [f"- {p}" for p in problems + an.missing + plot_errors]
         lines.append("")
     lines += ["## Protocol", "", PROTOCOL_TEXT]
+    if an.matrix is not None and an.matrix.preset.tuned:  # issue 23's search, not the above
+        lines += [LOCAL_SEARCH_TEXT.format(trials=an.matrix.preset.trials_per_row,
+                                           dims=", ".join(an.matrix.preset.tuned)), ""]
     if "profile" in plots:
         lines += ["## Performance profile", "",
                   "Fraction of workloads on which each optimizer reaches the target within "
@@ -1327,6 +1358,94 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
 # ------------------------------------------------------------------------------ entry points
 
 
+def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, dict[str, float]],
+                 results: list[dict], plot_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """Ratio (or difference) to AdamW against width with intervals, and the mean validation
+    curves of every rung's final runs with the plateau levels drawn; (plots, errors)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plotstyle import LABEL_SIZE, LEGEND_SIZE, colour, loss_unit
+
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, str] = {}
+    errors: list[str] = []
+    for base in sorted({p["base"] for p in points}):
+        fig = None
+        try:
+            mine = [p for p in points if p["base"] == base]
+            fig, ax = plt.subplots(figsize=(6.5, 4.2))
+            for opt in sorted({p["optimizer"] for p in mine}):
+                ps = [p for p in mine if p["optimizer"] == opt]
+                x = [p["width"] for p in ps]
+                y = [p["value"] for p in ps]
+                err = [[p["value"] - p["lo"] for p in ps], [p["hi"] - p["value"] for p in ps]]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color=colour(opt),
+                            label=f"{describe_optimizer(opt)} (n = {ps[0]['n']})")  # fmt: skip
+            ax.axhline(1.0 if mine[0]["measure"] == "perplexity ratio" else 0.0, color="black",
+                       linewidth=1, label="AdamW")  # fmt: skip
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({p["width"] for p in mine}),
+                          [str(w) for w in sorted({p["width"] for p in mine})])  # fmt: skip
+            ax.set_xlabel("model width (hidden size)", fontsize=LABEL_SIZE)
+            ax.set_ylabel(f"test {mine[0]['measure']} vs AdamW", fontsize=LABEL_SIZE)
+            ax.set_title(f"{base}: mean over paired final seeds, 95% t interval")
+            ax.legend(fontsize=LEGEND_SIZE)
+            _save(fig, plot_dir / f"ladder-{base}.png")
+            plots[f"ladder-{base}"] = f"plots/ladder-{base}.png"
+        except Exception as exc:  # a plot must never cost the report
+            errors.append(f"plot `ladder-{base}.png` not drawn: {type(exc).__name__}: {exc}")
+        finally:
+            if fig is not None:
+                plt.close(fig)
+    by_id = {r["run_id"]: r for r in results}
+    rungs: dict[str, list[WorkloadAnalysis]] = {}
+    for wa in an.workloads:
+        if WORKLOADS[wa.name].width:
+            rungs.setdefault(WORKLOADS[wa.name].base, []).append(wa)
+    for base, was in sorted(rungs.items()):
+        if not results:
+            break
+        fig = None
+        try:
+            was = sorted(was, key=lambda wa: WORKLOADS[wa.name].width)
+            fig, axes = plt.subplots(1, len(was), figsize=(4.2 * len(was), 3.8), squeeze=False)
+            key = WORKLOADS[was[0].name].curve_key
+            for ax, wa in zip(axes[0], was, strict=True):
+                for opt, row in wa.rows.items():
+                    runs = [by_id[r["run_id"]] for r in row.finals if r["run_id"] in by_id]
+                    steps, mean, _, _ = _mean_curve(runs, key)
+                    if steps:
+                        ax.plot(steps, mean, marker=".", color=colour(opt),
+                                label=f"{describe_optimizer(opt)} (validation)")  # fmt: skip
+                    if key == "eval_loss":  # the training loss too, in the same units
+                        steps, mean, _, _ = _mean_curve(runs, "loss")
+                        if steps:
+                            ax.plot(steps, mean, color=colour(opt), linewidth=0.8, alpha=0.6,
+                                    label=f"{describe_optimizer(opt)} (training)")  # fmt: skip
+                for (name, value), style in zip(levels.get(base, {}).items(), ("--", ":"),
+                                                strict=False):  # fmt: skip
+                    ax.axhline(value, color="black", linestyle=style, linewidth=1,
+                               label=f"{name} level {value:.3g}")  # fmt: skip
+                ax.set_title(f"width {WORKLOADS[wa.name].width}")
+                ax.set_xlabel("step", fontsize=LABEL_SIZE)
+            what = (f"loss ({loss_unit(was[0].name)})" if key == "eval_loss"
+                    else "validation accuracy")  # fmt: skip
+            axes[0][0].set_ylabel(f"{what}, mean of final seeds", fontsize=LABEL_SIZE)
+            axes[0][-1].legend(fontsize=LEGEND_SIZE, loc="best")
+            _save(fig, plot_dir / f"ladder-curves-{base}.png")
+            plots[f"ladder-curves-{base}"] = f"plots/ladder-curves-{base}.png"
+        except Exception as exc:  # a plot must never cost the report
+            errors.append(f"plot `ladder-curves-{base}.png` not drawn: "
+                          f"{type(exc).__name__}: {exc}")  # fmt: skip
+        finally:
+            if fig is not None:
+                plt.close(fig)
+    return plots, errors
+
+
 def summary_rows(results: list[dict]) -> list[dict]:
     """Summaries of every run, with steps-to-target against each workload's target."""
     first = [summarize(r) for r in results]
@@ -1376,17 +1495,35 @@ def _write_report(out_dir: Path) -> dict[str, Path]:
             "commit": env.get("git_commit"),
         }}  # fmt: skip
     plots, plot_errors = make_plots(an, results, out_dir / "plots")
+    ladder = _ladder_section(an, results, out_dir, plots, plot_errors)
     if not from_csv:
         atomic_write_text(out_dir / "results.csv", rows_csv(rows))
     timing = timing_lines(results or rows, out_dir / "host-load.log",
                           an.matrix.preset.jobs if from_csv and an.matrix else None)
     atomic_write_text(out_dir / "report.md",
-                      report_markdown(an, plots, problems, plot_errors, timing))  # fmt: skip
+                      report_markdown(an, plots, problems, plot_errors, timing,
+                                      ladder))  # fmt: skip
     return {
         "report": out_dir / "report.md",
         "csv": out_dir / "results.csv",
         **{k: out_dir / v for k, v in plots.items()},
     }
+
+
+def _ladder_section(an: Analysis, results: list[dict], out_dir: Path, plots: dict[str, str],
+                    plot_errors: list[str]) -> list[str]:  # fmt: skip
+    """The scale ladder (rungs ``NAME@WIDTH``): plateau levels, ratios to AdamW against
+    width, their plots and ``ladder.csv``; ``[]`` when the results hold no rung."""
+    from .ladder import ladder_csv, ladder_levels, ladder_markdown, ladder_points
+
+    if not any(wa.workload.width for wa in an.workloads):
+        return []
+    points, levels = ladder_points(an), ladder_levels(an)
+    drawn, errors = ladder_plots(an, points, levels, results, out_dir / "plots")
+    plots.update(drawn)
+    plot_errors += errors
+    atomic_write_text(out_dir / "ladder.csv", ladder_csv(points, levels))
+    return ladder_markdown(points, levels, plots)
 
 
 def findings_from_csv(csv_text: str, meta: dict | None) -> list[str]:

@@ -568,14 +568,17 @@ def dry_run_lines(matrix: Matrix, recipes_dir: Path, out_dir: Path) -> Iterable[
     preset = matrix.preset
     lo, hi = matrix.run_counts()
     t_lo, t_hi = matrix.estimated_seconds()
-    n_rows = len(matrix.workloads) * len(matrix.optimizers)
+    n_rows = sum(len(matrix.row_specs(w)) for w in matrix.workloads)
     yield f"# preset {preset.name}: {preset.description}"
     yield (f"# {n_rows} (workload, optimizer) rows; tuning seeds {list(matrix.tuning_seeds)}, "
            f"final seeds {list(matrix.final_seeds)}")  # fmt: skip
-    yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is on an "
-           f"edge); {preset.jobs} at a time")  # fmt: skip
-    yield (f"# estimated device time: {_duration(t_lo)} to {_duration(t_hi)} "
-           f"(cost model: {preset.cost_note})")  # fmt: skip
+    if lo == hi:  # the local search: a fixed spend
+        yield f"# runs: {lo} (every row spends the same trials); {preset.jobs} at a time"
+    else:
+        yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is on "
+               f"an edge); {preset.jobs} at a time")  # fmt: skip
+    span = _duration(t_lo) if t_lo == t_hi else f"{_duration(t_lo)} to {_duration(t_hi)}"
+    yield f"# estimated device time: {span} (cost model: {preset.cost_note})"
     for w in matrix.workloads:
         ws = preset.settings(w, matrix.max_steps)
         c = ws.cost
@@ -583,12 +586,8 @@ def dry_run_lines(matrix: Matrix, recipes_dir: Path, out_dir: Path) -> Iterable[
                f"{c.startup_s:g} s set-up + {ws.max_steps} x {c.step_s:g} s + {c.eval_s:g} s "
                f"evaluation")  # fmt: skip
     for w in matrix.workloads:
-        for s in matrix.optimizers:
-            search = matrix.search(w, s)
-            second = (f"; then {search.second} in {list(search.second_values)} "
-                      f"(+{search.second_extend})" if search.second else "")  # fmt: skip
-            yield (f"# search {w} {s.label}: lr {list(search.lrs)} (+{search.lr_extend} on an "
-                   f"edge){second}; budget {search.budget} trials")  # fmt: skip
+        for s in matrix.row_specs(w):
+            yield f"# search {w} {s.label}: {matrix.search(w, s).describe()}"
     yield "# first round (the rest depends on its results):"
     for plan in matrix.plan({}):
         for run in plan.needed:

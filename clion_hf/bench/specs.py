@@ -29,12 +29,19 @@ tuning): every optimizer gets a declared search space and the same trial budget.
   with a diverged or failed seed is out. The chosen configuration then runs on fresh
   final seeds (same seeds for every optimizer: same init, same data order), which the
   report compares, paired, on the held-out test split.
+
+The presets from issue 23 on (``cpu-ladder``, ``gpu-ladder``, ``gpu``) declare ``tuned``
+instead: one local search per row over the same dimensions for every optimizer (lr, beta2
+and the weight-decay scale; ν too for CLion element/soft) that spends exactly
+``trials_per_row`` configurations in every row (:meth:`Preset.search`,
+:meth:`clion_hf.bench.protocol.Matrix.plan_row`). The scale ladder's rungs are workloads
+``NAME@WIDTH`` (see :func:`rung_args`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,6 +252,8 @@ class Workload:
     greater_is_better: bool
     curve_key: str  # the metric's key in the eval entries of log_history
     finetune: bool
+    width: int = 0  # a rung of the scale ladder: the model's width; 0: the recipe's default
+    base: str = ""  # a rung's workload at the default size (gpt2-pretrain for gpt2-pretrain@256)
 
     def curve_to_metric(self, value: float) -> float:
         """Map a ``curve_key`` value to the metric (``perplexity = exp(eval_loss)``)."""
@@ -274,7 +283,35 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
-def parse_workloads(text: str) -> list[str]:
+# The scale ladder (issue 23): a pretraining workload at another model width is a workload of
+# its own, ``NAME@WIDTH`` (gpt2-pretrain@256), run with the model preset ``FAMILY-wWIDTH``
+# (clion_hf/workloads/models.py: the tiny preset's 2 layers, vocabulary and images at that
+# width; ``@64`` is the tiny model itself) through the recipes' own ``--config_name`` flag.
+LADDER_BASES = ("gpt2-pretrain", "bert-pretrain", "vit-pretrain")
+LADDER_WIDTHS = (64, 128, 256, 512, 768)  # models.LADDER_WIDTHS (bench does not import it)
+BASE_WORKLOADS = tuple(WORKLOADS)  # the six recipes at their default sizes
+
+
+def rung_name(base: str, width: int) -> str:
+    return f"{base}@{width}"
+
+
+def rung_args(name: str) -> tuple[str, ...]:
+    """The recipe flags that select a rung's model (``()`` for a workload that is none)."""
+    w = WORKLOADS[name]
+    return ("--config_name", f"{w.family}-w{w.width}") if w.width else ()
+
+
+for _base in LADDER_BASES:
+    for _width in LADDER_WIDTHS:
+        _w = WORKLOADS[_base]
+        WORKLOADS[rung_name(_base, _width)] = Workload(
+            rung_name(_base, _width), _w.recipe, _w.family, _w.metric, _w.greater_is_better,
+            _w.curve_key, _w.finetune, _width, _base)  # fmt: skip
+
+
+def parse_workloads(text: str, in_preset: Iterable[str] | None = None) -> list[str]:
+    """Workload names from a comma list; with ``in_preset``, each must be one of those."""
     names = [w.strip() for w in text.split(",")]
     if not any(names):
         raise SpecError(f"no workload given in {text!r}; allowed: {', '.join(WORKLOADS)}")
@@ -283,6 +320,9 @@ def parse_workloads(text: str) -> list[str]:
     for name in names:
         if name not in WORKLOADS:
             raise SpecError(f"unknown workload {name!r}; allowed: {', '.join(WORKLOADS)}")
+        if in_preset is not None and name not in (allowed := list(in_preset)):
+            raise SpecError(f"workload {name!r} is not in this preset; allowed: "
+                            f"{', '.join(allowed)}")  # fmt: skip
     return list(dict.fromkeys(names))
 
 
@@ -315,11 +355,60 @@ class WorkloadSettings:
     sgd_lr: float  # centre of CLion global/tensor's grid (momentum-SGD sized)
     cost: Cost
     extra_args: tuple[str, ...] = ()
+    # the preset's optimizers this workload runs (labels); (): all of them. The ladder's
+    # larger rungs run only the ones its primary comparisons need.
+    optimizers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One tuned dimension of a local search: its values are indexed by an integer ``k``,
+    ``k = 0`` is where the search starts, and ``lo``/``hi`` (None: unbounded) are bounds of
+    the declared space (the end of a range that makes sense), not edges of a grid.
+
+    ``ladder`` given: the values are ``ladder[start + k]`` (the ends are the bounds);
+    otherwise ``centre · factor**k``, with ``floor`` (e.g. 0, no decay) at ``k = lo``.
+    """
+
+    name: str  # lr, beta2, wd_scale or nu
+    centre: float = 1.0
+    factor: float = 2.0
+    lo: int | None = None
+    hi: int | None = None
+    ladder: tuple[float, ...] = ()
+    start: int = 0
+    floor: float | None = None
+
+    def value(self, k: int) -> float:
+        if self.ladder:
+            return self.ladder[self.start + k]
+        if self.floor is not None and k == self.lo:
+            return self.floor
+        return round_sig(self.centre * self.factor**k)
+
+    def in_bounds(self, k: int) -> bool:
+        return (self.lo is None or k >= self.lo) and (self.hi is None or k <= self.hi)
+
+
+def ladder_dim(name: str, values: tuple[float, ...], default: float) -> Dim:
+    """A bounded dimension over ``values`` (ascending), starting at ``default``."""
+    if default not in values:
+        raise SpecError(f"{name}={default!r} is not in the declared values {list(values)}")
+    start = values.index(default)
+    return Dim(name, lo=-start, hi=len(values) - 1 - start, ladder=values, start=start)
 
 
 @dataclass(frozen=True)
 class Search:
-    """The declared search of one optimizer on one workload (see the module doc)."""
+    """The declared search of one optimizer on one workload (see the module doc).
+
+    Two kinds. The coordinate search (``dims`` empty; the presets up to cpu-2026-11-29):
+    an lr grid extended on an edge, then one second hyper-parameter at the chosen lr, with a
+    per-row cap but a data-dependent spend. The local search (``dims`` given; issue 23):
+    every row spends exactly ``trials`` configurations over the same declared dimensions
+    (lr, beta2 and the weight-decay scale for everyone, ν too for CLion element/soft); see
+    :meth:`clion_hf.bench.protocol.Matrix.plan_row`.
+    """
 
     lrs: tuple[float, ...]  # initial grid, ascending
     lr_extend: int  # extra lr points allowed beyond the grid's edges, in total
@@ -329,21 +418,55 @@ class Search:
     second_extend: int = 0
     second_factor: float = 1.0  # spacing of an extension of the second grid
     second_floor: float | None = None  # a natural bound (no decay): never extended past
+    dims: tuple[Dim, ...] = ()  # the local search's dimensions (lr first); () = coordinate
+    trials: int = 0  # the local search's spend: exactly this many configurations per row
+
+    @property
+    def local(self) -> bool:
+        return bool(self.dims)
 
     @property
     def budget(self) -> int:
         """The most trials (configurations) this search may use."""
+        if self.local:
+            return self.trials
         extra = len(self.second_values) - 1 + self.second_extend if self.second else 0
         return len(self.lrs) + self.lr_extend + extra
 
+    def describe(self) -> str:
+        """The search in a line, as ``clion-bench run --dry_run`` prints it."""
+        if self.local:
+            dims = "; ".join(
+                f"{d.name} " + ", ".join(fmt_float(d.value(k)) for k in range(-1, 2)
+                                         if d.in_bounds(k))
+                for d in self.dims)  # fmt: skip
+            return (f"the same {self.trials} trials for every row, from the lrs "
+                    f"{list(self.lrs)} out along {', '.join(d.name for d in self.dims)} "
+                    f"(around the start: {dims})")  # fmt: skip
+        second = (f"; then {self.second} in {list(self.second_values)} "
+                  f"(+{self.second_extend})" if self.second else "")  # fmt: skip
+        return (f"lr {list(self.lrs)} (+{self.lr_extend} on an edge){second}; "
+                f"budget {self.budget} trials")  # fmt: skip
+
     @property
     def min_trials(self) -> int:
+        if self.local:
+            return self.trials  # the spend is fixed
         return len(self.lrs) + (len(self.second_values) - 1 if self.second else 0)
 
 
 LR_STEP = 2.0  # lr grids and their extensions are 2x apart
 WD_SCALES = (0.0, 0.25, 1.0)  # 0: no decay, the natural lower bound; extended upwards x4
 NU_FACTORS = (0.1, 1.0, 10.0)
+
+
+# The local search's dimensions, in the order it explores them around the best point.
+TUNED_DIMS = ("lr", "beta2", "wd_scale", "nu")
+# beta2 values searched (their ends are the bounds of the space). Sign methods: Lion's
+# 0.99 and below (Lion's authors use 0.98-0.99; at width 64 0.95 is worth ~0.8 nats);
+# AdamW: around its 0.999, down to 0.95 (the usual LM choice).
+SIGN_BETA2 = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
+ADAMW_BETA2 = (0.9, 0.95, 0.98, 0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999)
 
 
 def lr_grid(centre: float, points: int) -> tuple[float, ...]:
@@ -391,12 +514,17 @@ class Preset:
     # 0.02 = a perplexity ratio within x1.02), accuracy rows in accuracy (0.01 = 1 pp).
     equivalence_margin: dict[str, float] = field(default_factory=lambda: dict(MARGINS))
     comparison_preset: str = ""  # a check's report names this preset for a comparison
+    # The local search (issue 23): the dimensions every optimizer tunes where they apply
+    # (of TUNED_DIMS; ν only for CLion element/soft) and the trials every row spends.
+    # Empty: the coordinate search of the presets before it (their reports stay readable).
+    tuned: tuple[str, ...] = ()
+    trials_per_row: int = 0
 
     def settings(self, workload: str, max_steps: int | None = None) -> WorkloadSettings:
         ws = self.workloads[workload]
         if max_steps is not None:
             ws = WorkloadSettings(max_steps, ws.adamw_lr, ws.lion_lr, ws.sgd_lr, ws.cost,
-                                  ws.extra_args)  # fmt: skip
+                                  ws.extra_args, ws.optimizers)  # fmt: skip
         return ws
 
     def search(self, spec: OptimizerSpec, ws: WorkloadSettings) -> Search:
@@ -405,6 +533,8 @@ class Preset:
             lrs, extend = (spec.pinned_lr,), 0
         else:
             lrs, extend = lr_grid(lr_centre(spec, ws), self.lr_points), self.lr_extend
+        if self.tuned:
+            return self._local_search(spec, ws, lrs)
         if not self.tune_second:
             return Search(lrs, extend, None)
         if spec.name == "clion" and spec.get("mode") in ("element", "soft"):
@@ -412,6 +542,28 @@ class Preset:
             values = tuple(round_sig(nu * f) for f in NU_FACTORS)
             return Search(lrs, extend, "nu", values, nu, self.second_extend, 10.0)
         return Search(lrs, extend, "wd_scale", WD_SCALES, 1.0, self.second_extend, 4.0, 0.0)
+
+    def _local_search(self, spec: OptimizerSpec, ws: WorkloadSettings,
+                      lrs: tuple[float, ...]) -> Search:  # fmt: skip
+        unknown = [d for d in self.tuned if d not in TUNED_DIMS]
+        if unknown or "lr" not in self.tuned:
+            raise SpecError(f"preset {self.name}: tuned dimensions {list(self.tuned)} must "
+                            f"include lr and come from {', '.join(TUNED_DIMS)}")  # fmt: skip
+        if self.trials_per_row < len(lrs):
+            raise SpecError(f"preset {self.name}: trials_per_row={self.trials_per_row} is "
+                            f"fewer than the {len(lrs)} points of the first lr grid")  # fmt: skip
+        pinned = spec.pinned_lr is not None
+        dims = [Dim("lr", lrs[0] if pinned else lr_centre(spec, ws), LR_STEP,
+                    0 if pinned else None, 0 if pinned else None)]  # fmt: skip
+        # a beta2 the spec gives is pinned, like a given lr
+        if "beta2" in self.tuned and "beta2" not in dict(spec.options):
+            values = ADAMW_BETA2 if spec.name == "adamw" else SIGN_BETA2
+            dims.append(ladder_dim("beta2", values, spec.get("beta2")))
+        if "wd_scale" in self.tuned:
+            dims.append(Dim("wd_scale", 1.0, 4.0, lo=-2, floor=0.0))  # 0, 1/4, 1, 4, 16, ...
+        if "nu" in self.tuned and spec.name == "clion" and spec.get("mode") in ("element", "soft"):
+            dims.append(Dim("nu", spec.get("nu"), 10.0))
+        return Search(lrs, 0, None, dims=tuple(dims), trials=self.trials_per_row)
 
     def coupling(self, ws: WorkloadSettings) -> float:
         """``K = lr · wd`` at weight-decay scale 1 (see the module doc)."""
@@ -438,7 +590,7 @@ def removal_fraction(lr: float, wd: float, steps: int) -> float:
 
 # ------------------------------------------------------------------------------ presets
 
-ALL_WORKLOADS = tuple(WORKLOADS)
+ALL_WORKLOADS = BASE_WORKLOADS
 CPU_OPTIMIZERS = (
     "adamw",
     "lion",
@@ -447,6 +599,15 @@ CPU_OPTIMIZERS = (
     "clion:mode=element",
     "clion:mode=soft",
 )
+
+# The protocol of the presets from issue 23 on (cpu-ladder, gpu, gpu-ladder).
+LADDER_OPTIMIZERS = ("adamw", "lion", "clion", "clion:mode=element")  # the larger rungs
+LADDER_TUNED = TUNED_DIMS
+# Trials per row: 3 lrs and both neighbours in beta2, weight-decay scale and ν is 9, the
+# fewest for which CLion element/soft can end with no optimum on an edge; the others spend
+# the same 9 (two more points, further out or around a better one).
+LADDER_TRIALS = 9
+LADDER_FINAL_SEEDS = tuple(range(100, 110))  # 10 paired final seeds
 
 # Per workload of the offline presets: steps, grid centres (from a first sweep of these
 # tiny models: Lion's optimum about AdamW/3, momentum SGD's around 0.2) and cost.
@@ -539,12 +700,15 @@ def _online(steps: int, adamw: float, lion: float, cost: Cost, *args: str) -> Wo
 
 PRESETS["gpu"] = Preset(
     name="gpu",
-    description="online defaults (Hub models and datasets), one GPU, the cpu preset's "
-    "protocol: 2 tuning seeds, 5 final seeds",
+    description="online defaults (Hub models and datasets), one GPU, the cpu-ladder "
+    "preset's protocol: the same 9 trials per row over lr, beta2, weight-decay scale (and ν "
+    "for element/soft), 2 tuning seeds, 10 final seeds",
     accelerate_config="single_gpu",
     optimizers=CPU_OPTIMIZERS,
     tuning_seeds=(0, 1),
-    final_seeds=(100, 101, 102, 103, 104),
+    final_seeds=LADDER_FINAL_SEEDS,
+    tuned=LADDER_TUNED,
+    trials_per_row=LADDER_TRIALS,
     workloads={
         "gpt2-pretrain": _online(
             5000, 6e-4, 2e-4, Cost(60, 0.12, 60),
@@ -610,6 +774,116 @@ PRESETS["gpu-short"] = Preset(
     extra_args=("--eval_steps", "0.125", "--logging_steps", "0.05"),
     cost_note="a rough guess for one H200, not a measurement: start-up as on CPU, 10 ms "
     "per step of the tiny models",
+)
+
+
+# ------------------------------------------------------------------------------ the ladder
+
+# Issue 23: the committed comparison's models (width 64) sit on the unigram plateau, where
+# sign methods stall; the ladder repeats the comparison at widths 64, 128 and 256 (CPU) and up
+# to 768 (GPU) with long enough runs, so a reader sees whether the ratios move toward 1.
+
+
+def _ladder_lrs(base: str, width: int) -> tuple[float, float, float]:
+    """Grid centres at ``width``: the width-64 centres of the offline presets, scaled by
+    (64/width)**0.5 for AdamW and Lion (wider models want smaller steps; the issue's check
+    found Lion's optimum at 7.7e-4 at width 128 and 6.7e-4 at 256); momentum SGD's kept."""
+    _, adamw, lion, sgd = _OFFLINE[base]
+    f = (64 / width) ** 0.5
+    return round_sig(adamw * f, 2), round_sig(lion * f, 2), sgd
+
+
+# Per-run cost of a rung on 2 dedicated cores, two one-thread runs at a time. Measured on
+# this machine while other jobs loaded its 2 cores (recipes run alone under nice, one torch
+# thread, 5 repeats: two of 40 steps, three of 100 (GPT-2) or 200 (ViT) steps): the per-step
+# time varied up to 2.5x between repeats, so each rung's time is its ratio to width 64 in
+# the same repeat (the median ratio of the longer repeats, rounded up: GPT-2 x2.9 at 128,
+# x5.5 at 256; ViT x1.6 and x3.9) times the width-64 step time of cpu-2026-11-29 on 2
+# dedicated cores (0.045 s GPT-2, 0.013 s ViT; the least-loaded repeats here measured
+# 0.048 s for GPT-2). Evaluations scale the same way from the width-64 times measured in
+# the least-loaded repeats; set-up is the runner's (torch and transformers pre-imported).
+# (set-up s, s per step, s per evaluation of the validation sample, s for the test split)
+_LADDER_CPU_COST = {
+    ("gpt2-pretrain", 64): (3.0, 0.045, 0.17, 1.0),
+    ("gpt2-pretrain", 128): (3.0, 0.13, 0.5, 3.3),
+    ("gpt2-pretrain", 256): (3.0, 0.25, 0.9, 5.6),
+    ("vit-pretrain", 64): (3.0, 0.013, 0.1, 0.1),
+    ("vit-pretrain", 128): (3.0, 0.021, 0.13, 0.11),
+    ("vit-pretrain", 256): (3.0, 0.051, 0.27, 0.29),
+}
+_LADDER_NOTE = ("per-step and evaluation times of each rung measured against width 64 on a "
+                "shared 2-core host (5 repeats, 1 thread), scaled to 2 dedicated cores by "
+                "the width-64 step time of cpu-2026-11-29")  # fmt: skip
+_LADDER_EVALS = 10  # --eval_steps 0.1: a validation curve of 10 points, plus the final one
+
+
+def _ladder_cpu(base: str, width: int, steps: int) -> WorkloadSettings:
+    adamw, lion, sgd = _ladder_lrs(base, width)
+    setup, step, each_eval, test = _LADDER_CPU_COST[(base, width)]
+    cost = Cost(setup, step, each_eval * (_LADDER_EVALS + 1) + test)
+    args = rung_args(rung_name(base, width))
+    if base in _OFFLINE_EVAL:
+        args += ("--max_eval_samples", str(_OFFLINE_EVAL[base]))
+    optimizers = () if width == 64 else LADDER_OPTIMIZERS  # every mode on the smallest rung
+    return WorkloadSettings(steps, adamw, lion, sgd, cost, args, optimizers)
+
+
+# Steps: as many as 6 hours allow with 10 final seeds on every rung (3x the cpu preset's).
+# The issue's check ran 600 steps: AdamW left GPT-2's unigram plateau (5.32 nats) at widths
+# 64-256, and so did Lion with beta2 = 0.95 (4.32 at width 64, 3.30 at 256).
+_CPU_LADDER_STEPS = {"gpt2-pretrain": 600, "vit-pretrain": 600}
+
+PRESETS["cpu-ladder"] = Preset(
+    name="cpu-ladder",
+    description="offline, CPU, the scale ladder: gpt2-pretrain and vit-pretrain at widths "
+    "64, 128 and 256 (2 layers), 600 steps; every optimizer on width 64, AdamW, "
+    "Lion, CLion global and element above; the same 9 trials per row over lr, beta2, "
+    "weight-decay scale (and ν for element/soft), 2 tuning seeds, 10 final seeds",
+    accelerate_config="cpu",
+    optimizers=CPU_OPTIMIZERS,
+    tuning_seeds=(0, 1),
+    final_seeds=LADDER_FINAL_SEEDS,
+    workloads={rung_name(b, w): _ladder_cpu(b, w, n)
+               for b, n in _CPU_LADDER_STEPS.items() for w in (64, 128, 256)},  # fmt: skip
+    jobs=2,  # see smoke
+    extra_args=("--eval_steps", "0.1", "--logging_steps", "0.01"),
+    cost_note=_LADDER_NOTE,
+    tuned=LADDER_TUNED,
+    trials_per_row=LADDER_TRIALS,
+)
+
+
+# The ladder on one GPU, offline data (dry-run here: no GPU measured it). Its cost is a
+# guess: start-up as on CPU, and the width-64 CPU step time scaled by parameter count
+# would be far off on a GPU, so a flat 10-40 ms per step by width, 2 runs sharing the GPU.
+def _ladder_gpu(base: str, width: int, steps: int) -> WorkloadSettings:
+    adamw, lion, sgd = _ladder_lrs(base, width)
+    step = {64: 0.01, 128: 0.01, 256: 0.015, 512: 0.025, 768: 0.04}[width]
+    args = rung_args(rung_name(base, width))
+    if base in _OFFLINE_EVAL:
+        args += ("--max_eval_samples", str(_OFFLINE_EVAL[base]))
+    optimizers = () if width == 64 else LADDER_OPTIMIZERS
+    return WorkloadSettings(steps, adamw, lion, sgd, Cost(12.0, step, 20 * step * 11), args,
+                            optimizers)  # fmt: skip
+
+
+PRESETS["gpu-ladder"] = Preset(
+    name="gpu-ladder",
+    description="offline data on one GPU, the scale ladder: gpt2-, bert- and vit-pretrain at "
+    "widths 64, 256, 512 and 768 (2 layers), 2000 steps; every optimizer on width 64, "
+    "AdamW, Lion, CLion global and element above; cpu-ladder's search and seeds",
+    accelerate_config="single_gpu",
+    optimizers=CPU_OPTIMIZERS,
+    tuning_seeds=(0, 1),
+    final_seeds=LADDER_FINAL_SEEDS,
+    workloads={rung_name(b, w): _ladder_gpu(b, w, 2000) for b in LADDER_BASES
+               for w in (64, 256, 512, 768)},  # fmt: skip
+    jobs=2,
+    extra_args=("--eval_steps", "0.1", "--logging_steps", "0.01"),
+    cost_note="a rough guess for one H100/H200, not a measurement: 12 s start-up, 10-40 ms "
+    "per step by width, two runs sharing the GPU",
+    tuned=LADDER_TUNED,
+    trials_per_row=LADDER_TRIALS,
 )
 
 

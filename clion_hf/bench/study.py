@@ -216,8 +216,12 @@ def tuned_row(spec: OptimizerSpec, workload: str, tuned: tuple[Matrix, dict[str,
     if plan.chosen is None:
         raise SpecError(f"--tuned {tuned_dir}: no chosen configuration for {spec.label} on "
                         f"{workload} (its search is unfinished or nothing finished ok)")
-    final = matrix.make_run(workload, spec, plan.chosen.lr, plan.chosen.second, 0, "final")
+    final = matrix.make_run(workload, spec, plan.chosen.lr, plan.chosen.second, 0, "final",
+                            plan.chosen.params)  # fmt: skip
     run = spec if plan.search.second != "nu" else spec.with_option("nu", plan.chosen.second)
+    for key, value in plan.chosen.params:  # a local search's tuned beta2 / ν
+        if key != "wd_scale":
+            run = run.with_option(key, value)
     steps = matrix.preset.settings(workload, matrix.max_steps).max_steps
     note = f"tuned in {tuned_dir} ({steps} steps)"
     return StudyRow(spec.label, _row_spec(run), final.lr, final.weight_decay, note)

@@ -1,7 +1,9 @@
 """Model presets for the recipes and the cached offline checkpoints the finetune recipes use.
 
 Presets: ``tiny-gpt2``, ``tiny-bert``, ``tiny-vit`` (a run of 100 steps takes seconds on two
-CPU cores) and the full-size configs of the online defaults, ``gpt2`` (124M), ``bert-base``
+CPU cores), the scale ladder's rungs ``gpt2-w{W}``, ``bert-w{W}``, ``vit-w{W}`` (the tiny
+architecture at width ``W`` for ``W`` in :data:`LADDER_WIDTHS`; ``-w64`` is the tiny preset)
+and the full-size configs of the online defaults, ``gpt2`` (124M), ``bert-base``
 (110M) and ``vit-base-patch16-224`` (86M), built from transformers' config defaults so they
 need no network.
 """
@@ -51,6 +53,40 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "bert-base": BertConfig,
     "vit-base-patch16-224": ViTConfig,
 }
+
+# The scale ladder (issue 23): the tiny presets' architecture (2 layers, the same
+# vocabulary and image size) at a larger width; only the width and what scales with it
+# change (MLP width, heads of at most 64 dimensions), so a rung differs from the next
+# in size alone. Depth stays 2: on CPU the budget goes into width and steps.
+LADDER_WIDTHS = (64, 128, 256, 512, 768)
+
+
+def _heads(width: int) -> int:
+    return max(4, width // 64)
+
+
+def ladder_config(family: str, width: int) -> PretrainedConfig:
+    """The tiny ``family`` preset at ``width`` (``width=64`` gives the tiny preset itself)."""
+    if family not in FAMILIES:
+        raise RecipeError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
+    if width < 16 or width % 16:
+        raise RecipeError(f"invalid ladder width {width!r}: must be a multiple of 16, >= 16")
+    config = PRESETS[TINY_PRESET[family]]()
+    heads = _heads(width)
+    if family == "gpt2":
+        config.n_embd, config.n_head, config.n_inner = width, heads, 4 * width
+    else:  # the tiny BERT's MLP is 4x wide, the tiny ViT's 2x: kept
+        ratio = config.intermediate_size // config.hidden_size
+        config.hidden_size, config.num_attention_heads = width, heads
+        config.intermediate_size = ratio * width
+    return config
+
+
+for _family in FAMILIES:
+    for _width in LADDER_WIDTHS:
+        PRESETS[f"{_family}-w{_width}"] = (
+            lambda f=_family, w=_width: ladder_config(f, w)  # type: ignore[misc]
+        )
 
 # Per family: the tiny preset (offline default), the full-size preset pretrained from
 # scratch online, and the Hub checkpoint finetuned online.

@@ -1,0 +1,279 @@
+"""The scale ladder and the local search (issue 23): equal spend, beta2 tuned for everyone,
+edges, the presets' dry-run estimate, rungs' model presets and the plateau levels.
+
+The search tests drive the real planner (:meth:`Matrix.plan`) to its end with made-up
+validation losses that are a known function of the configuration."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+from clion_hf.bench import cli
+from clion_hf.bench.ladder import (
+    bigram_nats,
+    chance_levels,
+    ladder_csv,
+    ladder_markdown,
+    ladder_points,
+    unigram_nats,
+)
+from clion_hf.bench.protocol import Matrix, RunConfig
+from clion_hf.bench.specs import (
+    BASE_WORKLOADS,
+    PRESETS,
+    WORKLOADS,
+    SpecError,
+    get_preset,
+    parse_optimizers,
+    rung_args,
+)
+
+ALL_MODES = "adamw,lion,clion,clion:mode=tensor,clion:mode=element,clion:mode=soft"
+
+
+def _fake(run: RunConfig, loss_of) -> dict:
+    value = loss_of(run)
+    if value is None:
+        return {"run_id": run.run_id, "workload": run.workload, "status": "diverged",
+                "all_results": {"eval_loss": math.nan}}  # fmt: skip
+    return {"run_id": run.run_id, "workload": run.workload, "status": "ok",
+            "all_results": {"eval_loss": value, "perplexity": math.exp(value)}}  # fmt: skip
+
+
+def _drive(matrix: Matrix, loss_of) -> dict:
+    results: dict[str, dict] = {}
+    for _ in range(100):
+        needed = [r for p in matrix.plan(results) for r in p.needed]
+        if not needed:
+            return results
+        for run in needed:
+            results[run.run_id] = _fake(run, loss_of)
+    raise AssertionError("the plan never finished")
+
+
+def _ladder(opts: str = ALL_MODES, workload: str = "gpt2-pretrain@64") -> Matrix:
+    preset = get_preset("cpu-ladder")
+    return Matrix(preset, [workload], parse_optimizers(opts), preset.tuning_seeds,
+                  preset.final_seeds)  # fmt: skip
+
+
+def _bowl(lr_best: dict[str, float], beta2_best: float | None = None, scale_best: float = 0.25,
+          nu_best: float = 1e-5):  # fmt: skip
+    """A loss with one minimum per optimizer, in grid steps of every dimension; beta2's
+    (default) one step below the optimizer's default (AdamW 0.998, the others 0.98)."""
+
+    def loss(run: RunConfig) -> float:
+        p = dict(run.params)
+        opt = run.optimizer.split(":")[0]
+        opt = "element" if "element" in run.optimizer or "soft" in run.optimizer else opt
+        value = 3 + math.log2(run.lr / lr_best[opt]) ** 2
+        b2 = beta2_best or (0.998 if opt == "adamw" else 0.98)
+        value += 0.1 * abs(math.log(1 - p["beta2"]) - math.log(1 - b2))
+        index = {0.0: -2, 0.25: -1}  # weight-decay scales: 0, then 4**k
+        step = [index.get(x, round(math.log(x, 4)) if x else -2) for x in (p["wd_scale"],
+                                                                           scale_best)]
+        value += 0.01 * abs(step[0] - step[1])
+        if "nu" in p:
+            value += 0.01 * abs(math.log10(p["nu"] / nu_best))
+        return value
+
+    return loss
+
+
+def test_local_search_spends_the_same_trials_and_tunes_beta2_for_everyone():
+    m = _ladder()
+    lrs = {"adamw": 0.003, "lion": 0.001, "clion": 0.2, "element": 0.001}
+    results = _drive(m, _bowl(lrs))
+    plans = m.plan(results)
+    preset = get_preset("cpu-ladder")
+    assert len(plans) == 6
+    for row in plans:
+        dims = [d.name for d in row.search.dims]
+        assert dims[:3] == ["lr", "beta2", "wd_scale"], row.optimizer
+        assert ("nu" in dims) == (row.optimizer in ("clion:mode=element", "clion:mode=soft"))
+        # the spend: exactly the same number of configurations, each on every tuning seed
+        assert row.trials_used == preset.trials_per_row == row.search.budget == 9
+        assert all(len(t.runs) == len(preset.tuning_seeds) >= 2 for t in row.trials)
+        assert len({t.point for t in row.trials}) == 9
+        # beta2 was varied and reaches the recipe (AdamW's flag, the others' optim_args)
+        beta2s = {dict(t.params)["beta2"] for t in row.trials}
+        assert len(beta2s) >= 3, (row.optimizer, beta2s)
+        chosen = dict(row.chosen.params)
+        b2 = 0.998 if row.optimizer == "adamw" else 0.98
+        assert chosen["beta2"] == b2 and chosen["wd_scale"] == 0.25, row.optimizer
+        args = " ".join(row.finals[0].recipe_args)
+        assert (f"--adam_beta2 {b2}" if row.optimizer == "adamw" else f"beta2={b2}") in args
+        assert len(row.finals) == 10 and not row.inconclusive and row.edges == []
+    element = next(p for p in plans if p.optimizer == "clion:mode=element")
+    assert dict(element.chosen.params)["nu"] == 1e-5
+    assert "nu=1e-5" in " ".join(element.finals[0].recipe_args)
+
+
+def test_local_search_follows_an_edge_and_marks_an_optimum_it_cannot_reach():
+    m = _ladder("lion")
+    # Lion's optimum 8x above the grid's top: the search walks up the lr axis first
+    results = _drive(m, _bowl({"lion": 0.016}))
+    (row,) = m.plan(results)
+    assert row.trials_used == 9
+    assert row.lr_extensions[:2] == [0.004, 0.008]
+    assert row.chosen.lr == 0.016 and "lr" not in row.edges
+    # 1000x above: 9 trials cannot get there; the row says so and is inconclusive
+    far = _drive(m, _bowl({"lion": 1.0}))
+    (row,) = m.plan(far)
+    assert row.trials_used == 9 and row.lr_on_edge and "lr" in row.edges and row.inconclusive
+
+
+def test_local_search_treats_the_declared_bounds_as_bounds_not_edges():
+    # beta2's lowest value (0.9) and no weight decay (scale 0) are bounds of the space:
+    # optima beyond them end there, and the row is not inconclusive for it
+    m = _ladder("lion")
+    results = _drive(m, _bowl({"lion": 0.001}, beta2_best=0.5, scale_best=0.0))
+    (row,) = m.plan(results)
+    assert dict(row.chosen.params) == {"beta2": 0.9, "wd_scale": 0.0}
+    assert row.edges == [] and not row.inconclusive and row.trials_used == 9
+    # AdamW starts at 0.999, six steps above 0.9: walking there spends the trials before
+    # the weight-decay scale is tried, which leaves that dimension on an edge
+    m = _ladder("adamw")
+    (row,) = m.plan(_drive(m, _bowl({"adamw": 0.003}, beta2_best=0.5, scale_best=0.0)))
+    assert dict(row.chosen.params)["beta2"] == 0.9 and row.edges == ["wd_scale"]
+    assert row.inconclusive
+
+
+def test_local_search_with_nothing_ok_steps_down_the_lr():
+    m = _ladder("lion")
+    results = _drive(m, lambda run: None if run.lr > 1e-4 else 3.0)
+    (row,) = m.plan(results)
+    assert row.trials_used == 9 and row.chosen is not None and row.chosen.lr <= 1e-4
+
+
+def test_old_presets_keep_the_coordinate_search():
+    # cpu-2026-11-29 was planned with these: its report must read the same
+    cpu = get_preset("cpu")
+    m = Matrix(cpu, ["gpt2-pretrain"], parse_optimizers(ALL_MODES), (0, 1), (100,))
+    for row in m.plan({}):
+        assert not row.search.local and row.search.budget == 9
+    assert not cpu.tuned and "gpt2-pretrain@64" not in cpu.workloads
+
+
+def test_cpu_ladder_dry_run_estimate_fits_six_hours(capsys):
+    preset = get_preset("cpu-ladder")
+    m = Matrix(preset, list(preset.workloads), parse_optimizers(",".join(preset.optimizers)),
+               preset.tuning_seeds, preset.final_seeds)  # fmt: skip
+    lo, hi = m.estimated_seconds()
+    assert lo == hi <= 6 * 3600
+    # 10 paired final seeds on every primary comparison of every rung
+    assert len(m.final_seeds) >= 10
+    for w in preset.workloads:
+        labels = {s.label for s in m.row_specs(w)}
+        for a, b in preset.primary:
+            a, b = (parse_optimizers(x)[0].label for x in (a, b))
+            assert {a, b} <= labels, (w, a, b)
+    # every mode on the smallest rung, the four of the primary comparisons above it
+    assert len(m.row_specs("gpt2-pretrain@64")) == 6 and len(m.row_specs("vit-pretrain@256")) == 4
+    assert cli.main(["run", "--preset", "cpu-ladder", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"# estimated device time: 6 h \(cost model: ", out)
+    assert f"# runs: {m.run_counts()[0]} (every row spends the same trials)" in out
+    assert "out along lr, beta2, wd_scale, nu" in out
+
+
+@pytest.mark.parametrize("name", ["gpu", "gpu-ladder"])
+def test_gpu_presets_follow_the_same_protocol(name, capsys):
+    preset = PRESETS[name]
+    assert preset.tuned == PRESETS["cpu-ladder"].tuned and preset.trials_per_row == 9
+    assert len(preset.final_seeds) >= 10 and len(preset.tuning_seeds) >= 2
+    assert cli.main(["run", "--preset", name, "--dry_run"]) == 0
+    assert "# estimated device time: " in capsys.readouterr().out
+
+
+def test_rungs_select_their_model_presets():
+    from clion_hf.workloads.models import LADDER_WIDTHS, ladder_config
+    from clion_hf.workloads.models import PRESETS as MODELS
+
+    assert len(BASE_WORKLOADS) == 6 and "gpt2-pretrain@256" in WORKLOADS
+    assert rung_args("gpt2-pretrain@256") == ("--config_name", "gpt2-w256")
+    assert rung_args("gpt2-pretrain") == ()
+    for family, tiny in (("gpt2", "tiny-gpt2"), ("bert", "tiny-bert"), ("vit", "tiny-vit")):
+        assert MODELS[f"{family}-w64"]().to_dict() == MODELS[tiny]().to_dict()
+    assert ladder_config("gpt2", 256).n_embd == 256 and ladder_config("vit", 512).hidden_size == 512
+    for w in WORKLOADS.values():
+        if w.width:
+            assert w.width in LADDER_WIDTHS and f"{w.family}-w{w.width}" in MODELS
+    with pytest.raises(SpecError, match="unknown workload 'gpt2-pretrain@100'"):
+        from clion_hf.bench.specs import parse_workloads
+
+        parse_workloads("gpt2-pretrain@100")
+
+
+def test_plateau_levels_of_a_known_text():
+    # the predicted tokens alternate 1, 0, 1, 0: a unigram model's entropy is ln 2, and each
+    # token determines the next, so the bigram entropy is 0
+    blocks = [[0, 1, 0, 1, 0], [1, 0, 1]]
+    assert unigram_nats(blocks, blocks, 2, alpha=0) == pytest.approx(math.log(2))
+    assert bigram_nats(blocks, blocks, 2, alpha=0) == pytest.approx(0.0)
+    # the first token of a block is never predicted, and pairs never cross blocks
+    assert unigram_nats([[5, 0]], [[7, 0]], 8, alpha=0) == pytest.approx(0.0)
+    # add-alpha smoothing: fitted on "0 -> 0" four times, scored on "0 -> 1" over 3 symbols
+    assert unigram_nats([[0] * 5], [[0, 1]], 3, alpha=1) == pytest.approx(-math.log(1 / 7))
+    assert bigram_nats([[0] * 5], [[0, 1]], 3, alpha=1) == pytest.approx(-math.log(1 / 7))
+    assert chance_levels([0, 1, 1, 2]) == {"chance": pytest.approx(1 / 3), "majority": 0.5}
+
+
+def test_ladder_points_are_ratios_to_adamw_per_width():
+    from clion_hf.bench.report import analyze, summarize
+
+    m = Matrix(get_preset("cpu-ladder"), ["gpt2-pretrain@64", "gpt2-pretrain@128"],
+               parse_optimizers("adamw,lion"), (0, 1), tuple(range(100, 104)))  # fmt: skip
+    ref = {"gpt2-pretrain@64": 0.5, "gpt2-pretrain@128": 0.1}  # Lion's extra nats per width
+
+    def loss(run: RunConfig) -> float:
+        ws = m.preset.settings(run.workload)  # the optimum at each rung's grid centre
+        base = _bowl({"adamw": ws.adamw_lr, "lion": ws.lion_lr})(run)
+        return base + (ref[run.workload] if run.optimizer == "lion" else 0.0)
+
+    results = _drive(m, loss)
+    rows = []
+    for r in results.values():
+        run = next(x for p in m.plan(results) for x in [*(y for t in p.trials for y in t.runs),
+                                                          *p.finals] if x.run_id == r["run_id"])
+        ev = r["all_results"]["eval_loss"] + (0.001 * run.seed if run.phase == "final" else 0)
+        res = {**r, "optimizer": run.optimizer, "phase": run.phase, "stage": run.stage,
+               "seed": run.seed, "lr": run.lr, "weight_decay": run.weight_decay,
+               "max_steps": run.max_steps,
+               "all_results": {"eval_loss": ev, "perplexity": math.exp(ev), "test_loss": ev,
+                               "test_perplexity": math.exp(ev)}}  # fmt: skip
+        rows.append(summarize(res))
+    an = analyze(rows, m.describe())
+    points = ladder_points(an)
+    assert [(p["width"], p["optimizer"]) for p in points] == [(64, "lion"), (128, "lion")]
+    for p in points:
+        assert p["value"] == pytest.approx(math.exp(ref[f"gpt2-pretrain@{p['width']}"]))
+        assert p["n"] == 4
+    # the report's section: one row per optimizer, one column per width, the levels
+    text = "\n".join(ladder_markdown(points, {"gpt2-pretrain": {"unigram": 5.3, "bigram": 3.7}},
+                                     {}))  # fmt: skip
+    assert "| optimizer vs AdamW | width 64 | width 128 |" in text
+    assert re.search(r"\| lion \| 1\.649 \[1\.649, 1\.649\] \(n=4\) \| 1\.105 ", text)
+    assert "unigram 5.3, bigram 3.7" in text
+    assert "gpt2-pretrain,,,plateau,,unigram,5.3" in ladder_csv(points, {"gpt2-pretrain":
+                                                                        {"unigram": 5.3}})
+
+
+def test_gen_gap_study_uses_the_local_search_choice():
+    """A study tuned on a ladder run uses its tuned beta2, weight-decay scale and ν."""
+    from clion_hf.bench.study import tuned_row
+
+    m = _ladder("lion,clion:mode=element")
+    results = _drive(m, _bowl({"lion": 0.001, "element": 0.001}))
+    for label, extra in (("lion", ""), ("clion:mode=element", ",nu=1e-5")):
+        spec = parse_optimizers(label)[0]
+        row = m.plan_row("gpt2-pretrain@64", spec, results)
+        study = tuned_row(spec, "gpt2-pretrain@64", (m, results), m.preset, 600, "tuned")
+        assert study.lr == row.chosen.lr == 0.001
+        assert study.weight_decay == row.finals[0].weight_decay  # wd scale 0.25, not 1
+        assert study.spec.get("beta2") == 0.98, label
+        if extra:
+            assert study.spec.get("nu") == 1e-5
