@@ -520,7 +520,9 @@ def test_transformers_errors_carry_no_clion_hf_frame(tmp_path: Path) -> None:
 
 def test_optim_args_help_names_our_keys() -> None:
     text = " ".join(HfArgumentParser(TrainingArguments).format_help().split())
-    assert "AnyPrecisionAdamW" in text  # transformers' own text stays
+    help_ = TrainingArguments.__dataclass_fields__["optim_args"].metadata["help"]
+    theirs = help_.split(". Keys for ")[0]  # transformers' own text stays (it varies by version)
+    assert len(theirs) > 20 and " ".join(theirs.split()) in text
     assert "clion (clion_hf): nu, mode, beta1, beta2" in text
     assert "lion (clion_hf): beta1, beta2" in text and "caution" in text
 
