@@ -215,6 +215,22 @@ def test_smoke_runs_element_and_its_report_names_the_comparison_and_its_time(tmp
     assert f"estimated {estimate} " in head
 
 
+def test_an_unfinished_comparison_says_resume_not_smoke(tmp_path):
+    """A comparison matrix (>= 2 final seeds declared) with no final run done yet: its
+    report says it is not finished and how to resume, not that it is a check."""
+    cpu = get_preset("cpu")
+    m = Matrix(cpu, ["gpt2-pretrain"], parse_optimizers("adamw,lion"), cpu.tuning_seeds,
+               cpu.final_seeds, 8)  # fmt: skip
+    write_synthetic(tmp_path, m, lambda run: 3.0, {})
+    for path in (tmp_path / "results").glob("*.json"):  # the finals have not run yet
+        if json.loads(path.read_text()).get("phase") == "final":
+            path.unlink()
+    write_report(tmp_path)
+    head = (tmp_path / "report.md").read_text().split("## Verdict")[0]
+    assert "This run is not finished" in head and "compares nothing" not in head
+    assert "`clion-bench run --preset cpu --out DIR`" in head
+
+
 # ------------------------------------------------------------------------------ plots
 
 

@@ -935,6 +935,12 @@ def next_step_lines(an: Analysis) -> list[str]:
         return []
     workloads = [wa.name for wa in an.workloads]
     preset = an.matrix.preset if an.matrix is not None else None
+    if an.matrix is not None and len(an.matrix.final_seeds) >= 2:
+        # a comparison that has not finished yet (the runner resumes): say so, not "smoke"
+        return [f"**This run is not finished: no optimizer has 2 final seeds yet, so nothing "
+                f"is compared.** Resume it with the command that started it, e.g. "
+                f"`clion-bench run --preset {preset.name} --out DIR` on this directory "
+                f"(`--dry_run` prints the plan), then `clion-bench report DIR`.", ""]
     name = (preset.comparison_preset or preset.name) if preset else "cpu"
     target = get_preset(name)
     extra = ""
