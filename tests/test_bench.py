@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _plans import drive_plan
 
 from clion_hf.bench import cli
-from clion_hf.bench.protocol import Matrix, RunConfig, classify, matrix_from
+from clion_hf.bench.protocol import Matrix, classify, matrix_from
 from clion_hf.bench.report import (
     findings_block,
     findings_from_csv,
@@ -164,28 +165,9 @@ def test_cpu_searches_are_declared_equal_and_2x_apart():
     assert min(short.search(parse_optimizer("clion"), short.settings("gpt2-pretrain")).lrs) >= 0.05
 
 
-def _fake(run: RunConfig, loss_of) -> dict:
-    """A result as the planner reads it: validation loss ``loss_of(run)`` (None: diverged)."""
-    value = loss_of(run)
-    if value is None:
-        return {"run_id": run.run_id, "workload": run.workload, "status": "diverged",
-                "all_results": {"eval_loss": math.nan}}  # fmt: skip
-    return {"run_id": run.run_id, "workload": run.workload, "status": "ok",
-            "all_results": {"eval_loss": value, "perplexity": math.exp(value)}}  # fmt: skip
-
-
 def _drive(matrix: Matrix, loss_of) -> tuple[dict, list[int]]:
     """Run the plan to its end with made-up results; returns results and runs per round."""
-    results: dict[str, dict] = {}
-    rounds = []
-    while True:
-        needed = [r for p in matrix.plan(results) for r in p.needed]
-        if not needed:
-            return results, rounds
-        rounds.append(len(needed))
-        for run in needed:
-            results[run.run_id] = _fake(run, loss_of)
-        assert len(rounds) < 50
+    return drive_plan(matrix, loss_of, max_rounds=50)
 
 
 def _matrix(opts: str = "adamw", workloads=("gpt2-pretrain",)) -> Matrix:

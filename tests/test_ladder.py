@@ -10,6 +10,7 @@ import math
 import re
 
 import pytest
+from _plans import drive_plan
 
 from clion_hf.bench import cli
 from clion_hf.bench.ladder import (
@@ -34,24 +35,8 @@ from clion_hf.bench.specs import (
 ALL_MODES = "adamw,lion,clion,clion:mode=tensor,clion:mode=element,clion:mode=soft"
 
 
-def _fake(run: RunConfig, loss_of) -> dict:
-    value = loss_of(run)
-    if value is None:
-        return {"run_id": run.run_id, "workload": run.workload, "status": "diverged",
-                "all_results": {"eval_loss": math.nan}}  # fmt: skip
-    return {"run_id": run.run_id, "workload": run.workload, "status": "ok",
-            "all_results": {"eval_loss": value, "perplexity": math.exp(value)}}  # fmt: skip
-
-
 def _drive(matrix: Matrix, loss_of) -> dict:
-    results: dict[str, dict] = {}
-    for _ in range(100):
-        needed = [r for p in matrix.plan(results) for r in p.needed]
-        if not needed:
-            return results
-        for run in needed:
-            results[run.run_id] = _fake(run, loss_of)
-    raise AssertionError("the plan never finished")
+    return drive_plan(matrix, loss_of, max_rounds=100)[0]
 
 
 def _ladder(opts: str = ALL_MODES, workload: str = "gpt2-pretrain@64") -> Matrix:
