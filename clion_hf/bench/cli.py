@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 from .argtypes import OneLineParser, bounded_int, positive_int
 from .progress import ticker
-from .specs import PRESETS, WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
 
 FINAL_SEED_BASE = 100  # final seeds are 100, 101, ...: never a tuning seed (0, 1, ...)
 # Upper bounds of the counts that size the plan (every run is planned up front: a count of
@@ -37,6 +38,8 @@ MAX_SIZES = 30  # N_max / 2^29 is below one example for every workload
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    from .specs import PRESETS, WORKLOADS
+
     p.add_argument("--preset", required=True, help=f"one of: {', '.join(PRESETS)}")
     p.add_argument("--workloads", help=f"comma list (default: preset's): {', '.join(WORKLOADS)}")
     p.add_argument(
@@ -164,6 +167,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .protocol import Matrix
     from .runner import Runner, dry_run_lines, find_recipes_dir
+    from .specs import WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
 
     try:
         preset = get_preset(args.preset)
@@ -269,6 +273,7 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
 
 def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .runner import Runner, find_recipes_dir
+    from .specs import SpecError, parse_optimizers, parse_workloads
     from .study import build_study, dry_run_lines
 
     out = Path(args.out)
@@ -324,6 +329,7 @@ def _study_report(out: Path, parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_stability(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .specs import SpecError
     from .stability import build_stability, dry_run_lines, make_runner
 
     out = Path(args.out)
@@ -369,11 +375,24 @@ def _stability_report(out: Path, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # SIGTERM means "stop, keep what finished" from the first instant: the runner installs
+    # its own handler (which also stops the children) only once the plan is built, after
+    # torch has loaded (seconds on a loaded host); before and after that, nothing runs.
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _exit_terminated) if in_main_thread else None
     try:
         return _main(argv)
     except BrokenPipeError:  # `clion-bench run --dry_run | head`: the reader left, fine
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_terminated(signum: int, frame: Any) -> None:
+    print("clion-bench: terminated; finished runs are kept, rerun to resume", file=sys.stderr)
+    raise SystemExit(128 + signum)
 
 
 def _main(argv: list[str] | None = None) -> int:
