@@ -99,10 +99,13 @@ class RunConfig:
 # ------------------------------------------------------------------------------ outcomes
 
 
-def _num(value: Any) -> float | None:
+def number(value: Any, finite: bool = True) -> float | None:
+    """``value`` as a float; None if it is no number (a bool is none) or, with ``finite``,
+    NaN or infinite. The one reading of a number from a result file or a summary row."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    value = float(value)
+    return value if not finite or math.isfinite(value) else None
 
 
 def _finite(value: Any) -> bool:
@@ -209,7 +212,8 @@ def classify(returncode: int | None, all_results: dict | None, log_history: list
         for key in (*LOSS_KEYS, "perplexity", "test_perplexity"):
             if key in entry and not _finite(entry[key]):
                 return "diverged", f"{key} is {entry[key]}"
-    train = [v for e in log_history if "loss" in e and (v := _num(e["loss"])) is not None]
+    train = [v for e in log_history
+             if "loss" in e and (v := number(e["loss"], finite=False)) is not None]
     if len(train) >= 2 and train[0] > 0 and train[-1] > EXPLODED_FACTOR * train[0]:
         return "diverged", (f"training loss exploded: {train[-1]:.4g} at the end vs "
                             f"{train[0]:.4g} at the start")  # fmt: skip
@@ -228,8 +232,9 @@ def final_metric(result: dict) -> float | None:
     """The run's final validation metric, None if it has none (or it is not finite)."""
     workload = WORKLOADS[result["workload"]]
     res = result.get("all_results") or {}
-    value = _num(res.get(workload.metric))
-    if value is None and workload.metric == "perplexity" and _num(res.get("eval_loss")) is not None:
+    value = number(res.get(workload.metric), finite=False)
+    if (value is None and workload.metric == "perplexity"
+            and number(res.get("eval_loss"), finite=False) is not None):
         value = workload.curve_to_metric(res["eval_loss"])
     return value if value is not None and math.isfinite(value) else None
 
@@ -239,11 +244,11 @@ def test_metric(result: dict) -> float | None:
     workload = WORKLOADS[result["workload"]]
     res = result.get("all_results") or {}
     if workload.metric == "perplexity":
-        value = _num(res.get("test_perplexity"))
-        if value is None and _num(res.get("test_loss")) is not None:
+        value = number(res.get("test_perplexity"), finite=False)
+        if value is None and number(res.get("test_loss"), finite=False) is not None:
             value = workload.curve_to_metric(res["test_loss"])
     else:
-        value = _num(res.get(workload.metric.replace("eval_", "test_", 1)))
+        value = number(res.get(workload.metric.replace("eval_", "test_", 1)), finite=False)
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -255,7 +260,7 @@ def selection_value(result: dict) -> float | None:
         return None
     workload = WORKLOADS[result["workload"]]
     if workload.metric == "perplexity":
-        value = _num((result.get("all_results") or {}).get("eval_loss"))
+        value = number((result.get("all_results") or {}).get("eval_loss"), finite=False)
     else:
         value = final_metric(result)
         value = -value if value is not None else None

@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import datetime
 import io
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,6 +48,7 @@ from clion_hf._files import atomic_write_text, probe_writable
 
 from .argtypes import OneLineParser, positive_int
 from .progress import duration_text, quiet_optimizer_warnings
+from .render import host_facts, records_table
 from .stats import ratio_interval
 
 MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
@@ -427,11 +426,7 @@ HEADERS = {
 
 
 def markdown(table: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> str:
-    keys = list(headers)
-    lines = ["| " + " | ".join(headers[k] for k in keys) + " |",
-             "|" + "|".join("---" for _ in keys) + "|"]  # fmt: skip
-    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in table]
-    return "\n".join(lines)
+    return records_table(table, headers)
 
 
 def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str:
@@ -441,11 +436,11 @@ def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str
         tv = triton.__version__
     except Exception:
         tv = "not installed"
+    host = host_facts()
     if device == "cuda":
         dev = torch.cuda.get_device_name()
     else:
-        dev = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+        dev = f"{host['cpu']}, {host['threads']} threads"
     if device == "cpu":
         from clion_hf.optim.kernels import cpu
 
@@ -455,11 +450,10 @@ def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str
             isa = str(e)
         dev += f"; clion_hf kernel target {isa} (torch capability " \
                f"{torch.backends.cpu.get_cpu_capability()})"
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{now}; {device}: {dev}; torch {torch.__version__}, triton {tv}, python "
-            f"{platform.python_version()}; dtype {str(dtype).replace('torch.', '')}; "
+    return (f"{host['now']}; {device}: {dev}; torch {host['torch']}, triton {tv}, python "
+            f"{host['python']}; dtype {str(dtype).replace('torch.', '')}; "
             f"median of {repeats} rounds; measured copy bandwidth {bw / 1e9:.1f} GB/s; "
-            f"OMP_WAIT_POLICY={omp}")  # fmt: skip
+            f"OMP_WAIT_POLICY={host['omp']}")  # fmt: skip
 
 
 def _dtype(text: str) -> torch.dtype:

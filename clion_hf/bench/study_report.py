@@ -40,10 +40,12 @@ import numpy as np
 
 from clion_hf._files import atomic_write_text, probe_writable, read_json
 
+from . import render
 from .plotstyle import LEGEND_SIZE, colour
+from .protocol import number
+from .render import Figures, table
 from .report import (
     ReportError,
-    _save,
     curve,
     describe_optimizer,
     load_results,
@@ -84,12 +86,6 @@ def _optim_args(args: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def summarize_run(result: dict) -> dict[str, Any]:
     """One CSV row: the run's final gap, its evaluation curve, τ and sign fraction."""
     args = [str(a) for a in result.get("recipe_args") or []]
@@ -110,9 +106,9 @@ def summarize_run(result: dict) -> dict[str, Any]:
         "weight_decay": result["weight_decay"], "max_steps": result["max_steps"],
         "status": result["status"], "reason": result.get("reason", ""),
         "steps_done": max(steps) if steps else None,
-        "final_train_loss": _num(res.get("train_subset_loss")),
-        "final_eval_loss": _num(res.get("eval_loss")),
-        "final_gap": _num(res.get("gen_gap")),
+        "final_train_loss": number(res.get("train_subset_loss")),
+        "final_eval_loss": number(res.get("eval_loss")),
+        "final_gap": number(res.get("gen_gap")),
         "tau_min": min(taus) if taus else None,
         "tau_median": statistics.median(taus) if taus else None,
         "sign_fraction_mean": statistics.fmean(fractions) if fractions else None,
@@ -438,18 +434,13 @@ def findings(studies: list[WorkloadStudy]) -> list[str]:
 # ------------------------------------------------------------------------------ markdown
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
-
-
 def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> list[str]:
     lines = [f"## {ws.name} ({ws.max_steps} steps)", ""]
     st = meta["settings"][ws.name]
     lines += [f"Sizes N = {', '.join(map(str, ws.sizes))} (nested), seeds "
               f"{', '.join(map(str, meta['seeds']))}; the gap is evaluated every "
               f"{st['eval_every']} steps. Hyper-parameters:", ""]  # fmt: skip
-    lines += _table(["optimizer", "runs as", "lr", "weight decay", "from"],
+    lines += table(["optimizer", "runs as", "lr", "weight decay", "from"],
                     [[describe_optimizer(r["label"]), f"`{r['spec']}`", fmt_float(r["lr"]),
                       fmt_float(r["weight_decay"]), r["source"]]
                      for r in sorted(meta["rows"][ws.name], key=lambda r: optimizer_order(
@@ -469,7 +460,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
                 cells.append(Estimate(list(ws.gaps[rule][lb][n].values())).text("{:.3f}"))
             cells.append(ws.slopes[rule][lb].text())
             rows.append(cells)
-        lines += _table(["optimizer", *(f"N={n}" for n in ws.sizes), "slope"], rows)
+        lines += table(["optimizer", *(f"N={n}" for n in ws.sizes), "slope"], rows)
         if rule == "matched":
             lines += ["", "Steps at which runs reached the target (median): " + ", ".join(
                 f"{describe_optimizer(lb)} {statistics.median(v):.0f}"
@@ -479,7 +470,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
             lines += [f"![gap, {RULE_TEXT[rule]}]({plots[f'gap-{rule}']})", ""]
     if ws.tau:
         lines += ["### τ (smallest non-zero abs(c) per step)", ""]
-        lines += _table(["optimizer", "runs", "τ of a run (min … max)", "median τ_t",
+        lines += table(["optimizer", "runs", "τ of a run (min … max)", "median τ_t",
                          "log10 τ^T (median)", "sign-branch fraction"],
                         [[describe_optimizer(lb), str(t["runs"]),
                           f"{_g(t['min'], 2)} … {_g(t['max'], 2)}", _g(t["median_t"], 2),
@@ -497,7 +488,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
         ref = ws.nu_reference
         rows.append(["tuned lion row (its own lr)", "1", ref["final_train_loss"].text("{:.3f}"),
                      ref["final_gap"].text("{:.3f}"), ""])
-        lines += _table(["point", "sign-branch fraction", "training-subset loss", "gap",
+        lines += table(["point", "sign-branch fraction", "training-subset loss", "gap",
                          "τ (min)"], rows)  # fmt: skip
         lines += ["", f"Against {ws.nu_ref_label} (paired seeds, Holm over the sweep): gap: "
                   + "; ".join(comparison_text(c, "{:+.3f}") for c in ws.nu_comparisons["gap"])
@@ -556,28 +547,15 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                ) -> tuple[dict[str, dict[str, str]], list[str]]:  # fmt: skip
     """Write the PNGs (the plot rules of :func:`clion_hf.bench.report.make_plots`); with
     ``figures``, each figure is also kept there (open) by file name, for inspection."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    book = Figures(plot_dir, figures)
     import matplotlib.pyplot as plt
 
     plots: dict[str, dict[str, str]] = defaultdict(dict)
-    errors: list[str] = []
 
     def attempt(w: str, key: str, fname: str, draw) -> None:
-        fig = None
-        try:
-            fig = draw()
-            if fig is not None:
-                _save(fig, plot_dir / fname)
-                plots[w][key] = f"plots/{fname}"
-                if figures is not None:
-                    figures[fname], fig = fig, None  # kept open for the caller
-        except Exception as err:  # a plot must never cost the report
-            errors.append(f"plot `{fname}` not drawn: {type(err).__name__}: {err}")
-        finally:
-            if fig is not None:
-                plt.close(fig)
+        path = book.draw(fname, draw)
+        if path is not None:
+            plots[w][key] = path
 
     for ws in studies:
         for rule in RULES:
@@ -666,7 +644,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
             return fig
 
         attempt(ws.name, "nu", f"nu-{ws.name}.png", nu_plot)
-    return dict(plots), errors
+    return dict(plots), book.errors
 
 
 # ------------------------------------------------------------------------------ writing
@@ -678,8 +656,7 @@ def findings_from_csv(csv_text: str, meta: dict) -> list[str]:
 
 
 def findings_block(report_text: str) -> list[str]:
-    begin = report_text.index(FINDINGS_BEGIN) + len(FINDINGS_BEGIN)
-    return report_text[begin:report_text.index(FINDINGS_END)].strip("\n").splitlines()
+    return render.findings_block(report_text, FINDINGS_BEGIN, FINDINGS_END)
 
 
 def _ints(v: Any) -> bool:
@@ -687,7 +664,7 @@ def _ints(v: Any) -> bool:
 
 
 def _reals(v: Any) -> bool:
-    return isinstance(v, list) and all(_num(x) is not None for x in v)
+    return isinstance(v, list) and all(number(x) is not None for x in v)
 
 
 def _study_row(r: Any) -> bool:
@@ -698,7 +675,7 @@ def _study_row(r: Any) -> bool:
         parse_optimizer(r["spec"])
     except SpecError:
         return False
-    return _num(r.get("lr")) is not None and _num(r.get("weight_decay")) is not None
+    return number(r.get("lr")) is not None and number(r.get("weight_decay")) is not None
 
 
 _SETTINGS = ("max_steps", "eval_every", "log_every", "nu_size")
