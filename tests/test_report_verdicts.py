@@ -29,7 +29,7 @@ from clion_hf.bench.report import (
     verdict,
     write_report,
 )
-from clion_hf.bench.runner import dry_run_lines, find_recipes_dir
+from clion_hf.bench.runner import find_recipes_dir
 from clion_hf.bench.specs import BASE_WORKLOADS, PRIMARY, WORKLOADS, get_preset, parse_optimizers
 from clion_hf.bench.stats import (
     PairedTest,
@@ -209,7 +209,7 @@ def test_smoke_runs_element_and_its_report_names_the_comparison_and_its_time(tmp
     cpu = get_preset("cpu")
     full = Matrix(cpu, ["gpt2-pretrain"], parse_optimizers(",".join(cpu.optimizers)),
                   cpu.tuning_seeds, cpu.final_seeds)  # fmt: skip
-    line = next(x for x in dry_run_lines(full, find_recipes_dir(), tmp_path / "o")
+    line = next(x for x in full.dry_run_lines(find_recipes_dir(), tmp_path / "o")
                 if x.startswith("# estimated device time:"))
     estimate = line.removeprefix("# estimated device time: ").split(" (")[0]
     assert f"estimated {estimate} " in head

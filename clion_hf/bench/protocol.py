@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .specs import (
     COMMON_RECIPE_ARGS,
@@ -94,6 +96,66 @@ class RunConfig:
             "--seed", str(self.seed), "--max_steps", str(self.max_steps),
             *self.recipe_args,
         ]  # fmt: skip
+
+    def launch_command(self, recipes_dir: Path, output_dir: Path) -> list[str]:
+        """The ``accelerate launch`` command of the run (what a user types to reproduce it)."""
+        config = recipes_dir / "accelerate_configs" / f"{self.accelerate_config}.yaml"
+        return [*accelerate_command(), "launch", "--config_file", str(config),
+                *self.recipe_command(recipes_dir, output_dir)]  # fmt: skip
+
+
+def accelerate_command() -> list[str]:
+    """``accelerate`` of this interpreter's environment (falls back to ``python -m``)."""
+    exe = Path(sys.executable).with_name("accelerate")
+    if exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+class Plan(Protocol):
+    """Where one part of an experiment stands (:class:`RowPlan`, a study's plan)."""
+
+    needed: list[RunConfig]  # runs to do next
+    finals: list[RunConfig]
+    trials: list  # of objects with .runs: the tuning runs the plan uses
+
+
+class Experiment(Protocol):
+    """What the :class:`~clion_hf.bench.runner.Runner` and the CLI need of an experiment:
+    ``clion-bench run``'s :class:`Matrix` and ``study gen-gap``'s
+    :class:`~clion_hf.bench.study.Study` implement it. Every method is a function of its
+    arguments and the experiment, so a resumed runner plans exactly where it stopped."""
+
+    preset: Preset  # the runs' device settings: environment, accelerate config, data flags
+    workloads: list[str]
+
+    @property
+    def jobs(self) -> int:
+        """Runs at a time unless ``--jobs`` says otherwise."""
+        ...
+
+    def plan(self, results: dict[str, dict]) -> Sequence[Plan]:
+        """What is done and what runs next, given ``results`` (run id -> result)."""
+        ...
+
+    def run_counts(self) -> tuple[int, int]:
+        """The fewest and the most runs it can take."""
+        ...
+
+    def estimated_seconds(self) -> tuple[float, float]:
+        """Device time of the fewest and the most runs."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ``bench.json`` records: enough to rebuild the experiment."""
+        ...
+
+    def dry_run_lines(self, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
+        """What ``--dry_run`` prints: counts, estimated time, the first commands."""
+        ...
 
 
 # ------------------------------------------------------------------------------ outcomes
@@ -603,7 +665,39 @@ class Matrix:
     def estimate_text(self) -> str:
         """``55 min to 2 h``: :meth:`estimated_seconds` as ``clion-bench run --dry_run``
         prints it (the same rounding)."""
-        return " to ".join(duration_text(t) for t in self.estimated_seconds())
+        return span_text(*self.estimated_seconds())
+
+    @property
+    def jobs(self) -> int:
+        return self.preset.jobs
+
+    def dry_run_lines(self, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
+        """The run counts, the estimated device time and the first round's commands."""
+        preset = self.preset
+        lo, hi = self.run_counts()
+        n_rows = sum(len(self.row_specs(w)) for w in self.workloads)
+        yield f"# preset {preset.name}: {preset.description}"
+        yield (f"# {n_rows} (workload, optimizer) rows; tuning seeds {list(self.tuning_seeds)}, "
+               f"final seeds {list(self.final_seeds)}")  # fmt: skip
+        if lo == hi:  # the local search: a fixed spend
+            yield f"# runs: {lo} (every row spends the same trials); {preset.jobs} at a time"
+        else:
+            yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is "
+                   f"on an edge); {preset.jobs} at a time")  # fmt: skip
+        yield f"# estimated device time: {self.estimate_text()} (cost model: {preset.cost_note})"
+        for w in self.workloads:
+            ws = preset.settings(w, self.max_steps)
+            c = ws.cost
+            yield (f"#   {w}: {ws.max_steps} steps, {c.run_s(ws.max_steps):.0f} s per run = "
+                   f"{c.startup_s:g} s set-up + {ws.max_steps} x {c.step_s:g} s + {c.eval_s:g} s "
+                   f"evaluation")  # fmt: skip
+        for w in self.workloads:
+            for s in self.row_specs(w):
+                yield f"# search {w} {s.label}: {self.search(w, s).describe()}"
+        yield "# first round (the rest depends on its results):"
+        for plan in self.plan({}):
+            for run in plan.needed:
+                yield shlex.join(run.launch_command(recipes_dir, out_dir / "work" / run.run_id))
 
     def describe(self) -> dict[str, Any]:
         """What ``bench.json`` records: enough to rebuild this matrix (:func:`matrix_from`)."""
@@ -643,6 +737,12 @@ class Matrix:
 
 def duration_text(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+
+
+def span_text(low: float, high: float) -> str:
+    """``55 min to 2 h``, or ``55 min`` when both ends read the same."""
+    lo, hi = duration_text(low), duration_text(high)
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def matrix_from(description: Any) -> Matrix | None:

@@ -215,7 +215,7 @@ def rows_from_csv(text: str, columns: list[str] = CSV_COLUMNS,
     return rows
 
 
-def _as_result(row: dict) -> dict:
+def as_result(row: dict) -> dict:
     """The part of a result :meth:`Matrix.plan` reads, rebuilt from a summary row."""
     w = WORKLOADS[row["workload"]]
     res: dict[str, Any] = {}
@@ -326,7 +326,7 @@ class Analysis:
             by_w[(r["workload"], int(r["max_steps"] or 0))].append(r)
         plans: dict[tuple[str, str], RowPlan] = {}
         if self.matrix is not None:
-            results = {r["run_id"]: _as_result(r) for r in self.rows}
+            results = {r["run_id"]: as_result(r) for r in self.rows}
             for p in self.matrix.plan(results):
                 plans[(p.workload, p.optimizer)] = p
         order = list(WORKLOADS)
