@@ -133,21 +133,13 @@ def performance_profile(measures: dict[str, dict[str, float]], taus: Sequence[fl
     return {o: [sum(r <= t for r in ratios[o]) / n for t in taus] for o in optimizers}
 
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
-
 def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
     """(median, low, high): the median per-round ratio and a 95% t interval (log scale)."""
-    logs = [math.log(r) for r in ratios]
     med = statistics.median(ratios)
-    if len(logs) < 2:
+    if len(ratios) < 2:
         return med, float("nan"), float("nan")
-    mean, sd = statistics.fmean(logs), statistics.stdev(logs)
-    half = _T975[min(len(logs) - 1, len(_T975)) - 1] * sd / math.sqrt(len(logs))
-    return med, math.exp(mean - half), math.exp(mean + half)
+    low, high = t_interval([math.log(r) for r in ratios], 0.95)
+    return med, math.exp(low), math.exp(high)
 
 
 # ------------------------------------------------------------------------------ paired t-tests
