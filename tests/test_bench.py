@@ -104,7 +104,7 @@ def test_optimizer_list_splits_on_names_only():
         ("clion:caution=true", "unknown option 'caution' for clion"),
         ("lion:caution=maybe", "not a boolean"),
         ("lion:beta1=1.5", "must be in [0, 1)"),
-        ("lion:beta1", "expected KEY=VALUE"),
+        ("lion:beta1", "is not key=value"),
         ("adamw:mode=element", "unknown option 'mode' for adamw"),
         ("lion:beta1=0.8,beta1=0.9", "given twice"),
         ("adamw,adamw", "optimizer given twice"),

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from clion_hf._files import atomic_write_text, probe_writable, read_json
+from clion_hf.integrations.transformers import OptimArgsError, key_values
 
 from . import render
 from .plotstyle import LEGEND_SIZE, colour
@@ -82,8 +83,10 @@ def _flag(args: list[str], flag: str) -> str | None:
 
 
 def _optim_args(args: list[str]) -> dict[str, str]:
-    text = _flag(args, "--optim_args") or ""
-    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+    try:
+        return key_values(_flag(args, "--optim_args"), "--optim_args")
+    except OptimArgsError:  # a hand-edited result: its options are unknown, not fatal
+        return {}
 
 
 def summarize_run(result: dict) -> dict[str, Any]:
