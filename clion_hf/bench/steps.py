@@ -425,8 +425,38 @@ HEADERS = {
 }  # fmt: skip
 
 
+FACTS = ("when", "device", "target", "rounds", "load_before", "load_after")
+"""The run's facts, in every row of the CSV (what :mod:`.steps_readme` cites)."""
+
+
 def markdown(table: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> str:
     return records_table(table, headers)
+
+
+def table_csv(table: list[dict[str, str]], headers: dict[str, str],
+              facts: dict[str, str]) -> str:  # fmt: skip
+    """The table as CSV, one row per (model, optimizer), the run's :data:`FACTS` in each."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*headers, *FACTS], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**{k: r[k] for k in headers}, **facts} for r in table)
+    return buf.getvalue()
+
+
+def _load() -> str:
+    """The 1-minute load average now ("n/a" where /proc/loadavg is missing)."""
+    return host_facts()["load"].split()[0]
+
+
+def run_facts(device: str, repeats: int, load_before: str) -> dict[str, str]:
+    target = ""
+    if device == "cpu":
+        from clion_hf.optim.kernels import cpu
+
+        with contextlib.suppress(ValueError):
+            target = cpu.selected_isa()
+    return {"when": host_facts()["now"], "device": device, "target": target,
+            "rounds": str(repeats), "load_before": load_before, "load_after": _load()}
 
 
 def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str:
@@ -477,7 +507,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="momentum dtype of our optimizers (default: fp32)")
     parser.add_argument("--optimizers", default="all",
                         help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
-    parser.add_argument("--out", help="also write the table here: .md (markdown) or .csv")
+    parser.add_argument("--out", help="also write the table here (markdown) and, next to it "
+                        "with the suffix .csv, as CSV with the run's facts; a .csv --out "
+                        "writes the CSV alone")  # fmt: skip
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch/OpenMP threads (default: torch's); 1 is the least "
                              "disturbed on a shared machine")  # fmt: skip
@@ -559,6 +591,7 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    load_before = _load()
     bw = copy_bandwidth(device)
     if args.isa:
         from clion_hf.optim.kernels import cpu
@@ -580,7 +613,8 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
                 f"elements); ratios are medians of per-round ratios\n\n"
                 f"{markdown(isa_rows, ISA_HEADERS)}\n")  # fmt: skip
         print(text)
-        return _write_out(args.out, text) if args.out else 0
+        facts = run_facts(device, args.repeats, load_before)
+        return _write_outs(args.out, text, table_csv(isa_rows, ISA_HEADERS, facts))
     table: list[dict[str, str]] = []
     planned = [c for c in candidates(device, args.momentum_dtype)
                if wanted is None or c.name in wanted]  # fmt: skip
@@ -600,15 +634,16 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
     env = environment(device, bw, args.dtype, args.repeats)
     text = f"{env}\n\n{markdown(table)}\n"
     print(text)
-    if args.out:
-        if args.out.endswith(".csv"):
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(HEADERS))
-            w.writeheader()
-            w.writerows(table)
-            return _write_out(args.out, buf.getvalue())
-        return _write_out(args.out, text)
-    return 0
+    facts = run_facts(device, args.repeats, load_before)
+    return _write_outs(args.out, text, table_csv(table, HEADERS, facts))
+
+
+def _write_outs(out: str | None, text: str, csv_text: str) -> int:
+    """``--out`` (the markdown) and the CSV next to it; only the CSV for a ``.csv`` --out."""
+    if not out:
+        return 0
+    code = 0 if out.endswith(".csv") else _write_out(out, text)
+    return code or _write_out(str(Path(out).with_suffix(".csv")), csv_text)
 
 
 def _write_out(out: str, text: str) -> int:

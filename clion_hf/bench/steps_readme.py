@@ -2,19 +2,22 @@
 
 ``benchmarks/cpu_steps_report.sh <target>`` writes
 ``docs/benchmarks/steps-cpu-<target>-<date>.md`` (host facts, then the table that
-``clion-bench steps --out`` wrote); this module reads the newest AVX2 (``x86-64-v3``) and
-native reports and rewrites the block between README's ``steps-tables`` markers::
+``clion-bench steps --out`` wrote) and, next to it, the CSV that ``steps`` writes with every
+table (:func:`clion_hf.bench.steps.table_csv`: the rows and the run's facts). This module
+reads the newest AVX2 (``x86-64-v3``) and native CSVs and rewrites the block between
+README's ``steps-tables`` markers::
 
     python -m clion_hf.bench.steps_readme            # rewrite README.md
     python -m clion_hf.bench.steps_readme --check    # exit 1 if README.md differs
 
 tests/test_bench.py runs the check, so README's numbers are the reports' numbers.
+Hand-written: it is README text from a few CSV cells; no library writes this block.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
+import csv
 import sys
 from pathlib import Path
 
@@ -37,39 +40,25 @@ ROWS = {
 }  # fmt: skip
 
 
-def parse_report(text: str) -> tuple[dict[tuple[str, str], dict[str, str]], dict[str, str]]:
-    """The rows of a steps report by (model, optimizer), and facts from its header."""
-    lines = text.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("| model | optimizer |"))
-    names = [c.strip() for c in lines[header].strip("|").split("|")]
-    rows = {}
-    for line in lines[header + 2:]:
-        if not line.startswith("|"):
-            break
-        row = dict(zip(names, (c.strip() for c in line.strip("|").split("|")), strict=True))
-        rows[(row["model"], row["optimizer"])] = row
-    facts = {}
-    for key, pattern in (("target", r"kernel target (\S+)"), ("rounds", r"median of (\d+) rounds"),
-                         ("when", r"^(\d{4}-\d\d-\d\d \d\d:\d\d UTC)"),
-                         ("load_before", r"Load average before: `(\S+)"),
-                         ("load_after", r"; after: `(\S+)")):  # fmt: skip
-        m = re.search(pattern, text, re.MULTILINE)
-        if m is None:
-            raise ValueError(f"steps report has no {key} ({pattern!r} not found)")
-        facts[key] = m.group(1)
-    return rows, facts
+def read_report(text: str) -> tuple[dict[tuple[str, str], dict[str, str]], dict[str, str]]:
+    """The rows of a steps CSV by (model, optimizer), and the run's facts (from its first row)."""
+    records = list(csv.DictReader(text.splitlines()))
+    if not records:
+        raise ValueError("steps CSV has no rows")
+    return ({(r["model"], r["optimizer"]): r for r in records},
+            {k: records[0][k] for k in ("target", "rounds", "when", "load_before", "load_after")})
 
 
 def _ratio(row: dict[str, str]) -> str:
     # the median per-round ratio, with its 95% interval where the report has one
-    interval = row.get("95% interval", "–")
-    return row["× AdamW fused"] + ("" if interval == "–" else f" {interval}")
+    interval = row.get("vs_adamw_fused_ci") or "–"
+    return row["vs_adamw_fused"] + ("" if interval == "–" else f" {interval}")
 
 
 def table(rows: dict[tuple[str, str], dict[str, str]]) -> str:
     """One README table: x torch AdamW fused per model, AdamW's ms in its row."""
     models = [m for m in MODELS if (m, "adamw-fused") in rows]
-    adamw_ms = [f"1.00 ({rows[(m, 'adamw-fused')]['median ms']} ms)" for m in models]
+    adamw_ms = [f"1.00 ({rows[(m, 'adamw-fused')]['median_ms']} ms)" for m in models]
     body = [["torch AdamW fused (ms)", *adamw_ms]]
     for label, names in ROWS.items():
         cells = []
@@ -81,10 +70,10 @@ def table(rows: dict[tuple[str, str], dict[str, str]]) -> str:
 
 
 def newest(docs: Path, target: str) -> Path:
-    """The newest ``steps-cpu-<target>-<date>.md`` under ``docs``."""
-    found = sorted(docs.glob(f"steps-cpu-{target}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].md"))
+    """The newest ``steps-cpu-<target>-<date>.csv`` under ``docs``."""
+    found = sorted(docs.glob(f"steps-cpu-{target}-[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9].csv"))
     if not found:
-        raise FileNotFoundError(f"no steps-cpu-{target}-<date>.md in {docs}")
+        raise FileNotFoundError(f"no steps-cpu-{target}-<date>.csv in {docs}")
     return found[-1]
 
 
@@ -94,8 +83,9 @@ def block(repo: Path) -> str:
     parts = [BEGIN]
     for target, title in (("x86-64-v3", "AVX2 build (`CLION_HF_CPU_ISA=x86-64-v3`)"),
                           ("native", "native build")):  # fmt: skip
-        path = newest(docs, target)
-        rows, facts = parse_report(path.read_text())
+        found = newest(docs, target)
+        rows, facts = read_report(found.read_text())
+        path = found.with_suffix(".md")  # the report a reader opens
         if target == "native":
             title += f" ({facts['target']})"
         parts += [f"{title}: [`{path.name}`]({path.relative_to(repo).as_posix()}), "
