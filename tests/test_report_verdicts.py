@@ -308,13 +308,13 @@ def test_study_plots_use_the_same_colours_and_label_their_axes(tmp_path):
     from matplotlib.colors import to_hex
     from matplotlib.container import ErrorbarContainer
 
-    from clion_hf.bench.study_report import _TEXT
+    from clion_hf.bench.study_report import _INTS, _TEXT
     from clion_hf.bench.study_report import CSV_COLUMNS as STUDY_COLUMNS
     from clion_hf.bench.study_report import analyze as analyze_study
     from clion_hf.bench.study_report import make_plots as study_plots
 
     study = REPO / "docs" / "benchmarks" / "gen-gap-cpu-2026-11-29"
-    rows = rows_from_csv((study / "results.csv").read_text(), STUDY_COLUMNS, _TEXT)
+    rows = rows_from_csv((study / "results.csv").read_text(), STUDY_COLUMNS, _TEXT, _INTS)
     studies = analyze_study(rows, json.loads((study / "bench.json").read_text()))
     figures: dict = {}
     study_plots(studies, [], tmp_path, figures)

@@ -12,6 +12,9 @@ or holds another kind of experiment) exit with one line on stderr and status 2; 
 interrupted ``run`` exits with 128 + the signal number and resumes on the next call; a disk
 that fills up on the way, or runs killed from outside, end it with one line and status 1
 (the next call resumes, redoing the killed runs).
+
+argparse (with :class:`~clion_hf.bench.argtypes.OneLineParser`), not a CLI framework: the
+standard library serves, and transformers' scripts spell their options the same way.
 """
 
 from __future__ import annotations

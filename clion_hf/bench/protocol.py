@@ -5,6 +5,10 @@ until it asks for nothing) and the report (which calls the same :meth:`Matrix.pl
 the finished results, so the configuration it reports as chosen is the one the runner
 chose). Pure functions of the results: a resumed runner, a second machine or the
 report all reach the same decisions from the same result files.
+
+Hand-written: the search (a grid extended at its edges, then one more hyper-parameter, or
+the local search of a fixed spend) is the benchmark's declared protocol; a tuning library
+would choose its own trials and could not be replayed from the result files alone.
 """
 
 from __future__ import annotations

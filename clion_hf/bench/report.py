@@ -10,6 +10,10 @@ committed report) is regenerated from the CSV, without the curves over steps. De
 are written into the report itself (:data:`PROTOCOL_TEXT`). The report never refuses to be
 written: whatever is missing (unreadable result files, runs still to do, rows without a
 choice, a plot that cannot be drawn) is listed in it with the reason.
+
+Hand-written: no report library knows this protocol's searches, declared comparisons and
+verdict wording; the numbers come from pandas (reading ``results.csv``), scipy
+(:mod:`.stats`) and matplotlib, and the tables from :mod:`.render`.
 """
 
 from __future__ import annotations
@@ -183,6 +187,7 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 _TEXT_COLUMNS = {"run_id", "workload", "optimizer", "phase", "stage", "second", "status",
                  "reason", "metric"}  # fmt: skip
+_INT_COLUMNS = {"seed", "max_steps", "steps_to_target", "returncode"}
 
 
 def rows_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
@@ -195,24 +200,20 @@ def rows_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
 
 
 def rows_from_csv(text: str, columns: list[str] = CSV_COLUMNS,
-                  text_columns: set[str] = _TEXT_COLUMNS) -> list[dict]:  # fmt: skip
-    """The rows :func:`rows_csv` wrote, with numbers parsed back (repr round-trips floats)."""
-    rows = []
-    for raw in csv.DictReader(io.StringIO(text)):
-        row: dict[str, Any] = {}
-        for k in columns:
-            v = raw.get(k, "")
-            if k in text_columns:
-                row[k] = v
-            elif v == "":
-                row[k] = None
-            else:
-                row[k] = float(v) if any(c in v for c in ".eEn") else int(v)
-        for k in ("seed", "max_steps"):
-            if row[k] is not None:
-                row[k] = int(row[k])
-        rows.append(row)
-    return rows
+                  text_columns: set[str] = _TEXT_COLUMNS,
+                  int_columns: set[str] = _INT_COLUMNS) -> list[dict]:  # fmt: skip
+    """The rows :func:`rows_csv` wrote, read back by pandas with the table's column types
+    (text, integers, the rest floats, parsed exactly); a blank number is None."""
+    import pandas as pd
+
+    types = {k: str if k in text_columns else "Int64" if k in int_columns else "float64"
+             for k in columns}  # fmt: skip
+    frame = pd.read_csv(io.StringIO(text), dtype=types, keep_default_na=False, engine="python",
+                        na_values={k: [""] for k in columns if k not in text_columns}
+                        ).reindex(columns=columns)  # fmt: skip
+    texts = [k for k in columns if k in text_columns]
+    frame[texts] = frame[texts].fillna("")
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
 def as_result(row: dict) -> dict:

@@ -18,6 +18,11 @@ run is done: the next call skips it. Which runs the matrix needs is decided by
 interrupted call resumes exactly where it stopped. A run is only recorded once its child
 exited on its own; on Ctrl-C/SIGTERM the children's process groups are stopped and
 nothing is written for them. A recorded ``ok`` result is never replaced by a worse one.
+
+Hand-written: a sweep tool (Optuna, Ray Tune, W&B sweeps) decides the next trial itself and
+keeps its state in a database or a service; here the next runs are a pure function of the
+result files (:meth:`~clion_hf.bench.protocol.Experiment.plan`), so that resuming, a second
+machine and the report all reach the same decisions, and no new dependency is needed.
 """
 
 from __future__ import annotations

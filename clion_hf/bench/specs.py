@@ -36,6 +36,9 @@ and the weight-decay scale; ν too for CLion element/soft) that spends exactly
 ``trials_per_row`` configurations in every row (:meth:`Preset.search`,
 :meth:`clion_hf.bench.protocol.Matrix.plan_row`). The scale ladder's rungs are workloads
 ``NAME@WIDTH`` (see :func:`rung_args`).
+
+Hand-written: these are declarations (data), checked by :mod:`clion_hf.optim.validate`'s
+parsers and read by :func:`clion_hf.integrations.transformers.key_values`.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ time (construction included) minus a median step: the one-off cost of compiled p
 :mod:`clion_hf.optim.kernels.cpu`) in nanoseconds per element, each mode against the
 eager (foreach) path and torch AdamW, in interleaved rounds. ``CLION_HF_CPU_ISA`` picks
 the kernel of the ordinary table.
+
+Hand-written: ``torch.utils.benchmark`` times one statement at a time; the interleaved
+rounds across optimizers, the per-round ratios and the byte floor are what this adds.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ This module only defines the runs; :class:`~clion_hf.bench.runner.Runner` runs t
 same fork launcher, result files, resumption and locking as ``clion-bench run``: a
 :class:`Study` is an :class:`~clion_hf.bench.protocol.Experiment`, as the benchmark's
 :class:`~clion_hf.bench.protocol.Matrix` is), and :mod:`clion_hf.bench.study_report`
-analyses them.
+analyses them. Hand-written for the reasons of :mod:`clion_hf.bench.protocol`: the runs
+are a pure function of the study's settings and the tuned run's results.
 """
 
 from __future__ import annotations

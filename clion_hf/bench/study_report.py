@@ -73,6 +73,7 @@ CSV_COLUMNS = [
     "wall_s", "cpu_s", "curve",
 ]  # fmt: skip
 _TEXT = {"run_id", "workload", "optimizer", "stage", "mode", "status", "reason", "curve"}
+_INTS = {"n", "seed", "max_steps", "steps_done"}
 
 
 # ------------------------------------------------------------------------------ per run
@@ -655,7 +656,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
 
 def findings_from_csv(csv_text: str, meta: dict) -> list[str]:
     """The Findings lines recomputed from ``results.csv`` and ``bench.json`` alone."""
-    return findings(analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT), meta))
+    return findings(analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT, _INTS), meta))
 
 
 def findings_block(report_text: str) -> list[str]:
@@ -740,7 +741,7 @@ def _write_study_report(out_dir: Path, meta: dict) -> dict[str, Path]:
                   key=lambda r: (r["workload"], r["stage"], r["optimizer"], r["n"] or 0,
                                  r["seed"]))  # fmt: skip
     csv_text = rows_csv(rows, CSV_COLUMNS)
-    studies = analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT), meta)
+    studies = analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT, _INTS), meta)
     plots, errors = make_plots(studies, results, out_dir / "plots")
     timing = timing_lines(results, out_dir / "host-load.log")
     atomic_write_text(out_dir / "results.csv", csv_text)

@@ -18,6 +18,9 @@ optimizers take turns, in an order rotated from round to round, so that a slow s
 shared machine hits them alike. The ratio to ``adamw_torch_fused`` is computed per round;
 the table gives the median and a 95% interval (t interval of the per-round log ratios)
 and says "no difference detected" when that interval contains 1.
+
+Hand-written: transformers' Trainer reports samples/s per run, not interleaved rounds
+across optimizers on the same weights; this drives the Trainer and keeps its numbers.
 """
 
 from __future__ import annotations
