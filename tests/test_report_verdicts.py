@@ -33,8 +33,6 @@ from clion_hf.bench.runner import find_recipes_dir
 from clion_hf.bench.specs import BASE_WORKLOADS, PRIMARY, WORKLOADS, get_preset, parse_optimizers
 from clion_hf.bench.stats import (
     PairedTest,
-    bootstrap_means,
-    bootstrap_p,
     holm,
     holm_tests,
     paired_t_p,
@@ -51,8 +49,11 @@ def test_paired_t_is_scipys_and_never_zero_at_five_seeds():
     a = np.array([3.10, 3.21, 3.05, 3.17, 3.12])
     b = a - np.array([0.02, 0.05, 0.01, 0.04, 0.03])  # five differences of one sign
     diffs = list(a - b)
-    # the old test: a percentile bootstrap calls this p = 0, which no exact test allows
-    assert bootstrap_p(bootstrap_means(diffs)) == 0.0
+    # the old test: a percentile bootstrap excludes 0 at every level (p = 0), which no
+    # exact test allows
+    boot = st.bootstrap((diffs,), np.mean, method="percentile", confidence_level=0.9999,
+                        random_state=0).confidence_interval  # fmt: skip
+    assert boot.low > 0
     p = paired_t_p(diffs)
     assert p == pytest.approx(st.ttest_rel(a, b).pvalue, rel=1e-12) and p > 0
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .specs import WORKLOADS, fmt_float
+from .specs import WORKLOADS
 from .stats import t_interval
 
 ALPHA_SMOOTHING = 0.1  # add-0.1, as the reference bigram
@@ -201,7 +201,3 @@ def ladder_levels(an: Any) -> dict[str, dict[str, float]]:
         if levels:
             out[base] = levels
     return out
-
-
-def level_text(levels: dict[str, float]) -> str:
-    return ", ".join(f"{k} {fmt_float(v)}" for k, v in levels.items())

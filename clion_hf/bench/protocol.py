@@ -24,6 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from clion_hf._files import read_json
+
 from .specs import (
     COMMON_RECIPE_ARGS,
     LR_STEP,
@@ -265,6 +267,22 @@ def result_problem(data: Any) -> str | None:
     return None
 
 
+def load_results(out_dir: Path, problem: Callable[[Any], str | None] = result_problem
+                 ) -> tuple[list[dict], list[str]]:  # fmt: skip
+    """Every usable result file under ``out_dir/results`` (sorted; ``problem`` says which
+    are not: :func:`result_problem` unless a study passes its own), and one line per file
+    that could not be used, saying why (its run is redone, the reports list it)."""
+    results, problems = [], []
+    for path in sorted((out_dir / "results").glob("*.json")):
+        data = read_json(path)
+        why = problem(data)
+        if why is None:
+            results.append(data)
+        else:
+            problems.append(f"`{path.name}`: {why}")
+    return results, problems
+
+
 def classify(returncode: int | None, all_results: dict | None, log_history: list[dict],
              log_tail: str = "") -> tuple[str, str]:  # fmt: skip
     """``(status, reason)`` of a run that ended on its own: ``ok``, ``diverged`` or ``failed``.
@@ -348,10 +366,6 @@ class Trial:
     # the local search: the tuned values other than lr, and the point's grid indices
     params: tuple[tuple[str, float], ...] = ()
     point: tuple[int, ...] | None = None
-
-    @property
-    def complete(self) -> bool:
-        return all(r is not None for r in self.results)
 
     @property
     def score(self) -> float | None:

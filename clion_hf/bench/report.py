@@ -35,9 +35,9 @@ from .protocol import (
     Matrix,
     RowPlan,
     final_metric,
+    load_results,
     matrix_from,
     number,
-    result_problem,
     test_metric,
 )
 from .render import Figures, run_environment_line, save_figure, table
@@ -68,20 +68,6 @@ class ReportError(Exception):
 
 
 # ------------------------------------------------------------------------------ per run
-
-
-def load_results(out_dir: Path) -> tuple[list[dict], list[str]]:
-    """Every readable result file under ``out_dir/results`` (sorted), and one line per file
-    that could not be used, saying why."""
-    results, problems = [], []
-    for path in sorted((out_dir / "results").glob("*.json")):
-        data = read_json(path)
-        problem = result_problem(data)
-        if problem is None:
-            results.append(data)
-        else:
-            problems.append(f"`{path.name}`: {problem}")
-    return results, problems
 
 
 def curve(result: dict, key: str) -> list[tuple[int, float]]:

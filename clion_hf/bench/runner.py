@@ -55,7 +55,7 @@ from clion_hf._files import atomic_write_json, probe_writable, read_json
 from ..workloads import recipes_dir as installed_recipes_dir
 from .launcher import MARKER, Child, Launcher, LauncherDied, accelerate_env, stop_leftovers
 from .progress import ticker
-from .protocol import SCHEMA, Experiment, RunConfig, classify, result_problem
+from .protocol import SCHEMA, Experiment, RunConfig, classify, load_results, result_problem
 from .specs import WORKLOADS
 
 LOG_TAIL_CHARS = 4000
@@ -141,14 +141,9 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
 
 def load_result_files(out_dir: Path, problem: Callable[[Any], str | None] = result_problem
                       ) -> dict[str, dict]:  # fmt: skip
-    """Every usable result under ``out_dir/results`` (``problem`` says which are not: a
-    benchmark's :func:`result_problem` unless a study passes its own), by run id."""
-    found = {}
-    for path in sorted((out_dir / "results").glob("*.json")):
-        data = read_json(path)
-        if problem(data) is None:  # a bad file is as good as none: the run is redone
-            found[data["run_id"]] = data
-    return found
+    """:func:`~clion_hf.bench.protocol.load_results` by run id (a bad file is as good as
+    none: the run is redone)."""
+    return {r["run_id"]: r for r in load_results(out_dir, problem)[0]}
 
 
 def _kind_of(description: Any) -> str | None:

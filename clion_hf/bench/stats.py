@@ -1,6 +1,6 @@
 """Statistics of the reports: paired t-tests, t intervals and TOST with Holm's correction
-(the benchmark report over all its comparisons, the studies within each family), percentile
-bootstrap bands (plots only), performance profiles.
+(the benchmark report over all its comparisons, the studies within each family),
+performance profiles.
 
 Why hand-written: Holm's step-down procedure needs a p-value per comparison and intervals at
 per-comparison levels; SciPy gives the t-tests and quantiles, the step-down is a few lines.
@@ -25,33 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-N_RESAMPLES = 20_000
-BOOTSTRAP_SEED = 0  # fixed: the report is a function of the results
-
-
-def bootstrap_means(diffs: Sequence[float], n_resamples: int = N_RESAMPLES,
-                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:  # fmt: skip
-    """Means of ``n_resamples`` resamples (with replacement) of ``diffs``."""
-    data = np.asarray(diffs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(data), size=(n_resamples, len(data)))
-    return data[idx].mean(axis=1)
-
-
-def percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
-    """The central ``level`` interval of the bootstrap distribution."""
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
-
-
-def bootstrap_p(means: np.ndarray) -> float:
-    """Two-sided p-value of "mean difference = 0": twice the smaller tail mass beyond 0
-    (the smallest level at which the percentile interval excludes 0), at most 1."""
-    below = float(np.mean(means <= 0))
-    above = float(np.mean(means >= 0))
-    return min(1.0, 2 * min(below, above))
 
 
 def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
