@@ -76,6 +76,18 @@ class Figures:
                 plt.close(fig)
 
 
+def label_axes(ax: Any, title: str, x: str, y: str, size: float | None = None,
+               title_size: float | None = None, grid: bool = False) -> None:  # fmt: skip
+    """Title and axis labels of a plot (at font ``size``; the title at ``title_size`` if
+    given), and a light grid if asked."""
+    kw = {} if size is None else {"fontsize": size}
+    ax.set_title(title, **({"fontsize": title_size} if title_size is not None else kw))
+    ax.set_xlabel(x, **kw)
+    ax.set_ylabel(y, **kw)
+    if grid:
+        ax.grid(alpha=0.3)
+
+
 def host_facts() -> dict[str, str]:
     """This machine now, for the header of a timing table: time, processor, torch threads,
     versions, ``OMP_WAIT_POLICY`` and the load average."""

@@ -40,7 +40,7 @@ from .protocol import (
     number,
     test_metric,
 )
-from .render import Figures, run_environment_line, save_figure, table
+from .render import Figures, label_axes, run_environment_line, save_figure, table
 from .specs import (
     MARGINS,
     MODES,
@@ -1120,10 +1120,8 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
             stat = (f"mean over {_seeds_text(n)}, band = min to max" if n >= 2
                     else _seeds_text(n))  # fmt: skip
             for ax, what in zip(axes, ("training loss", "validation loss"), strict=True):
-                ax.set_title(f"{wa.name}: {what}\n({stat})", fontsize=LABEL_SIZE)
-                ax.set_xlabel("step", fontsize=LABEL_SIZE)
-                ax.set_ylabel(f"{what} ({unit})", fontsize=LABEL_SIZE)
-                ax.grid(alpha=0.3)
+                label_axes(ax, f"{wa.name}: {what}\n({stat})", "step", f"{what} ({unit})",
+                           LABEL_SIZE, grid=True)
             # one legend for both panels, below them: it never hides a curve
             handles, names = axes[1].get_legend_handles_labels()
             if not handles:
@@ -1155,11 +1153,9 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
                 plt.close(fig)
                 return None
             ax.set_ylim(-0.01, 1.01)  # a fraction: flat at 0 must look flat at 0
-            ax.set_title(f"{wa.name}: CLion sign-branch fraction per logged step\n(mean over "
-                         "every run of the row, tuning and final)", fontsize=LABEL_SIZE)
-            ax.set_xlabel("step", fontsize=LABEL_SIZE)
-            ax.set_ylabel("fraction of coordinates on the sign branch", fontsize=LABEL_SIZE)
-            ax.grid(alpha=0.3)
+            label_axes(ax, f"{wa.name}: CLion sign-branch fraction per logged step\n(mean "
+                       "over every run of the row, tuning and final)", "step",
+                       "fraction of coordinates on the sign branch", LABEL_SIZE, grid=True)
             ax.legend(fontsize=LEGEND_SIZE)
             fig.tight_layout()
             return fig
@@ -1182,11 +1178,9 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
                 return None
             nu_marks(ax, summaries)
             ax.set_yscale("log")
-            ax.set_title(f"{wa.name}: smallest non-zero abs(c) per logged step\n(median over "
-                         "every run of the row, tuning and final)", fontsize=LABEL_SIZE)
-            ax.set_xlabel("step", fontsize=LABEL_SIZE)
-            ax.set_ylabel("smallest non-zero abs(c) (gradient units)", fontsize=LABEL_SIZE)
-            ax.grid(alpha=0.3)
+            label_axes(ax, f"{wa.name}: smallest non-zero abs(c) per logged step\n(median "
+                       "over every run of the row, tuning and final)", "step",
+                       "smallest non-zero abs(c) (gradient units)", LABEL_SIZE, grid=True)
             ax.legend(fontsize=LEGEND_SIZE - 1, loc="upper center", bbox_to_anchor=(0.5, -0.16))
             fig.tight_layout()
             return fig

@@ -44,7 +44,7 @@ from clion_hf.integrations.transformers import OptimArgsError, key_values
 from . import render
 from .plotstyle import LEGEND_SIZE, colour
 from .protocol import number
-from .render import Figures, table
+from .render import Figures, label_axes, table
 from .report import (
     ReportError,
     curve,
@@ -580,10 +580,9 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                                           f"(slope {ws.slopes[rule][lb].text()})")  # fmt: skip
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-                ax.set_xlabel("N (training examples)")
-                ax.set_ylabel("held-out − training loss (nats, eval mode)")
-                ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
-                             "t interval)", fontsize=10)  # fmt: skip
+                label_axes(ax, f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
+                           "t interval)", "N (training examples)",
+                           "held-out − training loss (nats, eval mode)", title_size=10)
                 _legend(ax)
                 return fig
 
@@ -608,10 +607,8 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 if steps:
                     ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps],
                             color=colour(lb), marker=".", label=describe_optimizer(lb))
-            ax.set_xlabel("step")
-            ax.set_ylabel("log10 τ_t (gradient units)")
-            ax.set_title(f"{ws.name}: τ_t at N = {n}\n(min over each log interval; mean "
-                         "of log10 over seeds)", fontsize=10)  # fmt: skip
+            label_axes(ax, f"{ws.name}: τ_t at N = {n}\n(min over each log interval; mean of "
+                       "log10 over seeds)", "step", "log10 τ_t (gradient units)", title_size=10)
             _legend(ax)
             return fig
 
