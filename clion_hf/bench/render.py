@@ -7,6 +7,8 @@ pads the cells, which would reformat every committed report; the rest are a few 
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import platform
 import time
@@ -27,6 +29,17 @@ def table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> list[str]:
 def records_table(records: Iterable[Mapping[str, str]], headers: Mapping[str, str]) -> str:
     """A markdown table of ``records`` (dicts of cells), columns ``headers`` (key -> title)."""
     return "\n".join(table(headers.values(), ([r[k] for k in headers] for r in records)))
+
+
+def csv_text(rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> str:
+    """``rows`` as CSV with a header, ``columns`` in order; a missing or None cell is blank
+    (floats as ``repr``, so that reading them back gives the same numbers)."""
+    columns = list(columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if row.get(k) is None else row[k] for k in columns} for row in rows)
+    return buf.getvalue()
 
 
 def findings_block(text: str, begin: str, end: str) -> list[str]:

@@ -18,7 +18,6 @@ verdict wording; the numbers come from pandas (reading ``results.csv``), scipy
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import statistics
@@ -40,7 +39,7 @@ from .protocol import (
     number,
     test_metric,
 )
-from .render import Figures, label_axes, run_environment_line, save_figure, table
+from .render import Figures, csv_text, label_axes, run_environment_line, save_figure, table
 from .specs import (
     MARGINS,
     MODES,
@@ -177,12 +176,7 @@ _INT_COLUMNS = {"seed", "max_steps", "steps_to_target", "returncode"}
 
 
 def rows_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    return buf.getvalue()
+    return csv_text(rows, columns)
 
 
 def rows_from_csv(text: str, columns: list[str] = CSV_COLUMNS,

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import math
 import os
 import statistics
@@ -51,7 +49,7 @@ from clion_hf._files import atomic_write_text, probe_writable
 
 from .argtypes import OneLineParser, positive_int
 from .progress import duration_text, quiet_optimizer_warnings
-from .render import host_facts, records_table
+from .render import csv_text, host_facts, records_table
 from .stats import ratio_interval
 
 MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
@@ -231,20 +229,25 @@ def _timed_step(opt: torch.optim.Optimizer, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def _params(model: str, device: str, dtype: torch.dtype) -> list[torch.nn.Parameter]:
+    """``model``'s parameter shapes, filled (with gradients) from a fixed seed."""
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for s in model_shapes(model):
+        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device, dtype))
+        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device, dtype)
+        params.append(p)
+    return params
+
+
 def bench_model(
     model: str, cands: list[Candidate], *, device: str, dtype: torch.dtype, repeats: int,
     log: Callable[[str], None],
 ) -> int:  # fmt: skip
     """Time every runnable candidate on ``model``'s shapes; returns the element count."""
-    shapes = model_shapes(model)
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for s in shapes:
-        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device, dtype))
-        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device, dtype)
-        params.append(p)
+    params = _params(model, device, dtype)
     numel = sum(p.numel() for p in params)
-    log(f"{model}: {len(shapes)} tensors, {numel / 1e6:.1f}M parameters")
+    log(f"{model}: {len(params)} tensors, {numel / 1e6:.1f}M parameters")
     runnable = [c for c in cands if c.make is not None]
     for c in runnable:
         # Construction counts into the first step: fused=True builds its kernel there.
@@ -299,13 +302,7 @@ def isa_table(model: str, *, dtype: torch.dtype, repeats: int,
     runs += [("eager", m, make(m, foreach=True, fused=False), None) for m in ISA_MODES]
     for isa in cpu.host_isas():
         runs += [(isa, m, make(m, fused=True), isa) for m in ISA_MODES]
-    shapes = model_shapes(model)
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for s in shapes:
-        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(dtype))
-        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(dtype)
-        params.append(p)
+    params = _params(model, "cpu", dtype)
     numel = sum(p.numel() for p in params)
     log(f"{model}: {numel / 1e6:.1f}M parameters; targets {', '.join(cpu.host_isas())}")
 
@@ -439,11 +436,7 @@ def markdown(table: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> 
 def table_csv(table: list[dict[str, str]], headers: dict[str, str],
               facts: dict[str, str]) -> str:  # fmt: skip
     """The table as CSV, one row per (model, optimizer), the run's :data:`FACTS` in each."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*headers, *FACTS], lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({**{k: r[k] for k in headers}, **facts} for r in table)
-    return buf.getvalue()
+    return csv_text(({**r, **facts} for r in table), [*headers, *FACTS])
 
 
 def _load() -> str:
