@@ -33,6 +33,7 @@ from .specs import (
     OptimizerSpec,
     Preset,
     Search,
+    WorkloadSettings,
     fmt_float,
     get_preset,
     parse_optimizer,
@@ -108,6 +109,23 @@ class RunConfig:
         config = recipes_dir / "accelerate_configs" / f"{self.accelerate_config}.yaml"
         return [*accelerate_command(), "launch", "--config_file", str(config),
                 *self.recipe_command(recipes_dir, output_dir)]  # fmt: skip
+
+
+def run_args(spec: OptimizerSpec, preset: Preset, ws: WorkloadSettings,
+             own: Iterable[str] = (), replaced: set[str] | frozenset[str] = frozenset()
+             ) -> tuple[str, ...]:  # fmt: skip
+    """A run's recipe flags after the hyper-parameters: the optimizer's, the ones every run
+    has, the preset's (less the flags in ``replaced``, with their values), the workload's,
+    then the experiment's ``own``. Every experiment builds its runs' flags here."""
+    base, skip = [], False
+    for a in preset.extra_args:
+        if skip:
+            skip = False
+        elif a in replaced:
+            skip = True  # and its value
+        else:
+            base.append(a)
+    return (*spec.recipe_args(), *COMMON_RECIPE_ARGS, *base, *ws.extra_args, *own)
 
 
 def accelerate_command() -> list[str]:
@@ -486,8 +504,7 @@ class Matrix:
                 scale = value
             else:
                 run_spec = run_spec.with_option(key, value)
-        args = (*run_spec.recipe_args(), *COMMON_RECIPE_ARGS, *self.preset.extra_args,
-                *ws.extra_args)  # fmt: skip
+        args = run_args(run_spec, self.preset, ws)
         return RunConfig(
             workload=workload, optimizer=spec.label, lr=lr,
             weight_decay=weight_decay_for(lr, scale, self.preset.coupling(ws)), seed=seed,

@@ -39,9 +39,8 @@ from typing import Any
 
 from clion_hf._files import read_json
 
-from .protocol import Matrix, RunConfig, matrix_from, span_text
+from .protocol import Matrix, RunConfig, matrix_from, run_args, span_text
 from .specs import (
-    COMMON_RECIPE_ARGS,
     OptimizerSpec,
     Preset,
     SpecError,
@@ -245,18 +244,6 @@ class StudyPlan:
 _OWN_FLAGS = {"--eval_steps", "--logging_steps", "--max_test_samples", "--eval_strategy"}
 
 
-def _without(args: Iterable[str], flags: set[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in flags:
-            skip = True
-        else:
-            out.append(a)
-    return out
-
-
 @dataclass
 class Study:
     """A gen-gap study ready to plan and run (an :class:`~clion_hf.bench.protocol.Experiment`)."""
@@ -285,13 +272,12 @@ class Study:
         gs = self.settings(workload)
         base = self.preset
         ws = base.settings(workload, gs.max_steps)
-        args = (
-            *spec.recipe_args(), *COMMON_RECIPE_ARGS, *_without(base.extra_args, _OWN_FLAGS),
-            *ws.extra_args, *self.study.extra_args,
+        args = run_args(spec, base, ws, (
+            *self.study.extra_args,
             "--eval_strategy", "steps", "--eval_steps", str(gs.eval_every),
             "--logging_steps", str(gs.log_every),
             "--train_subset_size", str(n), "--eval_train_subset", "true",
-        )  # fmt: skip
+        ), replaced=_OWN_FLAGS)  # fmt: skip
         second = ("nu", spec.get("nu")) if stage == "nu" else ("N", float(n))
         return RunConfig(
             workload=workload, optimizer=label, lr=lr, weight_decay=wd, seed=seed,
