@@ -31,7 +31,7 @@ case "$target" in
     if [ "$target" != native ]; then isa_env=(CLION_HF_CPU_ISA="$target"); fi ;;
 esac
 table=$(mktemp --suffix=.md)
-trap 'rm -f "$table"' EXIT
+trap 'rm -f "$table" "${table%.md}.csv"' EXIT
 before=$(cat /proc/loadavg)
 env "${isa_env[@]}" OMP_WAIT_POLICY=PASSIVE clion-bench steps "${args[@]}" --out "$table"
 after=$(cat /proc/loadavg)
@@ -51,4 +51,6 @@ after=$(cat /proc/loadavg)
   cat "$table"
 } > "$out.tmp"
 mv "$out.tmp" "$out"
-echo "wrote $out"
+# the table as CSV, with the run's facts: what steps_readme reads
+mv "${table%.md}.csv" "${out%.md}.csv"
+echo "wrote $out and ${out%.md}.csv"

@@ -43,11 +43,8 @@ from clion_hf.bench.specs import (
 )
 from clion_hf.bench.stats import (
     Comparison,
-    bootstrap_means,
-    bootstrap_p,
     compare_family,
     holm,
-    percentile_interval,
     performance_profile,
 )
 
@@ -104,7 +101,7 @@ def test_optimizer_list_splits_on_names_only():
         ("clion:caution=true", "unknown option 'caution' for clion"),
         ("lion:caution=maybe", "not a boolean"),
         ("lion:beta1=1.5", "must be in [0, 1)"),
-        ("lion:beta1", "expected KEY=VALUE"),
+        ("lion:beta1", "is not key=value"),
         ("adamw:mode=element", "unknown option 'mode' for adamw"),
         ("lion:beta1=0.8,beta1=0.9", "given twice"),
         ("adamw,adamw", "optimizer given twice"),
@@ -306,24 +303,6 @@ def test_finite_explosions_count_as_divergence():
 
 
 # ------------------------------------------------------------------------------ statistics
-
-
-def test_bootstrap_interval_matches_scipy_and_p_value_inverts_it():
-    from scipy.stats import bootstrap
-
-    rng = np.random.default_rng(1)
-    diffs = rng.normal(0.3, 1.0, size=12)
-    dist = bootstrap_means(diffs)
-    lo, hi = percentile_interval(dist, 0.95)
-    ref = bootstrap((diffs,), np.mean, method="percentile", n_resamples=20_000,
-                    random_state=2).confidence_interval  # fmt: skip
-    assert lo == pytest.approx(ref.low, abs=0.03) and hi == pytest.approx(ref.high, abs=0.03)
-    p = bootstrap_p(dist)
-    # the interval at level 1 - p just reaches 0
-    lo_p, hi_p = percentile_interval(dist, 1 - p * 1.02)
-    assert lo_p > 0 or hi_p < 0
-    lo_p, hi_p = percentile_interval(dist, 1 - p * 0.98)
-    assert lo_p <= 0 <= hi_p
 
 
 def test_holm_step_down_and_interval_levels():
@@ -682,23 +661,25 @@ def test_readme_steps_tables_are_the_committed_reports():
 
 def test_steps_readme_reads_a_report_and_notices_a_stale_readme(tmp_path):
     from clion_hf.bench import steps_readme
+    from clion_hf.bench.steps import HEADERS, table_csv
 
     def report(lion_ratio: str) -> str:
-        head = ("# r\n\nLoad average before: `0.50 1 1 1/1 1`; after: `0.70 1 1 1/1 1`\n\n"
-                "2026-01-02 03:04 UTC; cpu: x86_64, 2 threads; clion_hf kernel target "
-                "x86-64-v4 (torch capability AVX512); median of 9 rounds\n\n")
-        rows = ["| model | optimizer | from | median ms | × AdamW fused | 95% interval | note |",
-                "|---|---|---|---|---|---|---|",
-                "| gpt2 | adamw-fused | torch | 100.0 | 1.00 | [1.00, 1.00] |  |",
-                f"| gpt2 | lion-fused | clion_hf | 70.0 | {lion_ratio} | – |  |",
-                "| gpt2 | clion-element-fused | clion_hf | 75.0 | 0.75 | [0.74, 0.77] |  |"]
-        return head + "\n".join(rows) + "\n"
+        facts = {"when": "2026-01-02 03:04 UTC", "device": "cpu", "target": "x86-64-v4",
+                 "rounds": "9", "load_before": "0.50", "load_after": "0.70"}
+        rows = [("adamw-fused", "torch", "100.0", "1.00", "[1.00, 1.00]"),
+                ("lion-fused", "clion_hf", "70.0", lion_ratio, "–"),
+                ("clion-element-fused", "clion_hf", "75.0", "0.75", "[0.74, 0.77]")]
+        table = [{**dict.fromkeys(HEADERS, "–"), "model": "gpt2", "optimizer": o, "impl": i,
+                  "median_ms": ms, "vs_adamw_fused": r, "vs_adamw_fused_ci": ci}
+                 for o, i, ms, r, ci in rows]
+        return table_csv(table, HEADERS, facts)
 
     docs = tmp_path / "docs" / "benchmarks"
     docs.mkdir(parents=True)
-    (docs / "steps-cpu-x86-64-v3-2026-01-01.md").write_text(report("0.99"))
-    (docs / "steps-cpu-x86-64-v3-2026-01-02.md").write_text(report("0.70"))  # newest wins
-    (docs / "steps-cpu-native-2026-01-02.md").write_text(report("0.71"))
+    (docs / "steps-cpu-x86-64-v3-2026-01-01.csv").write_text(report("0.99"))
+    (docs / "steps-cpu-x86-64-v3-2026-01-02.csv").write_text(report("0.70"))  # newest wins
+    (docs / "steps-cpu-native-2026-01-02.csv").write_text(report("0.71"))
+    (docs / "steps-cpu-native-2026-01-03.md").write_text("a report without its CSV: unread")
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{steps_readme.BEGIN}\nold\n{steps_readme.END}\nrest\n")
     assert steps_readme.main(["--repo", str(tmp_path), "--check"]) == 1
@@ -706,11 +687,13 @@ def test_steps_readme_reads_a_report_and_notices_a_stale_readme(tmp_path):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\nrest\n") and "old" not in text
     assert "| Lion fused | 0.70 |" in text and "| Lion fused | 0.71 |" in text
+    assert "[`steps-cpu-native-2026-01-02.md`](docs/benchmarks/steps-cpu-native-2026-01-02.md)" \
+        in text  # the CSV's report is cited
     assert "| torch AdamW fused (ms) | 1.00 (100.0 ms) |" in text
     assert "| CLion element / soft fused | – |" in text  # soft missing: no half cell
-    assert steps_readme.table(steps_readme.parse_report(report("0.7"))[0]).count(
+    assert steps_readme.table(steps_readme.read_report(report("0.7"))[0]).count(
         "| Lion fused | 0.7 |") == 1  # no interval in the report: none shown
-    element = {"× AdamW fused": "0.75", "95% interval": "[0.74, 0.77]"}
+    element = {"vs_adamw_fused": "0.75", "vs_adamw_fused_ci": "[0.74, 0.77]"}
     assert steps_readme._ratio(element) == "0.75 [0.74, 0.77]"
     assert "native build (x86-64-v4)" in text and "median of 9 rounds" in text
     assert "0.50 before and 0.70 after" in text
@@ -778,3 +761,21 @@ def test_commit_is_recorded_only_for_recipes_git_tracks(tmp_path, monkeypatch):
     head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
     assert info(here)["git_commit"] == head
+
+
+@pytest.mark.slow  # times real optimizer steps (~17 s on 2 cores)
+def test_steps_writes_a_csv_next_to_its_markdown_that_steps_readme_reads(tmp_path, capsys):
+    """`steps --out X.md` writes X.csv too: the table's cells and the run's facts, which the
+    README generator reads instead of parsing the markdown back."""
+    from clion_hf.bench import steps, steps_readme
+
+    out = tmp_path / "steps-cpu-native-2026-01-01.md"
+    assert steps.main(["--models", "tiny", "--repeats", "1", "--optimizers",
+                       "adamw-fused,lion-fused", "--warm_cache", "--out", str(out)]) == 0
+    rows, facts = steps_readme.read_report(out.with_suffix(".csv").read_text())
+    assert set(rows) == {("tiny", "adamw-fused"), ("tiny", "lion-fused")}
+    markdown = out.read_text()
+    for row in rows.values():  # every CSV row is a row of the markdown table
+        assert "| " + " | ".join(row[k] for k in steps.HEADERS) + " |" in markdown
+    assert facts["rounds"] == "1" and facts["when"] in markdown
+    assert f"kernel target {facts['target']} " in markdown

@@ -29,12 +29,10 @@ from clion_hf.bench.report import (
     verdict,
     write_report,
 )
-from clion_hf.bench.runner import dry_run_lines, find_recipes_dir
+from clion_hf.bench.runner import find_recipes_dir
 from clion_hf.bench.specs import BASE_WORKLOADS, PRIMARY, WORKLOADS, get_preset, parse_optimizers
 from clion_hf.bench.stats import (
     PairedTest,
-    bootstrap_means,
-    bootstrap_p,
     holm,
     holm_tests,
     paired_t_p,
@@ -51,8 +49,11 @@ def test_paired_t_is_scipys_and_never_zero_at_five_seeds():
     a = np.array([3.10, 3.21, 3.05, 3.17, 3.12])
     b = a - np.array([0.02, 0.05, 0.01, 0.04, 0.03])  # five differences of one sign
     diffs = list(a - b)
-    # the old test: a percentile bootstrap calls this p = 0, which no exact test allows
-    assert bootstrap_p(bootstrap_means(diffs)) == 0.0
+    # the old test: a percentile bootstrap excludes 0 at every level (p = 0), which no
+    # exact test allows
+    boot = st.bootstrap((diffs,), np.mean, method="percentile", confidence_level=0.9999,
+                        random_state=0).confidence_interval  # fmt: skip
+    assert boot.low > 0
     p = paired_t_p(diffs)
     assert p == pytest.approx(st.ttest_rel(a, b).pvalue, rel=1e-12) and p > 0
 
@@ -209,7 +210,7 @@ def test_smoke_runs_element_and_its_report_names_the_comparison_and_its_time(tmp
     cpu = get_preset("cpu")
     full = Matrix(cpu, ["gpt2-pretrain"], parse_optimizers(",".join(cpu.optimizers)),
                   cpu.tuning_seeds, cpu.final_seeds)  # fmt: skip
-    line = next(x for x in dry_run_lines(full, find_recipes_dir(), tmp_path / "o")
+    line = next(x for x in full.dry_run_lines(find_recipes_dir(), tmp_path / "o")
                 if x.startswith("# estimated device time:"))
     estimate = line.removeprefix("# estimated device time: ").split(" (")[0]
     assert f"estimated {estimate} " in head
@@ -308,13 +309,13 @@ def test_study_plots_use_the_same_colours_and_label_their_axes(tmp_path):
     from matplotlib.colors import to_hex
     from matplotlib.container import ErrorbarContainer
 
-    from clion_hf.bench.study_report import _TEXT
+    from clion_hf.bench.study_report import _INTS, _TEXT
     from clion_hf.bench.study_report import CSV_COLUMNS as STUDY_COLUMNS
     from clion_hf.bench.study_report import analyze as analyze_study
     from clion_hf.bench.study_report import make_plots as study_plots
 
     study = REPO / "docs" / "benchmarks" / "gen-gap-cpu-2026-11-29"
-    rows = rows_from_csv((study / "results.csv").read_text(), STUDY_COLUMNS, _TEXT)
+    rows = rows_from_csv((study / "results.csv").read_text(), STUDY_COLUMNS, _TEXT, _INTS)
     studies = analyze_study(rows, json.loads((study / "bench.json").read_text()))
     figures: dict = {}
     study_plots(studies, [], tmp_path, figures)

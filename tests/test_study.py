@@ -183,6 +183,9 @@ def test_tuned_hyper_parameters_come_from_the_run_directory():
     (["--preset", "cpu", "--optimizers", "lion:lr=-1"], "invalid lr=-1.0"),
     (["--out", "/nonexistent-dir", "--report_only"], "no results in"),
     (["--out", "x"], "required: --preset"),
+    # the run's recipe-directory check (one for run and study): it had none here
+    (["--preset", "smoke", "--optimizers", "lion:lr=1e-3", "--recipes_dir", str(REPO / "docs"),
+      "--dry_run"], "missing recipe file(s)"),
 ])  # fmt: skip
 def test_bad_input_is_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:

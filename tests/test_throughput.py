@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pytest
 
@@ -50,3 +51,16 @@ def test_interleaved_rounds_give_a_table(tmp_path, capsys) -> None:  # noqa: ANN
     assert cells["clion element"][4] and cells["clion global"][4]  # sign-branch fractions
     assert not cells["lion"][4]
     assert "synthetic inputs; 2 rounds of 1 warm-up + 2 timed Trainer steps" in text
+
+
+def test_ratio_interval_uses_the_exact_t_quantile_beyond_30_rounds() -> None:
+    """The 95% interval's half-width is t(0.975, n - 1) standard errors for any n (a table
+    that stopped at 30 degrees of freedom gave 2.042 instead of 2.000 at 60)."""
+    from scipy import stats as st
+
+    ratios = [1.0 + 0.01 * ((i * 7) % 13 - 6) for i in range(61)]
+    _, low, high = throughput.ratio_interval(ratios)
+    logs = [math.log(r) for r in ratios]
+    se = statistics.stdev(logs) / math.sqrt(len(logs))
+    half = (math.log(high) - math.log(low)) / 2
+    assert half / se == pytest.approx(st.t.ppf(0.975, 60), rel=1e-9)

@@ -1,4 +1,7 @@
-"""Command-line value types shared by ``clion-bench``'s subcommands (a leaf module)."""
+"""Command-line value types shared by ``clion-bench``'s subcommands (a leaf module).
+
+argparse's own types cannot bound a count or print a one-line error; these few lines do.
+"""
 
 from __future__ import annotations
 

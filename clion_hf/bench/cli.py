@@ -12,6 +12,9 @@ or holds another kind of experiment) exit with one line on stderr and status 2; 
 interrupted ``run`` exits with 128 + the signal number and resumes on the next call; a disk
 that fills up on the way, or runs killed from outside, end it with one line and status 1
 (the next call resumes, redoing the killed runs).
+
+argparse (with :class:`~clion_hf.bench.argtypes.OneLineParser`), not a CLI framework: the
+standard library serves, and transformers' scripts spell their options the same way.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .argtypes import OneLineParser, bounded_int, positive_int
 from .progress import ticker
+
+if TYPE_CHECKING:
+    from .protocol import Experiment
 
 FINAL_SEED_BASE = 100  # final seeds are 100, 101, ...: never a tuning seed (0, 1, ...)
 # Upper bounds of the counts that size the plan (every run is planned up front: a count of
@@ -35,6 +42,32 @@ MAX_TUNING_SEEDS = 100
 MAX_JOBS = 256
 MAX_THREADS = 1024
 MAX_SIZES = 30  # N_max / 2^29 is below one example for every workload
+
+
+def _add_experiment_arguments(p: argparse.ArgumentParser, out: str, launches: bool = True
+                              ) -> None:  # fmt: skip
+    """The flags of every experiment that runs (and resumes) into ``--out``; ``launches``:
+    its runs are recipes launched by the runner (``run``, ``study gen-gap``)."""
+    p.add_argument("--out", default=out, help=f"output directory (default: {out})")
+    if launches:
+        p.add_argument("--jobs", type=bounded_int(MAX_JOBS),
+                       help="runs at a time (default: the preset's)")
+        p.add_argument(
+            "--threads", type=bounded_int(MAX_THREADS),
+            help="torch threads per run (default: all cores with --jobs 1, else cores // jobs)",
+        )  # fmt: skip
+        p.add_argument("--recipes_dir", help="directory with the recipes (default: the "
+                       "installed package's, or the checkout's)")  # fmt: skip
+    p.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+
+
+def _add_study_arguments(p: argparse.ArgumentParser, presets: Iterable[str]) -> None:
+    p.add_argument("--preset", help=f"one of: {', '.join(presets)} (not needed with "
+                   "--report_only)")  # fmt: skip
+    p.add_argument("--report_only", action="store_true",
+                   help="write the report from the results already in --out, run nothing")
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,29 +85,15 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="final (reported) seeds per optimizer (default: the preset's)")
     p.add_argument("--tuning_seeds", type=bounded_int(MAX_TUNING_SEEDS),
                    help="seeds each tried configuration runs on (default: the preset's)")
-    p.add_argument("--out", default="bench-out", help="output directory (default: bench-out)")
-    p.add_argument("--jobs", type=bounded_int(MAX_JOBS),
-                   help="runs at a time (default: the preset's)")
-    p.add_argument(
-        "--threads", type=bounded_int(MAX_THREADS),
-        help="torch threads per run (default: all cores with --jobs 1, else cores // jobs)",
-    )  # fmt: skip
     p.add_argument("--max_steps", type=positive_int, help="override every workload's steps")
-    p.add_argument(
-        "--recipes_dir",
-        help="directory with the recipes (default: the installed package's, or the checkout's)",
-    )
-    p.add_argument("--dry_run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
     p.add_argument("--keep_outputs", action="store_true", help="keep each run's output_dir")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    _add_experiment_arguments(p, "bench-out")
 
 
 def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
     from .study import STUDY_PRESETS
 
-    p.add_argument("--preset", help=f"one of: {', '.join(STUDY_PRESETS)} (not needed with "
-                   "--report_only)")  # fmt: skip
+    _add_study_arguments(p, STUDY_PRESETS)
     p.add_argument("--tuned", help="a `clion-bench run` output directory whose chosen "
                    "hyper-parameters the optimizers use (its bench.json and results/ or "
                    "results.csv); not needed for specs that pin lr=")  # fmt: skip
@@ -86,31 +105,15 @@ def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sizes", type=bounded_int(MAX_SIZES),
                    help="number of nested sizes N_max/2^k (default: the preset's, 5)")
     p.add_argument("--no_nu_sweep", action="store_true", help="skip the ν sweep")
-    p.add_argument("--out", default="gen-gap-out", help="output directory (default: gen-gap-out)")
-    p.add_argument("--jobs", type=bounded_int(MAX_JOBS),
-                   help="runs at a time (default: the preset's)")
-    p.add_argument("--threads", type=bounded_int(MAX_THREADS), help="torch threads per run")
-    p.add_argument("--recipes_dir", help="directory with the recipes (default: the installed)")
-    p.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
-    p.add_argument("--report_only", action="store_true",
-                   help="write the report from the results already in --out, run nothing")
-    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    _add_experiment_arguments(p, "gen-gap-out")
 
 
 def _add_stability_arguments(p: argparse.ArgumentParser) -> None:
     from .stability import STABILITY_PRESETS
 
-    p.add_argument("--preset", help=f"one of: {', '.join(STABILITY_PRESETS)} (not needed "
-                   "with --report_only)")  # fmt: skip
+    _add_study_arguments(p, STABILITY_PRESETS)
     p.add_argument("--pairs", type=positive_int, help="pairs per arm (default: the preset's)")
-    p.add_argument("--out", default="stability-out",
-                   help="output directory (default: stability-out)")
-    p.add_argument("--dry_run", action="store_true", help="print the plan, run nothing")
-    p.add_argument("--report_only", action="store_true",
-                   help="write the report from the results already in --out, run nothing")
-    p.add_argument("--retry_failed", action="store_true", help="rerun runs recorded as failed")
-    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    _add_experiment_arguments(p, "stability-out", launches=False)
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -166,8 +169,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .protocol import Matrix
-    from .runner import Runner, dry_run_lines, find_recipes_dir
-    from .specs import WORKLOADS, SpecError, get_preset, parse_optimizers, parse_workloads
+    from .specs import SpecError, get_preset, parse_optimizers, parse_workloads
 
     try:
         preset = get_preset(args.preset)
@@ -179,6 +181,23 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                                       else ",".join(preset.optimizers))  # fmt: skip
     except SpecError as err:
         parser.error(str(err))
+    tuning = tuple(range(args.tuning_seeds)) if args.tuning_seeds else preset.tuning_seeds
+    final = (tuple(FINAL_SEED_BASE + i for i in range(args.seeds)) if args.seeds
+             else preset.final_seeds)  # fmt: skip
+    matrix = Matrix(preset, workloads, optimizers, tuning, final, args.max_steps)
+    code = _run_experiment(matrix, args, parser, keep_outputs=args.keep_outputs)
+    if code == 0 and not args.dry_run:
+        print(f"clion-bench: next: clion-bench report {args.out}")
+    return code
+
+
+def _recipes_dir(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                 experiment: Experiment) -> Path:  # fmt: skip
+    """The recipes directory, with the accelerate config and every recipe ``experiment``
+    launches; a usage error naming what is missing otherwise."""
+    from .runner import find_recipes_dir
+    from .specs import WORKLOADS
+
     recipes_dir = find_recipes_dir(args.recipes_dir)
     if recipes_dir is None:
         parser.error(
@@ -186,29 +205,31 @@ def _cmd_run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "this clion-hf installation has no recipes (neither clion_hf/recipes/ of a wheel "
             "nor a checkout's recipes/); reinstall clion-hf or pass --recipes_dir"
         )
-    config = recipes_dir / "accelerate_configs" / f"{preset.accelerate_config}.yaml"
-    missing = [str(p) for p in [config, *(recipes_dir / WORKLOADS[w].recipe for w in workloads)]
-               if not p.is_file()]  # fmt: skip
+    config = recipes_dir / "accelerate_configs" / f"{experiment.preset.accelerate_config}.yaml"
+    needed = [config, *(recipes_dir / WORKLOADS[w].recipe for w in experiment.workloads)]
+    missing = [str(p) for p in needed if not p.is_file()]
     if missing:
         parser.error(f"missing recipe file(s): {', '.join(missing)}")
-    tuning = tuple(range(args.tuning_seeds)) if args.tuning_seeds else preset.tuning_seeds
-    final = (tuple(FINAL_SEED_BASE + i for i in range(args.seeds)) if args.seeds
-             else preset.final_seeds)  # fmt: skip
-    matrix = Matrix(preset, workloads, optimizers, tuning, final, args.max_steps)
+    return recipes_dir
+
+
+def _run_experiment(experiment: Experiment, args: argparse.Namespace,
+                    parser: argparse.ArgumentParser, keep_outputs: bool = False) -> int:
+    """``--dry_run``'s plan, or run (resume) ``experiment`` into ``--out``."""
+    from .runner import Runner
+
+    recipes_dir = _recipes_dir(args, parser, experiment)
     out = Path(args.out)
     if args.dry_run:
-        for line in dry_run_lines(matrix, recipes_dir, out.resolve()):
+        for line in experiment.dry_run_lines(recipes_dir, out.resolve()):
             print(line)
         return 0
-    jobs = args.jobs or preset.jobs
+    jobs = args.jobs or experiment.jobs
     threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
-    runner = Runner(matrix, out, recipes_dir, jobs=jobs, threads_per_job=threads,
-                    retry_failed=args.retry_failed, keep_outputs=args.keep_outputs,
+    runner = Runner(experiment, out, recipes_dir, jobs=jobs, threads_per_job=threads,
+                    retry_failed=args.retry_failed, keep_outputs=keep_outputs,
                     progress=not args.no_progress)  # fmt: skip
-    code = _drive(runner, out, parser)
-    if code == 0:
-        print(f"clion-bench: next: clion-bench report {out}")
-    return code
+    return _drive(runner, out, parser)
 
 
 def _drive(runner: Any, out: Path, parser: argparse.ArgumentParser) -> int:
@@ -245,25 +266,43 @@ def _drive(runner: Any, out: Path, parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .report import ReportError, write_report
-    from .runner import experiment_kind, kind_text
+    from .report import write_report
 
     out = Path(args.dir)
     if not out.is_dir():
         parser.error(f"no such directory: {out}")
-    kind = experiment_kind(out)
-    if kind is not None and kind != "run":
-        parser.error(f"{out} holds {kind_text(kind)}, not a `clion-bench run` benchmark: "
-                     f"write its report with `clion-bench {kind} --report_only --out {out}`")
+    _check_kind(out, parser, "run")
     has_runs = (out / "results").is_dir() and any((out / "results").glob("*.json"))
     # a committed report keeps results.csv (and bench.json), not the per-run files
     if not has_runs and not (out / "results.csv").is_file():
         parser.error(f"no results in {out}/results (run `clion-bench run --out {out}` first)")
     n = len(list((out / "results").glob("*.json")))
+    with ticker(f"clion-bench report: reading {n} results, drawing plots",
+                enabled=not args.no_progress):  # fmt: skip
+        return _write_report(out, parser, write_report)
+
+
+def _check_kind(out: Path, parser: argparse.ArgumentParser, want: str) -> None:
+    """A usage error naming the right command unless ``out`` is new or holds the kind of
+    experiment ``want`` (``run``, ``study gen-gap``, ...; ``study``: a study whose
+    bench.json is lost, is accepted by every study)."""
+    from .runner import experiment_kind, kind_text
+
+    kind = experiment_kind(out)
+    if kind is not None and kind != want and not (kind == "study" and want != "run"):
+        how = (f"`clion-bench report {out}`" if kind == "run" else
+               f"`clion-bench {kind} --report_only --out {out}`")  # fmt: skip
+        parser.error(f"{out} holds {kind_text(kind)}, not {kind_text(want)}: write its report "
+                     f"with {how}")  # fmt: skip
+
+
+def _write_report(out: Path, parser: argparse.ArgumentParser,
+                  write: Callable[[Path], dict[str, Path]]) -> int:
+    """Write ``out``'s report with ``write`` and print the files written."""
+    from .report import ReportError
+
     try:
-        with ticker(f"clion-bench report: reading {n} results, drawing plots",
-                    enabled=not args.no_progress):  # fmt: skip
-            written = write_report(out)
+        written = write(out)
     except ReportError as err:
         parser.error(str(err))
     for path in written.values():
@@ -271,107 +310,63 @@ def _cmd_report(args: argparse.Namespace, parser: argparse.ArgumentParser) -> in
     return 0
 
 
-def _cmd_gen_gap(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .runner import Runner, find_recipes_dir
-    from .specs import SpecError, parse_optimizers, parse_workloads
-    from .study import build_study, dry_run_lines
+def _study(args: argparse.Namespace, parser: argparse.ArgumentParser, name: str,
+           build: Callable[[], Any], write: Callable[[Path], dict[str, Path]]) -> int:
+    """``clion-bench study NAME``: run (resume) the study, then write its report; with
+    ``--report_only``, only the report."""
+    from .specs import SpecError
 
     out = Path(args.out)
     if args.report_only:
         if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
-            parser.error(f"no results in {out}/results (run `clion-bench study gen-gap "
-                         f"--out {out}` first)")  # fmt: skip
-        return _study_report(out, parser)
+            parser.error(f"no results in {out}/results (run `clion-bench study {name} --out "
+                         f"{out}` first)")  # fmt: skip
+        _check_kind(out, parser, f"study {name}")
+        return _write_report(out, parser, write)
     if args.preset is None:
         parser.error("the following arguments are required: --preset")
     try:
-        study = build_study(
+        study = build()
+    except SpecError as err:
+        parser.error(str(err))
+    if name == "stability":  # its runs train in this process: no recipes, no launcher
+        from .stability import dry_run_lines, make_runner
+
+        if args.dry_run:
+            for line in dry_run_lines(study):
+                print(line)
+            return 0
+        code = _drive(make_runner(study, out, progress=not args.no_progress,
+                                  retry_failed=args.retry_failed), out, parser)  # fmt: skip
+    else:
+        code = _run_experiment(study, args, parser)
+    if code != 0 or args.dry_run:
+        return code
+    _check_kind(out, parser, f"study {name}")
+    return _write_report(out, parser, write)
+
+
+def _cmd_study(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .specs import parse_optimizers, parse_workloads
+
+    if args.study == "stability":
+        from .stability import build_stability
+        from .stability_report import write_stability_report
+
+        return _study(args, parser, "stability", lambda: build_stability(args.preset, args.pairs),
+                      write_stability_report)  # fmt: skip
+    from .study import build_study
+    from .study_report import write_study_report
+
+    def build() -> Any:
+        return build_study(
             args.preset,
             parse_workloads(args.workloads) if args.workloads is not None else None,
             parse_optimizers(args.optimizers) if args.optimizers is not None else None,
             args.tuned, args.seeds, args.sizes, not args.no_nu_sweep,
         )  # fmt: skip
-    except SpecError as err:
-        parser.error(str(err))
-    recipes_dir = find_recipes_dir(args.recipes_dir)
-    if recipes_dir is None:
-        parser.error(f"recipes directory not found: {args.recipes_dir or '(installed)'}")
-    if args.dry_run:
-        for line in dry_run_lines(study, recipes_dir, out.resolve()):
-            print(line)
-        return 0
-    jobs = args.jobs or study.study.jobs
-    threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
-    runner = Runner(study, out, recipes_dir, jobs=jobs, threads_per_job=threads,  # type: ignore[arg-type]
-                    retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
-    code = _drive(runner, out, parser)
-    if code != 0:
-        return code
-    return _study_report(out, parser)
 
-
-def _study_report(out: Path, parser: argparse.ArgumentParser) -> int:
-    from .report import ReportError
-    from .runner import experiment_kind, kind_text
-    from .study_report import write_study_report
-
-    kind = experiment_kind(out)
-    if kind == "run":
-        parser.error(f"{out} holds {kind_text(kind)}, not a study: write its report with "
-                     f"`clion-bench report {out}`")  # fmt: skip
-    try:
-        written = write_study_report(out)
-    except ReportError as err:
-        parser.error(str(err))
-    for path in written.values():
-        print(path)
-    return 0
-
-
-def _cmd_stability(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from .specs import SpecError
-    from .stability import build_stability, dry_run_lines, make_runner
-
-    out = Path(args.out)
-    if args.report_only:
-        if not (out / "results").is_dir() or not any((out / "results").glob("*.json")):
-            parser.error(f"no results in {out}/results (run `clion-bench study stability "
-                         f"--out {out}` first)")  # fmt: skip
-        return _stability_report(out, parser)
-    if args.preset is None:
-        parser.error("the following arguments are required: --preset")
-    try:
-        study = build_stability(args.preset, args.pairs)
-    except SpecError as err:
-        parser.error(str(err))
-    if args.dry_run:
-        for line in dry_run_lines(study):
-            print(line)
-        return 0
-    runner = make_runner(study, out, progress=not args.no_progress,
-                         retry_failed=args.retry_failed)  # fmt: skip
-    code = _drive(runner, out, parser)
-    if code != 0:
-        return code
-    return _stability_report(out, parser)
-
-
-def _stability_report(out: Path, parser: argparse.ArgumentParser) -> int:
-    from .report import ReportError
-    from .runner import experiment_kind, kind_text
-    from .stability_report import write_stability_report
-
-    kind = experiment_kind(out)
-    if kind not in (None, "study", "study stability"):  # "study": bench.json lost
-        parser.error(f"{out} holds {kind_text(kind)}, not a stability study: write its report "
-                     f"with {'`clion-bench report`' if kind == 'run' else f'`clion-bench {kind}`'}")
-    try:
-        written = write_stability_report(out)
-    except ReportError as err:
-        parser.error(str(err))
-    for path in written.values():
-        print(path)
-    return 0
+    return _study(args, parser, "gen-gap", build, write_study_report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -403,10 +398,8 @@ def _main(argv: list[str] | None = None) -> int:
         return _cmd_run(args, parser)
     if args.command == "report":
         return _cmd_report(args, parser)
-    if args.command == "study" and args.study == "stability":
-        return _cmd_stability(args, parser)
     if args.command == "study":
-        return _cmd_gen_gap(args, parser)
+        return _cmd_study(args, parser)
     if args.command == "throughput":
         from . import throughput
 

@@ -20,8 +20,6 @@ interval (unadjusted: the Holm-adjusted verdicts are in each rung's section).
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import statistics
 from collections.abc import Sequence
@@ -29,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from .specs import WORKLOADS, fmt_float
+from .render import csv_text, table
+from .specs import WORKLOADS
 from .stats import t_interval
 
 ALPHA_SMOOTHING = 0.1  # add-0.1, as the issue's reference bigram
@@ -138,17 +137,10 @@ def ladder_points(an: Any) -> list[dict[str, Any]]:
 
 def ladder_csv(points: list[dict[str, Any]], levels: dict[str, dict[str, float]]) -> str:
     """``ladder.csv``: the points, then each base's plateau levels (optimizer ``plateau``)."""
-    buf = io.StringIO()
-    fields = ["base", "width", "steps", "optimizer", "n", "measure", "value", "lo", "hi"]
-    writer = csv.DictWriter(buf, fields, lineterminator="\n")
-    writer.writeheader()
-    for p in points:
-        writer.writerow({k: p[k] for k in fields})
-    for base, lv in sorted(levels.items()):
-        for name, value in lv.items():
-            writer.writerow({"base": base, "optimizer": "plateau", "measure": name,
-                             "value": value})  # fmt: skip
-    return buf.getvalue()
+    plateaus = [{"base": base, "optimizer": "plateau", "measure": name, "value": value}
+                for base, lv in sorted(levels.items()) for name, value in lv.items()]
+    return csv_text([*points, *plateaus], ["base", "width", "steps", "optimizer", "n",
+                                           "measure", "value", "lo", "hi"])
 
 
 def ladder_markdown(points: list[dict[str, Any]], levels: dict[str, dict[str, float]],
@@ -178,9 +170,7 @@ def ladder_markdown(points: list[dict[str, Any]], levels: dict[str, dict[str, fl
                 rows.append([opt, *[(f"{c['value']:.3f} [{c['lo']:.3f}, {c['hi']:.3f}] "
                                      f"(n={c['n']})" if (c := cells.get(w)) else "–")
                                     for w in widths]])  # fmt: skip
-            lines += ["| " + " | ".join(header) + " |",
-                      "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
-            lines += [""]
+            lines += [*table(header, rows), ""]
         if f"ladder-{base}" in plots:
             lines += [f"![{base}: ratio to AdamW against width]({plots[f'ladder-{base}']})", ""]
         if f"ladder-curves-{base}" in plots:
@@ -201,7 +191,3 @@ def ladder_levels(an: Any) -> dict[str, dict[str, float]]:
         if levels:
             out[base] = levels
     return out
-
-
-def level_text(levels: dict[str, float]) -> str:
-    return ", ".join(f"{k} {fmt_float(v)}" for k, v in levels.items())

@@ -3,7 +3,8 @@ plot and report; readable legends; units on the axes.
 
 A leaf module (matplotlib is imported by the callers, inside their plot functions): the
 colour of an optimizer is a function of its label alone, so the benchmark report and the
-gen-gap study draw AdamW, Lion and each CLion mode in the same colour.
+gen-gap study draw AdamW, Lion and each CLion mode in the same colour. Hand-written:
+matplotlib's colour cycle colours by drawing order, not by optimizer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """What ``clion-bench`` shows while it works: duration estimates and elapsed-time tickers.
 
 A leaf module (standard library and tqdm only), shared by the subcommands and the runner.
+The bars are tqdm's; only the wording of the estimates is written here.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ until it asks for nothing) and the report (which calls the same :meth:`Matrix.pl
 the finished results, so the configuration it reports as chosen is the one the runner
 chose). Pure functions of the results: a resumed runner, a second machine or the
 report all reach the same decisions from the same result files.
+
+Hand-written: the search (a grid extended at its edges, then one more hyper-parameter, or
+the local search of a fixed spend) is the benchmark's declared protocol; a tuning library
+would choose its own trials and could not be replayed from the result files alone.
 """
 
 from __future__ import annotations
@@ -12,11 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Callable, Iterable
+import shlex
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from clion_hf._files import read_json
 
 from .specs import (
     COMMON_RECIPE_ARGS,
@@ -25,6 +33,7 @@ from .specs import (
     OptimizerSpec,
     Preset,
     Search,
+    WorkloadSettings,
     fmt_float,
     get_preset,
     parse_optimizer,
@@ -95,14 +104,94 @@ class RunConfig:
             *self.recipe_args,
         ]  # fmt: skip
 
+    def launch_command(self, recipes_dir: Path, output_dir: Path) -> list[str]:
+        """The ``accelerate launch`` command of the run (what a user types to reproduce it)."""
+        config = recipes_dir / "accelerate_configs" / f"{self.accelerate_config}.yaml"
+        return [*accelerate_command(), "launch", "--config_file", str(config),
+                *self.recipe_command(recipes_dir, output_dir)]  # fmt: skip
+
+
+def run_args(spec: OptimizerSpec, preset: Preset, ws: WorkloadSettings,
+             own: Iterable[str] = (), replaced: set[str] | frozenset[str] = frozenset()
+             ) -> tuple[str, ...]:  # fmt: skip
+    """A run's recipe flags after the hyper-parameters: the optimizer's, the ones every run
+    has, the preset's (less the flags in ``replaced``, with their values), the workload's,
+    then the experiment's ``own``. Every experiment builds its runs' flags here."""
+    base, skip = [], False
+    for a in preset.extra_args:
+        if skip:
+            skip = False
+        elif a in replaced:
+            skip = True  # and its value
+        else:
+            base.append(a)
+    return (*spec.recipe_args(), *COMMON_RECIPE_ARGS, *base, *ws.extra_args, *own)
+
+
+def accelerate_command() -> list[str]:
+    """``accelerate`` of this interpreter's environment (falls back to ``python -m``)."""
+    exe = Path(sys.executable).with_name("accelerate")
+    if exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+class Plan(Protocol):
+    """Where one part of an experiment stands (:class:`RowPlan`, a study's plan)."""
+
+    needed: list[RunConfig]  # runs to do next
+    finals: list[RunConfig]
+    trials: list  # of objects with .runs: the tuning runs the plan uses
+
+
+class Experiment(Protocol):
+    """What the :class:`~clion_hf.bench.runner.Runner` and the CLI need of an experiment:
+    ``clion-bench run``'s :class:`Matrix` and ``study gen-gap``'s
+    :class:`~clion_hf.bench.study.Study` implement it. Every method is a function of its
+    arguments and the experiment, so a resumed runner plans exactly where it stopped."""
+
+    preset: Preset  # the runs' device settings: environment, accelerate config, data flags
+    workloads: list[str]
+
+    @property
+    def jobs(self) -> int:
+        """Runs at a time unless ``--jobs`` says otherwise."""
+        ...
+
+    def plan(self, results: dict[str, dict]) -> Sequence[Plan]:
+        """What is done and what runs next, given ``results`` (run id -> result)."""
+        ...
+
+    def run_counts(self) -> tuple[int, int]:
+        """The fewest and the most runs it can take."""
+        ...
+
+    def estimated_seconds(self) -> tuple[float, float]:
+        """Device time of the fewest and the most runs."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ``bench.json`` records: enough to rebuild the experiment."""
+        ...
+
+    def dry_run_lines(self, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
+        """What ``--dry_run`` prints: counts, estimated time, the first commands."""
+        ...
+
 
 # ------------------------------------------------------------------------------ outcomes
 
 
-def _num(value: Any) -> float | None:
+def number(value: Any, finite: bool = True) -> float | None:
+    """``value`` as a float; None if it is no number (a bool is none) or, with ``finite``,
+    NaN or infinite. The one reading of a number from a result file or a summary row."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    value = float(value)
+    return value if not finite or math.isfinite(value) else None
 
 
 def _finite(value: Any) -> bool:
@@ -196,6 +285,22 @@ def result_problem(data: Any) -> str | None:
     return None
 
 
+def load_results(out_dir: Path, problem: Callable[[Any], str | None] = result_problem
+                 ) -> tuple[list[dict], list[str]]:  # fmt: skip
+    """Every usable result file under ``out_dir/results`` (sorted; ``problem`` says which
+    are not: :func:`result_problem` unless a study passes its own), and one line per file
+    that could not be used, saying why (its run is redone, the reports list it)."""
+    results, problems = [], []
+    for path in sorted((out_dir / "results").glob("*.json")):
+        data = read_json(path)
+        why = problem(data)
+        if why is None:
+            results.append(data)
+        else:
+            problems.append(f"`{path.name}`: {why}")
+    return results, problems
+
+
 def classify(returncode: int | None, all_results: dict | None, log_history: list[dict],
              log_tail: str = "") -> tuple[str, str]:  # fmt: skip
     """``(status, reason)`` of a run that ended on its own: ``ok``, ``diverged`` or ``failed``.
@@ -209,7 +314,8 @@ def classify(returncode: int | None, all_results: dict | None, log_history: list
         for key in (*LOSS_KEYS, "perplexity", "test_perplexity"):
             if key in entry and not _finite(entry[key]):
                 return "diverged", f"{key} is {entry[key]}"
-    train = [v for e in log_history if "loss" in e and (v := _num(e["loss"])) is not None]
+    train = [v for e in log_history
+             if "loss" in e and (v := number(e["loss"], finite=False)) is not None]
     if len(train) >= 2 and train[0] > 0 and train[-1] > EXPLODED_FACTOR * train[0]:
         return "diverged", (f"training loss exploded: {train[-1]:.4g} at the end vs "
                             f"{train[0]:.4g} at the start")  # fmt: skip
@@ -228,8 +334,9 @@ def final_metric(result: dict) -> float | None:
     """The run's final validation metric, None if it has none (or it is not finite)."""
     workload = WORKLOADS[result["workload"]]
     res = result.get("all_results") or {}
-    value = _num(res.get(workload.metric))
-    if value is None and workload.metric == "perplexity" and _num(res.get("eval_loss")) is not None:
+    value = number(res.get(workload.metric), finite=False)
+    if (value is None and workload.metric == "perplexity"
+            and number(res.get("eval_loss"), finite=False) is not None):
         value = workload.curve_to_metric(res["eval_loss"])
     return value if value is not None and math.isfinite(value) else None
 
@@ -239,11 +346,11 @@ def test_metric(result: dict) -> float | None:
     workload = WORKLOADS[result["workload"]]
     res = result.get("all_results") or {}
     if workload.metric == "perplexity":
-        value = _num(res.get("test_perplexity"))
-        if value is None and _num(res.get("test_loss")) is not None:
+        value = number(res.get("test_perplexity"), finite=False)
+        if value is None and number(res.get("test_loss"), finite=False) is not None:
             value = workload.curve_to_metric(res["test_loss"])
     else:
-        value = _num(res.get(workload.metric.replace("eval_", "test_", 1)))
+        value = number(res.get(workload.metric.replace("eval_", "test_", 1)), finite=False)
     return value if value is not None and math.isfinite(value) else None
 
 
@@ -255,7 +362,7 @@ def selection_value(result: dict) -> float | None:
         return None
     workload = WORKLOADS[result["workload"]]
     if workload.metric == "perplexity":
-        value = _num((result.get("all_results") or {}).get("eval_loss"))
+        value = number((result.get("all_results") or {}).get("eval_loss"), finite=False)
     else:
         value = final_metric(result)
         value = -value if value is not None else None
@@ -277,10 +384,6 @@ class Trial:
     # the local search: the tuned values other than lr, and the point's grid indices
     params: tuple[tuple[str, float], ...] = ()
     point: tuple[int, ...] | None = None
-
-    @property
-    def complete(self) -> bool:
-        return all(r is not None for r in self.results)
 
     @property
     def score(self) -> float | None:
@@ -401,8 +504,7 @@ class Matrix:
                 scale = value
             else:
                 run_spec = run_spec.with_option(key, value)
-        args = (*run_spec.recipe_args(), *COMMON_RECIPE_ARGS, *self.preset.extra_args,
-                *ws.extra_args)  # fmt: skip
+        args = run_args(run_spec, self.preset, ws)
         return RunConfig(
             workload=workload, optimizer=spec.label, lr=lr,
             weight_decay=weight_decay_for(lr, scale, self.preset.coupling(ws)), seed=seed,
@@ -598,7 +700,39 @@ class Matrix:
     def estimate_text(self) -> str:
         """``55 min to 2 h``: :meth:`estimated_seconds` as ``clion-bench run --dry_run``
         prints it (the same rounding)."""
-        return " to ".join(duration_text(t) for t in self.estimated_seconds())
+        return span_text(*self.estimated_seconds())
+
+    @property
+    def jobs(self) -> int:
+        return self.preset.jobs
+
+    def dry_run_lines(self, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
+        """The run counts, the estimated device time and the first round's commands."""
+        preset = self.preset
+        lo, hi = self.run_counts()
+        n_rows = sum(len(self.row_specs(w)) for w in self.workloads)
+        yield f"# preset {preset.name}: {preset.description}"
+        yield (f"# {n_rows} (workload, optimizer) rows; tuning seeds {list(self.tuning_seeds)}, "
+               f"final seeds {list(self.final_seeds)}")  # fmt: skip
+        if lo == hi:  # the local search: a fixed spend
+            yield f"# runs: {lo} (every row spends the same trials); {preset.jobs} at a time"
+        else:
+            yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is "
+                   f"on an edge); {preset.jobs} at a time")  # fmt: skip
+        yield f"# estimated device time: {self.estimate_text()} (cost model: {preset.cost_note})"
+        for w in self.workloads:
+            ws = preset.settings(w, self.max_steps)
+            c = ws.cost
+            yield (f"#   {w}: {ws.max_steps} steps, {c.run_s(ws.max_steps):.0f} s per run = "
+                   f"{c.startup_s:g} s set-up + {ws.max_steps} x {c.step_s:g} s + {c.eval_s:g} s "
+                   f"evaluation")  # fmt: skip
+        for w in self.workloads:
+            for s in self.row_specs(w):
+                yield f"# search {w} {s.label}: {self.search(w, s).describe()}"
+        yield "# first round (the rest depends on its results):"
+        for plan in self.plan({}):
+            for run in plan.needed:
+                yield shlex.join(run.launch_command(recipes_dir, out_dir / "work" / run.run_id))
 
     def describe(self) -> dict[str, Any]:
         """What ``bench.json`` records: enough to rebuild this matrix (:func:`matrix_from`)."""
@@ -638,6 +772,12 @@ class Matrix:
 
 def duration_text(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
+
+
+def span_text(low: float, high: float) -> str:
+    """``55 min to 2 h``, or ``55 min`` when both ends read the same."""
+    lo, hi = duration_text(low), duration_text(high)
+    return lo if lo == hi else f"{lo} to {hi}"
 
 
 def matrix_from(description: Any) -> Matrix | None:

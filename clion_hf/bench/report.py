@@ -10,11 +10,14 @@ committed report) is regenerated from the CSV, without the curves over steps. De
 are written into the report itself (:data:`PROTOCOL_TEXT`). The report never refuses to be
 written: whatever is missing (unreadable result files, runs still to do, rows without a
 choice, a plot that cannot be drawn) is listed in it with the reason.
+
+Hand-written: no report library knows this protocol's searches, declared comparisons and
+verdict wording; the numbers come from pandas (reading ``results.csv``), scipy
+(:mod:`.stats`) and matplotlib, and the tables from :mod:`.render`.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import statistics
@@ -24,16 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clion_hf._files import atomic_path, atomic_write_text, probe_writable, read_json
+from clion_hf._files import atomic_write_text, probe_writable, read_json
 
+from . import render
 from .protocol import (
     Matrix,
     RowPlan,
     final_metric,
+    load_results,
     matrix_from,
-    result_problem,
+    number,
     test_metric,
 )
+from .render import Figures, csv_text, label_axes, run_environment_line, save_figure, table
 from .specs import (
     MARGINS,
     MODES,
@@ -63,32 +69,11 @@ class ReportError(Exception):
 # ------------------------------------------------------------------------------ per run
 
 
-def load_results(out_dir: Path) -> tuple[list[dict], list[str]]:
-    """Every readable result file under ``out_dir/results`` (sorted), and one line per file
-    that could not be used, saying why."""
-    results, problems = [], []
-    for path in sorted((out_dir / "results").glob("*.json")):
-        data = read_json(path)
-        problem = result_problem(data)
-        if problem is None:
-            results.append(data)
-        else:
-            problems.append(f"`{path.name}`: {problem}")
-    return results, problems
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
 def curve(result: dict, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of every log entry that has ``key``, last one per step."""
     points: dict[int, float] = {}
     for entry in result.get("log_history") or []:
-        value = _num(entry.get(key))
+        value = number(entry.get(key))
         if value is not None and "step" in entry:
             points[int(entry["step"])] = value
     return sorted(points.items())
@@ -114,13 +99,13 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
     best = (max if w.greater_is_better else min)(candidates) if candidates else None
     train_losses = curve(result, "loss")
     train_end = train_losses[-1][1] if train_losses else None
-    eval_loss = _num(res.get("eval_loss"))
+    eval_loss = number(res.get("eval_loss"))
     gap = eval_loss - train_end if eval_loss is not None and train_end is not None else None
     train_s = dict(curve(result, "train_s"))
     opt_s = curve(result, "optimizer_s")
 
     def column_max(key: str) -> float | None:
-        values = [v for e in history if (v := _num(e.get(key))) is not None]
+        values = [v for e in history if (v := number(e.get(key))) is not None]
         return max(values) if values else None
 
     signs = [v for _, v in curve(result, SIGN_KEY)]
@@ -153,12 +138,12 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
         "best_metric": best,
         "test_metric": test_metric(result),
         "eval_loss": eval_loss,
-        "test_loss": _num(res.get("test_loss")),
+        "test_loss": number(res.get("test_loss")),
         "train_loss_end": train_end,
         "gen_gap": gap,
-        "train_samples": _num(res.get("train_samples")),
-        "eval_samples": _num(res.get("eval_samples")),
-        "test_samples": _num(res.get("test_samples")),
+        "train_samples": number(res.get("train_samples")),
+        "eval_samples": number(res.get("eval_samples")),
+        "test_samples": number(res.get("test_samples")),
         "wall_s": result.get("wall_s"),
         "cpu_s": result.get("cpu_s"),
         "train_s": max(train_s.values()) if train_s else None,
@@ -187,39 +172,31 @@ CSV_COLUMNS = [
 ]  # fmt: skip
 _TEXT_COLUMNS = {"run_id", "workload", "optimizer", "phase", "stage", "second", "status",
                  "reason", "metric"}  # fmt: skip
+_INT_COLUMNS = {"seed", "max_steps", "steps_to_target", "returncode"}
 
 
 def rows_csv(rows: list[dict], columns: list[str] = CSV_COLUMNS) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
-    return buf.getvalue()
+    return csv_text(rows, columns)
 
 
 def rows_from_csv(text: str, columns: list[str] = CSV_COLUMNS,
-                  text_columns: set[str] = _TEXT_COLUMNS) -> list[dict]:  # fmt: skip
-    """The rows :func:`rows_csv` wrote, with numbers parsed back (repr round-trips floats)."""
-    rows = []
-    for raw in csv.DictReader(io.StringIO(text)):
-        row: dict[str, Any] = {}
-        for k in columns:
-            v = raw.get(k, "")
-            if k in text_columns:
-                row[k] = v
-            elif v == "":
-                row[k] = None
-            else:
-                row[k] = float(v) if any(c in v for c in ".eEn") else int(v)
-        for k in ("seed", "max_steps"):
-            if row[k] is not None:
-                row[k] = int(row[k])
-        rows.append(row)
-    return rows
+                  text_columns: set[str] = _TEXT_COLUMNS,
+                  int_columns: set[str] = _INT_COLUMNS) -> list[dict]:  # fmt: skip
+    """The rows :func:`rows_csv` wrote, read back by pandas with the table's column types
+    (text, integers, the rest floats, parsed exactly); a blank number is None."""
+    import pandas as pd
+
+    types = {k: str if k in text_columns else "Int64" if k in int_columns else "float64"
+             for k in columns}  # fmt: skip
+    frame = pd.read_csv(io.StringIO(text), dtype=types, keep_default_na=False, engine="python",
+                        na_values={k: [""] for k in columns if k not in text_columns}
+                        ).reindex(columns=columns)  # fmt: skip
+    texts = [k for k in columns if k in text_columns]
+    frame[texts] = frame[texts].fillna("")
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
 
 
-def _as_result(row: dict) -> dict:
+def as_result(row: dict) -> dict:
     """The part of a result :meth:`Matrix.plan` reads, rebuilt from a summary row."""
     w = WORKLOADS[row["workload"]]
     res: dict[str, Any] = {}
@@ -330,7 +307,7 @@ class Analysis:
             by_w[(r["workload"], int(r["max_steps"] or 0))].append(r)
         plans: dict[tuple[str, str], RowPlan] = {}
         if self.matrix is not None:
-            results = {r["run_id"]: _as_result(r) for r in self.rows}
+            results = {r["run_id"]: as_result(r) for r in self.rows}
             for p in self.matrix.plan(results):
                 plans[(p.workload, p.optimizer)] = p
         order = list(WORKLOADS)
@@ -672,12 +649,6 @@ def _profile(an: Analysis) -> tuple[dict, dict] | None:
 # ------------------------------------------------------------------------------ markdown
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
 def _mean_sd(values: Iterable[float | None], digits: int = 4) -> str:
     vals = [v for v in values if v is not None and math.isfinite(v)]
     if not vals:
@@ -756,14 +727,14 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
                   else parse_optimizer(opt).get("nu"))  # fmt: skip
             diag.append([name, fmt_float(nu), _median(r["sign_fraction_mean"] for r in ok),
                          f"{min(mins):.2g}" if mins else "–"])  # fmt: skip
-    lines += _table(["optimizer", "learning rate", "weight decay (share removed), ν",
+    lines += table(["optimizer", "learning rate", "weight decay (share removed), ν",
                      "final runs ok", f"{held} (mean ± sd)", f"{val} (mean ± sd)"], result)
     lines += ["", "Cost (medians over the final runs; times on a shared host):", ""]
-    lines += _table(["optimizer", "steps to target (runs reaching it)", "training s to target",
+    lines += table(["optimizer", "steps to target (runs reaching it)", "training s to target",
                      "optimizer ms per step", "optimizer state MB", "peak memory MB"], cost)
     if diag:
         lines += ["", "CLion's sign branch (final runs):", ""]
-        lines += _table(["optimizer", "ν", "fraction of coordinates on the sign branch "
+        lines += table(["optimizer", "ν", "fraction of coordinates on the sign branch "
                          "(median of run means)", "smallest non-zero abs(c) seen"], diag)
     if wa.tests:
         lines += ["", f"Tested comparisons (declared in the preset; paired by seed; Holm over "
@@ -787,7 +758,7 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         cells = []
         for t in row.plan.trials:
             vals = [r for r in t.results if r is not None]
-            metric = [final_metric_of(r, w) for r in vals]
+            metric = [final_metric(r) for r in vals]
             metric = [m for m in metric if m is not None]
             status = {r.get("status") for r in vals} - {"ok"}
             text = (f"{_f(statistics.fmean(metric))}" if metric and not status
@@ -813,7 +784,7 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         tail = f" ({'; '.join(ext)})" if ext else ""
         lines.append(f"- {describe_optimizer(opt)}: " + "; ".join(cells) + tail)
     lines += [""]
-    lines += _table(["optimizer", "trials used of budget", "diverged runs", "failed runs"],
+    lines += table(["optimizer", "trials used of budget", "diverged runs", "failed runs"],
                     spend)
     bad = [r for row in wa.rows.values() for r in row.tune + row.finals if r["status"] != "ok"]
     if bad:
@@ -828,15 +799,6 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
             lines += ["", f"![{w.name}: {alt}]({plots[f'{key}:{w.name}:{wa.max_steps}']})"]
     lines.append("")
     return lines
-
-
-def final_metric_of(result: dict, w) -> float | None:
-    """A trial result's validation metric (works on full results and rebuilt ones)."""
-    res = result.get("all_results") or {}
-    value = _num(res.get(w.metric))
-    if value is None and w.metric == "perplexity" and _num(res.get("eval_loss")) is not None:
-        value = w.curve_to_metric(res["eval_loss"])
-    return value
 
 
 PROTOCOL_TEXT = """\
@@ -972,7 +934,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
     counts: dict[str, int] = defaultdict(int)
     for r in an.rows:
         counts[r["status"]] += 1
-    env = an.meta.get("environment", {}) if an.meta else {}
+    host = run_environment_line(an.meta.get("environment") or {}) if an.meta else None
     lines = ["# clion-bench report", ""]
     lines += next_step_lines(an)
     lines += ["Which optimizer trains each workload best: every optimizer tuned on its own "
@@ -987,11 +949,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
         lines.append("`bench.json` is missing or unreadable: the search (budgets, extensions, "
                      "edges) cannot be reconstructed; tables show the runs as found.")
     lines += [f"Runs: {n} ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})."]
-    if env and any(env.values()):
-        commit = f", commit {str(env['commit'])[:10]}" if env.get("commit") else ""
-        lines += [f"Host: {env.get('host') or '?'} ({env.get('cpus') or '?'} CPUs), "
-                  f"torch {env.get('torch') or '?'}, transformers "
-                  f"{env.get('transformers') or '?'}, Python {env.get('python') or '?'}{commit}."]
+    lines += [host] if host else []
     lines += list(timing)
     lines.append("")
     tested = sum(t.n >= 2 for wa in an.workloads for t in wa.tests)
@@ -1034,7 +992,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
         prof = _profile(an)
         if prof:
             _, rho = prof
-            lines += _table(["optimizer", *[f"τ={t:g}" for t in PROFILE_TAUS]],
+            lines += table(["optimizer", *[f"τ={t:g}" for t in PROFILE_TAUS]],
                             [[describe_optimizer(o), *[f"{v:.2f}" for v in rho[o]]]
                              for o in sorted(rho, key=optimizer_order)])  # fmt: skip
             lines.append("")
@@ -1052,9 +1010,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
 # ------------------------------------------------------------------------------ plots
 
 
-def _save(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+_save = save_figure  # the name stability_report.py imports (it is not this module's to edit)
 
 
 def _mean_curve(results: list[dict], key: str, median: bool = False
@@ -1098,32 +1054,18 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
     linear axes with their values printed, error bars only with at least 2 seeds.
     Curves over steps need the per-run result files; the rest is drawn from the rows.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
+    book = Figures(plot_dir, figures)
     import matplotlib.pyplot as plt
 
     from .plotstyle import LABEL_SIZE, LEGEND_SIZE, colour, loss_unit
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
-    errors: list[str] = []
     by_id = {r["run_id"]: r for r in results}
 
     def attempt(key: str, fname: str, draw) -> None:
-        fig = None
-        try:
-            fig = draw()
-            if fig is not None:
-                _save(fig, plot_dir / fname)
-                plots[key] = f"plots/{fname}"
-                if figures is not None:
-                    figures[key], fig = fig, None  # kept open for the caller
-        except Exception as err:  # a plot must never cost the report
-            errors.append(f"plot `{fname}` not drawn: {type(err).__name__}: {err}")
-        finally:
-            if fig is not None:
-                plt.close(fig)
+        path = book.draw(fname, draw, key)
+        if path is not None:
+            plots[key] = path
 
     def nu_marks(ax, runs: Iterable[dict]) -> None:
         """ν of the runs drawn: a line per ν of the modes that gate on min abs(c) (global,
@@ -1172,10 +1114,8 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
             stat = (f"mean over {_seeds_text(n)}, band = min to max" if n >= 2
                     else _seeds_text(n))  # fmt: skip
             for ax, what in zip(axes, ("training loss", "validation loss"), strict=True):
-                ax.set_title(f"{wa.name}: {what}\n({stat})", fontsize=LABEL_SIZE)
-                ax.set_xlabel("step", fontsize=LABEL_SIZE)
-                ax.set_ylabel(f"{what} ({unit})", fontsize=LABEL_SIZE)
-                ax.grid(alpha=0.3)
+                label_axes(ax, f"{wa.name}: {what}\n({stat})", "step", f"{what} ({unit})",
+                           LABEL_SIZE, grid=True)
             # one legend for both panels, below them: it never hides a curve
             handles, names = axes[1].get_legend_handles_labels()
             if not handles:
@@ -1207,11 +1147,9 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
                 plt.close(fig)
                 return None
             ax.set_ylim(-0.01, 1.01)  # a fraction: flat at 0 must look flat at 0
-            ax.set_title(f"{wa.name}: CLion sign-branch fraction per logged step\n(mean over "
-                         "every run of the row, tuning and final)", fontsize=LABEL_SIZE)
-            ax.set_xlabel("step", fontsize=LABEL_SIZE)
-            ax.set_ylabel("fraction of coordinates on the sign branch", fontsize=LABEL_SIZE)
-            ax.grid(alpha=0.3)
+            label_axes(ax, f"{wa.name}: CLion sign-branch fraction per logged step\n(mean "
+                       "over every run of the row, tuning and final)", "step",
+                       "fraction of coordinates on the sign branch", LABEL_SIZE, grid=True)
             ax.legend(fontsize=LEGEND_SIZE)
             fig.tight_layout()
             return fig
@@ -1234,11 +1172,9 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
                 return None
             nu_marks(ax, summaries)
             ax.set_yscale("log")
-            ax.set_title(f"{wa.name}: smallest non-zero abs(c) per logged step\n(median over "
-                         "every run of the row, tuning and final)", fontsize=LABEL_SIZE)
-            ax.set_xlabel("step", fontsize=LABEL_SIZE)
-            ax.set_ylabel("smallest non-zero abs(c) (gradient units)", fontsize=LABEL_SIZE)
-            ax.grid(alpha=0.3)
+            label_axes(ax, f"{wa.name}: smallest non-zero abs(c) per logged step\n(median "
+                       "over every run of the row, tuning and final)", "step",
+                       "smallest non-zero abs(c) (gradient units)", LABEL_SIZE, grid=True)
             ax.legend(fontsize=LEGEND_SIZE - 1, loc="upper center", bbox_to_anchor=(0.5, -0.16))
             fig.tight_layout()
             return fig
@@ -1358,7 +1294,7 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
         return fig
 
     attempt("profile", "performance-profile.png", profile_plot)
-    return plots, errors
+    return plots, book.errors
 
 
 # ------------------------------------------------------------------------------ entry points
@@ -1368,88 +1304,78 @@ def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, d
                  results: list[dict], plot_dir: Path) -> tuple[dict[str, str], list[str]]:
     """Ratio (or difference) to AdamW against width with intervals, and the mean validation
     curves of every rung's final runs with the plateau levels drawn; (plots, errors)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    book = Figures(plot_dir)
     import matplotlib.pyplot as plt
 
     from .plotstyle import LABEL_SIZE, LEGEND_SIZE, colour, loss_unit
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
     plots: dict[str, str] = {}
-    errors: list[str] = []
+
+    def ratio_plot(base: str):
+        mine = [p for p in points if p["base"] == base]
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        for opt in sorted({p["optimizer"] for p in mine}):
+            ps = [p for p in mine if p["optimizer"] == opt]
+            x = [p["width"] for p in ps]
+            y = [p["value"] for p in ps]
+            err = [[p["value"] - p["lo"] for p in ps], [p["hi"] - p["value"] for p in ps]]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color=colour(opt),
+                        label=f"{describe_optimizer(opt)} (n = {ps[0]['n']})")  # fmt: skip
+        ax.axhline(1.0 if mine[0]["measure"] == "perplexity ratio" else 0.0, color="black",
+                   linewidth=1, label="AdamW")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({p["width"] for p in mine}),
+                      [str(w) for w in sorted({p["width"] for p in mine})])  # fmt: skip
+        ax.set_xlabel("model width (hidden size)", fontsize=LABEL_SIZE)
+        ax.set_ylabel(f"test {mine[0]['measure']} vs AdamW", fontsize=LABEL_SIZE)
+        ax.set_title(f"{base}: mean over paired final seeds, 95% t interval")
+        ax.legend(fontsize=LEGEND_SIZE)
+        return fig
+
     for base in sorted({p["base"] for p in points}):
-        fig = None
-        try:
-            mine = [p for p in points if p["base"] == base]
-            fig, ax = plt.subplots(figsize=(6.5, 4.2))
-            for opt in sorted({p["optimizer"] for p in mine}):
-                ps = [p for p in mine if p["optimizer"] == opt]
-                x = [p["width"] for p in ps]
-                y = [p["value"] for p in ps]
-                err = [[p["value"] - p["lo"] for p in ps], [p["hi"] - p["value"] for p in ps]]
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color=colour(opt),
-                            label=f"{describe_optimizer(opt)} (n = {ps[0]['n']})")  # fmt: skip
-            ax.axhline(1.0 if mine[0]["measure"] == "perplexity ratio" else 0.0, color="black",
-                       linewidth=1, label="AdamW")  # fmt: skip
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted({p["width"] for p in mine}),
-                          [str(w) for w in sorted({p["width"] for p in mine})])  # fmt: skip
-            ax.set_xlabel("model width (hidden size)", fontsize=LABEL_SIZE)
-            ax.set_ylabel(f"test {mine[0]['measure']} vs AdamW", fontsize=LABEL_SIZE)
-            ax.set_title(f"{base}: mean over paired final seeds, 95% t interval")
-            ax.legend(fontsize=LEGEND_SIZE)
-            _save(fig, plot_dir / f"ladder-{base}.png")
-            plots[f"ladder-{base}"] = f"plots/ladder-{base}.png"
-        except Exception as exc:  # a plot must never cost the report
-            errors.append(f"plot `ladder-{base}.png` not drawn: {type(exc).__name__}: {exc}")
-        finally:
-            if fig is not None:
-                plt.close(fig)
+        path = book.draw(f"ladder-{base}.png", lambda base=base: ratio_plot(base))
+        if path is not None:
+            plots[f"ladder-{base}"] = path
     by_id = {r["run_id"]: r for r in results}
     rungs: dict[str, list[WorkloadAnalysis]] = {}
     for wa in an.workloads:
         if WORKLOADS[wa.name].width:
             rungs.setdefault(WORKLOADS[wa.name].base, []).append(wa)
-    for base, was in sorted(rungs.items()):
-        if not results:
-            break
-        fig = None
-        try:
-            was = sorted(was, key=lambda wa: WORKLOADS[wa.name].width)
-            fig, axes = plt.subplots(1, len(was), figsize=(4.2 * len(was), 3.8), squeeze=False)
-            key = WORKLOADS[was[0].name].curve_key
-            for ax, wa in zip(axes[0], was, strict=True):
-                for opt, row in wa.rows.items():
-                    runs = [by_id[r["run_id"]] for r in row.finals if r["run_id"] in by_id]
-                    steps, mean, _, _ = _mean_curve(runs, key)
+
+    def curves_plot(base: str, was: list[WorkloadAnalysis]):
+        was = sorted(was, key=lambda wa: WORKLOADS[wa.name].width)
+        fig, axes = plt.subplots(1, len(was), figsize=(4.2 * len(was), 3.8), squeeze=False)
+        key = WORKLOADS[was[0].name].curve_key
+        for ax, wa in zip(axes[0], was, strict=True):
+            for opt, row in wa.rows.items():
+                runs = [by_id[r["run_id"]] for r in row.finals if r["run_id"] in by_id]
+                steps, mean, _, _ = _mean_curve(runs, key)
+                if steps:
+                    ax.plot(steps, mean, marker=".", color=colour(opt),
+                            label=f"{describe_optimizer(opt)} (validation)")  # fmt: skip
+                if key == "eval_loss":  # the training loss too, in the same units
+                    steps, mean, _, _ = _mean_curve(runs, "loss")
                     if steps:
-                        ax.plot(steps, mean, marker=".", color=colour(opt),
-                                label=f"{describe_optimizer(opt)} (validation)")  # fmt: skip
-                    if key == "eval_loss":  # the training loss too, in the same units
-                        steps, mean, _, _ = _mean_curve(runs, "loss")
-                        if steps:
-                            ax.plot(steps, mean, color=colour(opt), linewidth=0.8, alpha=0.6,
-                                    label=f"{describe_optimizer(opt)} (training)")  # fmt: skip
-                for (name, value), style in zip(levels.get(base, {}).items(), ("--", ":"),
-                                                strict=False):  # fmt: skip
-                    ax.axhline(value, color="black", linestyle=style, linewidth=1,
-                               label=f"{name} level {value:.3g}")  # fmt: skip
-                ax.set_title(f"width {WORKLOADS[wa.name].width}")
-                ax.set_xlabel("step", fontsize=LABEL_SIZE)
-            what = (f"loss ({loss_unit(was[0].name)})" if key == "eval_loss"
-                    else "validation accuracy")  # fmt: skip
-            axes[0][0].set_ylabel(f"{what}, mean of final seeds", fontsize=LABEL_SIZE)
-            axes[0][-1].legend(fontsize=LEGEND_SIZE, loc="best")
-            _save(fig, plot_dir / f"ladder-curves-{base}.png")
-            plots[f"ladder-curves-{base}"] = f"plots/ladder-curves-{base}.png"
-        except Exception as exc:  # a plot must never cost the report
-            errors.append(f"plot `ladder-curves-{base}.png` not drawn: "
-                          f"{type(exc).__name__}: {exc}")  # fmt: skip
-        finally:
-            if fig is not None:
-                plt.close(fig)
-    return plots, errors
+                        ax.plot(steps, mean, color=colour(opt), linewidth=0.8, alpha=0.6,
+                                label=f"{describe_optimizer(opt)} (training)")  # fmt: skip
+            for (name, value), style in zip(levels.get(base, {}).items(), ("--", ":"),
+                                            strict=False):  # fmt: skip
+                ax.axhline(value, color="black", linestyle=style, linewidth=1,
+                           label=f"{name} level {value:.3g}")  # fmt: skip
+            ax.set_title(f"width {WORKLOADS[wa.name].width}")
+            ax.set_xlabel("step", fontsize=LABEL_SIZE)
+        what = (f"loss ({loss_unit(was[0].name)})" if key == "eval_loss"
+                else "validation accuracy")  # fmt: skip
+        axes[0][0].set_ylabel(f"{what}, mean of final seeds", fontsize=LABEL_SIZE)
+        axes[0][-1].legend(fontsize=LEGEND_SIZE, loc="best")
+        return fig
+
+    for base, was in sorted(rungs.items()) if results else ():
+        path = book.draw(f"ladder-curves-{base}.png",
+                         lambda base=base, was=was: curves_plot(base, was))
+        if path is not None:
+            plots[f"ladder-curves-{base}"] = path
+    return plots, book.errors
 
 
 def summary_rows(results: list[dict]) -> list[dict]:
@@ -1493,13 +1419,8 @@ def _write_report(out_dir: Path) -> dict[str, Path]:
         rows = summary_rows(results)
     an = analyze(rows, meta if isinstance(meta, dict) else None)
     if an.meta is not None and results:
-        env = next((r.get("environment") for r in results if r.get("environment")), None) or {}
-        an.meta = {**an.meta, "environment": {
-            "host": env.get("host"), "cpus": env.get("cpus"), "python": env.get("python"),
-            "torch": (env.get("versions") or {}).get("torch"),
-            "transformers": (env.get("versions") or {}).get("transformers"),
-            "commit": env.get("git_commit"),
-        }}  # fmt: skip
+        env = next((r.get("environment") for r in results if r.get("environment")), None)
+        an.meta = {**an.meta, "environment": env or {}}
     plots, plot_errors = make_plots(an, results, out_dir / "plots")
     ladder = _ladder_section(an, results, out_dir, plots, plot_errors)
     if not from_csv:
@@ -1539,6 +1460,4 @@ def findings_from_csv(csv_text: str, meta: dict | None) -> list[str]:
 
 def findings_block(report_text: str) -> list[str]:
     """The Findings lines of a written report (between the markers)."""
-    begin = report_text.index(FINDINGS_BEGIN) + len(FINDINGS_BEGIN)
-    end = report_text.index(FINDINGS_END)
-    return [ln for ln in report_text[begin:end].strip("\n").splitlines()]
+    return render.findings_block(report_text, FINDINGS_BEGIN, FINDINGS_END)

@@ -18,6 +18,11 @@ run is done: the next call skips it. Which runs the matrix needs is decided by
 interrupted call resumes exactly where it stopped. A run is only recorded once its child
 exited on its own; on Ctrl-C/SIGTERM the children's process groups are stopped and
 nothing is written for them. A recorded ``ok`` result is never replaced by a worse one.
+
+Hand-written: a sweep tool (Optuna, Ray Tune, W&B sweeps) decides the next trial itself and
+keeps its state in a database or a service; here the next runs are a pure function of the
+result files (:meth:`~clion_hf.bench.protocol.Experiment.plan`), so that resuming, a second
+machine and the report all reach the same decisions, and no new dependency is needed.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -50,7 +55,7 @@ from clion_hf._files import atomic_write_json, probe_writable, read_json
 from ..workloads import recipes_dir as installed_recipes_dir
 from .launcher import MARKER, Child, Launcher, LauncherDied, accelerate_env, stop_leftovers
 from .progress import ticker
-from .protocol import SCHEMA, Matrix, RunConfig, classify, result_problem
+from .protocol import SCHEMA, Experiment, RunConfig, classify, load_results, result_problem
 from .specs import WORKLOADS
 
 LOG_TAIL_CHARS = 4000
@@ -105,21 +110,6 @@ def find_recipes_dir(explicit: str | None = None) -> Path | None:
     return installed_recipes_dir()
 
 
-def accelerate_command() -> list[str]:
-    """``accelerate`` of this interpreter's environment (falls back to ``python -m``)."""
-    exe = Path(sys.executable).with_name("accelerate")
-    if exe.is_file():
-        return [str(exe)]
-    return [sys.executable, "-m", "accelerate.commands.accelerate_cli"]
-
-
-def launch_command(run: RunConfig, recipes_dir: Path, output_dir: Path) -> list[str]:
-    """The ``accelerate launch`` command of a run (what a user types to reproduce it)."""
-    config = recipes_dir / "accelerate_configs" / f"{run.accelerate_config}.yaml"
-    return [*accelerate_command(), "launch", "--config_file", str(config),
-            *run.recipe_command(recipes_dir, output_dir)]  # fmt: skip
-
-
 _ENV_CACHE: dict[str, Any] = {}
 
 
@@ -151,14 +141,9 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
 
 def load_result_files(out_dir: Path, problem: Callable[[Any], str | None] = result_problem
                       ) -> dict[str, dict]:  # fmt: skip
-    """Every usable result under ``out_dir/results`` (``problem`` says which are not: a
-    benchmark's :func:`result_problem` unless a study passes its own), by run id."""
-    found = {}
-    for path in sorted((out_dir / "results").glob("*.json")):
-        data = read_json(path)
-        if problem(data) is None:  # a bad file is as good as none: the run is redone
-            found[data["run_id"]] = data
-    return found
+    """:func:`~clion_hf.bench.protocol.load_results` by run id (a bad file is as good as
+    none: the run is redone)."""
+    return {r["run_id"]: r for r in load_results(out_dir, problem)[0]}
 
 
 def _kind_of(description: Any) -> str | None:
@@ -234,7 +219,8 @@ def prepare_out_dir(out: Path) -> None:
 
 
 class Runner:
-    """Runs a :class:`Matrix` into ``out_dir`` (see the module doc for the layout)."""
+    """Runs an :class:`~clion_hf.bench.protocol.Experiment` (a ``clion-bench run`` matrix, a
+    study) into ``out_dir`` (see the module doc for the layout)."""
 
     # why a result file cannot be used (None if it can); a study with results of its own
     # shape sets its own
@@ -242,7 +228,7 @@ class Runner:
 
     def __init__(
         self,
-        matrix: Matrix,
+        matrix: Experiment,
         out_dir: Path,
         recipes_dir: Path,
         jobs: int = 1,
@@ -322,7 +308,7 @@ class Runner:
         work = self.out / "work" / f"{run.run_id}-{uuid.uuid4().hex[:8]}"
         log_path = self.out / "logs" / f"{run.stem}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        shown = launch_command(run, self.recipes_dir, work)
+        shown = run.launch_command(self.recipes_dir, work)
         forked = self._launcher.preload
         argv = run.recipe_command(self.recipes_dir, work) if forked else shown
         started = time.time()
@@ -557,38 +543,3 @@ class Runner:
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.0f} h"
-
-
-def dry_run_lines(matrix: Matrix, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
-    """The run counts, the estimated device time and the first round's commands."""
-    preset = matrix.preset
-    lo, hi = matrix.run_counts()
-    t_lo, t_hi = matrix.estimated_seconds()
-    n_rows = sum(len(matrix.row_specs(w)) for w in matrix.workloads)
-    yield f"# preset {preset.name}: {preset.description}"
-    yield (f"# {n_rows} (workload, optimizer) rows; tuning seeds {list(matrix.tuning_seeds)}, "
-           f"final seeds {list(matrix.final_seeds)}")  # fmt: skip
-    if lo == hi:  # the local search: a fixed spend
-        yield f"# runs: {lo} (every row spends the same trials); {preset.jobs} at a time"
-    else:
-        yield (f"# runs: {lo} to {hi} (the search extends a grid only when its optimum is on "
-               f"an edge); {preset.jobs} at a time")  # fmt: skip
-    span = _duration(t_lo) if t_lo == t_hi else f"{_duration(t_lo)} to {_duration(t_hi)}"
-    yield f"# estimated device time: {span} (cost model: {preset.cost_note})"
-    for w in matrix.workloads:
-        ws = preset.settings(w, matrix.max_steps)
-        c = ws.cost
-        yield (f"#   {w}: {ws.max_steps} steps, {c.run_s(ws.max_steps):.0f} s per run = "
-               f"{c.startup_s:g} s set-up + {ws.max_steps} x {c.step_s:g} s + {c.eval_s:g} s "
-               f"evaluation")  # fmt: skip
-    for w in matrix.workloads:
-        for s in matrix.row_specs(w):
-            yield f"# search {w} {s.label}: {matrix.search(w, s).describe()}"
-    yield "# first round (the rest depends on its results):"
-    for plan in matrix.plan({}):
-        for run in plan.needed:
-            yield shlex.join(launch_command(run, recipes_dir, out_dir / "work" / run.run_id))

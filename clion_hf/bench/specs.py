@@ -36,6 +36,9 @@ and the weight-decay scale; ν too for CLion element/soft) that spends exactly
 ``trials_per_row`` configurations in every row (:meth:`Preset.search`,
 :meth:`clion_hf.bench.protocol.Matrix.plan_row`). The scale ladder's rungs are workloads
 ``NAME@WIDTH`` (see :func:`rung_args`).
+
+Hand-written: these are declarations (data), checked by :mod:`clion_hf.optim.validate`'s
+parsers and read by :func:`clion_hf.integrations.transformers.key_values`.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from clion_hf.integrations.transformers import OptimArgsError, key_values
 from clion_hf.optim.validate import MODES as MODES  # report.py imports it from here
 from clion_hf.optim.validate import parse_option
 
@@ -192,22 +196,19 @@ def parse_optimizer(text: str) -> OptimizerSpec:
         raise SpecError(f"unknown optimizer {name!r} in {text!r}; allowed: {', '.join(OPTIMIZERS)}")
     allowed = OPTION_KEYS[name]
     values: dict[str, Any] = {}
-    if rest.strip():
-        for item in rest.split(","):
-            key, eq, raw = item.partition("=")
-            key, raw = key.strip(), raw.strip()
-            if not eq or not key or not raw:
-                raise SpecError(f"bad option {item.strip()!r} in {text!r}; expected KEY=VALUE")
-            if key not in allowed:
-                raise SpecError(
-                    f"unknown option {key!r} for {name} in {text!r}; allowed: {', '.join(allowed)}"
-                )
-            if key in values:
-                raise SpecError(f"option {key!r} given twice in {text!r}")
-            try:
-                values[key] = allowed[key][0](raw)
-            except ValueError as err:  # SpecError too
-                raise SpecError(f"{name} option {key}: {err}") from None
+    try:
+        given = key_values(rest, f"optimizer {text.strip()!r}")
+    except OptimArgsError as err:
+        raise SpecError(str(err)) from None
+    for key, raw in given.items():
+        if key not in allowed:
+            raise SpecError(
+                f"unknown option {key!r} for {name} in {text!r}; allowed: {', '.join(allowed)}"
+            )
+        try:
+            values[key] = allowed[key][0](raw)
+        except ValueError as err:  # SpecError too
+            raise SpecError(f"{name} option {key}: {err}") from None
     options = tuple(
         (key, values[key]) for key in allowed if key in values and values[key] != allowed[key][1]
     )

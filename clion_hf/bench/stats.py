@@ -1,6 +1,6 @@
 """Statistics of the reports: paired t-tests, t intervals and TOST with Holm's correction
-(the benchmark report over all its comparisons, the studies within each family), percentile
-bootstrap bands (plots only), performance profiles.
+(the benchmark report over all its comparisons, the studies within each family),
+performance profiles.
 
 Why hand-written: Holm's step-down procedure needs a p-value per comparison and intervals at
 per-comparison levels; SciPy gives the t-tests and quantiles, the step-down is a few lines.
@@ -25,33 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-N_RESAMPLES = 20_000
-BOOTSTRAP_SEED = 0  # fixed: the report is a function of the results
-
-
-def bootstrap_means(diffs: Sequence[float], n_resamples: int = N_RESAMPLES,
-                    seed: int = BOOTSTRAP_SEED) -> np.ndarray:  # fmt: skip
-    """Means of ``n_resamples`` resamples (with replacement) of ``diffs``."""
-    data = np.asarray(diffs, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(data), size=(n_resamples, len(data)))
-    return data[idx].mean(axis=1)
-
-
-def percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
-    """The central ``level`` interval of the bootstrap distribution."""
-    tail = (1 - level) / 2
-    lo, hi = np.quantile(means, [tail, 1 - tail])
-    return float(lo), float(hi)
-
-
-def bootstrap_p(means: np.ndarray) -> float:
-    """Two-sided p-value of "mean difference = 0": twice the smaller tail mass beyond 0
-    (the smallest level at which the percentile interval excludes 0), at most 1."""
-    below = float(np.mean(means <= 0))
-    above = float(np.mean(means >= 0))
-    return min(1.0, 2 * min(below, above))
 
 
 def holm(pvalues: Sequence[float], alpha: float = 0.05) -> tuple[list[bool], list[float]]:
@@ -133,21 +106,13 @@ def performance_profile(measures: dict[str, dict[str, float]], taus: Sequence[fl
     return {o: [sum(r <= t for r in ratios[o]) / n for t in taus] for o in optimizers}
 
 
-# Two-sided 97.5% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
-
-
 def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
     """(median, low, high): the median per-round ratio and a 95% t interval (log scale)."""
-    logs = [math.log(r) for r in ratios]
     med = statistics.median(ratios)
-    if len(logs) < 2:
+    if len(ratios) < 2:
         return med, float("nan"), float("nan")
-    mean, sd = statistics.fmean(logs), statistics.stdev(logs)
-    half = _T975[min(len(logs) - 1, len(_T975)) - 1] * sd / math.sqrt(len(logs))
-    return med, math.exp(mean - half), math.exp(mean + half)
+    low, high = t_interval([math.log(r) for r in ratios], 0.95)
+    return med, math.exp(low), math.exp(high)
 
 
 # ------------------------------------------------------------------------------ paired t-tests

@@ -23,18 +23,17 @@ time (construction included) minus a median step: the one-off cost of compiled p
 :mod:`clion_hf.optim.kernels.cpu`) in nanoseconds per element, each mode against the
 eager (foreach) path and torch AdamW, in interleaved rounds. ``CLION_HF_CPU_ISA`` picks
 the kernel of the ordinary table.
+
+Hand-written: ``torch.utils.benchmark`` times one statement at a time; the interleaved
+rounds across optimizers, the per-round ratios and the byte floor are what this adds.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import datetime
-import io
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from clion_hf._files import atomic_write_text, probe_writable
 
 from .argtypes import OneLineParser, positive_int
 from .progress import duration_text, quiet_optimizer_warnings
+from .render import csv_text, host_facts, records_table
 from .stats import ratio_interval
 
 MODELS = ("gpt2", "bert", "vit", "tiny", "llama1b-1layer")
@@ -229,20 +229,25 @@ def _timed_step(opt: torch.optim.Optimizer, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def _params(model: str, device: str, dtype: torch.dtype) -> list[torch.nn.Parameter]:
+    """``model``'s parameter shapes, filled (with gradients) from a fixed seed."""
+    gen = torch.Generator().manual_seed(0)
+    params = []
+    for s in model_shapes(model):
+        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device, dtype))
+        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device, dtype)
+        params.append(p)
+    return params
+
+
 def bench_model(
     model: str, cands: list[Candidate], *, device: str, dtype: torch.dtype, repeats: int,
     log: Callable[[str], None],
 ) -> int:  # fmt: skip
     """Time every runnable candidate on ``model``'s shapes; returns the element count."""
-    shapes = model_shapes(model)
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for s in shapes:
-        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(device, dtype))
-        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(device, dtype)
-        params.append(p)
+    params = _params(model, device, dtype)
     numel = sum(p.numel() for p in params)
-    log(f"{model}: {len(shapes)} tensors, {numel / 1e6:.1f}M parameters")
+    log(f"{model}: {len(params)} tensors, {numel / 1e6:.1f}M parameters")
     runnable = [c for c in cands if c.make is not None]
     for c in runnable:
         # Construction counts into the first step: fused=True builds its kernel there.
@@ -297,13 +302,7 @@ def isa_table(model: str, *, dtype: torch.dtype, repeats: int,
     runs += [("eager", m, make(m, foreach=True, fused=False), None) for m in ISA_MODES]
     for isa in cpu.host_isas():
         runs += [(isa, m, make(m, fused=True), isa) for m in ISA_MODES]
-    shapes = model_shapes(model)
-    gen = torch.Generator().manual_seed(0)
-    params = []
-    for s in shapes:
-        p = torch.nn.Parameter((torch.randn(s, generator=gen) * 0.02).to(dtype))
-        p.grad = (torch.randn(s, generator=gen) * 1e-3).to(dtype)
-        params.append(p)
+    params = _params(model, "cpu", dtype)
     numel = sum(p.numel() for p in params)
     log(f"{model}: {numel / 1e6:.1f}M parameters; targets {', '.join(cpu.host_isas())}")
 
@@ -426,12 +425,34 @@ HEADERS = {
 }  # fmt: skip
 
 
+FACTS = ("when", "device", "target", "rounds", "load_before", "load_after")
+"""The run's facts, in every row of the CSV (what :mod:`.steps_readme` cites)."""
+
+
 def markdown(table: list[dict[str, str]], headers: dict[str, str] = HEADERS) -> str:
-    keys = list(headers)
-    lines = ["| " + " | ".join(headers[k] for k in keys) + " |",
-             "|" + "|".join("---" for _ in keys) + "|"]  # fmt: skip
-    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in table]
-    return "\n".join(lines)
+    return records_table(table, headers)
+
+
+def table_csv(table: list[dict[str, str]], headers: dict[str, str],
+              facts: dict[str, str]) -> str:  # fmt: skip
+    """The table as CSV, one row per (model, optimizer), the run's :data:`FACTS` in each."""
+    return csv_text(({**r, **facts} for r in table), [*headers, *FACTS])
+
+
+def _load() -> str:
+    """The 1-minute load average now ("n/a" where /proc/loadavg is missing)."""
+    return host_facts()["load"].split()[0]
+
+
+def run_facts(device: str, repeats: int, load_before: str) -> dict[str, str]:
+    target = ""
+    if device == "cpu":
+        from clion_hf.optim.kernels import cpu
+
+        with contextlib.suppress(ValueError):
+            target = cpu.selected_isa()
+    return {"when": host_facts()["now"], "device": device, "target": target,
+            "rounds": str(repeats), "load_before": load_before, "load_after": _load()}
 
 
 def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str:
@@ -441,11 +462,11 @@ def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str
         tv = triton.__version__
     except Exception:
         tv = "not installed"
+    host = host_facts()
     if device == "cuda":
         dev = torch.cuda.get_device_name()
     else:
-        dev = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
-    omp = os.environ.get("OMP_WAIT_POLICY", "unset")
+        dev = f"{host['cpu']}, {host['threads']} threads"
     if device == "cpu":
         from clion_hf.optim.kernels import cpu
 
@@ -455,11 +476,10 @@ def environment(device: str, bw: float, dtype: torch.dtype, repeats: int) -> str
             isa = str(e)
         dev += f"; clion_hf kernel target {isa} (torch capability " \
                f"{torch.backends.cpu.get_cpu_capability()})"
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{now}; {device}: {dev}; torch {torch.__version__}, triton {tv}, python "
-            f"{platform.python_version()}; dtype {str(dtype).replace('torch.', '')}; "
+    return (f"{host['now']}; {device}: {dev}; torch {host['torch']}, triton {tv}, python "
+            f"{host['python']}; dtype {str(dtype).replace('torch.', '')}; "
             f"median of {repeats} rounds; measured copy bandwidth {bw / 1e9:.1f} GB/s; "
-            f"OMP_WAIT_POLICY={omp}")  # fmt: skip
+            f"OMP_WAIT_POLICY={host['omp']}")  # fmt: skip
 
 
 def _dtype(text: str) -> torch.dtype:
@@ -483,7 +503,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="momentum dtype of our optimizers (default: fp32)")
     parser.add_argument("--optimizers", default="all",
                         help=f"comma list (default: all): {', '.join(OPTIMIZERS)}")
-    parser.add_argument("--out", help="also write the table here: .md (markdown) or .csv")
+    parser.add_argument("--out", help="also write the table here (markdown) and, next to it "
+                        "with the suffix .csv, as CSV with the run's facts; a .csv --out "
+                        "writes the CSV alone")  # fmt: skip
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch/OpenMP threads (default: torch's); 1 is the least "
                              "disturbed on a shared machine")  # fmt: skip
@@ -565,6 +587,7 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    load_before = _load()
     bw = copy_bandwidth(device)
     if args.isa:
         from clion_hf.optim.kernels import cpu
@@ -586,7 +609,8 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
                 f"elements); ratios are medians of per-round ratios\n\n"
                 f"{markdown(isa_rows, ISA_HEADERS)}\n")  # fmt: skip
         print(text)
-        return _write_out(args.out, text) if args.out else 0
+        facts = run_facts(device, args.repeats, load_before)
+        return _write_outs(args.out, text, table_csv(isa_rows, ISA_HEADERS, facts))
     table: list[dict[str, str]] = []
     planned = [c for c in candidates(device, args.momentum_dtype)
                if wanted is None or c.name in wanted]  # fmt: skip
@@ -606,15 +630,16 @@ def _run(args: argparse.Namespace, device: str, models: list[str],
     env = environment(device, bw, args.dtype, args.repeats)
     text = f"{env}\n\n{markdown(table)}\n"
     print(text)
-    if args.out:
-        if args.out.endswith(".csv"):
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(HEADERS))
-            w.writeheader()
-            w.writerows(table)
-            return _write_out(args.out, buf.getvalue())
-        return _write_out(args.out, text)
-    return 0
+    facts = run_facts(device, args.repeats, load_before)
+    return _write_outs(args.out, text, table_csv(table, HEADERS, facts))
+
+
+def _write_outs(out: str | None, text: str, csv_text: str) -> int:
+    """``--out`` (the markdown) and the CSV next to it; only the CSV for a ``.csv`` --out."""
+    if not out:
+        return 0
+    code = 0 if out.endswith(".csv") else _write_out(out, text)
+    return code or _write_out(str(Path(out).with_suffix(".csv")), csv_text)
 
 
 def _write_out(out: str, text: str) -> int:

@@ -22,14 +22,16 @@ threshold changes anything.
 
 This module only defines the runs; :class:`~clion_hf.bench.runner.Runner` runs them (the
 same fork launcher, result files, resumption and locking as ``clion-bench run``: a
-:class:`Study` answers the same ``plan``/``run_counts``/``describe`` calls as a
-:class:`~clion_hf.bench.protocol.Matrix`), and :mod:`clion_hf.bench.study_report`
-analyses them.
+:class:`Study` is an :class:`~clion_hf.bench.protocol.Experiment`, as the benchmark's
+:class:`~clion_hf.bench.protocol.Matrix` is), and :mod:`clion_hf.bench.study_report`
+analyses them. Hand-written for the reasons of :mod:`clion_hf.bench.protocol`: the runs
+are a pure function of the study's settings and the tuned run's results.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,9 +39,8 @@ from typing import Any
 
 from clion_hf._files import read_json
 
-from .protocol import Matrix, RunConfig, matrix_from
+from .protocol import Matrix, RunConfig, matrix_from, run_args, span_text
 from .specs import (
-    COMMON_RECIPE_ARGS,
     OptimizerSpec,
     Preset,
     SpecError,
@@ -175,7 +176,7 @@ def _row_spec(spec: OptimizerSpec) -> OptimizerSpec:
 def load_tuned(tuned_dir: Path) -> tuple[Matrix, dict[str, dict]]:
     """The :class:`Matrix` and results of a ``clion-bench run`` directory (its result files,
     else the summary rows of its committed ``results.csv``); :class:`SpecError` if unusable."""
-    from .report import _as_result, rows_from_csv
+    from .report import as_result, rows_from_csv
     from .runner import load_result_files
 
     matrix = matrix_from(read_json(tuned_dir / "bench.json"))
@@ -185,7 +186,7 @@ def load_tuned(tuned_dir: Path) -> tuple[Matrix, dict[str, dict]]:
     results = load_result_files(tuned_dir) if (tuned_dir / "results").is_dir() else {}
     if not results and (tuned_dir / "results.csv").is_file():
         rows = rows_from_csv((tuned_dir / "results.csv").read_text())
-        results = {r["run_id"]: _as_result(r) for r in rows}
+        results = {r["run_id"]: as_result(r) for r in rows}
     if not results:
         raise SpecError(f"--tuned {tuned_dir}: no results (neither results/*.json nor "
                         "results.csv)")  # fmt: skip
@@ -232,7 +233,7 @@ def tuned_row(spec: OptimizerSpec, workload: str, tuned: tuple[Matrix, dict[str,
 
 @dataclass
 class StudyPlan:
-    """What :class:`~clion_hf.bench.runner.Runner` reads of a plan (as a RowPlan)."""
+    """One workload's runs (a :class:`~clion_hf.bench.protocol.Plan`; no tuning trials)."""
 
     workload: str
     finals: list[RunConfig]
@@ -243,21 +244,9 @@ class StudyPlan:
 _OWN_FLAGS = {"--eval_steps", "--logging_steps", "--max_test_samples", "--eval_strategy"}
 
 
-def _without(args: Iterable[str], flags: set[str]) -> list[str]:
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a in flags:
-            skip = True
-        else:
-            out.append(a)
-    return out
-
-
 @dataclass
 class Study:
-    """A gen-gap study ready to plan and run (duck-types :class:`Matrix` for the Runner)."""
+    """A gen-gap study ready to plan and run (an :class:`~clion_hf.bench.protocol.Experiment`)."""
 
     study: StudyPreset
     workloads: list[str]
@@ -271,6 +260,10 @@ class Study:
     def preset(self) -> Preset:
         return self.study.base_preset
 
+    @property
+    def jobs(self) -> int:
+        return self.study.jobs
+
     def settings(self, workload: str) -> GapSettings:
         return self.study.workloads[workload]
 
@@ -279,13 +272,12 @@ class Study:
         gs = self.settings(workload)
         base = self.preset
         ws = base.settings(workload, gs.max_steps)
-        args = (
-            *spec.recipe_args(), *COMMON_RECIPE_ARGS, *_without(base.extra_args, _OWN_FLAGS),
-            *ws.extra_args, *self.study.extra_args,
+        args = run_args(spec, base, ws, (
+            *self.study.extra_args,
             "--eval_strategy", "steps", "--eval_steps", str(gs.eval_every),
             "--logging_steps", str(gs.log_every),
             "--train_subset_size", str(n), "--eval_train_subset", "true",
-        )  # fmt: skip
+        ), replaced=_OWN_FLAGS)  # fmt: skip
         second = ("nu", spec.get("nu")) if stage == "nu" else ("N", float(n))
         return RunConfig(
             workload=workload, optimizer=label, lr=lr, weight_decay=wd, seed=seed,
@@ -327,7 +319,7 @@ class Study:
             unique.setdefault(r.run_id, r)
         return list(unique.values())
 
-    # -------------------------------------------------------------- what Runner calls
+    # -------------------------------------------------------------- the Experiment
 
     def plan(self, results: dict[str, dict]) -> list[StudyPlan]:
         """Every run is known up front (the matched rule needs no extra runs): one plan per
@@ -343,8 +335,9 @@ class Study:
         n = len(self.all_runs())
         return n, n
 
-    def estimated_seconds(self) -> float:
-        """Device time from the base preset's cost model plus the subset evaluations."""
+    def estimated_seconds(self) -> tuple[float, float]:
+        """Device time from the base preset's cost model plus the subset evaluations (the
+        same at both ends: every run is known up front)."""
         total = 0.0
         for run in self.all_runs():
             gs = self.settings(run.workload)
@@ -352,10 +345,12 @@ class Study:
             n = int(run.recipe_args[run.recipe_args.index("--train_subset_size") + 1])
             evals = math.ceil(gs.max_steps / gs.eval_every) + 1
             total += cost.run_s(gs.max_steps) + evals * n * gs.eval_example_s
-        return total / max(1, self.study.jobs)
+        total /= max(1, self.study.jobs)
+        return total, total
 
     def describe(self) -> dict[str, Any]:
-        """``bench.json`` of the study directory: enough to rebuild it (:func:`study_from`)."""
+        """``bench.json`` of the study directory: enough to plan it again and
+        to write its report."""
         return {
             "study": "gen-gap",
             "schema": STUDY_SCHEMA,
@@ -376,6 +371,25 @@ class Study:
             "nu_global": list(self.study.nu_global),
             "nu_seeds": list(self.study.nu_seeds),
         }  # fmt: skip
+
+    def dry_run_lines(self, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
+        """Run counts, estimated device time, the rows' hyper-parameters and the commands."""
+        sp = self.study
+        runs = self.all_runs()
+        yield f"# study gen-gap, preset {sp.name}: {sp.description}"
+        yield (f"# {len(runs)} runs ({sp.jobs} at a time); seeds {list(self.seeds)}; estimated "
+               f"device time {span_text(*self.estimated_seconds())} (cost model: "
+               f"{self.preset.cost_note}; plus each subset evaluation)")  # fmt: skip
+        for w in self.workloads:
+            gs = self.settings(w)
+            yield (f"# {w}: N in {list(self.sizes[w])}, {gs.max_steps} steps, the gap "
+                   f"evaluated every {gs.eval_every} steps; ν sweep at N = {gs.nu_size}: "
+                   f"{len(self.nu_runs(w))} runs")  # fmt: skip
+            for r in self.rows[w]:
+                yield (f"#   {r.label}: lr {fmt_float(r.lr)}, weight decay "
+                       f"{fmt_float(r.weight_decay)}, runs as {r.spec.label} ({r.source})")
+        for run in runs:
+            yield shlex.join(run.launch_command(recipes_dir, out_dir / "work" / run.run_id))
 
 
 def build_study(preset: str, workloads: list[str] | None, optimizers: list[OptimizerSpec] | None,
@@ -413,27 +427,3 @@ def build_study(preset: str, workloads: list[str] | None, optimizers: list[Optim
             raise SpecError(f"the ν sweep's N = {sp.workloads[w].nu_size} is not one of the "
                             f"sizes {list(study.sizes[w])}; pass more --sizes")  # fmt: skip
     return study
-
-
-def dry_run_lines(study: Study, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
-    """Run counts, estimated device time, the rows' hyper-parameters and the commands."""
-    from .runner import _duration, launch_command
-
-    sp = study.study
-    n = len(study.all_runs())
-    yield f"# study gen-gap, preset {sp.name}: {sp.description}"
-    yield (f"# {n} runs ({sp.jobs} at a time); seeds {list(study.seeds)}; estimated device "
-           f"time {_duration(study.estimated_seconds())} (cost model: {study.preset.cost_note}"
-           f"; plus each subset evaluation)")  # fmt: skip
-    for w in study.workloads:
-        gs = study.settings(w)
-        yield (f"# {w}: N in {list(study.sizes[w])}, {gs.max_steps} steps, the gap evaluated "
-               f"every {gs.eval_every} steps; ν sweep at N = {gs.nu_size}: "
-               f"{len(study.nu_runs(w))} runs")  # fmt: skip
-        for r in study.rows[w]:
-            yield (f"#   {r.label}: lr {fmt_float(r.lr)}, weight decay "
-                   f"{fmt_float(r.weight_decay)}, runs as {r.spec.label} ({r.source})")
-    for run in study.all_runs():
-        import shlex
-
-        yield shlex.join(launch_command(run, recipes_dir, out_dir / "work" / run.run_id))

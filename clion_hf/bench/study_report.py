@@ -39,11 +39,14 @@ from typing import Any
 import numpy as np
 
 from clion_hf._files import atomic_write_text, probe_writable, read_json
+from clion_hf.integrations.transformers import OptimArgsError, key_values
 
+from . import render
 from .plotstyle import LEGEND_SIZE, colour
+from .protocol import number
+from .render import Figures, label_axes, table
 from .report import (
     ReportError,
-    _save,
     curve,
     describe_optimizer,
     load_results,
@@ -70,6 +73,7 @@ CSV_COLUMNS = [
     "wall_s", "cpu_s", "curve",
 ]  # fmt: skip
 _TEXT = {"run_id", "workload", "optimizer", "stage", "mode", "status", "reason", "curve"}
+_INTS = {"n", "seed", "max_steps", "steps_done"}
 
 
 # ------------------------------------------------------------------------------ per run
@@ -80,14 +84,10 @@ def _flag(args: list[str], flag: str) -> str | None:
 
 
 def _optim_args(args: list[str]) -> dict[str, str]:
-    text = _flag(args, "--optim_args") or ""
-    return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        return key_values(_flag(args, "--optim_args"), "--optim_args")
+    except OptimArgsError:  # a hand-edited result: its options are unknown, not fatal
+        return {}
 
 
 def summarize_run(result: dict) -> dict[str, Any]:
@@ -110,9 +110,9 @@ def summarize_run(result: dict) -> dict[str, Any]:
         "weight_decay": result["weight_decay"], "max_steps": result["max_steps"],
         "status": result["status"], "reason": result.get("reason", ""),
         "steps_done": max(steps) if steps else None,
-        "final_train_loss": _num(res.get("train_subset_loss")),
-        "final_eval_loss": _num(res.get("eval_loss")),
-        "final_gap": _num(res.get("gen_gap")),
+        "final_train_loss": number(res.get("train_subset_loss")),
+        "final_eval_loss": number(res.get("eval_loss")),
+        "final_gap": number(res.get("gen_gap")),
         "tau_min": min(taus) if taus else None,
         "tau_median": statistics.median(taus) if taus else None,
         "sign_fraction_mean": statistics.fmean(fractions) if fractions else None,
@@ -438,18 +438,13 @@ def findings(studies: list[WorkloadStudy]) -> list[str]:
 # ------------------------------------------------------------------------------ markdown
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(r) + " |" for r in rows)]  # fmt: skip
-
-
 def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> list[str]:
     lines = [f"## {ws.name} ({ws.max_steps} steps)", ""]
     st = meta["settings"][ws.name]
     lines += [f"Sizes N = {', '.join(map(str, ws.sizes))} (nested), seeds "
               f"{', '.join(map(str, meta['seeds']))}; the gap is evaluated every "
               f"{st['eval_every']} steps. Hyper-parameters:", ""]  # fmt: skip
-    lines += _table(["optimizer", "runs as", "lr", "weight decay", "from"],
+    lines += table(["optimizer", "runs as", "lr", "weight decay", "from"],
                     [[describe_optimizer(r["label"]), f"`{r['spec']}`", fmt_float(r["lr"]),
                       fmt_float(r["weight_decay"]), r["source"]]
                      for r in sorted(meta["rows"][ws.name], key=lambda r: optimizer_order(
@@ -469,7 +464,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
                 cells.append(Estimate(list(ws.gaps[rule][lb][n].values())).text("{:.3f}"))
             cells.append(ws.slopes[rule][lb].text())
             rows.append(cells)
-        lines += _table(["optimizer", *(f"N={n}" for n in ws.sizes), "slope"], rows)
+        lines += table(["optimizer", *(f"N={n}" for n in ws.sizes), "slope"], rows)
         if rule == "matched":
             lines += ["", "Steps at which runs reached the target (median): " + ", ".join(
                 f"{describe_optimizer(lb)} {statistics.median(v):.0f}"
@@ -479,7 +474,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
             lines += [f"![gap, {RULE_TEXT[rule]}]({plots[f'gap-{rule}']})", ""]
     if ws.tau:
         lines += ["### τ (smallest non-zero abs(c) per step)", ""]
-        lines += _table(["optimizer", "runs", "τ of a run (min … max)", "median τ_t",
+        lines += table(["optimizer", "runs", "τ of a run (min … max)", "median τ_t",
                          "log10 τ^T (median)", "sign-branch fraction"],
                         [[describe_optimizer(lb), str(t["runs"]),
                           f"{_g(t['min'], 2)} … {_g(t['max'], 2)}", _g(t["median_t"], 2),
@@ -497,7 +492,7 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
         ref = ws.nu_reference
         rows.append(["tuned lion row (its own lr)", "1", ref["final_train_loss"].text("{:.3f}"),
                      ref["final_gap"].text("{:.3f}"), ""])
-        lines += _table(["point", "sign-branch fraction", "training-subset loss", "gap",
+        lines += table(["point", "sign-branch fraction", "training-subset loss", "gap",
                          "τ (min)"], rows)  # fmt: skip
         lines += ["", f"Against {ws.nu_ref_label} (paired seeds, Holm over the sweep): gap: "
                   + "; ".join(comparison_text(c, "{:+.3f}") for c in ws.nu_comparisons["gap"])
@@ -556,28 +551,15 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                ) -> tuple[dict[str, dict[str, str]], list[str]]:  # fmt: skip
     """Write the PNGs (the plot rules of :func:`clion_hf.bench.report.make_plots`); with
     ``figures``, each figure is also kept there (open) by file name, for inspection."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    book = Figures(plot_dir, figures)
     import matplotlib.pyplot as plt
 
     plots: dict[str, dict[str, str]] = defaultdict(dict)
-    errors: list[str] = []
 
     def attempt(w: str, key: str, fname: str, draw) -> None:
-        fig = None
-        try:
-            fig = draw()
-            if fig is not None:
-                _save(fig, plot_dir / fname)
-                plots[w][key] = f"plots/{fname}"
-                if figures is not None:
-                    figures[fname], fig = fig, None  # kept open for the caller
-        except Exception as err:  # a plot must never cost the report
-            errors.append(f"plot `{fname}` not drawn: {type(err).__name__}: {err}")
-        finally:
-            if fig is not None:
-                plt.close(fig)
+        path = book.draw(fname, draw)
+        if path is not None:
+            plots[w][key] = path
 
     for ws in studies:
         for rule in RULES:
@@ -598,10 +580,9 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                                           f"(slope {ws.slopes[rule][lb].text()})")  # fmt: skip
                 ax.set_xscale("log", base=2)
                 ax.set_yscale("log")
-                ax.set_xlabel("N (training examples)")
-                ax.set_ylabel("held-out − training loss (nats, eval mode)")
-                ax.set_title(f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
-                             "t interval)", fontsize=10)  # fmt: skip
+                label_axes(ax, f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
+                           "t interval)", "N (training examples)",
+                           "held-out − training loss (nats, eval mode)", title_size=10)
                 _legend(ax)
                 return fig
 
@@ -626,10 +607,8 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                 if steps:
                     ax.plot(steps, [statistics.fmean(by_step[s]) for s in steps],
                             color=colour(lb), marker=".", label=describe_optimizer(lb))
-            ax.set_xlabel("step")
-            ax.set_ylabel("log10 τ_t (gradient units)")
-            ax.set_title(f"{ws.name}: τ_t at N = {n}\n(min over each log interval; mean "
-                         "of log10 over seeds)", fontsize=10)  # fmt: skip
+            label_axes(ax, f"{ws.name}: τ_t at N = {n}\n(min over each log interval; mean of "
+                       "log10 over seeds)", "step", "log10 τ_t (gradient units)", title_size=10)
             _legend(ax)
             return fig
 
@@ -666,7 +645,7 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
             return fig
 
         attempt(ws.name, "nu", f"nu-{ws.name}.png", nu_plot)
-    return dict(plots), errors
+    return dict(plots), book.errors
 
 
 # ------------------------------------------------------------------------------ writing
@@ -674,12 +653,11 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
 
 def findings_from_csv(csv_text: str, meta: dict) -> list[str]:
     """The Findings lines recomputed from ``results.csv`` and ``bench.json`` alone."""
-    return findings(analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT), meta))
+    return findings(analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT, _INTS), meta))
 
 
 def findings_block(report_text: str) -> list[str]:
-    begin = report_text.index(FINDINGS_BEGIN) + len(FINDINGS_BEGIN)
-    return report_text[begin:report_text.index(FINDINGS_END)].strip("\n").splitlines()
+    return render.findings_block(report_text, FINDINGS_BEGIN, FINDINGS_END)
 
 
 def _ints(v: Any) -> bool:
@@ -687,7 +665,7 @@ def _ints(v: Any) -> bool:
 
 
 def _reals(v: Any) -> bool:
-    return isinstance(v, list) and all(_num(x) is not None for x in v)
+    return isinstance(v, list) and all(number(x) is not None for x in v)
 
 
 def _study_row(r: Any) -> bool:
@@ -698,7 +676,7 @@ def _study_row(r: Any) -> bool:
         parse_optimizer(r["spec"])
     except SpecError:
         return False
-    return _num(r.get("lr")) is not None and _num(r.get("weight_decay")) is not None
+    return number(r.get("lr")) is not None and number(r.get("weight_decay")) is not None
 
 
 _SETTINGS = ("max_steps", "eval_every", "log_every", "nu_size")
@@ -760,7 +738,7 @@ def _write_study_report(out_dir: Path, meta: dict) -> dict[str, Path]:
                   key=lambda r: (r["workload"], r["stage"], r["optimizer"], r["n"] or 0,
                                  r["seed"]))  # fmt: skip
     csv_text = rows_csv(rows, CSV_COLUMNS)
-    studies = analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT), meta)
+    studies = analyze(rows_from_csv(csv_text, CSV_COLUMNS, _TEXT, _INTS), meta)
     plots, errors = make_plots(studies, results, out_dir / "plots")
     timing = timing_lines(results, out_dir / "host-load.log")
     atomic_write_text(out_dir / "results.csv", csv_text)

@@ -102,6 +102,25 @@ _ELSEWHERE = {
 }  # fmt: skip
 
 
+def key_values(text: str | None, where: str) -> dict[str, str]:
+    """The ``KEY=VALUE`` items of a comma list (``--optim_args``; clion-bench's optimizer
+    specs), in order, values unparsed; :class:`OptimArgsError` (one line, starting with
+    ``where``) for an item that is not ``KEY=VALUE`` or a key given twice."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key:
+            raise OptimArgsError(f"{where}: '{item}' is not key=value; expected e.g. nu=1e-4")
+        if key in out:
+            raise OptimArgsError(f"{where}: key '{key}' given twice")
+        out[key] = value
+    return out
+
+
 def parse_optim_args(optim: str, optim_args: str | None) -> dict[str, Any]:
     """Typed optimizer keyword arguments from an ``--optim_args`` string.
 
@@ -112,22 +131,13 @@ def parse_optim_args(optim: str, optim_args: str | None) -> dict[str, Any]:
     keys = _KEYS[optim]
     where = f"--optim_args for optim '{optim}'"
     out: dict[str, Any] = {}
-    for item in (optim_args or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        key, sep, text = item.partition("=")
-        key, text = key.strip(), text.strip()
-        if not sep or not key:
-            raise OptimArgsError(f"{where}: '{item}' is not key=value; expected e.g. nu=1e-4")
+    for key, text in key_values(optim_args, where).items():
         if key not in keys:
             hint = f" (set it with {_ELSEWHERE[key]})" if key in _ELSEWHERE else ""
             raise OptimArgsError(
                 f"{where}: unknown key '{key}' (value '{text}'){hint}; "
                 f"allowed keys: {', '.join(keys)}"
             )
-        if key in out:
-            raise OptimArgsError(f"{where}: key '{key}' given twice")
         try:
             out[key] = keys[key].parse(text)
         except (ValueError, KeyError):
