@@ -1,6 +1,6 @@
 """clion-hf: the CLion (Cautious Lion) and Lion optimizers for PyTorch and Transformers."""
 
-from . import _hook
+from .integrations import hook as _hook
 from .integrations import register
 from .optim import MODES, CLion, Lion
 
