@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import REPO
 from _plans import drive_plan
 
 from clion_hf.bench import cli
@@ -51,7 +52,6 @@ from clion_hf.bench.stats import (
     performance_profile,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "clion_hf.bench.cli"]
 
 

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 
 from clion_hf.bench.launcher import MARKER, leftover_pids
 from clion_hf.bench.report import load_results
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "clion_hf.bench.cli"]
 pytestmark = pytest.mark.slow
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 from test_bench import write_synthetic
 
 from clion_hf._files import read_json
@@ -19,8 +20,6 @@ from clion_hf.bench.report import load_results
 from clion_hf.bench.runner import OutDirError, Runner, load_result_files
 from clion_hf.bench.specs import get_preset, parse_optimizers
 from clion_hf.bench.study import build_study
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _matrix() -> Matrix:

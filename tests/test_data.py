@@ -12,14 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _paths import REPO
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 from clion_hf.workloads import corpus, data, offline, preprocess, tokenizer
 from clion_hf.workloads.errors import RecipeError
 from clion_hf.workloads.run_stats import RunStatsCallback
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _paths import REPO as ROOT
 from test_optim import TOL, make_problem, run_ours, run_ref
 
 from clion_hf import CLion, Lion
@@ -22,7 +23,6 @@ from clion_hf.optim.functional import choose_impl, compute_dtype
 from clion_hf.optim.kernels import cpu as fused_cpu
 from clion_hf.optim.kernels import default_fused
 
-ROOT = Path(__file__).resolve().parents[1]
 MODES = [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01), ("element", 0.3), ("soft", 0.5)]
 
 

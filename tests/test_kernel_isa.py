@@ -27,10 +27,10 @@ from typing import NamedTuple, NoReturn
 
 import pytest
 import torch
+from _paths import REPO as ROOT
 
 from clion_hf.optim.kernels import cpu
 
-ROOT = Path(__file__).resolve().parents[1]
 X86 = [name for name, isa in cpu.ISAS.items() if isa.machine == "x86_64"]
 WIDTH = {"x86-64": "xmm", "x86-64-v3": "ymm", "x86-64-v4": "zmm"}
 # 10 update variants (Lion, cautious and take, each with and without the min |c|; element

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import REPO
 from scipy import stats as st
 from test_bench import write_synthetic
 
@@ -41,7 +42,6 @@ from clion_hf.bench.stats import (
     tost_p,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "docs" / "benchmarks" / "cpu-2026-11-29"
 
 # ------------------------------------------------------------------------------ statistics

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _paths import REPO
 
 from clion_hf._files import read_json
 from clion_hf.bench.cli import main
@@ -43,7 +43,6 @@ from clion_hf.bench.stability_report import (
     write_stability_report,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "docs" / "benchmarks" / "stability-2026-12-06"
 
 TINY = StabilityPreset(
