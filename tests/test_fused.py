@@ -430,7 +430,7 @@ def test_bench_steps_smoke(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(tmp)}  # no spin-wait
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not list(tmp.iterdir())  # issue 11 item 12: two temporary directories were left
+    assert not list(tmp.iterdir())  # no temporary directory is left behind
     table = out.read_text()
     assert table in proc.stdout  # --out holds exactly the report printed on stdout
     for name in ("adamw-fused", "lion-pytorch-foreach", "lion-fused", "clion-element-fused",

@@ -1,4 +1,4 @@
-"""The report's verdicts (issue 23 item 2, issue 20 items 2-4): valid tests at few seeds,
+"""The report's verdicts: valid tests at few seeds,
 Holm over the whole report, equivalence only after TOST, edge rows inconclusive, a smoke
 report that says what to run next, and plots that follow the plot rules."""
 

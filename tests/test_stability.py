@@ -209,7 +209,7 @@ def test_pair_counts_meet_the_issue_floor():
 
 def test_committed_plots_follow_the_plot_rules(tmp_path):
     """The reports' colour per optimizer, y-labels, readable legends, ν drawn where τ_t is,
-    sign-branch fraction on [0, 1] (issue 20's rules), on the committed study's data."""
+    sign-branch fraction on [0, 1] (README's plot rules), on the committed study's data."""
     from matplotlib.colors import to_hex
 
     from clion_hf.bench.plotstyle import colour
