@@ -15,6 +15,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from clion_hf.workloads.corpus import CORPUS_SHA256
+from clion_hf.workloads.models import offline_pretrained_checkpoint
 
 CONFIGS = REPO / "recipes" / "accelerate_configs"
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
@@ -59,13 +60,12 @@ def launch(env, recipe: str, out: Path, *args: str, config: str = "cpu.yaml"):
 
 
 def checkpoint(env, family: str) -> str:
-    code = (
-        "from clion_hf.workloads.models import offline_pretrained_checkpoint as c; "
-        f"print(c({family!r}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+    """The offline checkpoint the finetune recipes would build, built here (in-process)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE",
+                     "CLION_HF_CHECKPOINT_MAX_STEPS"):  # fmt: skip
+            mp.setenv(name, env[name])
+        return offline_pretrained_checkpoint(family)
 
 
 @pytest.mark.slow

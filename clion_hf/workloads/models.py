@@ -53,7 +53,7 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "vit-base-patch16-224": ViTConfig,
 }
 
-# The scale ladder (issue 23): the tiny presets' architecture (2 layers, the same
+# The scale ladder: the tiny presets' architecture (2 layers, the same
 # vocabulary and image size) at a larger width; only the width and what scales with it
 # change (MLP width, heads of at most 64 dimensions), so a rung differs from the next
 # in size alone. Depth stays 2: on CPU the budget goes into width and steps.
