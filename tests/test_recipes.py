@@ -69,6 +69,38 @@ def checkpoint(env, family: str) -> str:
 
 
 @pytest.mark.slow
+def test_offline_checkpoint_is_built_in_this_process_and_leaves_its_caller_alone(
+    env, monkeypatch
+):
+    """The finetune recipes and clion-bench call a function that trains the checkpoint in
+    their own process: no recipe subprocess, and the caller's random state, thread count
+    and record of the data it loaded are as they were."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clion_hf.workloads.data import data_used
+    from clion_hf.workloads.models import MANIFEST
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("CLION_HF_CHECKPOINT_MAX_STEPS", "3")  # a key of its own: built now
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    threads, loaded = torch.get_num_threads(), data_used()
+    path = Path(offline_pretrained_checkpoint("gpt2"))
+    assert torch.equal(torch.rand(4), expected)
+    assert torch.get_num_threads() == threads and data_used() == loaded
+    assert path.name.startswith("gpt2-pretrain-") and (path / MANIFEST).is_file()
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    assert model.config.n_embd == 64 and model.config.vocab_size == len(tok)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(EXPECTED))
 def test_offline_default(env, tmp_path, recipe):
     results = launch(env, recipe, tmp_path)
