@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from . import _hook
+from .integrations import hook as _hook
 from .integrations import register
 
 if TYPE_CHECKING:

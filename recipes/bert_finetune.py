@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Finetune a pretrained BERT for sequence classification, like transformers' run_glue.py.
 
-Offline default (no data or model arguments): the cached checkpoint of bert_pretrain.py's
-offline run (built on first use) on the embedded ``pydoc-paraphrase`` pair task
-(MRPC-shaped: sentence1, sentence2, label). Online:
+Offline default (no data or model arguments): the tiny BERT pretrained on embedded
+documents (built on first use and cached: ``offline_pretrained_checkpoint``), on the
+embedded ``pydoc-paraphrase`` pair task (MRPC-shaped: sentence1, sentence2, label). Online:
 
     accelerate launch recipes/bert_finetune.py --model_name_or_path bert-base-uncased \\
         --dataset_name glue --dataset_config_name mrpc --optim adamw_torch

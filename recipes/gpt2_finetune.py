@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Finetune a pretrained GPT-2 (causal language modelling), like transformers' run_clm.py.
 
-Offline default (no data or model arguments): the cached checkpoint of gpt2_pretrain.py's
-offline run (built on first use), finetuned on held-out embedded documents. Online:
+Offline default (no data or model arguments): the tiny GPT-2 pretrained on embedded
+documents (built on first use and cached: ``offline_pretrained_checkpoint``), finetuned on
+held-out embedded documents. Online:
 
     accelerate launch recipes/gpt2_finetune.py --model_name_or_path gpt2 \\
         --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1 --optim adamw_torch

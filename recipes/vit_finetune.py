@@ -2,8 +2,9 @@
 """Finetune a pretrained ViT for image classification, like transformers'
 run_image_classification.py.
 
-Offline default (no data or model arguments): the cached backbone of vit_pretrain.py's
-offline run (digits 0-4, built on first use) with a new head, on digits 5-9. Online:
+Offline default (no data or model arguments): the backbone of a tiny ViT pretrained on
+digits 0-4 (built on first use and cached: ``offline_pretrained_checkpoint``) with a new
+head, on digits 5-9. Online:
 
     accelerate launch recipes/vit_finetune.py \\
         --model_name_or_path google/vit-base-patch16-224-in21k \\

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import REPO
 from _plans import drive_plan
 
 from clion_hf.bench import cli
@@ -48,7 +49,6 @@ from clion_hf.bench.stats import (
     performance_profile,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "clion_hf.bench.cli"]
 
 
@@ -289,7 +289,7 @@ def test_classify_statuses():
 
 
 def test_finite_explosions_count_as_divergence():
-    """Issue 11 item 8: a CLion run at lr=1e6 reached loss ~5e13 and perplexity inf and was
+    """A run whose loss explodes (CLion at lr=1e6: loss ~5e13, perplexity inf) is not
     recorded ok."""
     exploded = [{"loss": 6.2, "step": 10}, {"loss": 5.1e13, "step": 20}]
     status, reason = classify(0, {"eval_loss": 4.9e13}, exploded, "")
@@ -421,8 +421,8 @@ def test_report_findings_are_computed_and_recomputable_from_the_csv(tmp_path):
 
 
 def test_report_never_crashes_and_says_what_is_missing(tmp_path):
-    """Issue 11 item 7: no perplexity run finished -> ValueError (log scale), no report.md;
-    an unreadable result file was dropped silently."""
+    """The report is written even when no perplexity run finished (once: a ValueError from
+    the log scale, and no report.md), and an unreadable result file is listed, not dropped."""
     m = Matrix(get_preset("cpu"), ["gpt2-pretrain", "vit-pretrain"],
                parse_optimizers("adamw,lion"), (0,), (100, 101), 40)  # fmt: skip
     write_synthetic(tmp_path, m, lambda run: 3.0, {}, diverge={"adamw", "lion"})
@@ -446,11 +446,11 @@ def test_report_never_crashes_and_says_what_is_missing(tmp_path):
 
 
 def test_a_recorded_ok_result_is_never_replaced_by_a_worse_one(tmp_path):
-    """Issue 11 item 1: two runners on one directory turned ok results into failed ones."""
+    """A second runner on one directory cannot turn ok results into failed ones."""
     m = _matrix("adamw")
     run = m.plan({})[0].needed[0]
     runner = Runner(m, tmp_path, REPO / "recipes", echo=lambda msg: None)
-    # a whole result (issue 21 item 1: an unusable file protects nothing, it is redone)
+    # a whole result (an unusable file protects nothing, it is redone)
     ok = {**run.__dict__, "run_id": run.run_id, "status": "ok", "marker": 1}
     assert runner.record(run, ok)
     assert not runner.record(run, {"run_id": run.run_id, "status": "failed"})
@@ -460,8 +460,8 @@ def test_a_recorded_ok_result_is_never_replaced_by_a_worse_one(tmp_path):
 
 
 def test_interrupted_is_not_an_ordinary_error():
-    """Issue 11 item 9: SIGTERM during checkpoint preparation was caught by `except
-    Exception` and the matrix ran on."""
+    """SIGTERM during checkpoint preparation is not caught by `except Exception` (the
+    matrix must not run on)."""
     assert issubclass(Interrupted, BaseException) and not issubclass(Interrupted, Exception)
 
 
@@ -519,7 +519,7 @@ def _one_line_error(argv: list[str], capsys) -> str:
         (["run", "--preset", "smoke", "--recipes_dir", "/nonexistent/r"], "recipes directory"),
         (["report", "/nonexistent/bench-out"], "no such directory"),
         (["frobnicate"], "invalid choice"),
-        # issue 11 item 11: empty lists silently ran the preset's defaults
+        # empty lists are refused, not read as the preset's defaults
         (["run", "--preset", "smoke", "--optimizers", ""], "no optimizer given in ''"),
         (["run", "--preset", "smoke", "--workloads", ""], "no workload given in ''"),
         (["run", "--preset", "smoke", "--workloads", "gpt2-pretrain,"], "empty workload name"),
@@ -530,8 +530,8 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, capsys):
 
 
 def test_unusable_out_and_report_dirs_exit_2_with_one_line(tmp_path, make_readonly, capsys):
-    """Issue 11 item 11: --out on an existing file / a read-only path, and report on a
-    read-only directory, gave tracebacks."""
+    """--out on an existing file / a read-only path, and report on a read-only directory:
+    one line each, no traceback."""
     afile = tmp_path / "afile"
     afile.write_text("x")
     err = _one_line_error(["run", "--preset", "smoke", "--out", str(afile), "--no_progress"],
@@ -552,7 +552,7 @@ def test_unusable_out_and_report_dirs_exit_2_with_one_line(tmp_path, make_readon
 
 
 def test_second_runner_on_a_locked_dir_exits_2_with_one_line(tmp_path):
-    """Issue 11 item 1: the directory is owned by one runner at a time."""
+    """The directory is owned by one runner at a time."""
     out = tmp_path / "out"
     out.mkdir()
     with owned(out.resolve()):
@@ -593,7 +593,7 @@ def _imports(module: Path) -> set[str]:
 
 
 def test_bench_and_workloads_import_downward_without_cycles():
-    """Issue 9: bench/cli <-> bench/steps and bench/report <-> bench/runner were circular."""
+    """No import cycle in bench/ or workloads/ (cli <-> steps, report <-> runner once)."""
     modules = {".".join(p.relative_to(REPO).with_suffix("").parts): p
                for d in ("bench", "workloads") for p in (REPO / "clion_hf" / d).glob("*.py")}
     graph = {name: {i for i in _imports(path) if i in modules and i != name}
@@ -617,7 +617,7 @@ def test_bench_and_workloads_import_downward_without_cycles():
 
 
 def test_atomic_file_writing_exists_once():
-    """Issue 9: one writer for bench and workloads (clion_hf/_files.py)."""
+    """One writer for bench and workloads (clion_hf/_files.py)."""
     writers = []
     for d in ("bench", "workloads"):
         for path in (REPO / "clion_hf" / d).glob("*.py"):

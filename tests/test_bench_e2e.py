@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 
 from clion_hf.bench.launcher import MARKER, leftover_pids
 from clion_hf.bench.report import load_results
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "clion_hf.bench.cli"]
 pytestmark = pytest.mark.slow
 
@@ -67,7 +67,7 @@ def test_end_to_end_search_divergence_report_resume(env, tmp_path):
     args = ("run", "--preset", "smoke", "--workloads", "gpt2-pretrain", "--optimizers",
             "adamw,lion:lr=1e6", "--seeds", "2", "--max_steps", "8", "--out", str(out),
             "--no_progress")  # fmt: skip
-    # a process an earlier runner of this directory left behind (issue 11 item 9)
+    # a process an earlier runner of this directory left behind
     out.mkdir()
     leftover = subprocess.Popen(["sleep", "600"], env={**env, MARKER: str(out.resolve())})
     proc = _bench(env, *args)
@@ -100,10 +100,10 @@ def test_end_to_end_search_divergence_report_resume(env, tmp_path):
 
 
 def test_kills_at_random_moments_and_a_second_runner_lose_nothing(env, tmp_path):
-    """Issue 11 "done when": SIGKILL/SIGTERM a smoke-sized runner at random moments,
-    resume, and get the results of an uninterrupted run, with no process left behind; and
-    a second runner started on a directory in use (item 1: both ran everything, then every
-    result read `failed`) is refused while the first finishes with nothing lost.
+    """SIGKILL/SIGTERM a smoke-sized runner at random moments, resume, and get the results
+    of an uninterrupted run, with no process left behind; and a second runner started on a
+    directory in use (were both to run, every result could end up `failed`) is refused
+    while the first finishes with nothing lost.
 
     The interrupted run goes first, on a fresh checkpoint key, so that kills also land
     while the finetune checkpoint and the data caches are being built."""
@@ -151,8 +151,8 @@ def test_kills_at_random_moments_and_a_second_runner_lose_nothing(env, tmp_path)
 
 
 def test_sigterm_while_preparing_checkpoints_stops_the_runner(env, tmp_path):
-    """Issue 11 item 9: SIGTERM during checkpoint preparation was caught as an ordinary
-    error; the matrix then ran to its end and exited 0."""
+    """SIGTERM during checkpoint preparation stops the run (it is not an ordinary error
+    after which the matrix runs to its end and exits 0)."""
     prep_env = {**env, "CLION_HF_CHECKPOINT_MAX_STEPS": "40"}  # a fresh key: built now
     out = tmp_path / "bench"
     proc = _start(prep_env, "run", "--preset", "smoke", "--workloads", "vit-finetune",
@@ -171,9 +171,9 @@ def test_sigterm_while_preparing_checkpoints_stops_the_runner(env, tmp_path):
 
 
 def test_a_child_killed_from_outside_is_redone_by_the_next_run(env, tmp_path):
-    """Issue 21 item 4: a recipe child killed by a signal was recorded `failed` for good and
-    its row chose nothing; now it is not recorded, the matrix goes on without that row's
-    later stages, the call exits 1 saying so, and the next `run` redoes it."""
+    """A recipe child killed by a signal is not recorded (not `failed` for good, with its
+    row choosing nothing): the matrix goes on without that row's later stages, the call
+    exits 1 saying so, and the next `run` redoes it."""
     out = tmp_path / "bench"
     args = ("run", "--preset", "smoke", "--workloads", "gpt2-pretrain", "--optimizers",
             "adamw,lion", "--max_steps", "20", "--jobs", "1", "--threads", "1", "--out",

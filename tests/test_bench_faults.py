@@ -1,4 +1,4 @@
-"""Issue 21 items 1-8: clion-bench on bad result files, mixed directories, killed children,
+"""clion-bench on bad result files, mixed directories, killed children,
 a damaged checkpoint cache, oversized counts and a full disk. Fast unless marked slow."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 from test_bench import write_synthetic
 
 from clion_hf._files import read_json
@@ -19,8 +20,6 @@ from clion_hf.bench.report import load_results
 from clion_hf.bench.runner import OutDirError, Runner, load_result_files
 from clion_hf.bench.specs import get_preset, parse_optimizers
 from clion_hf.bench.study import build_study
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _matrix() -> Matrix:
@@ -61,7 +60,7 @@ def _one_line_exit(argv: list[str], capsys, code: int = 2) -> str:
     return err
 
 
-# ------------------------------------------------------------------------------ item 1
+# ------------------------------------------------------------------- bad result files
 
 EDITS = {
     "step is text": lambda r: r["log_history"][0].update(step="abc"),
@@ -101,7 +100,7 @@ def finished(tmp_path_factory) -> tuple[Path, Matrix, dict[str, dict]]:
 
 @pytest.mark.parametrize("edit", list(EDITS))
 def test_a_hand_edited_result_is_refused_on_read_and_rerun_on_resume(finished, tmp_path, edit):
-    """Issue 21 item 1: wrong-typed fields crashed `run` resume (`AttributeError: 'list'
+    """Wrong-typed fields once crashed `run` resume (`AttributeError: 'list'
     object has no attribute 'get'`) and the reports."""
     import shutil
 
@@ -119,7 +118,7 @@ def test_a_hand_edited_result_is_refused_on_read_and_rerun_on_resume(finished, t
 
 
 def test_hand_edited_results_are_listed_in_the_reports(tmp_path, capsys):
-    """Issue 21 item 1: `report` crashed on 11 of 29 variants, `study --report_only` too."""
+    """`report` and `study --report_only` survive every variant (once: 11 of 29 crashed)."""
     _, results = _run_dir(tmp_path)
     runs = sorted(results.values(), key=lambda r: r["run_id"])
     for edit, run in zip(EDITS, runs, strict=False):
@@ -140,7 +139,7 @@ def test_hand_edited_results_are_listed_in_the_reports(tmp_path, capsys):
 
 
 def test_a_hand_edited_bench_json_is_reported_not_a_crash(tmp_path):
-    """Issue 21 item 1: bench.json `max_steps_override = "x"` crashed `report`."""
+    """bench.json `max_steps_override = "x"` does not crash `report`."""
     _run_dir(tmp_path)
     for bad in ("x", 0, [40]):
         meta = json.loads((tmp_path / "bench.json").read_text())
@@ -152,7 +151,7 @@ def test_a_hand_edited_bench_json_is_reported_not_a_crash(tmp_path):
 
 
 def test_a_recorded_bad_result_does_not_block_its_rerun(tmp_path):
-    """Issue 21 item 1: the runner kept an unusable "ok" file over the rerun's result (and
+    """Once, the runner kept an unusable "ok" file over the rerun's result (and
     then planned from it)."""
     m = _matrix()
     run = m.plan({})[0].needed[0]
@@ -168,7 +167,7 @@ def test_a_recorded_bad_result_does_not_block_its_rerun(tmp_path):
 
 
 def test_a_directory_holds_one_kind_of_experiment(tmp_path, capsys):
-    """Issue 21 item 2: `study gen-gap --out D` on a `run` directory overwrote its
+    """Once, `study gen-gap --out D` on a `run` directory overwrote its
     bench.json and report and mixed its results into the run's reports."""
     run_dir, study_dir = tmp_path / "run", tmp_path / "study"
     _run_dir(run_dir)
@@ -200,7 +199,7 @@ def test_a_directory_holds_one_kind_of_experiment(tmp_path, capsys):
 
 
 def test_study_report_only_without_a_study_bench_json_is_one_line(tmp_path, capsys):
-    """Issue 21 item 3: an uncaught ReportError, a traceback and status 1."""
+    """One line and status 2, not an uncaught ReportError, a traceback and status 1."""
     _study_dir(tmp_path)
     meta = json.loads((tmp_path / "bench.json").read_text())
     argv = ["study", "gen-gap", "--out", str(tmp_path), "--report_only"]
@@ -216,11 +215,11 @@ def test_study_report_only_without_a_study_bench_json_is_one_line(tmp_path, caps
     assert cli.main(argv) == 0
 
 
-# ------------------------------------------------------------------------------ item 6
+# ------------------------------------------------------------- truncated tuning results
 
 
 def test_resume_summary_counts_every_reused_result(tmp_path):
-    """Issue 21 item 6: truncate one tuning result and rerun -> "ok 1, skipped 0" although
+    """Truncate one tuning result and rerun -> "ok 1, skipped 0" although
     the final seeds' results were reused. The child is replaced by replaying the result it
     wrote the first time; the scheduling and counting are the runner's own."""
     from tqdm import tqdm
@@ -245,7 +244,7 @@ def test_resume_summary_counts_every_reused_result(tmp_path):
     assert runner.counts["ok"] == 1 and runner.counts["skipped"] == len(results) - 1
 
 
-# ------------------------------------------------------------------------------ item 7
+# -------------------------------------------------------------------- oversized counts
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -257,11 +256,11 @@ def test_resume_summary_counts_every_reused_result(tmp_path):
     (["study", "gen-gap", "--preset", "smoke", "--dry_run", "--sizes", "1000000000"], "<= 30"),
 ])  # fmt: skip
 def test_counts_that_size_memory_are_bounded(argv, message, capsys):
-    """Issue 21 item 7: `run --dry_run --seeds 1000000000` grew to 23 GB (OOM killer)."""
+    """`run --dry_run --seeds 1000000000` is refused (it once grew to 23 GB: OOM killer)."""
     assert message in _one_line_exit(argv, capsys)
 
 
-# ------------------------------------------------------------------------------ item 8
+# --------------------------------------------------------------------------- full disk
 
 
 @pytest.fixture
@@ -288,7 +287,7 @@ def small_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_line_in_run_and_report(small_disk, capsys):
-    """Issue 21 item 8: `OSError: [Errno 28]` tracebacks; the writability probe wrote 0
+    """Once, `OSError: [Errno 28]` tracebacks; the writability probe wrote 0
     bytes and passed on a full disk."""
     disk, fill = small_disk
     _run_dir(disk / "done")
@@ -303,7 +302,7 @@ def test_a_full_disk_is_one_line_in_run_and_report(small_disk, capsys):
 
 @pytest.mark.slow
 def test_a_disk_that_fills_up_during_run_is_one_line(small_disk, offline_env):
-    """Issue 21 item 8: the disk fills up (another process) while `run` runs: a traceback
+    """The disk fills up (another process) while `run` runs: a traceback
     before; now one line, status 1, and nothing recorded as failed for it."""
     import time
 
@@ -334,7 +333,7 @@ def test_a_disk_that_fills_up_during_run_is_one_line(small_disk, offline_env):
 
 def test_steps_refuses_a_full_disk_before_timing_and_keeps_results_it_cannot_write(
         small_disk, capsys):  # fmt: skip
-    """Issue 21 item 8: `steps --out` failed with a traceback after all the timing."""
+    """Once, `steps --out` failed with a traceback after all the timing."""
     from clion_hf.bench import steps
 
     disk, fill = small_disk
@@ -354,11 +353,11 @@ def test_steps_refuses_a_full_disk_before_timing_and_keeps_results_it_cannot_wri
     spare.unlink()
 
 
-# ------------------------------------------------------------------------------ item 4
+# ----------------------------------------------------------------- killed by a signal
 
 
 def test_only_a_signal_from_outside_makes_a_run_redone():
-    """Issue 21 item 4 (the rule; tests/test_bench_e2e.py kills a real child): SIGKILL,
+    """The rule (tests/test_bench_e2e.py kills a real child): SIGKILL,
     SIGTERM, SIGINT, SIGHUP came from outside; a crash (SIGSEGV, SIGABRT, ...) is the run's
     own and is recorded as failed."""
     import signal
@@ -375,13 +374,14 @@ def test_only_a_signal_from_outside_makes_a_run_redone():
     assert outside_signal(1, tail, forked=True) is None  # a forked run reports it itself
 
 
-# ------------------------------------------------------------------------------ item 5
+# ------------------------------------------------------------- damaged checkpoint cache
 
 
 @pytest.mark.slow
 def test_a_damaged_checkpoint_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
-    """Issue 21 item 5: a truncated cached model.safetensors was used as it was ("ready in
-    0.1s"), and every finetune run failed with SafetensorError."""
+    """A damaged cached checkpoint is rebuilt, not used as it is (a truncated
+    model.safetensors once gave "ready in 0.1s", then a SafetensorError in every finetune
+    run)."""
     from safetensors.torch import load_file
 
     from clion_hf.workloads.models import offline_pretrained_checkpoint

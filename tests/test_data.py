@@ -12,14 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _paths import REPO
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Value
 from PIL import Image as PILImage
 
 from clion_hf.workloads import corpus, data, offline, preprocess, tokenizer
 from clion_hf.workloads.errors import RecipeError
 from clion_hf.workloads.run_stats import RunStatsCallback
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -366,7 +365,7 @@ def test_splits_do_not_depend_on_the_run_seed_and_test_can_be_carved(tmp_path):
     ],
 )
 def test_bad_text_files_fail_with_one_clear_line(tmp_path, name, content, message):
-    """Issue 11 item 11: these gave tracebacks from datasets / the tokenizer."""
+    """One line naming the file, not a traceback from datasets / the tokenizer."""
     (tmp_path / name).write_bytes(content)
     with pytest.raises(RecipeError, match=message) as err:
         data.load_text_datasets(data_args(train_file=str(tmp_path / name)), "pretrain")
@@ -392,8 +391,9 @@ def test_bad_classification_and_image_inputs(tmp_path):
 
 
 def test_recipe_arguments_are_checked(tmp_path, monkeypatch):
-    """Issue 11 item 11: --max_steps 0 divided by zero, --block_size 0 silently meant the
-    default, a bad --model_name_or_path gave a traceback."""
+    """Refused with one line: --max_steps 0 (a division by zero in the scheduler),
+    --block_size 0 (it would silently mean the default), a bad --model_name_or_path (a
+    traceback)."""
     from clion_hf.workloads.args import check_args, check_pretrained
 
     def check(data_kw=None, max_steps=10, model=None):

@@ -1,4 +1,9 @@
-"""Distributed CLion on CPU (gloo, 2 processes): DDP via the Trainer, FSDP2 via fully_shard."""
+"""Distributed CLion on CPU (gloo, 2 processes): DDP via the Trainer, FSDP2 via fully_shard.
+
+Each worker script runs once for the whole module, every case of its tests in that one
+launch (starting torchrun and two ranks is most of a case's time); the tests read each
+case's report.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ def _torchrun(script: str, *argv: str, cwd: Path) -> None:
         start_new_session=True,  # a hung run is killed whole, workers included
     )  # fmt: skip
     try:
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=300)  # several cases per launch
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
@@ -31,12 +36,36 @@ def _torchrun(script: str, *argv: str, cwd: Path) -> None:
     assert proc.returncode == 0, out[-3000:] + err[-6000:]
 
 
+DDP_MODES = ["global", "element"]
+FSDP2_RUNS = ["global", "tensor", "lion:offload", "global:offload", "element:offload"]
+NO_GRAD_IMPLS = ["fused", "foreach", "single"]
+
+
+@pytest.fixture(scope="module")
+def ddp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ddp")
+    _torchrun("ddp_trainer_worker.py", ",".join(DDP_MODES), str(out / "out"), cwd=out)
+    return out / "out"
+
+
+@pytest.fixture(scope="module")
+def fsdp2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fsdp2")
+    _torchrun("fsdp2_worker.py", ",".join(FSDP2_RUNS), str(out / "out"), cwd=out)
+    return out / "out"
+
+
+@pytest.fixture(scope="module")
+def no_grad(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("no_grad")
+    _torchrun("global_no_grad_worker.py", ",".join(NO_GRAD_IMPLS), str(out / "out"), cwd=out)
+    return out / "out"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["global", "element"])
-def test_ddp_trainer_ranks_stay_identical(tmp_path: Path, mode: str) -> None:
-    out = tmp_path / "out.json"
-    _torchrun("ddp_trainer_worker.py", mode, str(out), cwd=tmp_path)
-    report = json.loads(out.read_text())
+@pytest.mark.parametrize("mode", DDP_MODES)
+def test_ddp_trainer_ranks_stay_identical(ddp: Path, mode: str) -> None:
+    report = json.loads(Path(f"{ddp}.{mode}").read_text())
     assert report["wrapped"] == "DistributedDataParallel"
     assert report["checks"] == [True] * 6  # after every one of the 6 steps
     logs = [e for e in report["log_history"] if "loss" in e]
@@ -49,10 +78,9 @@ def test_ddp_trainer_ranks_stay_identical(tmp_path: Path, mode: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["global", "tensor"])
-def test_fsdp2_takes_the_unsharded_branch(tmp_path: Path, mode: str) -> None:
-    out = tmp_path / "out.json"
-    _torchrun("fsdp2_worker.py", mode, str(out), cwd=tmp_path)
-    report = json.loads(out.read_text())
+def test_fsdp2_takes_the_unsharded_branch(fsdp2: Path, mode: str) -> None:
+    report = json.loads(Path(f"{fsdp2}.{mode}").read_text())
+    assert not report["offload"]
     steps = report["steps"]
     assert len(steps) == 4
     for s in steps:
@@ -66,12 +94,10 @@ def test_fsdp2_takes_the_unsharded_branch(tmp_path: Path, mode: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["lion", "global", "element"])
-def test_fsdp2_cpu_offload_trains_on_the_fused_cpu_kernel(tmp_path: Path, mode: str) -> None:
+def test_fsdp2_cpu_offload_trains_on_the_fused_cpu_kernel(fsdp2: Path, mode: str) -> None:
     # CPU offload (CPUOffloadPolicy): sharded parameters and optimizer state on the CPU,
     # the step in the C++ kernel, the same results as the unsharded run.
-    out = tmp_path / "out.json"
-    _torchrun("fsdp2_worker.py", mode, str(out), "offload", cwd=tmp_path)
-    report = json.loads(out.read_text())
+    report = json.loads(Path(f"{fsdp2}.{mode}:offload").read_text())
     assert report["offload"] and report["state_devices"] == report["param_devices"] == ["cpu"]
     assert report["kernel_calls"] >= 4  # every step on the fused CPU path
     for s in report["steps"]:
@@ -82,12 +108,11 @@ def test_fsdp2_cpu_offload_trains_on_the_fused_cpu_kernel(tmp_path: Path, mode: 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("impl", ["fused", "foreach", "single"])
-def test_global_mode_rank_without_gradients_joins_the_reduction(tmp_path: Path, impl: str) -> None:
-    # issue 9 defect 5: a rank with no gradients returned before the MIN all-reduce and
-    # the other ranks hung; now it joins with +inf.
-    out = tmp_path / "out.json"
-    _torchrun("global_no_grad_worker.py", impl, str(out), cwd=tmp_path)
+@pytest.mark.parametrize("impl", NO_GRAD_IMPLS)
+def test_global_mode_rank_without_gradients_joins_the_reduction(no_grad: Path, impl: str) -> None:
+    # A rank with no gradients joins the MIN all-reduce with +inf (had it returned before
+    # the reduction, the other ranks would wait for it until gloo's timeout).
+    out = f"{no_grad}.{impl}"
     r0 = json.loads(Path(f"{out}.rank0").read_text())
     r1 = json.loads(Path(f"{out}.rank1").read_text())
     assert r0["step0"]["params"] == r0["reference_step0"]  # +inf changed nothing

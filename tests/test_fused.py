@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _paths import REPO as ROOT
 from test_optim import TOL, make_problem, run_ours, run_ref
 
 from clion_hf import CLion, Lion
@@ -22,7 +23,6 @@ from clion_hf.optim.functional import choose_impl, compute_dtype
 from clion_hf.optim.kernels import cpu as fused_cpu
 from clion_hf.optim.kernels import default_fused
 
-ROOT = Path(__file__).resolve().parents[1]
 MODES = [("global", 2e-3), ("global", 1e-12), ("tensor", 0.01), ("element", 0.3), ("soft", 0.5)]
 
 
@@ -430,7 +430,7 @@ def test_bench_steps_smoke(tmp_path):
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TMPDIR": str(tmp)}  # no spin-wait
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert not list(tmp.iterdir())  # issue 11 item 12: two temporary directories were left
+    assert not list(tmp.iterdir())  # no temporary directory is left behind
     table = out.read_text()
     assert table in proc.stdout  # --out holds exactly the report printed on stdout
     for name in ("adamw-fused", "lion-pytorch-foreach", "lion-fused", "clion-element-fused",

@@ -27,10 +27,10 @@ from typing import NamedTuple, NoReturn
 
 import pytest
 import torch
+from _paths import REPO as ROOT
 
 from clion_hf.optim.kernels import cpu
 
-ROOT = Path(__file__).resolve().parents[1]
 X86 = [name for name, isa in cpu.ISAS.items() if isa.machine == "x86_64"]
 WIDTH = {"x86-64": "xmm", "x86-64-v3": "ymm", "x86-64-v4": "zmm"}
 # 10 update variants (Lion, cautious and take, each with and without the min |c|; element
@@ -491,7 +491,7 @@ def test_default_is_foreach_where_the_kernel_is_not_vectorised(tmp_path):
     assert '"vectorised": false' in meta
 
 
-# ------------------------------------------------------------ the cache (issue 11: 4, 5, 12)
+# ------------------------------------------------------------------------------ the cache
 
 LOAD = ("from clion_hf.optim.kernels import cpu; lib, why = cpu._load(); "
         "print(lib._name if lib else 'NONE ' + why)")  # fmt: skip
@@ -613,7 +613,7 @@ def test_temporary_files_of_a_killed_build_are_removed(seeded):
     assert not [s for s in stale if s.exists()] and live.exists()
 
 
-# ------------------------------------ building and falling back (issue 21, items 16 and 17)
+# ------------------------------------------------------------- building and falling back
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The scale ladder and the local search (issue 23): equal spend, beta2 tuned for everyone,
+"""The scale ladder and the local search: equal spend, beta2 tuned for everyone,
 edges, the presets' dry-run estimate, rungs' model presets and the plateau levels.
 
 The search tests drive the real planner (:meth:`Matrix.plan`) to its end with made-up

@@ -1,4 +1,4 @@
-"""clion_hf.CLion / clion_hf.Lion against an independent float64 reference (CLION.md)."""
+"""clion_hf.CLion / clion_hf.Lion against an independent float64 reference of the update."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SHAPES = [(7,), (5, 3), (2, 3, 4), (1,)]
 
 
 # --------------------------------------------------------------------------- reference
-# Written from ../shared/CLION.md and arXiv:2411.16085 Alg. 2 alone, in float64, one
+# Written from arXiv:2411.16085 Alg. 2 and README's rules alone, in float64, one
 # parameter list at a time, sharing no code with clion_hf.
 
 
@@ -396,7 +396,7 @@ def test_statistics_and_warning_survive_torch_compile(caplog):
     lambda ps: Lion(ps, lr=1e-2, track_stats=True),
 ], ids=["clion-element", "clion-global", "lion"])
 def test_compiled_statistics_equal_eager_ones(make):
-    # issue 21 item 9: under torch.compile CLion's min abs(c) stayed at step 1's value
+    # Under torch.compile, CLion's min abs(c) once stayed at step 1's value
     # (consume_stats gave inf) and Lion's consume_stats() gave {}. Each step starts from
     # the same parameters and momenta on both sides, so the statistics must agree (fp64:
     # Inductor rounds c = lerp(m, g) its own way, and c is a difference of near values).
@@ -455,7 +455,7 @@ def _groups_step(groups, impl, grad=0.5):
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 def test_each_param_group_is_decided_with_its_own_mode_and_nu(impl):
-    # issue 9 defect 1: the step read mode/nu from the first group only. c = 0.1 * 0.5 =
+    # Each group's own mode/nu decide (not the first group's). c = 0.1 * 0.5 =
     # 0.05: the sign branch gives 1 - 0.1 = 0.9, the identity 1 - 0.1 * 0.05 = 0.995.
     sign, identity = pytest.approx(0.9), pytest.approx(0.995)
     tensor_small, tensor_big = {"mode": "tensor", "nu": 1e-6}, {"mode": "tensor", "nu": 10.0}
@@ -471,8 +471,8 @@ def test_each_param_group_is_decided_with_its_own_mode_and_nu(impl):
 @pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 @pytest.mark.parametrize("mode", ["global", "tensor", "element"])
 def test_fp64_minimum_is_compared_with_nu_in_fp64(mode, impl):
-    # issue 9 defect 2: a min of 1e-4 * (1 - 1e-9) was compared with nu in fp32, where it
-    # rounds to nu, and took the sign branch; element mode decided the same data right.
+    # A min of 1e-4 * (1 - 1e-9) is compared with nu in fp64 (in fp32 it rounds to nu,
+    # and took the sign branch); element mode decided the same data right.
     c = 1e-4 * (1 - 1e-9)
     p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
     opt = CLion([p], lr=0.1, nu=1e-4, mode=mode, betas=(0.0, 0.0), **impl)
@@ -490,7 +490,7 @@ def test_fp64_minimum_is_compared_with_nu_in_fp64(mode, impl):
 
 @pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 def test_fp64_minimum_below_fp32_range_is_reported(impl):
-    # issue 9 defect 2: a non-zero fp64 min below fp32's range was reported as 0
+    # a non-zero fp64 min below fp32's range is reported as it is, not as 0
     p = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
     opt = CLion([p], lr=0.1, nu=1e-4, betas=(0.0, 0.0), **impl)
     p.grad = torch.tensor([1e-50, 1.0], dtype=torch.float64)
@@ -503,8 +503,8 @@ def test_fp64_minimum_below_fp32_range_is_reported(impl):
 @pytest.mark.parametrize("opt_cls", [CLion, Lion])
 @pytest.mark.parametrize("impl", IMPLS, ids=IMPL_IDS)
 def test_step_between_forward_and_backward_is_caught_by_autograd(opt_cls, impl):
-    # issue 9 defect 3: the default (fused CPU) path wrote behind autograd's back, so the
-    # backward silently used the modified parameter; torch's optimizers raise.
+    # An in-place step on a parameter autograd still needs raises, as torch's optimizers
+    # do (the fused CPU path once wrote behind autograd's back, silently).
     w = torch.nn.Parameter(torch.randn(5))
     opt = opt_cls([w], lr=0.1, **impl)
     w.grad = torch.randn(5)
@@ -519,7 +519,7 @@ def test_step_between_forward_and_backward_is_caught_by_autograd(opt_cls, impl):
 @pytest.mark.parametrize("opt_cls,kw", [(CLion, {}), (CLion, {"mode": "element"}), (Lion, {})])
 @pytest.mark.parametrize("how", ["deepcopy", "pickle"])
 def test_deepcopy_and_pickle_round_trips_keep_stepping(opt_cls, kw, how):
-    # issue 9 defect 4: step() after copy.deepcopy(opt) raised AttributeError: '_stats'
+    # step() works after copy.deepcopy(opt) and pickling (once: AttributeError: '_stats')
     import pickle
 
     torch.manual_seed(0)
@@ -541,8 +541,8 @@ def test_deepcopy_and_pickle_round_trips_keep_stepping(opt_cls, kw, how):
 
 
 def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
-    # issue 9 defect 6: one cache entry per distinct set of parameters with a gradient
-    # (mixture-of-experts routing, frozen layers toggled) grew without bound
+    # The statistics cache stays bounded when the set of parameters with a gradient
+    # changes (mixture-of-experts routing, frozen layers toggled)
     from clion_hf.optim.clion import _SLOTS
 
     ps = [torch.nn.Parameter(torch.randn(3)) for _ in range(12)]
@@ -559,7 +559,7 @@ def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
 
 
 def test_docstrings_do_not_point_outside_the_package():
-    # issue 9 defect 7: docstrings pointed at ../shared/CLION.md, in neither repo nor wheel
+    # a file outside the repository and the wheel is nothing a reader can open
     from pathlib import Path
 
     import clion_hf

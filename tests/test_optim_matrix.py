@@ -214,8 +214,8 @@ def test_every_path_matches_the_reference_and_each_other(rule, storage, variant)
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
 def test_non_finite_gradient_makes_the_coordinate_nan_on_every_path(rule, bad):
-    # issue 11 item 3: with fused=True the parameter became NaN; foreach/single kept it
-    # and its momentum was NaN forever (the coordinate silently stopped training); with
+    # A non-finite c: once, with fused=True the parameter became NaN; foreach/single kept
+    # it and its momentum was NaN forever (the coordinate silently stopped training); with
     # inf, sign(c) = 1 moved it on as if nothing had happened. One rule now, everywhere:
     # where c is not finite, h(c) is NaN, so the coordinate becomes (and stays) NaN.
     opt_cls, kw, overrides = RULES[rule]
@@ -281,7 +281,7 @@ def test_round_trips_continue_bit_for_bit(how, rule, impl):
 
 @pytest.mark.parametrize("rule", RULES)
 def test_one_element_lr_tensor_of_any_shape_steps_as_a_0d_one_on_every_path(rule):
-    # issue 21 item 10: an lr of shape (1,) or (1, 1) was accepted and worked fused, but
+    # An lr of shape (1,) or (1, 1): once accepted and working fused, while
     # foreach=True raised "scalar tensor expected to be 0 dim" and, with shape (1, 1),
     # foreach=False broadcast the 1-d parameters' update to 2-d and failed. Every
     # 1-element shape now steps as the 0-d lr does, in both groups, on every path.
@@ -308,7 +308,7 @@ def test_one_element_lr_tensor_of_any_shape_steps_as_a_0d_one_on_every_path(rule
 @pytest.mark.parametrize("storage", ["fp32", "bf16", "fp16", "complex64", "fp64"])
 @pytest.mark.parametrize("impl", IMPLS)
 def test_soft_mode_with_nu_below_fp32_subnormals_is_lion_not_nan(impl, storage):
-    # issue 21 item 11: an nu that rounds to 0 in fp32 (1e-46, 1e-300) made soft's c / nu
+    # An nu that rounds to 0 in fp32 (1e-46, 1e-300) once made soft's c / nu
     # 0 / 0 = NaN wherever c == 0 (a zero gradient on a zero momentum), on every path.
     # clamp(c / nu, -1, 1) with such an nu is sign(c) for every c != 0 and 0 at c == 0:
     # Lion's update, bit for bit.

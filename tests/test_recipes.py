@@ -1,18 +1,22 @@
-"""End-to-end runs of the six recipes through ``accelerate launch`` (a few steps each)."""
+"""The six recipes: end-to-end runs through ``accelerate launch`` (a few steps each) on their
+offline defaults and on a user's local files, and their answers to bad input."""
 
 import hashlib
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from _paths import REPO
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
 from clion_hf.workloads.corpus import CORPUS_SHA256
+from clion_hf.workloads.models import offline_pretrained_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "accelerate_configs"
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 LM_KEYS = {"eval_loss", "perplexity", "train_loss", "train_runtime"}
@@ -35,7 +39,6 @@ OFFLINE_SOURCE = {
     "vit_finetune": "sklearn-digits",
 }
 
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +60,47 @@ def launch(env, recipe: str, out: Path, *args: str, config: str = "cpu.yaml"):
 
 
 def checkpoint(env, family: str) -> str:
-    code = (
-        "from clion_hf.workloads.models import offline_pretrained_checkpoint as c; "
-        f"print(c({family!r}))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout.strip().splitlines()[-1]
+    """The offline checkpoint the finetune recipes would build, built here (in-process)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE",
+                     "CLION_HF_CHECKPOINT_MAX_STEPS"):  # fmt: skip
+            mp.setenv(name, env[name])
+        return offline_pretrained_checkpoint(family)
 
 
+@pytest.mark.slow
+def test_offline_checkpoint_is_built_in_this_process_and_leaves_its_caller_alone(
+    env, monkeypatch
+):
+    """The finetune recipes and clion-bench call a function that trains the checkpoint in
+    their own process: no recipe subprocess, and the caller's random state, thread count
+    and record of the data it loaded are as they were."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from clion_hf.workloads.data import data_used
+    from clion_hf.workloads.models import MANIFEST
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("CLION_HF_CHECKPOINT_MAX_STEPS", "3")  # a key of its own: built now
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    threads, loaded = torch.get_num_threads(), data_used()
+    path = Path(offline_pretrained_checkpoint("gpt2"))
+    assert torch.equal(torch.rand(4), expected)
+    assert torch.get_num_threads() == threads and data_used() == loaded
+    assert path.name.startswith("gpt2-pretrain-") and (path / MANIFEST).is_file()
+    model, tok = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    assert model.config.n_embd == 64 and model.config.vocab_size == len(tok)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", list(EXPECTED))
 def test_offline_default(env, tmp_path, recipe):
     results = launch(env, recipe, tmp_path)
@@ -87,6 +122,7 @@ def test_offline_default(env, tmp_path, recipe):
     assert (tmp_path / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_gpt2_finetune_on_wikitext_like_text_files(env, tmp_path):
     text = "\n".join(f" = Section {i} = \n The value of item {i} is {i * 7} ." for i in range(300))
     (tmp_path / "train.txt").write_text(text)
@@ -120,6 +156,7 @@ def test_gpt2_finetune_on_wikitext_like_text_files(env, tmp_path):
     assert results["eval_loss"] == pytest.approx(nll.item(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_bert_pretrain_from_saved_text_dataset(env, tmp_path):
     rows = [f"The number {i} is followed by {i + 1} in the list." for i in range(400)]
     DatasetDict(train=Dataset.from_dict({"text": rows})).save_to_disk(tmp_path / "wikitext")
@@ -128,8 +165,14 @@ def test_bert_pretrain_from_saved_text_dataset(env, tmp_path):
         "--config_name", "tiny-bert", "--max_seq_length", "32",
     )  # fmt: skip
     assert LM_KEYS <= set(results)
+    # the saved dataset was the data used (no hash: a saved dataset is not one file)
+    assert results["data_source"] == str(tmp_path / "wikitext") and results["data_sha256"] is None
+    # ... and the tokenizer was trained on it: its vocabulary has the rows' words
+    vocab = json.loads((tmp_path / "out" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert {"number", "followed", "list"} <= set(vocab)
 
 
+@pytest.mark.slow
 def test_bert_finetune_on_sst2_like_csv(env, tmp_path):
     lines = ["sentence,label,idx"] + [
         f"{'a good film' if i % 2 else 'a bad film'} number {i},{i % 2},{i}" for i in range(64)
@@ -140,10 +183,16 @@ def test_bert_finetune_on_sst2_like_csv(env, tmp_path):
         "--train_file", str(tmp_path / "sst2.csv"), "--validation_file", str(tmp_path / "sst2.csv"),
     )  # fmt: skip
     assert CLS_KEYS <= set(results) and "eval_f1" not in results  # single-sentence task
+    # the csv was the data used, as training and as validation set
+    given = (tmp_path / "sst2.csv").read_bytes()
+    assert results["data_source"] == "files"
+    assert results["data_sha256"] == hashlib.sha256(given + given).hexdigest()
+    assert results["train_samples"] == 64
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1"}
 
 
+@pytest.mark.slow
 def test_vit_on_cifar100_like_saved_dataset_and_imagefolder(env, tmp_path):
     n = 24
     features = Features({
@@ -161,8 +210,9 @@ def test_vit_on_cifar100_like_saved_dataset_and_imagefolder(env, tmp_path):
         "--dataset_name", str(tmp_path / "cifar100"),
     )  # fmt: skip
     assert CLS_KEYS <= set(results)
+    assert results["data_source"] == str(tmp_path / "cifar100")
     config = json.loads((tmp_path / "ft" / "config.json").read_text())
-    assert config["id2label"] == {"0": "apple", "1": "bee", "2": "cup"}
+    assert config["id2label"] == {"0": "apple", "1": "bee", "2": "cup"}  # its classes
     for split in ("train", "val"):
         for cls in ("cat", "dog"):
             (tmp_path / "folder" / split / cls).mkdir(parents=True)
@@ -173,8 +223,13 @@ def test_vit_on_cifar100_like_saved_dataset_and_imagefolder(env, tmp_path):
         "--validation_dir", str(tmp_path / "folder" / "val"),
     )  # fmt: skip
     assert CLS_KEYS <= set(results)
+    # the image folders were the data used: their classes, their 8 training images
+    assert results["data_source"] == "imagefolder" and results["train_samples"] == 8
+    config = json.loads((tmp_path / "pt" / "config.json").read_text())
+    assert config["id2label"] == {"0": "cat", "1": "dog"}
 
 
+@pytest.mark.slow
 def test_two_process_cpu_ddp(env, tmp_path):
     results = launch(env, "gpt2_pretrain", tmp_path, config="cpu_ddp_2proc.yaml")
     assert LM_KEYS <= set(results)
@@ -182,26 +237,56 @@ def test_two_process_cpu_ddp(env, tmp_path):
     assert results["epoch"] == pytest.approx(3 * 16 * 2 / results["train_samples"], rel=0.05)
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["--train_file", "/no/x.csv"], "--train_file '/no/x.csv' does not exist"),
-        (["--dataset_name", "nosuch"], "unknown dataset 'nosuch' in offline mode"),
-        (["--config_name", "huge-gpt2"], "unknown config 'huge-gpt2' in offline mode"),
-        # issue 11 item 11: a ZeroDivisionError, a silent default, a traceback from datasets
-        (["--max_steps", "0"], "--max_steps 0 must be >= 1"),
-        (["--block_size", "0"], "--block_size 0 must be >= 1"),
-        (["--train_file", "EMPTY"], "is empty"),
-        (["--model_name_or_path", "/no/model"], "'/no/model' does not exist"),
-    ],
-)  # fmt: skip
-def test_bad_input_is_one_line_and_exit_2(env, tmp_path, args, message):
+# What the recipes say to bad input: one line naming the bad value, exit status 2. Checked
+# in-process through the recipe's own main() and run() (parsing, then loading the data, the
+# tokenizer and the config, where each error is found), and once as a real process.
+BAD_INPUT = [
+    (["--train_file", "/no/x.csv"], "--train_file '/no/x.csv' does not exist"),
+    (["--dataset_name", "nosuch"], "unknown dataset 'nosuch' in offline mode"),
+    (["--config_name", "huge-gpt2"], "unknown config 'huge-gpt2' in offline mode"),
+    # a ZeroDivisionError in the scheduler, a silent default, a traceback from datasets
+    (["--max_steps", "0"], "--max_steps 0 must be >= 1"),
+    (["--block_size", "0"], "--block_size 0 must be >= 1"),
+    (["--train_file", "EMPTY"], "is empty"),
+    (["--model_name_or_path", "/no/model"], "'/no/model' does not exist"),
+]  # fmt: skip
+
+
+def _bad_args(tmp_path: Path, args: list[str]) -> tuple[str, list[str]]:
+    """The recipe a bad-input case runs and its arguments (``EMPTY``: an empty file)."""
     (tmp_path / "empty.txt").write_text("")
     args = [str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in args]
     recipe = "gpt2_finetune" if "--model_name_or_path" in args else "gpt2_pretrain"
-    cmd = [sys.executable, str(REPO / "recipes" / f"{recipe}.py"),
-           "--output_dir", str(tmp_path), *args]  # fmt: skip
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    return recipe, ["--output_dir", str(tmp_path / "out"), *args]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUT)
+def test_bad_input_is_one_line_and_status_2(
+    env, tmp_path, monkeypatch, capsys, args, message
+):
+    recipe, argv = _bad_args(tmp_path, args)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE"):
+        monkeypatch.setenv(name, env[name])  # the session's caches: corpus, tokenizer
+    path = REPO / "recipes" / f"{recipe}.py"
+    monkeypatch.setattr(sys, "argv", [str(path), *argv])
+    threads = torch.get_num_threads()  # the offline defaults take one thread: put it back
+    try:
+        recipe_globals = runpy.run_path(str(path), run_name="recipe_under_test")
+        with pytest.raises(SystemExit) as exit_:
+            recipe_globals["run"](recipe_globals["main"])
+    finally:
+        torch.set_num_threads(threads)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
+    assert last.startswith(f"{path}: error: ") and message in last, last
+    assert not (tmp_path / "out").exists()  # stopped before anything was written
+
+
+@pytest.mark.slow
+def test_bad_input_exits_2_with_one_line_and_no_traceback(env, tmp_path):
+    recipe, argv = _bad_args(tmp_path, BAD_INPUT[0][0])
+    proc = subprocess.run([sys.executable, str(REPO / "recipes" / f"{recipe}.py"), *argv],
+                          env=env, capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert message in last and "error:" in last and "Traceback" not in proc.stderr
+    assert BAD_INPUT[0][1] in last and "error:" in last and "Traceback" not in proc.stderr

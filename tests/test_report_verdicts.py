@@ -1,4 +1,4 @@
-"""The report's verdicts (issue 23 item 2, issue 20 items 2-4): valid tests at few seeds,
+"""The report's verdicts: valid tests at few seeds,
 Holm over the whole report, equivalence only after TOST, edge rows inconclusive, a smoke
 report that says what to run next, and plots that follow the plot rules."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import REPO
 from scipy import stats as st
 from test_bench import write_synthetic
 
@@ -39,7 +40,6 @@ from clion_hf.bench.stats import (
     tost_p,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "docs" / "benchmarks" / "cpu-2026-11-29"
 
 # ------------------------------------------------------------------------------ statistics

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _paths import REPO
 
 from clion_hf._files import read_json
 from clion_hf.bench.cli import main
@@ -43,7 +43,6 @@ from clion_hf.bench.stability_report import (
     write_stability_report,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 COMMITTED = REPO / "docs" / "benchmarks" / "stability-2026-12-06"
 
 TINY = StabilityPreset(
@@ -210,7 +209,7 @@ def test_pair_counts_meet_the_issue_floor():
 
 def test_committed_plots_follow_the_plot_rules(tmp_path):
     """The reports' colour per optimizer, y-labels, readable legends, ν drawn where τ_t is,
-    sign-branch fraction on [0, 1] (issue 20's rules), on the committed study's data."""
+    sign-branch fraction on [0, 1] (README's plot rules), on the committed study's data."""
     from matplotlib.colors import to_hex
 
     from clion_hf.bench.plotstyle import colour

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _paths import REPO
 from scipy import stats as scipy_stats
 
 from clion_hf._files import read_json
@@ -26,7 +27,6 @@ from clion_hf.bench.study_report import (
     seed_slope,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 TUNED = str(REPO / "docs" / "benchmarks" / "cpu-2026-11-29")
 COMMITTED = REPO / "docs" / "benchmarks" / "gen-gap-cpu-2026-11-29"
 

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from _paths import REPO
 
 from clion_hf._files import read_json
 from clion_hf.bench.study_report import findings_block, findings_from_csv
 
-REPO = Path(__file__).resolve().parents[1]
 BENCH = [sys.executable, "-m", "clion_hf.bench.cli"]
 TUNED = str(REPO / "docs" / "benchmarks" / "cpu-2026-11-29")
 pytestmark = pytest.mark.slow

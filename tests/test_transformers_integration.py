@@ -175,7 +175,7 @@ BAD = [
     ("clion", "lr=1e-3", ["'lr'", "--learning_rate"]),
     ("clion", "nu", ["'nu' is not key=value"]),
     ("lion", "nu=1e-4", ["'nu'", "allowed keys: beta1"]),  # nu is CLion's only
-    # each key valid alone, not together: refused here, not at train() (issue 21, item 15)
+    # each key valid alone, not together: refused here, not at train()
     ("clion", "fused=true,foreach=true", ["optim 'clion'", "fused=True and foreach=True"]),
     ("lion", "foreach=1,fused=yes", ["--optim_args for optim 'lion'", "are exclusive"]),
 ]
@@ -396,10 +396,9 @@ class _StopAt(__import__("transformers").TrainerCallback):
 
 
 def test_resume_keeps_this_runs_settings_and_says_so(tmp_path: Path) -> None:
-    # Issue 21, item 13: the checkpoint's mode/nu used to replace the command line's
-    # silently. Settings that are not state now come from the resumed run's arguments,
-    # with a WARNING naming each value that differed; the momentum (and its dtype) is the
-    # checkpoint's.
+    # The checkpoint's mode/nu do not replace the command line's silently: settings that
+    # are not state come from the resumed run's arguments, with a WARNING naming each value
+    # that differed; the momentum (and its dtype) is the checkpoint's.
     def run(optim_args: str, steps: int, resume: str | None = None) -> Trainer:
         args = _args(
             tmp_path, optim="clion", optim_args=optim_args, learning_rate=1e-3,

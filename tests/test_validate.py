@@ -35,15 +35,15 @@ BAD_GROUPS = [
     (CLion, {"fused": True, "foreach": True}, "exclusive"),
     (CLion, {"mode": "element", "nu": 0.0}, "nu=0.0"),
     (CLion, {"lr": torch.tensor([1e-3, 2e-3])}, "invalid lr: a tensor lr must be"),
-    (Lion, {"lr": 1e39}, "lr=1e+39: must be at most 3.40282e+38"),  # issue 21 item 12
+    (Lion, {"lr": 1e39}, "lr=1e+39: must be at most 3.40282e+38"),  # beyond fp32
     (CLion, {"lr": torch.tensor([1e39], dtype=torch.float64)}, "lr=1e+39: must be at most"),
 ]
 
 
 @pytest.mark.parametrize("opt_cls,bad,match", BAD_GROUPS, ids=[b[2] for b in BAD_GROUPS])
 def test_param_group_values_are_checked_in_the_constructor(opt_cls, bad, match):
-    # issue 11 item 10: these passed silently in a param group (or, momentum_dtype=int32,
-    # left the momentum at 0 forever)
+    # refused in a param group too (where they once passed silently, and
+    # momentum_dtype=int32 left the momentum at 0 forever)
     groups = [{"params": [_param()]}, {"params": [_param()], **bad}]
     with pytest.raises(ValueError) as err:
         opt_cls(groups, mode="element") if opt_cls is CLion else opt_cls(groups)
@@ -63,8 +63,8 @@ def test_rejected_add_param_group_leaves_the_optimizer_unchanged(opt_cls, bad, m
 
 
 def test_rejected_add_param_group_under_global_mode_is_not_appended():
-    # issue 11 item 10: the group was appended before the check, and the next step()
-    # failed with a bare KeyError
+    # a refused group is not appended (once it was, before the check, and the next
+    # step() failed with a bare KeyError)
     p, q = _param(), _param()
     opt = CLion([p], mode="global")
     with pytest.raises(ValueError, match="disagree on"):
@@ -113,7 +113,7 @@ def test_multi_element_tensor_lr_is_refused_naming_lr():
 @pytest.mark.parametrize("impl", [{"fused": True}, {"foreach": True}, {"foreach": False}],
                          ids=["fused", "foreach", "single"])  # fmt: skip
 def test_lr_beyond_fp32_range_is_one_rule_on_every_path(impl):
-    # issue 21 item 12: lr=1e39 on fp32 parameters was accepted as finite; then the fused
+    # lr=1e39 on fp32 parameters: once accepted as finite; then the fused
     # path wrote -inf while foreach/single raised "value cannot be converted to type
     # float without overflow". Refused when given (constructor, option text); and an lr
     # set beyond it later (a scheduler) gets the same line on every path, before any write.
@@ -148,8 +148,9 @@ def _trained(opt_cls, **kw):
 @pytest.mark.parametrize("shape", [(10,), (2000,), (10, 100)])
 @pytest.mark.parametrize("fused", [None, True, False])
 def test_load_state_dict_refuses_momentum_of_another_shape(shape, fused):
-    # issue 11 item 2: the fused kernel read and wrote past a (10,) momentum (segfault,
-    # "corrupted size vs. prev_size" or non-finite parameters); (2000,) was accepted
+    # a loaded momentum of the wrong shape is refused: the fused kernel once read and wrote
+    # past a (10,) momentum (segfault, "corrupted size vs. prev_size" or non-finite
+    # parameters), and (2000,) was accepted
     p, opt = _trained(Lion, fused=fused)
     saved = copy.deepcopy(opt.state_dict())
     saved["state"][0]["exp_avg"] = torch.zeros(shape)
@@ -188,7 +189,7 @@ def test_state_of_the_wrong_shape_is_refused_before_any_kernel_runs(impl):
 
 
 def test_load_state_dict_refuses_bad_groups_at_load():
-    # issue 11 item 10: mode='bogus' loaded fine and failed at step() with a KeyError
+    # refused at load, not at step() (mode='bogus' once loaded and then raised KeyError)
     p, opt = _trained(CLion, mode="element")
     bad = [("mode", "bogus", "mode='bogus'"), ("lr", -1.0, "lr=-1.0"),
            ("nu", float("nan"), "nu=nan"), ("betas", (0.9,), "betas=")]  # fmt: skip
@@ -211,7 +212,7 @@ def test_load_state_dict_refuses_bad_groups_at_load():
 
 
 def test_overlapping_parameter_views_are_refused():
-    # issue 11 item 12: updating shared memory twice gave path-dependent results
+    # parameters sharing memory are refused: updating it twice gave path-dependent results
     base = torch.zeros(10)
     a, b = torch.nn.Parameter(base[:6]), torch.nn.Parameter(base[4:])
     with pytest.raises(ValueError) as err:

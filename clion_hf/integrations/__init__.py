@@ -5,7 +5,7 @@ Importing this package is cheap: it imports neither transformers nor timm.
 
 from __future__ import annotations
 
-from .. import _hook
+from . import hook
 
 
 def register() -> None:
@@ -17,7 +17,7 @@ def register() -> None:
     side (optimizer handler, diagnostics callback) is patched when ``transformers.trainer``
     is imported, or now if it already is; timm's registry likewise.
     """
-    _hook.install()
+    hook.install()
     import transformers.hf_argparser  # noqa: F401 - the finder patches it on import
     import transformers.training_args  # noqa: F401
 

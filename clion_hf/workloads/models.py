@@ -11,8 +11,8 @@ need no network.
 from __future__ import annotations
 
 import json
+import math
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +21,6 @@ from transformers import AutoConfig, BertConfig, GPT2Config, PretrainedConfig, V
 
 from clion_hf._cache import cache_dir, cache_key
 from clion_hf._files import atomic_dir, discard_dir, sha256_file
-from clion_hf.workloads import recipes_dir
 from clion_hf.workloads.data import hub_offline
 from clion_hf.workloads.errors import RecipeError
 
@@ -54,7 +53,7 @@ PRESETS: dict[str, Callable[[], PretrainedConfig]] = {
     "vit-base-patch16-224": ViTConfig,
 }
 
-# The scale ladder (issue 23): the tiny presets' architecture (2 layers, the same
+# The scale ladder: the tiny presets' architecture (2 layers, the same
 # vocabulary and image size) at a larger width; only the width and what scales with it
 # change (MLP width, heads of at most 64 dimensions), so a rung differs from the next
 # in size alone. Depth stays 2: on CPU the budget goes into width and steps.
@@ -120,69 +119,46 @@ def load_config(name_or_path: str, **overrides) -> PretrainedConfig:
 # Offline pretrained checkpoints for the finetune recipes
 # ----------------------------------------------------------------------------------------
 
-RECIPES_DIR = recipes_dir()  # None: neither a checkout's recipes/ nor the wheel's copy
-# Fixed recipe of the cached checkpoints: AdamW, fixed seed, no evaluation or saving on the way
-CHECKPOINT_ARGS: dict[str, list[str]] = {
-    "gpt2": ["--max_steps", "500", "--learning_rate", "2e-3"],
-    "bert": ["--max_steps", "500", "--learning_rate", "2e-3"],
-    "vit": ["--max_steps", "500", "--learning_rate", "2e-3"],
-}
-_COMMON_ARGS = [
-    "--optim", "adamw_torch", "--seed", "0", "--eval_strategy", "no",
-    "--save_strategy", "no", "--report_to", "none", "--logging_steps", "50",
-]  # fmt: skip
-# Variables of a distributed launch: the pretraining subprocess must be a single process
-# even when the recipe asking for the checkpoint runs under DDP/FSDP/DeepSpeed.
-_LAUNCH_ENV_PREFIXES = ("ACCELERATE_", "TORCHELASTIC_", "FSDP_")
-_LAUNCH_ENV = {"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
-               "ROLE_WORLD_SIZE", "GROUP_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}  # fmt: skip
+# The cached checkpoints: each family's tiny preset trained from scratch, with its pretrain
+# recipe's offline defaults for data (the embedded pretraining part, its tokenizer, blocks
+# of 64 tokens) and batch size, and Trainer's defaults for what those leave open (AdamW
+# without weight decay, a linear schedule after 10% warmup, gradients clipped at norm 1).
+CHECKPOINT_STEPS = 500
+CHECKPOINT_LR = 2e-3
+CHECKPOINT_BATCH = {"gpt2": 16, "bert": 16, "vit": 32}
+_SEQ_LEN, _WARMUP, _SEED, _MAX_GRAD_NORM = 64, 0.1, 0, 1.0
+# What the checkpoint is built from: editing any of these builds it again.
+_SOURCES = ("models.py", "corpus.py", "offline.py", "data.py", "preprocess.py", "tokenizer.py")
 
 
 def offline_pretrained_checkpoint(family: str) -> str:
     """Path of a small pretrained checkpoint of ``family`` for the offline finetune recipes.
 
-    On first use this runs ``recipes/<family>_pretrain.py`` on its offline default (AdamW,
-    seed 0, a few hundred steps, well under a minute on two CPU cores) in a single-process
-    subprocess and caches the result under ``cache_dir()/checkpoints`` (atomically). The
-    cache key covers the recipe and clion_hf's data/model code, so editing them retrains.
+    On first use this trains the family's tiny preset on the offline pretraining data in
+    this process (AdamW, seed 0, 500 steps: well under a minute on two CPU cores; see
+    :func:`pretrain_offline`) and caches it under ``cache_dir()/checkpoints``, atomically,
+    with a manifest of every file's size and SHA-256 that each later use checks. The cache
+    key covers the settings and clion_hf's data/model code, so editing them retrains.
     ``CLION_HF_CHECKPOINT_MAX_STEPS`` overrides the step count (tests use a few steps).
     For ViT only the backbone is kept (as in ``vit-base-patch16-224-in21k``), so the
     finetune recipe starts with a fresh classification head.
     """
     if family not in FAMILIES:
         raise RecipeError(f"unknown model family {family!r}; allowed: {', '.join(FAMILIES)}")
-    recipe = (RECIPES_DIR or Path("recipes")) / f"{family}_pretrain.py"
-    if not recipe.is_file():
-        raise RecipeError(
-            f"the offline {family} checkpoint is built with {recipe}, which is missing "
-            "(a clion-hf wheel carries it as clion_hf/recipes/; reinstall clion-hf) "
-            "or pass --model_name_or_path"
-        )
-    args = _COMMON_ARGS + CHECKPOINT_ARGS[family]
+    steps = CHECKPOINT_STEPS
     if os.environ.get("CLION_HF_CHECKPOINT_MAX_STEPS"):  # tests: a quick, weaker checkpoint
-        args += ["--max_steps", os.environ["CLION_HF_CHECKPOINT_MAX_STEPS"]]
-    data = ("corpus.py", "offline.py", "data.py", "preprocess.py", "tokenizer.py")
-    sources = [recipe, Path(__file__), *map(Path(__file__).with_name, data)]
-    key = cache_key(family, args, [p.read_bytes() for p in sources])
+        text = os.environ["CLION_HF_CHECKPOINT_MAX_STEPS"]
+        if not text.strip().isdigit() or int(text) < 1:
+            raise RecipeError(f"CLION_HF_CHECKPOINT_MAX_STEPS={text!r} must be an integer >= 1")
+        steps = int(text)
+    settings = [steps, CHECKPOINT_LR, CHECKPOINT_BATCH[family], _SEQ_LEN, _WARMUP, _SEED,
+                _MAX_GRAD_NORM]  # fmt: skip
+    sources = [Path(__file__).with_name(name).read_bytes() for name in _SOURCES]
+    key = cache_key(family, settings, sources)
     final = cache_dir() / "checkpoints" / f"{family}-pretrain-{key}"
 
     def build(tmp: Path) -> None:
-        run_dir = tmp / "pretrain"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if k not in _LAUNCH_ENV and not k.startswith(_LAUNCH_ENV_PREFIXES)
-        }
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-        cmd = [sys.executable, str(recipe), "--output_dir", str(run_dir), *args]
-        log = tmp / "pretrain.log"
-        with open(log, "w") as fh:
-            proc = subprocess.run(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        if proc.returncode != 0:
-            tail = log.read_text()[-3000:]
-            raise RuntimeError(f"pretraining the offline {family} checkpoint failed:\n{tail}")
-        _export_checkpoint(family, run_dir, tmp)
+        pretrain_offline(family, steps, tmp)
         _write_manifest(tmp)
 
     problem = _verify_checkpoint(final) if final.is_dir() else None
@@ -193,6 +169,92 @@ def offline_pretrained_checkpoint(family: str) -> str:
         discard_dir(final)
     print(f"[clion_hf] offline {family} checkpoint: {final}", file=sys.stderr)
     return str(atomic_dir(final, build))
+
+
+def pretrain_offline(family: str, steps: int, out: Path) -> None:
+    """Train ``family``'s tiny preset for ``steps`` steps on the offline pretraining data and
+    save it with its tokenizer (image processor for ViT; only the backbone) into ``out``.
+
+    A plain loop on the CPU, in this process: a recipe asking for the checkpoint may run
+    under DDP, and Trainer here would join its process group. The caller's random state,
+    thread count and :func:`~.data.data_used` record are left as they were.
+    """
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForImageClassification,
+        AutoModelForMaskedLM,
+        DataCollatorForLanguageModeling,
+        ViTImageProcessor,
+        default_data_collator,
+        get_linear_schedule_with_warmup,
+    )
+
+    from .offline import offline_image_dataset, offline_text_dataset
+    from .preprocess import image_collate, image_transform, tokenize_and_group
+    from .tokenizer import train_tokenizer
+
+    threads = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # the tiny models' ops are too small for two (args.py)
+    try:
+        # Only the CPU generator is seeded (torch.manual_seed would also queue a reseed of
+        # CUDA's), and it is restored afterwards.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(_SEED)
+            if family == "vit":
+                raw = offline_image_dataset("pretrain")
+                names = raw["train"].features["label"].names
+                config = load_config(TINY_PRESET["vit"], num_labels=len(names),
+                                     id2label=dict(enumerate(names)),
+                                     label2id={n: i for i, n in enumerate(names)})  # fmt: skip
+                model = AutoModelForImageClassification.from_config(config)
+                size = {"height": config.image_size, "width": config.image_size}
+                processor = ViTImageProcessor(size=size, image_mean=[0.5] * 3,
+                                              image_std=[0.5] * 3)  # fmt: skip
+                train = raw["train"]
+                train.set_transform(image_transform(processor, "img", "label"))
+                collate = image_collate
+            else:
+                raw = offline_text_dataset("pretrain")
+                processor = train_tokenizer(family, raw["train"]["text"])
+                config = load_config(TINY_PRESET[family], vocab_size=len(processor))
+                auto = AutoModelForCausalLM if family == "gpt2" else AutoModelForMaskedLM
+                model = auto.from_config(config)
+                train = tokenize_and_group(raw, processor, "text", min(_SEQ_LEN,
+                                           processor.model_max_length),
+                                           mlm=family == "bert")["train"]  # fmt: skip
+                collate = default_data_collator if family == "gpt2" else (
+                    DataCollatorForLanguageModeling(processor, mlm_probability=0.15, seed=_SEED)
+                )
+            optimizer = torch.optim.AdamW(model.parameters(), lr=CHECKPOINT_LR, weight_decay=0.0)
+            schedule = get_linear_schedule_with_warmup(
+                optimizer, math.ceil(_WARMUP * steps), steps
+            )
+            sampler = RandomSampler(train, generator=torch.Generator().manual_seed(_SEED))
+            loader = DataLoader(train, CHECKPOINT_BATCH[family], sampler=sampler,
+                                collate_fn=collate)  # fmt: skip
+            model.train()
+            step = 0
+            while step < steps:  # epochs until the step budget, as Trainer's max_steps
+                for batch in loader:
+                    loss = model(**batch).loss
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), _MAX_GRAD_NORM)
+                    optimizer.step()
+                    schedule.step()
+                    optimizer.zero_grad()
+                    step += 1
+                    if step % 50 == 0 or step == steps:
+                        print(f"[clion_hf] offline {family} checkpoint: step {step}/{steps}, "
+                              f"loss {loss.item():.4f}", file=sys.stderr)  # fmt: skip
+                    if step == steps:
+                        break
+    finally:
+        torch.set_num_threads(threads)
+    (model.vit if family == "vit" else model).save_pretrained(out)
+    processor.save_pretrained(out)
 
 
 MANIFEST = "clion_hf_manifest.json"
@@ -225,22 +287,3 @@ def _verify_checkpoint(directory: Path) -> str | None:
         if sha256_file(path) != want.get("sha256"):
             return f"{name} does not match its SHA-256"
     return None
-
-
-def _export_checkpoint(family: str, run_dir: Path, out: Path) -> None:
-    """Save the model and its tokenizer/image processor from ``run_dir`` into ``out``."""
-    from transformers import (
-        AutoImageProcessor,
-        AutoModelForCausalLM,
-        AutoModelForImageClassification,
-        AutoModelForMaskedLM,
-        AutoTokenizer,
-    )
-
-    if family == "vit":
-        AutoModelForImageClassification.from_pretrained(run_dir).vit.save_pretrained(out)
-        AutoImageProcessor.from_pretrained(run_dir).save_pretrained(out)
-        return
-    auto = AutoModelForCausalLM if family == "gpt2" else AutoModelForMaskedLM
-    auto.from_pretrained(run_dir).save_pretrained(out)
-    AutoTokenizer.from_pretrained(run_dir).save_pretrained(out)

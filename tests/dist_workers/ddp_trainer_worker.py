@@ -1,8 +1,10 @@
 """DDP through the Trainer: ``accelerate launch --cpu --num_processes 2`` (gloo).
 
-Trains a tiny GPT-2 with ``optim="clion"``; after every optimizer step every rank's
-parameters are gathered and compared bitwise. Rank 0 writes the comparison and the
-Trainer's log_history (with the CLion diagnostics) to OUT_JSON.
+``torchrun --nproc_per_node 2 ddp_trainer_worker.py MODE[,MODE...] OUT``: for each CLion
+mode in turn (one launch for all: the start-up is the slow part) trains a tiny GPT-2 with
+``optim="clion"``; after every optimizer step every rank's parameters are gathered and
+compared bitwise. Rank 0 writes the comparison and the Trainer's log_history (with the
+CLion diagnostics) to ``OUT.MODE``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ class SameOnAllRanks(TrainerCallback):
 
 
 def main() -> None:
-    mode, out = sys.argv[1], sys.argv[2]
+    for mode in sys.argv[1].split(","):
+        train(mode, f"{sys.argv[2]}.{mode}")
+    finish()
+
+
+def train(mode: str, out: str) -> None:
     args = TrainingArguments(
         output_dir=str(Path(out).parent / f"ddp-{mode}"), optim="clion",
         optim_args=f"mode={mode},nu=1e-6", learning_rate=1e-3, weight_decay=0.1,
@@ -50,7 +57,6 @@ def main() -> None:
         Path(out).write_text(json.dumps({
             "checks": check.checks, "wrapped": wrapped, "log_history": trainer.state.log_history,
         }))  # fmt: skip
-    finish()
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """FSDP2 (``fully_shard``) on CPU/gloo vs an unsharded run with the same global batch.
 
 Launched by tests/test_distributed.py: ``torchrun --nproc_per_node 2 fsdp2_worker.py
-MODE OUT_JSON [offload]``. ``offload``: ``CPUOffloadPolicy`` (sharded parameters,
-gradients and optimizer state on the CPU) and ``fused=True`` (the C++ kernel) on both
-runs; MODE ``lion`` then trains :class:`clion_hf.Lion`.
+RUN[,RUN...] OUT``, each RUN being ``MODE`` or ``MODE:offload``, all in one launch (the
+start-up is the slow part); rank 0 writes each run's report to ``OUT.RUN``.
+``offload``: ``CPUOffloadPolicy`` (sharded parameters, gradients and optimizer state on
+the CPU) and ``fused=True`` (the C++ kernel) on both runs; MODE ``lion`` then trains
+:class:`clion_hf.Lion`.
 
 ``nu`` is chosen from the first step's gradient so that at least one
 rank's shard would decide differently from the whole model (``global``) or the whole
@@ -110,10 +112,16 @@ def stats(opt: CLion | Lion) -> dict:
 
 
 def main() -> None:
-    mode, out = sys.argv[1], sys.argv[2]
-    offload = sys.argv[3:] == ["offload"]
     dist.init_process_group("gloo")
+    for run in sys.argv[1].split(","):
+        mode, _, offload = run.partition(":")
+        compare(mode, offload == "offload", f"{sys.argv[2]}.{run}")
+    finish()
+
+
+def compare(mode: str, offload: bool, out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
+    CALLS.clear()
     nu, why = choose_nu(mode, world) if mode in ("global", "tensor") else (1e-3, "")
     fused = True if offload else None
     kw = {"offload_policy": CPUOffloadPolicy(pin_memory=False)} if offload else {}
@@ -161,7 +169,6 @@ def main() -> None:
     if rank == 0:
         with open(out, "w") as f:
             json.dump(report, f)
-    finish()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""CLion ``global`` mode when one rank has no gradient this step (issue 9, defect 5).
+"""CLion ``global`` mode when one rank has no gradient this step.
 
 Launched by tests/test_distributed.py: ``torchrun --nproc_per_node 2
-global_no_grad_worker.py IMPL OUT_JSON``. Rank 1's parameters get no gradient on step 1
-(its experts were not routed to, say): it must still join the MIN all-reduce (with +inf),
-or rank 0 waits for it forever. gloo's timeout is short, so a missing peer fails fast.
-Rank 0 writes its parameters and statistics and the single-process reference.
+global_no_grad_worker.py IMPL[,IMPL...] OUT`` (all implementations in one launch: the
+start-up is the slow part). Rank 1's parameters get no gradient on step 1 (its experts
+were not routed to, say): it must still join the MIN all-reduce (with +inf), or rank 0
+waits for it forever. gloo's timeout is short, so a missing peer fails fast. Each rank
+writes its parameters and statistics, and the single-process reference, to
+``OUT.IMPL.rankR``.
 """
 
 from __future__ import annotations
@@ -23,8 +25,13 @@ IMPLS = {"fused": {"fused": True}, "foreach": {"foreach": True}, "single": {"for
 
 
 def main() -> None:
-    impl, out = sys.argv[1], sys.argv[2]
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
+    for impl in sys.argv[1].split(","):
+        check(impl, f"{sys.argv[2]}.{impl}")
+    finish()
+
+
+def check(impl: str, out: str) -> None:
     rank = dist.get_rank()
     # c = 0.1 * g at step 1: rank 0's min |c| is 0.05 >= nu; the other rank has none
     grads = [torch.tensor([0.5, -2.0]), torch.tensor([1.0, 3.0])]
@@ -49,7 +56,6 @@ def main() -> None:
     report["reference_step0"] = [q.tolist() for q in qs]
     with open(f"{out}.rank{rank}", "w") as f:
         json.dump(report, f)
-    finish()
 
 
 if __name__ == "__main__":

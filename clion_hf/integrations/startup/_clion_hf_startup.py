@@ -7,12 +7,12 @@ that directory as ``sitedir``), never with ``import _clion_hf_startup``: an impo
 
 It makes ``--optim clion`` / ``--optim lion`` work in Trainer scripts that never import
 clion_hf (and ``clionhf`` / ``lionhf`` in timm's optimizer registry). It runs
-``clion_hf/_hook.py`` of the *installed* distribution without running
+``clion_hf/integrations/hook.py`` of the *installed* distribution without running
 ``clion_hf/__init__.py`` (which imports torch); that installs a finder that acts only when
 one of a few transformers / timm modules is imported. ``CLION_HF_AUTOREGISTER=0`` turns it
 off.
 
-Which ``_hook.py``: the one in the site-packages directory that holds this file (a wheel
+Which ``hook.py``: the one in the site-packages directory that holds this file (a wheel
 install), else the one in a directory that a ``.pth`` file of the environment appended to
 ``sys.path`` after it (an editable install's checkout). Never one found through
 ``PYTHONPATH`` or the current directory: those entries come before site-packages, and
@@ -25,12 +25,13 @@ taken from this module's own ``__loader__`` so that ``importlib`` need not be im
 import os
 import sys
 
-_NAME = "clion_hf._hook"
+_NAME = "clion_hf.integrations.hook"
+_PARTS = ("clion_hf", "integrations", "hook.py")
 
 
 def _hook_path() -> str | None:
     here = os.path.dirname(__file__)
-    path = os.path.join(here, "clion_hf", "_hook.py")
+    path = os.path.join(here, *_PARTS)
     if os.path.isfile(path):
         return path
     # Editable install: site appends the checkout named by a .pth file after `here`.
@@ -40,7 +41,7 @@ def _hook_path() -> str | None:
         return None
     for entry in sys.path[start:]:
         if entry and os.path.isabs(entry):
-            path = os.path.join(entry, "clion_hf", "_hook.py")
+            path = os.path.join(entry, *_PARTS)
             if os.path.isfile(path):
                 return path
     return None  # clion_hf was uninstalled but this file was left behind
