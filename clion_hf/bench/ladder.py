@@ -1,4 +1,4 @@
-"""The scale ladder's part of the report (issue 23): plateau levels and ratios against width.
+"""The scale ladder's part of the report: plateau levels and ratios against width.
 
 Plateau levels say where a run is stuck. For a language workload they are the held-out
 cross-entropy, in nats per predicted token, of a model that ignores the context (unigram)

@@ -1,4 +1,4 @@
-"""The plot rules every report shares (issue 20): one colour per optimizer, the same in every
+"""The plot rules every report shares: one colour per optimizer, the same in every
 plot and report; readable legends; units on the axes.
 
 A leaf module (matplotlib is imported by the callers, inside their plot functions): the

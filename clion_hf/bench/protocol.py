@@ -604,7 +604,7 @@ class Matrix:
 
     def _plan_local(self, row: RowPlan, spec: OptimizerSpec, results: dict[str, dict]
                     ) -> RowPlan:  # fmt: skip
-        """The local search (issue 23): exactly ``search.trials`` configurations per row.
+        """The local search: exactly ``search.trials`` configurations per row.
 
         It starts with the first lr grid at every other dimension's start, then adds one
         configuration at a time around the best one so far: one step further in a

@@ -980,7 +980,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
         lines += [f"- {p}" for p in problems + an.missing + plot_errors]
         lines.append("")
     lines += ["## Protocol", "", PROTOCOL_TEXT]
-    if an.matrix is not None and an.matrix.preset.tuned:  # issue 23's search, not the above
+    if an.matrix is not None and an.matrix.preset.tuned:  # the local search, not the above
         lines += [LOCAL_SEARCH_TEXT.format(trials=an.matrix.preset.trials_per_row,
                                            dims=", ".join(an.matrix.preset.tuned)), ""]
     if "profile" in plots:
@@ -1048,7 +1048,7 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
     """Write the PNGs; returns (plot key -> path relative to the report, errors). With
     ``figures``, each matplotlib figure is also kept there (open) by key, for inspection.
 
-    The rules (issue 20): one colour per optimizer (:mod:`.plotstyle`), units on the y axes,
+    The rules: one colour per optimizer (:mod:`.plotstyle`), units on the y axes,
     legends at a readable size, markers on sparse validation points, sign fractions on
     [0, 1], ν drawn wherever abs(c) is, titles that say which statistic is drawn, bars on
     linear axes with their values printed, error bars only with at least 2 seeds.

@@ -5,8 +5,7 @@ An optimizer spec is ``NAME[:KEY=VALUE,...]``, e.g. ``adamw``, ``lion:caution=tr
 before any training starts. ``lr=`` pins the learning rate (no lr search); the other
 keys are the optimizer's own options (``nu=`` is the centre of CLion's ν grid).
 
-The protocol (``CLION.md``, "How a fair optimizer comparison is run"; AlgoPerf's external
-tuning): every optimizer gets a declared search space and the same trial budget.
+The protocol (AlgoPerf's external tuning): every optimizer gets a declared search space and the same trial budget.
 
 * Learning rate: a grid of ``lr_points`` values 2x apart around a centre (AdamW: the
   workload's AdamW lr; Lion and CLion ``element``/``soft``: the Lion lr, about AdamW/3 as
@@ -30,7 +29,7 @@ tuning): every optimizer gets a declared search space and the same trial budget.
   final seeds (same seeds for every optimizer: same init, same data order), which the
   report compares, paired, on the held-out test split.
 
-The presets from issue 23 on (``cpu-ladder``, ``gpu-ladder``, ``gpu``) declare ``tuned``
+The presets ``cpu-ladder``, ``gpu-ladder`` and ``gpu`` declare ``tuned``
 instead: one local search per row over the same dimensions for every optimizer (lr, beta2
 and the weight-decay scale; ν too for CLion element/soft) that spends exactly
 ``trials_per_row`` configurations in every row (:meth:`Preset.search`,
@@ -284,7 +283,7 @@ WORKLOADS: dict[str, Workload] = {
 }
 
 
-# The scale ladder (issue 23): a pretraining workload at another model width is a workload of
+# The scale ladder: a pretraining workload at another model width is a workload of
 # its own, ``NAME@WIDTH`` (gpt2-pretrain@256), run with the model preset ``FAMILY-wWIDTH``
 # (clion_hf/workloads/models.py: the tiny preset's 2 layers, vocabulary and images at that
 # width; ``@64`` is the tiny model itself) through the recipes' own ``--config_name`` flag.
@@ -405,7 +404,7 @@ class Search:
 
     Two kinds. The coordinate search (``dims`` empty; the presets up to cpu-2026-11-29):
     an lr grid extended on an edge, then one second hyper-parameter at the chosen lr, with a
-    per-row cap but a data-dependent spend. The local search (``dims`` given; issue 23):
+    per-row cap but a data-dependent spend. The local search (``dims`` given):
     every row spends exactly ``trials`` configurations over the same declared dimensions
     (lr, beta2 and the weight-decay scale for everyone, ν too for CLion element/soft); see
     :meth:`clion_hf.bench.protocol.Matrix.plan_row`.
@@ -475,7 +474,7 @@ def lr_grid(centre: float, points: int) -> tuple[float, ...]:
     return tuple(round_sig(centre * LR_STEP ** (k - (points - 1) / 2)) for k in range(points))
 
 
-# The declared primary comparisons (issue 23): is Lion worth it over AdamW, does CLion's
+# The declared primary comparisons: is Lion worth it over AdamW, does CLion's
 # practical mode change Lion, and what does the paper's rule amount to against AdamW.
 PRIMARY = (("lion", "adamw"), ("clion:mode=element", "lion"), ("clion", "adamw"))
 # Wen et al. 2025 call tuned optimizers within ~0.02 validation loss "the same"; 1 pp of
@@ -515,7 +514,7 @@ class Preset:
     # 0.02 = a perplexity ratio within x1.02), accuracy rows in accuracy (0.01 = 1 pp).
     equivalence_margin: dict[str, float] = field(default_factory=lambda: dict(MARGINS))
     comparison_preset: str = ""  # a check's report names this preset for a comparison
-    # The local search (issue 23): the dimensions every optimizer tunes where they apply
+    # The local search: the dimensions every optimizer tunes where they apply
     # (of TUNED_DIMS; ν only for CLion element/soft) and the trials every row spends.
     # Empty: the coordinate search of the presets before it (their reports stay readable).
     tuned: tuple[str, ...] = ()
@@ -601,7 +600,7 @@ CPU_OPTIMIZERS = (
     "clion:mode=soft",
 )
 
-# The protocol of the presets from issue 23 on (cpu-ladder, gpu, gpu-ladder).
+# The protocol of the cpu-ladder, gpu and gpu-ladder presets.
 LADDER_OPTIMIZERS = ("adamw", "lion", "clion", "clion:mode=element")  # the larger rungs
 LADDER_TUNED = TUNED_DIMS
 # Trials per row: 3 lrs and both neighbours in beta2, weight-decay scale and ν is 9, the
@@ -780,7 +779,7 @@ PRESETS["gpu-short"] = Preset(
 
 # ------------------------------------------------------------------------------ the ladder
 
-# Issue 23: the committed comparison's models (width 64) sit on the unigram plateau, where
+# Why a ladder: the committed comparison's models (width 64) sit on the unigram plateau, where
 # sign methods stall; the ladder repeats the comparison at widths 64, 128 and 256 (CPU) and up
 # to 768 (GPU) with long enough runs, so a reader sees whether the ratios move toward 1.
 

@@ -117,7 +117,7 @@ def ratio_interval(ratios: list[float]) -> tuple[float, float, float]:
 
 # ------------------------------------------------------------------------------ paired t-tests
 #
-# The report's tests (issue 23): at 5 paired seeds a percentile bootstrap gives p = 0 whenever
+# The report's tests: at 5 paired seeds a percentile bootstrap gives p = 0 whenever
 # all five differences share a sign, although no exact test can go below 1/16 there. The
 # report therefore uses the paired t-test (scipy.stats), its t interval, and Schuirmann's
 # two one-sided tests (TOST) for equivalence within a declared margin, with Holm's step-down
