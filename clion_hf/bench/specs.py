@@ -5,7 +5,8 @@ An optimizer spec is ``NAME[:KEY=VALUE,...]``, e.g. ``adamw``, ``lion:caution=tr
 before any training starts. ``lr=`` pins the learning rate (no lr search); the other
 keys are the optimizer's own options (``nu=`` is the centre of CLion's ν grid).
 
-The protocol (AlgoPerf's external tuning): every optimizer gets a declared search space and the same trial budget.
+The protocol (AlgoPerf's external tuning): every optimizer gets a declared search space and
+the same trial budget.
 
 * Learning rate: a grid of ``lr_points`` values 2x apart around a centre (AdamW: the
   workload's AdamW lr; Lion and CLion ``element``/``soft``: the Lion lr, about AdamW/3 as
