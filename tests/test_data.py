@@ -460,6 +460,17 @@ def test_metrics_load_with_the_network_unreachable(tmp_path):
     assert "{'accuracy': 0.5, 'f1': 0.5} 1.0" in out
 
 
+def test_f1_macro_and_a_class_without_positives():
+    from clion_hf.workloads.metrics import load_metric
+
+    f1 = load_metric("f1")
+    macro = f1.compute(predictions=[0, 1, 2, 2], references=[0, 1, 1, 2], average="macro")
+    assert macro["f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+    assert f1.compute(predictions=[0, 0], references=[0, 0])["f1"] == 0.0  # no positive
+    with pytest.raises(ValueError, match="unsupported average 'micro'; allowed: binary, macro"):
+        f1.compute(predictions=[0], references=[0], average="micro")
+
+
 def test_run_stats_callback_adds_time_memory_and_optimizer_state():
     param = torch.nn.Parameter(torch.zeros(1000))
     opt = torch.optim.AdamW([param])

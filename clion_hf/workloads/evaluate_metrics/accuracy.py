@@ -1,10 +1,12 @@
 """Accuracy as a local ``evaluate`` module (same name and output as the Hub's ``accuracy``).
 
-Shipped inside clion_hf so ``evaluate.load`` works with no network.
+Shipped inside clion_hf so ``evaluate.load`` works with no network; scikit-learn computes
+it, as in the Hub's module.
 """
 
 import datasets
 import evaluate
+from sklearn.metrics import accuracy_score
 
 _DESCRIPTION = "Accuracy: the fraction of predictions equal to their reference label."
 _KWARGS = """
@@ -31,5 +33,4 @@ class Accuracy(evaluate.Metric):
     def _compute(self, predictions, references) -> dict:
         if not references:
             raise ValueError("accuracy needs at least one reference")
-        correct = sum(int(p == r) for p, r in zip(predictions, references, strict=True))
-        return {"accuracy": correct / len(references)}
+        return {"accuracy": float(accuracy_score(references, predictions))}

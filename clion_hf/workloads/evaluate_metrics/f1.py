@@ -1,11 +1,12 @@
 """F1 as a local ``evaluate`` module (same name, arguments and output as the Hub's ``f1``).
 
-Shipped inside clion_hf so ``evaluate.load`` works with no network; computed directly
-rather than through scikit-learn so it needs no extra dependency.
+Shipped inside clion_hf so ``evaluate.load`` works with no network; scikit-learn computes
+it, as in the Hub's module.
 """
 
 import datasets
 import evaluate
+from sklearn.metrics import f1_score
 
 _DESCRIPTION = "F1: the harmonic mean of precision and recall."
 _KWARGS = """
@@ -17,13 +18,6 @@ Args:
 Returns:
     f1 (float): in [0, 1]; a class with no true or predicted positive scores 0.
 """
-
-
-def _f1(predictions, references, label) -> float:
-    tp = sum(1 for p, r in zip(predictions, references, strict=True) if p == r == label)
-    fp = sum(1 for p, r in zip(predictions, references, strict=True) if p == label != r)
-    fn = sum(1 for p, r in zip(predictions, references, strict=True) if r == label != p)
-    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
 
 
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS)
@@ -39,9 +33,8 @@ class F1(evaluate.Metric):
         )
 
     def _compute(self, predictions, references, pos_label=1, average="binary") -> dict:
-        if average == "binary":
-            return {"f1": _f1(predictions, references, pos_label)}
-        if average == "macro":
-            labels = sorted(set(references) | set(predictions))
-            return {"f1": sum(_f1(predictions, references, c) for c in labels) / len(labels)}
-        raise ValueError(f"unsupported average {average!r}; allowed: binary, macro")
+        if average not in ("binary", "macro"):
+            raise ValueError(f"unsupported average {average!r}; allowed: binary, macro")
+        score = f1_score(references, predictions, pos_label=pos_label, average=average,
+                         zero_division=0.0)  # fmt: skip
+        return {"f1": float(score)}
