@@ -182,7 +182,7 @@ def test_a_directory_holds_one_kind_of_experiment(tmp_path, capsys):
     n_results = len(list((run_dir / "results").glob("*.json")))
     with pytest.raises(OutDirError, match="holds a `clion-bench run` benchmark, not a "
                                           "`clion-bench study gen-gap`"):  # fmt: skip
-        Runner(study, run_dir, REPO / "recipes", progress=False).run()  # type: ignore[arg-type]
+        Runner(study, run_dir, REPO / "recipes", progress=False).run()
     assert (run_dir / "bench.json").read_text() == before
     assert len(list((run_dir / "results").glob("*.json"))) == n_results
     err = _one_line_exit(["study", "gen-gap", "--preset", "smoke", "--optimizers",
@@ -194,7 +194,7 @@ def test_a_directory_holds_one_kind_of_experiment(tmp_path, capsys):
     # bench.json lost: the results still say which kind the directory is
     (run_dir / "bench.json").unlink()
     with pytest.raises(OutDirError, match="holds a `clion-bench run` benchmark"):
-        Runner(study, run_dir, REPO / "recipes", progress=False).run()  # type: ignore[arg-type]
+        Runner(study, run_dir, REPO / "recipes", progress=False).run()
     assert not (run_dir / "bench.json").exists()
 
 
