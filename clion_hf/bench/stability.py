@@ -128,6 +128,21 @@ def default_arms(nus: Iterable[float]) -> tuple[Arm, ...]:
     )  # fmt: skip
 
 
+def model_arms(grids: dict[str, tuple[float, ...]], nus: Iterable[float]) -> tuple[Arm, ...]:
+    """The convex arms with the model regime's own lr grids (``adamw``, ``sgd``, ``lion``,
+    ``clion``): Lion gets a grid of its own there, around its tuned lr, because on these
+    workloads the tuned Lion lr is not AdamW's / 3..10 (gpt2-pretrain: Lion 2e-3 against
+    AdamW 1.5e-3 in docs/benchmarks/cpu-2026-11-29)."""
+    base = {a.label: a for a in default_arms(nus)}
+    out = []
+    for a in base.values():
+        key = {"sgd:momentum=0.9": "sgd"}.get(a.label, a.label)
+        if key in grids:
+            a = Arm(a.label, a.name, a.options, grid=grids[key], n_design=a.n_design)
+        out.append(a)
+    return tuple(out)
+
+
 # ------------------------------------------------------------------------------ presets
 
 
@@ -146,6 +161,7 @@ class StabilityPreset:
     test_size: int = 500
     val_size: int = 300
     init_std: float = 0.01
+    workload: str = WORKLOAD  # digits-softmax, or a model regime's gpt2-w{W} / vit-w{W}
     arms: tuple[Arm, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -161,6 +177,47 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
         "T = 500 for AdamW, SGD, Lion and CLion global (the ν points and the control: T "
         "design only, to fit the run into the time available)",
         n_main=256, t_max=2000, t_fixed=500, sizes=(64, 128, 256, 512), pairs=10,
+    ),
+    # The model regime (:mod:`.drift_models`). Grids 2x apart around the lrs tuned for these
+    # workloads in docs/benchmarks/cpu-2026-11-29 (200 steps, width 64): gpt2-pretrain AdamW
+    # 1.5e-3, Lion 2e-3, CLion global 3.2 (an edge); vit-pretrain AdamW 1e-3, Lion 4e-4,
+    # CLion global 0.2. Momentum SGD's grid is CLion global's / 10: torch's SGD sums the
+    # gradients (a factor 1/(1 - 0.9)), CLion's momentum averages them. Constant lr, no
+    # warmup, no weight decay, as the convex regime. The pair-step costs behind --dry_run's
+    # estimate: MODEL_COSTS.
+    "gpt2": StabilityPreset(
+        name="gpt2",
+        description="gpt2-pretrain's tiny GPT-2 (width 64, 2 layers, 141k parameters) on the "
+        "offline corpus' 64-token blocks (fp32, batch 16, dropout off, no weight decay, "
+        "constant lr), 10 pairs per arm: T up to 1000 at N = 256 blocks; N in 64..1024 at "
+        "T = 250 for AdamW, SGD, Lion and CLion global",
+        n_main=256, t_max=1000, t_fixed=250, sizes=(64, 256, 1024), pairs=10, batch=16,
+        log_points=24, test_size=128, val_size=128, init_std=0.02, workload="gpt2-w64",
+        arms=model_arms({"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "lion": (5e-4, 1e-3, 2e-3, 4e-3),
+                         "sgd": (0.08, 0.16, 0.32, 0.64), "clion": (0.8, 1.6, 3.2, 6.4)},
+                        (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)),
+    ),
+    "vit": StabilityPreset(
+        name="vit",
+        description="vit-pretrain's tiny ViT (width 64, 2 layers, 72k parameters) on the "
+        "offline digits 0-4 (16x16, fp32, batch 32, no dropout, no weight decay, constant "
+        "lr), 10 pairs per arm: T up to 1000 at N = 224 images; N in 56..448 at T = 250 for "
+        "AdamW, SGD, Lion and CLion global",
+        n_main=224, t_max=1000, t_fixed=250, sizes=(56, 112, 224, 448), pairs=10, batch=32,
+        log_points=24, test_size=226, val_size=225, init_std=0.02, workload="vit-w64",
+        arms=model_arms({"adamw": (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3),
+                         "lion": (1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3),
+                         "sgd": (0.005, 0.01, 0.02, 0.04, 0.08),
+                         "clion": (0.05, 0.1, 0.2, 0.4, 0.8)},
+                        (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)),
+    ),
+    "gpt2-smoke": StabilityPreset(
+        name="gpt2-smoke",
+        description="checks that the model regime runs: a width-16 GPT-2, tiny (T 12, 2 pairs)",
+        n_main=32, t_max=12, t_fixed=6, sizes=(16, 32), pairs=2, batch=4, log_points=4,
+        nus=(1e-5,), test_size=8, val_size=8, init_std=0.02, workload="gpt2-w16",
+        arms=model_arms({"adamw": (1e-3,), "lion": (1e-3,), "sgd": (0.1,), "clion": (1.0,)},
+                        (1e-5,)),
     ),
     "smoke": StabilityPreset(
         name="smoke",
@@ -322,6 +379,10 @@ def _finite(*values: float) -> bool:
 
 def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
     """Train ``run`` (one model, or the pair in lockstep) and return its result dict."""
+    if run.workload != WORKLOAD:  # the model regime (:mod:`.drift_models`)
+        from .drift_models import execute_model_run
+
+        return execute_model_run(run, arm)
     import torch
     import torch.nn.functional as F
 
@@ -441,8 +502,11 @@ class StabilityStudy:
     study: StabilityPreset
     pairs: int
 
-    workloads = [WORKLOAD]
     preset = _NoPreset()
+
+    @property
+    def workloads(self) -> list[str]:
+        return [self.study.workload]
 
     def arm(self, label: str) -> Arm:
         return next(a for a in self.study.arms if a.label == label)
@@ -453,7 +517,7 @@ class StabilityStudy:
         log_at = (tuple(log_steps(steps, sp.log_points, (sp.t_fixed,)))
                   if stage == "pair" else (steps,))  # fmt: skip
         return StabRun(stage, arm.label, lr, n, steps, seed, design, sp.name, sp.batch,
-                       sp.test_size, sp.val_size, sp.init_std, log_at)  # fmt: skip
+                       sp.test_size, sp.val_size, sp.init_std, log_at, sp.workload)  # fmt: skip
 
     def grid(self, arm: Arm, chosen: dict[str, float | None]) -> tuple[float, ...] | None:
         """The lr grid of a tuned arm (None while it waits for another arm's choice)."""
@@ -510,7 +574,7 @@ class StabilityStudy:
             lr = chosen.get(arm.label)
             if lr is not None and math.isfinite(lr):
                 runs += self.pair_runs(arm, lr)
-        return [_Plan(WORKLOAD, runs, [r for r in runs if r.run_id not in results])]
+        return [_Plan(self.study.workload, runs, [r for r in runs if r.run_id not in results])]
 
     def run_counts(self) -> tuple[int, int]:
         sp = self.study
@@ -523,7 +587,7 @@ class StabilityStudy:
         sp = self.study
         return {
             "study": STUDY, "schema": SCHEMA, "preset": sp.name, "description": sp.description,
-            "workload": WORKLOAD, "pairs": self.pairs, "n_main": sp.n_main, "t_max": sp.t_max,
+            "workload": sp.workload, "pairs": self.pairs, "n_main": sp.n_main, "t_max": sp.t_max,
             "t_fixed": sp.t_fixed, "sizes": list(sp.sizes), "batch": sp.batch,
             "nus": list(sp.nus), "nu_below_tau": NU_BELOW_TAU, "test_size": sp.test_size,
             "val_size": sp.val_size, "init_std": sp.init_std, "tune_seed": TUNE_SEED,
