@@ -228,6 +228,16 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
 }
 
 
+# CPU seconds on one core of the model regime's workloads, measured on this project's 2-core
+# host while it was shared (time.process_time over 40 pair-steps of Lion, AdamW and CLion
+# element; min to max over them): (a pair-step, both models; one held-out example's loss,
+# one model). A tuning run steps one model: half a pair-step.
+MODEL_COSTS: dict[str, tuple[float, float]] = {
+    "gpt2-w64": (0.07, 0.00085),  # pair-step 0.046..0.080 s
+    "vit-w64": (0.035, 0.00013),  # pair-step 0.034..0.037 s
+}
+
+
 def get_stability_preset(name: str) -> StabilityPreset:
     if name not in STABILITY_PRESETS:
         raise SpecError(f"unknown stability preset {name!r}; allowed: "
@@ -583,6 +593,23 @@ class StabilityStudy:
         pairs = sum(self.pairs * (1 + (extra if a.n_design else 0)) for a in sp.arms)
         return tune + pairs, tune + pairs
 
+    def estimated_seconds(self) -> float | None:
+        """CPU seconds of the whole study on one core (:data:`MODEL_COSTS`); None without
+        a measured cost for the preset's workload."""
+        sp = self.study
+        if sp.workload not in MODEL_COSTS:
+            return None
+        step, example = MODEL_COSTS[sp.workload]
+        total = 0.0
+        for arm in sp.arms:
+            if arm.tuned:
+                points = len(arm.grid) or len(arm.scales)
+                evals = sp.test_size + sp.val_size + sp.n_main
+                total += points * (sp.t_fixed * step / 2 + evals * example)
+            for run in self.pair_runs(arm, 1.0):
+                total += run.steps * step + len(run.log_at) * 2 * sp.test_size * example
+        return total
+
     def describe(self) -> dict[str, Any]:
         sp = self.study
         return {
@@ -695,3 +722,12 @@ def dry_run_lines(study: StabilityStudy) -> Iterable[str]:
         else:
             src = f"lr grid {list(a.grid)}"
         yield f"#   {a.label}: {src}" + ("; N design" if a.n_design else "")
+    if sp.workload != WORKLOAD:
+        est = study.estimated_seconds()
+        if est is None:
+            yield f"# no measured cost for {sp.workload}: no time estimate"
+        else:
+            yield (f"# estimated {est / 3600:.1f} h of CPU time on one core ({est:.0f} s: "
+                   f"{MODEL_COSTS[sp.workload][0]:g} s per pair-step, measured on this "
+                   "project's shared 2-core host; a loaded host takes longer; the runs go one "
+                   "at a time, one thread each)")  # fmt: skip
