@@ -414,7 +414,7 @@ def test_committed_convex_report_regenerates_unchanged():
     assert "\n".join(report_markdown(an, plots, [])) == (COMMITTED / "report.md").read_text()
 
 
-@pytest.mark.slow  # ~30 s: 24 runs of a width-16 GPT-2 and the report with its plots
+@pytest.mark.slow  # ~60 s on a loaded 2-core host: 24 runs of a width-16 GPT-2, report, plots
 def test_model_smoke_study_end_to_end(tmp_path):
     out = tmp_path / "gpt2-smoke"
     assert main(["study", "stability", "--preset", "gpt2-smoke", "--out", str(out),

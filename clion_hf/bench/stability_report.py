@@ -171,9 +171,9 @@ CONVEX = "digits-softmax"
 # the model regime's workloads (drift_models.py): what a line of text calls them
 _REGIMES = {
     "gpt2": ("tiny GPT-2 (width {w}, 2 layers) on the offline corpus' 64-token blocks",
-             "blocks", "the offline corpus' training blocks"),
+             "blocks", "the offline corpus' training split"),
     "vit": ("tiny ViT (width {w}, 2 layers) on the offline digits 0-4", "images",
-            "the offline digits 0-4 training images"),
+            "the offline digits' training split"),
 }  # fmt: skip
 
 
@@ -445,8 +445,8 @@ def _model_intro(m: dict, reg: tuple[str, str, str]) -> list[str]:
     grids = "; ".join(f"{a['label']}: {', '.join(f'{v:g}' for v in a['grid'])}"
                       for a in m.get("arms", []) if a.get("grid"))  # fmt: skip
     return [
-        f"Each pair: S = N {unit} of {pool}, S' = S with one position replaced by one from "
-        "outside S; the same initialization (the second model is a copy of the first), the "
+        f"Each pair: S = N {unit} drawn from {pool}, S' = S with one position replaced by one "
+        "from outside S; the same initialization (the second model is a copy of the first), the "
         "same mini-batch positions at every step (the replaced example enters both runs at "
         "the same steps); the two runs are stepped in lockstep in one process by a plain "
         f"torch loop, with dropout off (so that the replaced example is the runs' only "
