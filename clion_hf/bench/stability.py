@@ -189,9 +189,13 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
         name="gpt2",
         description="gpt2-pretrain's tiny GPT-2 (width 64, 2 layers, 141k parameters) on the "
         "offline corpus' 64-token blocks (fp32, batch 16, dropout off, no weight decay, "
-        "constant lr), 10 pairs per arm: T up to 1000 at N = 256 blocks; N in 64..1024 at "
-        "T = 250 for AdamW, SGD, Lion and CLion global",
-        n_main=256, t_max=1000, t_fixed=250, sizes=(64, 256, 1024), pairs=10, batch=16,
+        "constant lr), 10 pairs per arm: T up to 1000 at N = 1024 blocks; N in 256..4096 at "
+        "T = 500 for AdamW, SGD, Lion and CLion global",
+        # N = 1024 (about 16 epochs in T = 1000), not the convex 256: a pilot pair at N = 256
+        # (62 epochs) memorized S, AdamW's held-out loss rising from 4.26 at t = 250 to 8.91
+        # at t = 1000. T = 500 in the N design so that N = 4096 sees about 2 epochs (the
+        # replaced example is drawn in every run).
+        n_main=1024, t_max=1000, t_fixed=500, sizes=(256, 1024, 4096), pairs=10, batch=16,
         log_points=24, test_size=128, val_size=128, init_std=0.02, workload="gpt2-w64",
         arms=model_arms({"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "lion": (5e-4, 1e-3, 2e-3, 4e-3),
                          "sgd": (0.08, 0.16, 0.32, 0.64), "clion": (0.8, 1.6, 3.2, 6.4)},
