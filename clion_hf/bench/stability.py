@@ -233,12 +233,14 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
 
 
 # CPU seconds on one core of the model regime's workloads, measured on this project's 2-core
-# host while it was shared (time.process_time over 40 pair-steps of Lion, AdamW and CLion
-# element; min to max over them): (a pair-step, both models; one held-out example's loss,
-# one model). A tuning run steps one model: half a pair-step.
+# host while it was shared (time.process_time): (a pair-step, both models; one held-out
+# example's loss, one model). A tuning run steps one model: half a pair-step. gpt2: a whole
+# pilot pair (Lion, N = 1024, T = 1000, 24 logged steps) took 87 CPU s; vit: 40 pair-steps of
+# Lion, AdamW and CLion element took 0.034..0.037 s each, and the pilot's process about 36
+# CPU s per 1000-step pair.
 MODEL_COSTS: dict[str, tuple[float, float]] = {
-    "gpt2-w64": (0.07, 0.00085),  # pair-step 0.046..0.080 s
-    "vit-w64": (0.035, 0.00013),  # pair-step 0.034..0.037 s
+    "gpt2-w64": (0.08, 0.00085),
+    "vit-w64": (0.035, 0.00013),
 }
 
 
