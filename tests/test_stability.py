@@ -30,6 +30,7 @@ from clion_hf.bench.stability import (
     execute_run,
     log_steps,
     make_runner,
+    stability_result_problem,
 )
 from clion_hf.bench.stability_report import (
     CSV_COLUMNS,
@@ -279,3 +280,153 @@ def test_a_hand_edited_result_is_listed_and_redone(tmp_path):
     again.run()
     assert again.launched == 1
     assert stability_result_problem(json.loads(victim.read_text())) is None
+
+
+# ------------------------------------------------------------------------------ model regime
+# The tiny GPT-2 and ViT of the recipes (drift_models.py), at width 16 and a few steps.
+
+SGD = Arm("sgd", "sgd", (("momentum", 0.9),))
+LION = Arm("lion", "lion")
+MODEL_WORKLOADS = ["gpt2-w16", "vit-w16"]
+
+
+def _model_pair(workload: str, arm: Arm, lr: float, seed: int = PAIR_SEED_BASE,
+                steps: int = 8) -> StabRun:  # fmt: skip
+    return StabRun("pair", arm.label, lr, 16, steps, seed, "T", "tiny", 4, 8, 8, 0.02,
+                   tuple(range(1, steps + 1)), workload)  # fmt: skip
+
+
+def _late_seed(workload: str) -> tuple[int, int]:
+    """A pair seed whose replaced position first enters a batch after step 1 (so that the
+    test sees steps before and after it), and that step."""
+    from clion_hf.bench.drift_models import model_data, parse_workload
+
+    pool = len(model_data(parse_workload(workload)[0], 8, 8)["pool"][1])
+    for seed in range(PAIR_SEED_BASE, PAIR_SEED_BASE + 50):
+        pos = draw_pair(seed, 16, pool).pos
+        order = _order(seed, 16, 8, 4)
+        first = 1 + next(t for t in range(8) if pos in order[t])
+        if 3 <= first <= 6:
+            return seed, first
+    raise AssertionError("no seed found")
+
+
+@pytest.mark.parametrize("workload", MODEL_WORKLOADS)
+def test_model_pair_sets_differ_in_one_example_and_start_from_one_init(workload):
+    from clion_hf.bench.drift_models import build_model, model_data, pair_indices, parse_workload
+
+    family, width = parse_workload(workload)
+    data = model_data(family, 8, 8)
+    x = data["pool"][0]
+    run = _model_pair(workload, SGD, 0.05)
+    draw, (s, s2) = pair_indices(run, len(x))
+    assert int((s != s2).sum()) == 1 and s2[draw.pos] == draw.replacement
+    assert draw.replacement not in set(s.tolist())
+    # the examples themselves (blocks / images) differ at the replaced position only
+    differ = [i for i in range(run.n) if not torch.equal(x[s[i]], x[s2[i]])]
+    assert differ == [draw.pos]
+    a, b = (build_model(family, width, run.seed, 0.02, data) for _ in range(2))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))  # fmt: skip
+    c = build_model(family, width, run.seed + 1, 0.02, data)
+    assert not all(torch.equal(p, q)
+                   for p, q in zip(a.state_dict().values(), c.state_dict().values(), strict=True))
+    # dropout off: the replaced example is the runs' only difference
+    drop = [m.p for m in a.modules() if isinstance(m, torch.nn.Dropout)]
+    assert all(p == 0.0 for p in drop)
+    assert all(getattr(a.config, k, 0.0) == 0.0 for k in ("resid_pdrop", "embd_pdrop",
+               "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob"))  # fmt: skip
+
+
+@pytest.mark.parametrize("workload", MODEL_WORKLOADS)
+def test_model_lockstep_drift_is_zero_until_the_replaced_example_is_drawn(workload):
+    """Same init and same order: the two models agree bit for bit until the replaced
+    position enters a batch, and differ from that step on."""
+    seed, first = _late_seed(workload)
+    res = execute_run(_model_pair(workload, SGD, 0.05, seed), SGD)
+    assert res["status"] == "ok" and stability_result_problem(res) is None
+    for h in res["history"]:
+        if h["step"] < first:
+            assert h["drift"] == 0.0 and h["loss_diff"] == 0.0 and h["any_diff"] == 0.0
+        else:
+            assert h["drift"] > 0.0
+
+
+@pytest.mark.parametrize(("workload", "arm"), [
+    ("gpt2-w16", LION), ("vit-w16", LION), ("vit-w16", Arm("adamw", "adamw")),
+    ("gpt2-w16", Arm("e", "clion", (("mode", "element"), ("nu", 1e-5))))],
+    ids=["gpt2-lion", "vit-lion", "vit-adamw", "gpt2-element"])  # fmt: skip
+def test_model_pair_with_the_original_example_never_drifts(workload, arm):
+    """S' = S (the replaced example put back): the lockstep pair gives a drift of exactly 0
+    at every step, every coordinate's update agrees; with the drawn stand-in it drifts."""
+    from clion_hf.bench.drift_models import execute_model_run, model_data, pair_indices
+
+    seed, _ = _late_seed(workload)
+    run = _model_pair(workload, arm, 1e-3, seed)
+    pool = len(model_data(workload.split("-")[0], 8, 8)["pool"][1])
+    draw, (s, _) = pair_indices(run, pool)
+    same = execute_model_run(run, arm, replacement=int(s[draw.pos]))
+    assert same["replacement"] == int(s[draw.pos])
+    assert [h["drift"] for h in same["history"]] == [0.0] * run.steps
+    assert all(h["any_diff"] == 0.0 and h["loss_diff"] == 0.0 for h in same["history"])
+    moved = execute_model_run(run, arm)
+    assert moved["history"][-1]["drift"] > 0.0
+
+
+def test_model_records_are_the_convex_records():
+    """The model regime logs what the convex regime logs (the report reads both alike)."""
+    convex = execute_run(_pair(LION, 0.01, steps=4), LION)
+    model = execute_run(_model_pair("vit-w16", LION, 1e-3, steps=4), LION)
+    assert stability_result_problem(model) is None
+    assert set(model["history"][-1]) == set(convex["history"][-1])
+    assert model["workload"] == "vit-w16" and model["parameters"] > 0
+    assert model["history"][-1]["tau"] > 0  # Lion's τ_t (track_stats)
+    assert 0.0 <= model["history"][-1]["any_diff"] <= 1.0
+
+
+def test_model_presets_meet_the_floor_and_estimate_their_time(capsys):
+    from clion_hf.bench.drift_models import parse_workload
+
+    for name in ("gpt2", "vit"):
+        study = build_stability(name)
+        assert study.pairs >= 10 and study.workloads == [study.study.workload]
+        labels = [a.label for a in study.study.arms]
+        assert labels[:4] == ["adamw", "sgd:momentum=0.9", "lion", "clion"]
+        assert labels[4] == f"clion:nu={NU_BELOW_TAU:g}"
+        assert [a.get("nu") for a in study.study.arms[5:]] == [1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+        assert all(a.grid for a in study.study.arms[:4])  # every tuned arm: its own grid
+        assert main(["study", "stability", "--preset", name, "--dry_run"]) == 0
+        out = capsys.readouterr().out
+        assert "estimated" in out and "h of CPU time" in out
+    with pytest.raises(SpecError, match="unknown stability workload 'gpt3-w64'"):
+        parse_workload("gpt3-w64")
+
+
+def test_committed_convex_report_regenerates_unchanged():
+    """The model regime left the convex report as it was: report.md regenerated from the
+    committed CSV is the committed one (plots named, not drawn)."""
+    from clion_hf.bench.stability_report import report_markdown
+
+    meta = read_json(COMMITTED / "bench.json")
+    an = analyze(_parse((COMMITTED / "results.csv").read_text()), meta)
+    plots = {n: f"plots/{n}.png" for n in ("drift-vs-t", "drift-vs-nu", "drift-vs-n")}
+    assert "\n".join(report_markdown(an, plots, [])) == (COMMITTED / "report.md").read_text()
+
+
+@pytest.mark.slow  # ~60 s on a loaded 2-core host: 24 runs of a width-16 GPT-2, report, plots
+def test_model_smoke_study_end_to_end(tmp_path):
+    out = tmp_path / "gpt2-smoke"
+    assert main(["study", "stability", "--preset", "gpt2-smoke", "--out", str(out),
+                 "--no_progress"]) == 0  # fmt: skip
+    results = [read_json(p) for p in (out / "results").glob("*.json")]
+    total, _ = build_stability("gpt2-smoke").run_counts()
+    assert len(results) == total and all(r["status"] == "ok" for r in results)
+    meta = read_json(out / "bench.json")
+    assert meta["workload"] == "gpt2-w16"
+    report = (out / "report.md").read_text()
+    lines = findings_block(report)
+    assert findings_from_csv((out / "results.csv").read_text(), meta) == lines
+    assert lines[0].startswith("- Model regime (tiny GPT-2 (width 16")
+    assert {p.name for p in (out / "plots").glob("*.png")} == {
+        "drift-vs-t.png", "drift-vs-nu.png", "drift-vs-n.png"}
+    assert "## Problems" not in report

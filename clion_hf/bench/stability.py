@@ -128,6 +128,21 @@ def default_arms(nus: Iterable[float]) -> tuple[Arm, ...]:
     )  # fmt: skip
 
 
+def model_arms(grids: dict[str, tuple[float, ...]], nus: Iterable[float]) -> tuple[Arm, ...]:
+    """The convex arms with the model regime's own lr grids (``adamw``, ``sgd``, ``lion``,
+    ``clion``): Lion gets a grid of its own there, around its tuned lr, because on these
+    workloads the tuned Lion lr is not AdamW's / 3..10 (gpt2-pretrain: Lion 2e-3 against
+    AdamW 1.5e-3 in docs/benchmarks/cpu-2026-11-29)."""
+    base = {a.label: a for a in default_arms(nus)}
+    out = []
+    for a in base.values():
+        key = {"sgd:momentum=0.9": "sgd"}.get(a.label, a.label)
+        if key in grids:
+            a = Arm(a.label, a.name, a.options, grid=grids[key], n_design=a.n_design)
+        out.append(a)
+    return tuple(out)
+
+
 # ------------------------------------------------------------------------------ presets
 
 
@@ -146,6 +161,7 @@ class StabilityPreset:
     test_size: int = 500
     val_size: int = 300
     init_std: float = 0.01
+    workload: str = WORKLOAD  # digits-softmax, or a model regime's gpt2-w{W} / vit-w{W}
     arms: tuple[Arm, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -162,12 +178,69 @@ STABILITY_PRESETS: dict[str, StabilityPreset] = {
         "design only, to fit the run into the time available)",
         n_main=256, t_max=2000, t_fixed=500, sizes=(64, 128, 256, 512), pairs=10,
     ),
+    # The model regime (:mod:`.drift_models`). Grids 2x apart around the lrs tuned for these
+    # workloads in docs/benchmarks/cpu-2026-11-29 (200 steps, width 64): gpt2-pretrain AdamW
+    # 1.5e-3, Lion 2e-3, CLion global 3.2 (an edge); vit-pretrain AdamW 1e-3, Lion 4e-4,
+    # CLion global 0.2. Momentum SGD's grid is CLion global's / 10: torch's SGD sums the
+    # gradients (a factor 1/(1 - 0.9)), CLion's momentum averages them. Constant lr, no
+    # warmup, no weight decay, as the convex regime. The pair-step costs behind --dry_run's
+    # estimate: MODEL_COSTS.
+    "gpt2": StabilityPreset(
+        name="gpt2",
+        description="gpt2-pretrain's tiny GPT-2 (width 64, 2 layers, 141k parameters) on the "
+        "offline corpus' 64-token blocks (fp32, batch 16, dropout off, no weight decay, "
+        "constant lr), 10 pairs per arm: T up to 1000 at N = 1024 blocks; N in 256..4096 at "
+        "T = 500 for AdamW, SGD, Lion and CLion global",
+        # N = 1024 (about 16 epochs in T = 1000), not the convex 256: a pilot pair at N = 256
+        # (62 epochs) memorized S, AdamW's held-out loss rising from 4.26 at t = 250 to 8.91
+        # at t = 1000. T = 500 in the N design so that N = 4096 sees about 2 epochs (the
+        # replaced example is drawn in every run).
+        n_main=1024, t_max=1000, t_fixed=500, sizes=(256, 1024, 4096), pairs=10, batch=16,
+        log_points=24, test_size=128, val_size=128, init_std=0.02, workload="gpt2-w64",
+        arms=model_arms({"adamw": (5e-4, 1e-3, 2e-3, 4e-3), "lion": (5e-4, 1e-3, 2e-3, 4e-3),
+                         "sgd": (0.08, 0.16, 0.32, 0.64), "clion": (0.8, 1.6, 3.2, 6.4)},
+                        (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)),
+    ),
+    "vit": StabilityPreset(
+        name="vit",
+        description="vit-pretrain's tiny ViT (width 64, 2 layers, 72k parameters) on the "
+        "offline digits 0-4 (16x16, fp32, batch 32, no dropout, no weight decay, constant "
+        "lr), 10 pairs per arm: T up to 1000 at N = 224 images; N in 56..448 at T = 250 for "
+        "AdamW, SGD, Lion and CLion global",
+        n_main=224, t_max=1000, t_fixed=250, sizes=(56, 112, 224, 448), pairs=10, batch=32,
+        log_points=24, test_size=226, val_size=225, init_std=0.02, workload="vit-w64",
+        arms=model_arms({"adamw": (2.5e-4, 5e-4, 1e-3, 2e-3, 4e-3),
+                         "lion": (1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3),
+                         "sgd": (0.005, 0.01, 0.02, 0.04, 0.08),
+                         "clion": (0.05, 0.1, 0.2, 0.4, 0.8)},
+                        (1e-7, 1e-6, 1e-5, 1e-4, 1e-3)),
+    ),
+    "gpt2-smoke": StabilityPreset(
+        name="gpt2-smoke",
+        description="checks that the model regime runs: a width-16 GPT-2, tiny (T 12, 2 pairs)",
+        n_main=32, t_max=12, t_fixed=6, sizes=(16, 32), pairs=2, batch=4, log_points=4,
+        nus=(1e-5,), test_size=8, val_size=8, init_std=0.02, workload="gpt2-w16",
+        arms=model_arms({"adamw": (1e-3,), "lion": (1e-3,), "sgd": (0.1,), "clion": (1.0,)},
+                        (1e-5,)),
+    ),
     "smoke": StabilityPreset(
         name="smoke",
         description="checks that the study runs: the convex design, tiny (T 60, 3 pairs)",
         n_main=64, t_max=60, t_fixed=30, sizes=(32, 64), pairs=3, batch=16, log_points=8,
         nus=(1e-6, 1e-2),
     ),
+}
+
+
+# CPU seconds on one core of the model regime's workloads, measured on this project's 2-core
+# host while it was shared (time.process_time): (a pair-step, both models; one held-out
+# example's loss, one model). A tuning run steps one model: half a pair-step. gpt2: a whole
+# pilot pair (Lion, N = 1024, T = 1000, 24 logged steps) took 87 CPU s; vit: 40 pair-steps of
+# Lion, AdamW and CLion element took 0.034..0.037 s each, and the pilot's process about 36
+# CPU s per 1000-step pair.
+MODEL_COSTS: dict[str, tuple[float, float]] = {
+    "gpt2-w64": (0.08, 0.00085),
+    "vit-w64": (0.035, 0.00013),
 }
 
 
@@ -322,6 +395,10 @@ def _finite(*values: float) -> bool:
 
 def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
     """Train ``run`` (one model, or the pair in lockstep) and return its result dict."""
+    if run.workload != WORKLOAD:  # the model regime (:mod:`.drift_models`)
+        from .drift_models import execute_model_run
+
+        return execute_model_run(run, arm)
     import torch
     import torch.nn.functional as F
 
@@ -441,8 +518,11 @@ class StabilityStudy:
     study: StabilityPreset
     pairs: int
 
-    workloads = [WORKLOAD]
     preset = _NoPreset()
+
+    @property
+    def workloads(self) -> list[str]:
+        return [self.study.workload]
 
     def arm(self, label: str) -> Arm:
         return next(a for a in self.study.arms if a.label == label)
@@ -453,7 +533,7 @@ class StabilityStudy:
         log_at = (tuple(log_steps(steps, sp.log_points, (sp.t_fixed,)))
                   if stage == "pair" else (steps,))  # fmt: skip
         return StabRun(stage, arm.label, lr, n, steps, seed, design, sp.name, sp.batch,
-                       sp.test_size, sp.val_size, sp.init_std, log_at)  # fmt: skip
+                       sp.test_size, sp.val_size, sp.init_std, log_at, sp.workload)  # fmt: skip
 
     def grid(self, arm: Arm, chosen: dict[str, float | None]) -> tuple[float, ...] | None:
         """The lr grid of a tuned arm (None while it waits for another arm's choice)."""
@@ -510,7 +590,7 @@ class StabilityStudy:
             lr = chosen.get(arm.label)
             if lr is not None and math.isfinite(lr):
                 runs += self.pair_runs(arm, lr)
-        return [_Plan(WORKLOAD, runs, [r for r in runs if r.run_id not in results])]
+        return [_Plan(self.study.workload, runs, [r for r in runs if r.run_id not in results])]
 
     def run_counts(self) -> tuple[int, int]:
         sp = self.study
@@ -519,11 +599,28 @@ class StabilityStudy:
         pairs = sum(self.pairs * (1 + (extra if a.n_design else 0)) for a in sp.arms)
         return tune + pairs, tune + pairs
 
+    def estimated_seconds(self) -> float | None:
+        """CPU seconds of the whole study on one core (:data:`MODEL_COSTS`); None without
+        a measured cost for the preset's workload."""
+        sp = self.study
+        if sp.workload not in MODEL_COSTS:
+            return None
+        step, example = MODEL_COSTS[sp.workload]
+        total = 0.0
+        for arm in sp.arms:
+            if arm.tuned:
+                points = len(arm.grid) or len(arm.scales)
+                evals = sp.test_size + sp.val_size + sp.n_main
+                total += points * (sp.t_fixed * step / 2 + evals * example)
+            for run in self.pair_runs(arm, 1.0):
+                total += run.steps * step + len(run.log_at) * 2 * sp.test_size * example
+        return total
+
     def describe(self) -> dict[str, Any]:
         sp = self.study
         return {
             "study": STUDY, "schema": SCHEMA, "preset": sp.name, "description": sp.description,
-            "workload": WORKLOAD, "pairs": self.pairs, "n_main": sp.n_main, "t_max": sp.t_max,
+            "workload": sp.workload, "pairs": self.pairs, "n_main": sp.n_main, "t_max": sp.t_max,
             "t_fixed": sp.t_fixed, "sizes": list(sp.sizes), "batch": sp.batch,
             "nus": list(sp.nus), "nu_below_tau": NU_BELOW_TAU, "test_size": sp.test_size,
             "val_size": sp.val_size, "init_std": sp.init_std, "tune_seed": TUNE_SEED,
@@ -631,3 +728,12 @@ def dry_run_lines(study: StabilityStudy) -> Iterable[str]:
         else:
             src = f"lr grid {list(a.grid)}"
         yield f"#   {a.label}: {src}" + ("; N design" if a.n_design else "")
+    if sp.workload != WORKLOAD:
+        est = study.estimated_seconds()
+        if est is None:
+            yield f"# no measured cost for {sp.workload}: no time estimate"
+        else:
+            yield (f"# estimated {est / 3600:.1f} h of CPU time on one core ({est:.0f} s: "
+                   f"{MODEL_COSTS[sp.workload][0]:g} s per pair-step, measured on this "
+                   "project's shared 2-core host; a loaded host takes longer; the runs go one "
+                   "at a time, one thread each)")  # fmt: skip
