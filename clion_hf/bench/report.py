@@ -39,7 +39,7 @@ from .protocol import (
     number,
     test_metric,
 )
-from .render import Figures, csv_text, label_axes, run_environment_line, save_figure, table
+from .render import Figures, csv_text, label_axes, run_environment_line, table
 from .specs import (
     MARGINS,
     MODES,
@@ -1010,7 +1010,6 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
 # ------------------------------------------------------------------------------ plots
 
 
-_save = save_figure  # the name stability_report.py imports (it is not this module's to edit)
 
 
 def _mean_curve(results: list[dict], key: str, median: bool = False

@@ -36,7 +36,8 @@ import numpy as np
 from clion_hf._files import atomic_write_text, read_json
 
 from .plotstyle import LEGEND_SIZE, colour
-from .report import ReportError, _save, rows_csv
+from .render import save_figure
+from .report import ReportError, rows_csv
 from .specs import OPTION_KEYS
 from .stability import stability_result_problem
 from .stats import Comparison, compare_family, t_interval
@@ -592,7 +593,7 @@ def make_plots(an: Analysis, plot_dir: Path, figures: dict | None = None
 
     def save(name: str, fig) -> None:  # noqa: ANN001
         try:
-            _save(fig, plot_dir / name)
+            save_figure(fig, plot_dir / name)
             plots[name.removesuffix(".png")] = f"plots/{name}"
             if figures is not None:
                 figures[name.removesuffix(".png")] = fig
