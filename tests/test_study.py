@@ -412,3 +412,14 @@ def test_v2_findings_regenerate_from_results_csv():
     for key in ("steps", "steps-matched", "epochs", "epochs-matched"):
         c = next(c for c in ws.comparisons[key] if c.b.startswith("adamw"))
         assert c.n == 10 and c.detected and c.mean == pytest.approx(0.5, abs=0.1), key
+
+
+def test_a_bad_designs_or_plateau_field_is_one_line():
+    from clion_hf.bench.study_report import study_meta_problem
+
+    meta, _ = _v2_meta("lion:lr=1e-3", seeds=2)
+    assert study_meta_problem(meta) is None
+    for key, bad in (("designs", {"steps": {"x": 20}}), ("designs", {"epochs": {"16": 5}}),
+                     ("plateau", {"kind": "chance", "level": "high", "margin": 0.05})):
+        assert study_meta_problem({**meta, key: {"vit-pretrain": bad}}) == (
+            f"has a bad field {key!r} for vit-pretrain")

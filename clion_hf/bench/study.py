@@ -514,9 +514,10 @@ class Study:
                f"{self.preset.cost_note}; plus each subset evaluation)")  # fmt: skip
         for w in self.workloads:
             gs = self.settings(w)
+            nu = self.nu_runs(w)
             yield (f"# {w}: N in {list(self.sizes[w])}, {gs.max_steps} steps, the gap "
-                   f"evaluated every {gs.eval_every} steps; ν sweep at N = {gs.nu_size}: "
-                   f"{len(self.nu_runs(w))} runs")  # fmt: skip
+                   f"evaluated every {gs.eval_every} steps; "
+                   + (f"ν sweep at N = {gs.nu_size}: {len(nu)} runs" if nu else "no ν sweep"))
             epochs = self.designs(w).get("epochs")
             if epochs:
                 e = gs.max_steps / -(-gs.n_max // gs.batch)
