@@ -193,9 +193,6 @@ def get_study_preset(name: str) -> StudyPreset:
     return STUDY_PRESETS[name]
 
 
-DESIGNS = ("steps", "epochs")  # fixed steps; fixed epochs (presets with a batch size)
-
-
 def epoch_steps(n: int, gs: GapSettings) -> int:
     """Steps of the fixed-epoch design at size ``n``: ``max(floor, ceil(E · ceil(n/batch)))``
     with ``E = max_steps / ceil(n_max/batch)`` (exact integer arithmetic, so that N_max gets
