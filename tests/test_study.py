@@ -408,6 +408,10 @@ def test_v2_findings_regenerate_from_results_csv():
     assert findings_from_csv(rows_csv(rows, CSV_COLUMNS), meta) == block
     assert sum("slope of log(gap)" in ln for ln in block) == 4  # 2 designs x 2 readings
     assert all("held-out" in ln for ln in block if "slope of log(gap)" in ln)
+    # fixed steps first, whatever order bench.json has its designs in (it sorts its keys)
+    flipped = {**meta, "designs": {w: dict(sorted(d.items())) for w, d in meta["designs"].items()}}
+    assert list(flipped["designs"]["vit-pretrain"]) == ["epochs", "steps"]
+    assert findings(analyze(rows, flipped)) == block and ", fixed steps:" in block[0]
     ws = analyze(rows_from(rows_csv(rows, CSV_COLUMNS)), meta)[0]
     for key in ("steps", "steps-matched", "epochs", "epochs-matched"):
         c = next(c for c in ws.comparisons[key] if c.b.startswith("adamw"))

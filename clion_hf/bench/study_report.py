@@ -203,8 +203,9 @@ def designs_of(meta: dict, workload: str) -> dict[str, dict[int, int]]:
     if "designs" not in meta:
         steps = int(meta["settings"][workload]["max_steps"])
         return {"steps": {int(n): steps for n in meta["sizes"][workload]}}
-    return {d: {int(n): int(s) for n, s in per.items()}
-            for d, per in meta["designs"][workload].items()}  # fmt: skip
+    per_design = meta["designs"][workload]  # fixed steps first (bench.json sorts its keys)
+    return {d: {int(n): int(s) for n, s in per_design[d].items()}
+            for d in sorted(per_design, key=list(DESIGN_TEXT).index)}  # fmt: skip
 
 
 @dataclass
