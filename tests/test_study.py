@@ -259,10 +259,14 @@ def test_cpu_v2_sizes_span_two_decades_with_both_designs_and_ten_seeds():
     assert {r.stage for r in runs} == {"size", "epochs"}
     lo, hi = study.estimated_seconds()
     assert lo == hi and 3600 < lo < 12 * 3600  # a few hours on 2 cores, not minutes or days
-    # ladder rungs: the run selects the rung's model as the cpu-ladder preset does
-    gpt2 = next(r for r in runs if r.workload == "gpt2-pretrain@64")
-    assert ["--config_name", "gpt2-w64"] == list(gpt2.recipe_args[
-        gpt2.recipe_args.index("--config_name"):][:2])
+    # ladder rungs: the run selects the rung's model as the cpu-ladder preset does; the
+    # width-128 rungs run when asked for
+    assert study.workloads == ["gpt2-pretrain@64", "vit-pretrain@64"]
+    wide = build_study("cpu-v2", ["gpt2-pretrain@128"], parse_optimizers("lion:lr=1e-3"), None)
+    for run in (next(r for r in runs if r.workload == "gpt2-pretrain@64"), wide.all_runs()[0]):
+        args = list(run.recipe_args)
+        width = run.workload.split("@")[1]
+        assert args[args.index("--config_name") + 1] == f"gpt2-w{width}"
 
 
 def test_fixed_epoch_steps_per_size():

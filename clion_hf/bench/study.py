@@ -98,6 +98,7 @@ class StudyPreset:
     nu_seeds: tuple[int, ...] = ()
     jobs: int = 1
     extra_args: tuple[str, ...] = ()  # appended to every run (after the base's)
+    defaults: tuple[str, ...] = ()  # the workloads run without --workloads (): all of them
 
     @property
     def base_preset(self) -> Preset:
@@ -162,12 +163,18 @@ STUDY_PRESETS["cpu-v2"] = StudyPreset(
                                         min_steps=20, plateau="unigram", heldout_eval_s=0.17),
         "vit-pretrain@64": GapSettings(448, 600, 30, 6, 448, 0.0004, batch=32, min_steps=20,
                                        plateau="chance", heldout_eval_s=0.1),
+        # opt-in (--workloads): the width-128 rungs, evaluation costs scaled as the ladder's
+        "gpt2-pretrain@128": GapSettings(4096, 600, 30, 6, 4096, 0.002, batch=16,
+                                         min_steps=20, plateau="unigram", heldout_eval_s=0.5),
+        "vit-pretrain@128": GapSettings(448, 600, 30, 6, 448, 0.0005, batch=32, min_steps=20,
+                                        plateau="chance", heldout_eval_s=0.13),
     },  # fmt: skip
     optimizers=("adamw", "lion", "clion", "clion:mode=element"),
     seeds=_V2_SEEDS,
     sizes=8,
     jobs=2,
     extra_args=_CPU_EXTRA,
+    defaults=("gpt2-pretrain@64", "vit-pretrain@64"),
 )
 STUDY_PRESETS["gpu"] = replace(
     STUDY_PRESETS["cpu"],
@@ -536,7 +543,7 @@ def build_study(preset: str, workloads: list[str] | None, optimizers: list[Optim
                 nu_sweep: bool = True) -> Study:  # fmt: skip
     """The study a command line asks for; :class:`SpecError` (one line) for bad input."""
     sp = get_study_preset(preset)
-    names = workloads if workloads is not None else list(sp.workloads)
+    names = workloads if workloads is not None else list(sp.defaults or sp.workloads)
     for w in names:
         if w not in sp.workloads:
             raise SpecError(f"workload {w!r} is not in study preset {sp.name!r}; allowed: "
