@@ -16,9 +16,18 @@ t-tests, intervals and Holm correction they use):
   same initializations and data orders), paired t-test over seeds, Holm-corrected within a
   workload and stopping rule; "no difference detected" when the interval contains 0.
 * Gaps per N: mean over seeds with a 95% t interval.
-* Matched training loss: one target per workload, the highest final training-subset loss
-  of any of its runs, so that every run reaches it; each run is read at its first
-  evaluation at or below it (see :mod:`clion_hf.bench.study`).
+* Designs (``bench.json``'s ``designs``; one, fixed steps, in a study written before
+  them): fixed steps and fixed epochs, each read at the end of its runs and at a matched
+  training loss, separately. A run belongs to the design whose steps at its N it ran (the
+  N_max run to both).
+* Matched training loss: one target per workload and design, the highest final
+  training-subset loss of any run of an arm (optimizer, N) that trains, so that every such
+  run reaches it; each run is read at its first evaluation at or below it (see
+  :mod:`clion_hf.bench.study`), and the fraction of its run at which it got there is
+  reported. With a plateau in ``bench.json`` an arm trains when its mean final training
+  loss is at least ``margin`` (5%) below the plateau level; the others are left out of
+  matching and named. Without one (the committed cpu study), every arm is matched.
+* Every gap is printed with the held-out loss of the same evaluation (mean over seeds).
 * ν sweep: every point runs at the CLion element row's lr and weight decay; the point
   with the smallest ν (1e-30, below every τ observed) takes the sign everywhere, i.e. it
   is Lion's update at that lr, and the other points are compared with it, paired by
