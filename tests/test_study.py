@@ -21,6 +21,7 @@ from clion_hf.bench.study_report import (
     CSV_COLUMNS,
     Estimate,
     analyze,
+    findings,
     findings_block,
     findings_from_csv,
     matched_point,
@@ -85,7 +86,9 @@ def _rows(meta: dict, gap, train=lambda n, s: 1.0) -> list[dict]:
                 rows.append({
                     "run_id": f"{r['label']}-{n}-{s}", "workload": w, "optimizer": r["label"],
                     "stage": "size", "mode": mode, "nu": nu, "n": n, "seed": s, "lr": r["lr"],
+                    "max_steps": meta["settings"][w]["max_steps"],
                     "status": "ok", "reason": "", "final_gap": g, "final_train_loss": t,
+                    "final_eval_loss": t + g,
                     "tau_min": None, "tau_median": None, "sign_fraction_mean": None,
                     "curve": f"5:{t + 1!r}:{t + 1 + g / 2!r};10:{t!r}:{t + g!r}",
                 })  # fmt: skip
@@ -93,9 +96,9 @@ def _rows(meta: dict, gap, train=lambda n, s: 1.0) -> list[dict]:
 
 
 def test_analysis_detects_a_slope_difference_and_not_an_absent_one():
-    study = build_study("smoke", None, parse_optimizers("lion:lr=1e-3,clion:mode=element,lr=1e-3"),
-                        None, seeds=5, sizes=3, nu_sweep=False)  # fmt: skip
-    meta = study.describe()
+    meta, _ = _v2_meta("lion:lr=1e-3,clion:mode=element,lr=1e-3", seeds=5)
+    for key in ("designs", "plateau"):  # a study of one design, as the committed one
+        meta.pop(key)
     rng = np.random.default_rng(2)
     noise = {(n, s): math.exp(rng.normal(0, 0.05)) for n in (16, 32, 64) for s in range(99, 106)}
 
@@ -237,3 +240,194 @@ def test_committed_report_findings_are_what_its_csv_gives_and_readme_copies_them
     assert findings_from_csv((COMMITTED / "results.csv").read_text(), meta) == block
     readme = (REPO / "README.md").read_text()
     assert findings_block(readme) == block and len(block) >= 4
+
+
+# ------------------------------------------------------------------------------ cpu-v2
+
+
+def test_cpu_v2_sizes_span_two_decades_with_both_designs_and_ten_seeds():
+    study = build_study("cpu-v2", None, parse_optimizers(
+        "adamw:lr=3e-3,lion:lr=1e-3,clion:lr=0.2,clion:mode=element,lr=1e-3"), None)
+    assert len(study.seeds) >= 10
+    for w in study.workloads:
+        sizes = study.sizes[w]
+        assert len(sizes) >= 8 and max(sizes) / min(sizes) >= 100, (w, sizes)
+        assert set(study.designs(w)) == {"steps", "epochs"}
+    # the N_max run is one run of both designs: 2 workloads x 4 rows x 10 seeds x (8 + 7)
+    runs = study.all_runs()
+    assert len(runs) == 2 * 4 * 10 * (8 + 7) == study.run_counts()[0]
+    assert {r.stage for r in runs} == {"size", "epochs"}
+    lo, hi = study.estimated_seconds()
+    assert lo == hi and 3600 < lo < 12 * 3600  # a few hours on 2 cores, not minutes or days
+    # ladder rungs: the run selects the rung's model as the cpu-ladder preset does; the
+    # width-128 rungs run when asked for
+    assert study.workloads == ["gpt2-pretrain@64", "vit-pretrain@64"]
+    wide = build_study("cpu-v2", ["gpt2-pretrain@128"], parse_optimizers("lion:lr=1e-3"), None)
+    for run in (next(r for r in runs if r.workload == "gpt2-pretrain@64"), wide.all_runs()[0]):
+        args = list(run.recipe_args)
+        width = run.workload.split("@")[1]
+        assert args[args.index("--config_name") + 1] == f"gpt2-w{width}"
+
+
+def test_fixed_epoch_steps_per_size():
+    from fractions import Fraction
+
+    from clion_hf.bench.study import STUDY_PRESETS, epoch_steps
+
+    gs = STUDY_PRESETS["cpu-v2"].workloads["gpt2-pretrain@64"]
+    got = {n: epoch_steps(n, gs) for n in sizes_of(gs.n_max, 8)}
+    assert got == {4096: 600, 2048: 300, 1024: 150, 512: 75, 256: 38, 128: 20, 64: 20, 32: 20}
+    vit = STUDY_PRESETS["cpu-v2"].workloads["vit-pretrain@64"]
+    # E = 600 steps / 14 batches of 32 at N = 448; below one batch an epoch is one step
+    e = Fraction(vit.max_steps, math.ceil(vit.n_max / vit.batch))
+    for n in sizes_of(vit.n_max, 8):
+        assert epoch_steps(n, vit) == max(vit.min_steps, math.ceil(e * math.ceil(n / 32)))
+    assert [epoch_steps(n, vit) for n in (448, 224, 112, 56, 28, 3)] == [600, 300, 172, 86,
+                                                                        43, 43]
+    # each run passes its batch and scales its evaluations (20 per run) with its steps
+    study = build_study("cpu-v2", ["gpt2-pretrain@64"], parse_optimizers("lion:lr=1e-3"), None)
+    for run in study.all_runs():
+        args = list(run.recipe_args)
+        n = int(args[args.index("--train_subset_size") + 1])
+        assert args[args.index("--per_device_train_batch_size") + 1] == "16"
+        assert run.max_steps == (600 if run.stage == "size" else got[n])
+        assert run.max_steps / int(args[args.index("--eval_steps") + 1]) == pytest.approx(
+            20, rel=0.35)
+
+
+def _v2_meta(optimizers: str, seeds: int = 10) -> dict:
+    """bench.json of a smoke study with both designs; the plateau is set here (ln 5, chance
+    for 5 classes) rather than computed from the data, to keep the test fast."""
+    from dataclasses import replace
+
+    from clion_hf.bench.study import TRAIN_MARGIN
+
+    study = build_study("smoke", None, parse_optimizers(optimizers), None, seeds=seeds,
+                        nu_sweep=False)  # fmt: skip
+    gs = study.study.workloads["vit-pretrain"]
+    study.study = replace(study.study, workloads={"vit-pretrain": replace(gs, plateau="")})
+    meta = study.describe()
+    meta["plateau"] = {"vit-pretrain": {"kind": "chance", "level": math.log(5),
+                                        "margin": TRAIN_MARGIN}}  # fmt: skip
+    return meta, study
+
+
+def _study_result(run, final_train: float, gap: float) -> dict:
+    """A made-up result file of a study run: evaluations every --eval_steps whose training
+    loss falls linearly from ln 5 to ``final_train``, held-out loss ``gap`` above it at the end
+    (the gap grows linearly from 0)."""
+    args = list(run.recipe_args)
+    every = int(args[args.index("--eval_steps") + 1])
+    history = []
+    for step in range(every, run.max_steps + 1, every):
+        t = step / run.max_steps
+        train = math.log(5) + t * (final_train - math.log(5))
+        history += [{"step": step, "eval_loss": train + t * gap},
+                    {"step": step, "train_subset_loss": train, "gen_gap": t * gap}]
+    last = history[-1]
+    return {"run_id": run.run_id, "workload": run.workload, "optimizer": run.optimizer,
+            "lr": run.lr, "weight_decay": run.weight_decay, "seed": run.seed,
+            "max_steps": run.max_steps, "status": "ok", "stage": run.stage,
+            "recipe_args": args, "log_history": history,
+            "all_results": {"eval_loss": last["train_subset_loss"] + last["gen_gap"],
+                            "train_subset_loss": last["train_subset_loss"],
+                            "gen_gap": last["gen_gap"]}}  # fmt: skip
+
+
+def _drive_study(study, outcome) -> dict[str, dict]:
+    """Made-up results of every run the study plans (``outcome(run) -> (final train, gap)``),
+    planned as the runner does (:mod:`tests._plans`' driver, for a study's results)."""
+    results: dict[str, dict] = {}
+    while needed := [r for p in study.plan(results) for r in p.needed]:
+        for run in needed:
+            results[run.run_id] = _study_result(run, *outcome(run))
+    return results
+
+
+def _n(run) -> int:
+    return int(run.recipe_args[list(run.recipe_args).index("--train_subset_size") + 1])
+
+
+def test_matched_rule_leaves_out_an_arm_that_does_not_train():
+    from clion_hf.bench.report import rows_csv
+    from clion_hf.bench.study_report import summarize_run
+
+    meta, study = _v2_meta("lion:lr=1e-3,clion:mode=element,lr=1e-3", seeds=3)
+    element = "clion:mode=element,lr=0.001"
+
+    def outcome(run):
+        if run.optimizer == element and _n(run) == 16:
+            return 1.58, 0.01  # 1.8% below ln 5 = 1.609: does not train
+        if run.optimizer == element and _n(run) == 64 and run.seed == 101:
+            return 0.9, 0.2  # the highest final loss among the arms that train
+        return 0.3 + 0.1 * (run.stage == "epochs"), 2 / _n(run)
+
+    results = _drive_study(study, outcome)
+    rows = [summarize_run(r) for r in results.values()]
+    from clion_hf.bench.study_report import CSV_COLUMNS as cols
+
+    ws = analyze(rows_from(rows_csv(rows, cols)), meta)[0]
+    for design in ("steps", "epochs"):
+        assert [(lb, n) for lb, n, _ in ws.excluded[design]] == [(element, 16)]
+        assert ws.excluded[design][0][2] == pytest.approx(1.58)
+    # without the exclusion the target would be 1.58 (the non-training arm's)
+    assert ws.targets["steps"] == pytest.approx(0.9)
+    assert "seed 101" in ws.target_froms["steps"] and "N = 64" in ws.target_froms["steps"]
+    # the arm that set it reached it at the end of its run; the others earlier, in proportion
+    fr = ws.fractions["steps-matched"]
+    assert sorted(fr[element][64]) == [0.75, 0.75, 1.0]
+    # lion's training loss falls linearly from ln 5 to 0.3: at or below 0.9 from 54% of its
+    # run, read at its first evaluation there (every 25% of the run)
+    assert fr["lion:lr=0.001"][64] == [0.75] * 3
+    assert fr[element][16] == [] and not ws.gaps["steps-matched"][element][16]
+    # the end-of-run gap keeps every arm, the non-training one too
+    assert len(ws.gaps["steps"][element][16]) == 3
+    text = "\n".join(findings(analyze(rows, meta)))
+    assert "clion element lr=0.001 N=16 (1.580)" in text and "chance level 1.609" in text
+    # no plateau declared: nothing left out, the target is the highest final loss of all
+    bare = analyze(rows, {**meta, "plateau": {"vit-pretrain": None}})[0]
+    assert bare.excluded["steps"] == [] and bare.targets["steps"] == pytest.approx(1.58)
+
+
+def rows_from(csv_text: str) -> list[dict]:
+    from clion_hf.bench.report import rows_from_csv
+    from clion_hf.bench.study_report import _INTS, _TEXT
+
+    return rows_from_csv(csv_text, CSV_COLUMNS, _TEXT, _INTS)
+
+
+def test_v2_findings_regenerate_from_results_csv():
+    from clion_hf.bench.report import rows_csv
+    from clion_hf.bench.study_report import summarize_run
+
+    meta, study = _v2_meta("adamw:lr=1e-3,lion:lr=1e-3,clion:lr=0.2")
+    rng = np.random.default_rng(4)
+
+    def outcome(run):
+        slope = {"adamw": -1.0, "lion": -0.5, "clion": -0.5}[run.optimizer.split(":")[0]]
+        return 0.2, 3 * _n(run) ** slope * math.exp(rng.normal(0, 0.05))
+
+    rows = [summarize_run(r) for r in _drive_study(study, outcome).values()]
+    block = findings(analyze(rows, meta))  # what write_study_report computes, before the CSV
+    assert findings_from_csv(rows_csv(rows, CSV_COLUMNS), meta) == block
+    assert sum("slope of log(gap)" in ln for ln in block) == 4  # 2 designs x 2 readings
+    assert all("held-out" in ln for ln in block if "slope of log(gap)" in ln)
+    # fixed steps first, whatever order bench.json has its designs in (it sorts its keys)
+    flipped = {**meta, "designs": {w: dict(sorted(d.items())) for w, d in meta["designs"].items()}}
+    assert list(flipped["designs"]["vit-pretrain"]) == ["epochs", "steps"]
+    assert findings(analyze(rows, flipped)) == block and ", fixed steps:" in block[0]
+    ws = analyze(rows_from(rows_csv(rows, CSV_COLUMNS)), meta)[0]
+    for key in ("steps", "steps-matched", "epochs", "epochs-matched"):
+        c = next(c for c in ws.comparisons[key] if c.b.startswith("adamw"))
+        assert c.n == 10 and c.detected and c.mean == pytest.approx(0.5, abs=0.1), key
+
+
+def test_a_bad_designs_or_plateau_field_is_one_line():
+    from clion_hf.bench.study_report import study_meta_problem
+
+    meta, _ = _v2_meta("lion:lr=1e-3", seeds=2)
+    assert study_meta_problem(meta) is None
+    for key, bad in (("designs", {"steps": {"x": 20}}), ("designs", {"epochs": {"16": 5}}),
+                     ("plateau", {"kind": "chance", "level": "high", "margin": 0.05})):
+        assert study_meta_problem({**meta, key: {"vit-pretrain": bad}}) == (
+            f"has a bad field {key!r} for vit-pretrain")

@@ -4,6 +4,7 @@ stopping rule checked against a run that really stops. Slow (training subprocess
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -35,20 +36,25 @@ def test_smoke_study_interrupted_resumed_and_reported(offline_env, tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     kept = len(list((out / "results").glob("*.json")))
-    assert 3 <= kept < 16
+    # smoke: 2 optimizers x 3 sizes x 2 seeds at fixed steps, 2 x 2 x 2 more at fixed epochs
+    # (N_max's runs are both designs'), 2 ν-sweep points x 1 seed
+    assert 3 <= kept < 22
     done = subprocess.run(args, cwd=REPO, env=offline_env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     launched = int(re.search(r"(\d+) launched", done.stdout).group(1))
-    assert launched == 16 - kept  # only what was missing ran again
-    assert len(list((out / "results").glob("*.json"))) == 16
+    assert launched == 22 - kept  # only what was missing ran again
+    assert len(list((out / "results").glob("*.json"))) == 22
     report = (out / "report.md").read_text()
-    for name in ("gap-fixed", "gap-matched", "tau", "nu"):
+    for name in ("gap-steps", "gap-steps-matched", "gap-epochs", "gap-epochs-matched", "tau",
+                 "nu"):
         assert (out / "plots" / f"{name}-vit-pretrain.png").is_file(), report
     block = findings_block(report)
-    assert findings_from_csv((out / "results.csv").read_text(), read_json(out / "bench.json")) \
-        == block  # fmt: skip
-    assert any("slope of log(gap)" in ln for ln in block)
+    meta = read_json(out / "bench.json")
+    assert findings_from_csv((out / "results.csv").read_text(), meta) == block
+    assert meta["plateau"]["vit-pretrain"]["level"] == pytest.approx(math.log(5))  # chance
+    assert sum("slope of log(gap)" in ln for ln in block) == 4  # 2 designs x 2 readings
+    assert "Fixed epochs" in report and "| epochs |" in report
     assert any("lion τ" in ln for ln in block)  # Lion's tau_t was recorded
     assert any("ν sweep" in ln for ln in block)
     assert "Problems" not in report, report

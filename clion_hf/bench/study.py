@@ -11,10 +11,23 @@ difference. Two stopping rules are read from the same runs:
 * fixed steps: the gap at the end of the run;
 * matched training loss: the gap at the first evaluation where the subset's training
   loss reaches a target common to every optimizer and N of the workload (the highest
-  final training loss among the optimizers' seed means, so that each reaches it). This
+  final training loss among the runs that train, so that each reaches it). This
   is exactly what a run with ``--stop_at_train_loss`` and the same evaluation interval
   records when it stops: nothing before the stop depends on it (same seed, data order
   and lr schedule), so the study does not run every configuration twice.
+
+A preset with a batch size (``cpu-v2``) runs a second design beside the fixed step count:
+fixed epochs, each size trained for the same number of passes E over its N examples,
+``steps(N) = max(floor, ceil(E · ceil(N / batch)))`` (``ceil(N / batch)``: the Trainer's
+steps per epoch, one batch of N when N < batch). E is the fixed-steps run's epochs at
+N_max, so the two designs share their N_max runs (same run, same id: run once). The floor
+(:attr:`GapSettings.min_steps`) keeps the evaluations the matched rule reads: the
+evaluation interval scales with the run's steps (about 20 evaluations per run), and below
+20 steps it cannot. Sizes on the floor train more than E epochs; the report shows each
+size's epochs. With a declared plateau (the unigram level for gpt2, chance ``ln(classes)``
+for vit, from :func:`clion_hf.bench.ladder.plateau_levels`), arms whose final training
+loss is not clearly below it are left out of the matched target (see
+:mod:`clion_hf.bench.study_report`).
 
 Lion's τ_t comes from its opt-in ``track_stats``; CLion records it always. A ν sweep
 (CLion at the tuned element lr, ν from below the observed τ to far above) shows where the
@@ -30,6 +43,7 @@ are a pure function of the study's settings and the tuned run's results.
 
 from __future__ import annotations
 
+import functools
 import math
 import shlex
 from collections.abc import Iterable
@@ -63,6 +77,11 @@ class GapSettings:
     log_every: int  # steps between training logs (tau_t's resolution)
     nu_size: int  # N of the nu sweep
     eval_example_s: float  # cost model: seconds to evaluate one example (dry run)
+    # the fixed-epoch design (0: none): the batch it passes (--per_device_train_batch_size)
+    batch: int = 0
+    min_steps: int = 1  # the fixed-epoch design's floor (see the module doc)
+    plateau: str = ""  # "unigram" / "chance": arms not below it are not matched; "": none
+    heldout_eval_s: float | None = None  # cost model: one held-out evaluation (else base's)
 
 
 @dataclass(frozen=True)
@@ -79,6 +98,7 @@ class StudyPreset:
     nu_seeds: tuple[int, ...] = ()
     jobs: int = 1
     extra_args: tuple[str, ...] = ()  # appended to every run (after the base's)
+    defaults: tuple[str, ...] = ()  # the workloads run without --workloads (): all of them
 
     @property
     def base_preset(self) -> Preset:
@@ -91,14 +111,17 @@ _CPU_EXTRA = ("--max_test_samples", "64")  # the test split is not used here: ke
 STUDY_PRESETS: dict[str, StudyPreset] = {}
 STUDY_PRESETS["smoke"] = StudyPreset(
     name="smoke",
-    description="checks that the study runs: vit-pretrain on digits, tiny subsets, 20 steps",
+    description="checks that the study runs: vit-pretrain on digits, tiny subsets, 20 steps "
+    "(fixed steps) and 10 epochs (fixed epochs)",
     base="cpu",
-    workloads={"vit-pretrain": GapSettings(64, 20, 5, 5, 16, 0.0005)},
+    # both designs (fixed epochs: 20, 10, 10 steps) and the chance plateau, as cpu-v2
+    workloads={"vit-pretrain": GapSettings(64, 20, 5, 5, 16, 0.0005, batch=32, min_steps=5,
+                                           plateau="chance")},  # fmt: skip
     optimizers=("lion", "clion:mode=element"),
     seeds=(100, 101),
     sizes=3,
     nu_values=(1e-30, 1e-2),
-    nu_seeds=(100, 101),
+    nu_seeds=(100,),
     jobs=2,
     extra_args=_CPU_EXTRA,
 )
@@ -119,6 +142,39 @@ STUDY_PRESETS["cpu"] = StudyPreset(
     nu_seeds=(100, 101),
     jobs=2,
     extra_args=_CPU_EXTRA,
+)
+# cpu-v2 (issue 19, item 3): a gap-vs-N design that can inform. The @64 rungs are the tiny
+# models of the cpu preset, run as the cpu-ladder preset runs them, so the ladder's tuned rows
+# apply (--tuned docs/benchmarks/ladder-cpu-2026-12-06 once it has finished). N spans 2.1
+# decades: gpt2 4096 -> 32 blocks of 64 tokens (the offline split has 8962; 8192 would double
+# the subset evaluations' cost and give 1.2 epochs at 600 steps), vit 448 -> 3 images (the
+# offline split of digits 0-4 has 450 training images and no data flag enlarges it: its
+# 50/25/25 split is fixed). 600 steps as the ladder tuned them; 20 evaluations per run.
+_V2_SEEDS = tuple(range(100, 110))
+STUDY_PRESETS["cpu-v2"] = StudyPreset(
+    name="cpu-v2",
+    description="offline, CPU: gpt2-pretrain@64 and vit-pretrain@64 (the cpu-ladder rungs of "
+    "the tiny models), AdamW, Lion, CLion global and element at the ladder's tuned "
+    "hyper-parameters, 8 nested sizes over 2 decades x 10 seeds, fixed steps and fixed "
+    "epochs, no ν sweep",
+    base="cpu-ladder",
+    workloads={
+        "gpt2-pretrain@64": GapSettings(4096, 600, 30, 6, 4096, 0.0007, batch=16,
+                                        min_steps=20, plateau="unigram", heldout_eval_s=0.17),
+        "vit-pretrain@64": GapSettings(448, 600, 30, 6, 448, 0.0004, batch=32, min_steps=20,
+                                       plateau="chance", heldout_eval_s=0.1),
+        # opt-in (--workloads): the width-128 rungs, evaluation costs scaled as the ladder's
+        "gpt2-pretrain@128": GapSettings(4096, 600, 30, 6, 4096, 0.002, batch=16,
+                                         min_steps=20, plateau="unigram", heldout_eval_s=0.5),
+        "vit-pretrain@128": GapSettings(448, 600, 30, 6, 448, 0.0005, batch=32, min_steps=20,
+                                        plateau="chance", heldout_eval_s=0.13),
+    },  # fmt: skip
+    optimizers=("adamw", "lion", "clion", "clion:mode=element"),
+    seeds=_V2_SEEDS,
+    sizes=8,
+    jobs=2,
+    extra_args=_CPU_EXTRA,
+    defaults=("gpt2-pretrain@64", "vit-pretrain@64"),
 )
 STUDY_PRESETS["gpu"] = replace(
     STUDY_PRESETS["cpu"],
@@ -142,6 +198,43 @@ def get_study_preset(name: str) -> StudyPreset:
     if name not in STUDY_PRESETS:
         raise SpecError(f"unknown study preset {name!r}; allowed: {', '.join(STUDY_PRESETS)}")
     return STUDY_PRESETS[name]
+
+
+def epoch_steps(n: int, gs: GapSettings) -> int:
+    """Steps of the fixed-epoch design at size ``n``: ``max(floor, ceil(E · ceil(n/batch)))``
+    with ``E = max_steps / ceil(n_max/batch)`` (exact integer arithmetic, so that N_max gets
+    ``max_steps``)."""
+    if gs.batch < 1:
+        raise SpecError("this study preset has no fixed-epoch design (no batch size)")
+    per_epoch, top = -(-n // gs.batch), -(-gs.n_max // gs.batch)
+    return max(gs.min_steps, -(-gs.max_steps * per_epoch // top))
+
+
+def design_steps(gs: GapSettings, sizes: Iterable[int]) -> dict[str, dict[int, int]]:
+    """Design -> N -> steps: fixed steps always, fixed epochs where the preset has a batch."""
+    out = {"steps": {n: gs.max_steps for n in sizes}}
+    if gs.batch:
+        out["epochs"] = {n: epoch_steps(n, gs) for n in sizes}
+    return out
+
+
+@functools.cache
+def plateau_level(workload: str, kind: str) -> float:
+    """The training-loss level an arm must get clearly below to count as training: the
+    unigram model's held-out cross-entropy (nats per token) for a language model, chance
+    ``ln(classes)`` for a classifier; from :func:`clion_hf.bench.ladder.plateau_levels` on the
+    workload's offline data (a rung has its base's: same data and vocabulary)."""
+    from .ladder import plateau_levels
+    from .specs import WORKLOADS
+
+    base = WORKLOADS[workload].base or workload
+    levels = plateau_levels(base)
+    if kind == "unigram" and "unigram" in levels:
+        return levels["unigram"]
+    if kind == "chance" and "chance" in levels:
+        return -math.log(levels["chance"])
+    raise SpecError(f"no {kind!r} plateau level for {workload!r} (it has: "
+                    f"{', '.join(levels) or 'none'})")  # fmt: skip
 
 
 def sizes_of(n_max: int, count: int) -> tuple[int, ...]:
@@ -242,6 +335,15 @@ class StudyPlan:
 
 
 _OWN_FLAGS = {"--eval_steps", "--logging_steps", "--max_test_samples", "--eval_strategy"}
+# An arm trains when its mean final training loss is at least this fraction below the plateau:
+# 0.27 nats under gpt2's unigram level (5.32; the committed cpu study's CLion global ended at
+# 5.215, 1.6% below it), 0.08 nats under vit's chance ln 5. Recorded in bench.json.
+TRAIN_MARGIN = 0.05
+
+
+def _scaled(every: int, steps: int, gs: GapSettings) -> int:
+    """An interval of ``gs.max_steps``-step runs, scaled to a run of ``steps`` steps."""
+    return every if steps == gs.max_steps else max(1, round(every * steps / gs.max_steps))
 
 
 @dataclass
@@ -267,29 +369,44 @@ class Study:
     def settings(self, workload: str) -> GapSettings:
         return self.study.workloads[workload]
 
+    def designs(self, workload: str) -> dict[str, dict[int, int]]:
+        """Design -> N -> steps (see :func:`design_steps`)."""
+        return design_steps(self.settings(workload), self.sizes[workload])
+
     def make_run(self, workload: str, label: str, spec: OptimizerSpec, lr: float, wd: float,
-                 n: int, seed: int, stage: str) -> RunConfig:  # fmt: skip
+                 n: int, seed: int, stage: str, steps: int | None = None) -> RunConfig:  # fmt: skip
+        """One run; ``steps`` other than the preset's scales the evaluation and logging
+        intervals with it (the same number of evaluations per run)."""
         gs = self.settings(workload)
+        steps = gs.max_steps if steps is None else steps
         base = self.preset
-        ws = base.settings(workload, gs.max_steps)
+        ws = base.settings(workload, steps)
+        batch = ("--per_device_train_batch_size", str(gs.batch)) if gs.batch else ()
         args = run_args(spec, base, ws, (
-            *self.study.extra_args,
-            "--eval_strategy", "steps", "--eval_steps", str(gs.eval_every),
-            "--logging_steps", str(gs.log_every),
+            *self.study.extra_args, *batch,
+            "--eval_strategy", "steps", "--eval_steps", str(_scaled(gs.eval_every, steps, gs)),
+            "--logging_steps", str(_scaled(gs.log_every, steps, gs)),
             "--train_subset_size", str(n), "--eval_train_subset", "true",
         ), replaced=_OWN_FLAGS)  # fmt: skip
         second = ("nu", spec.get("nu")) if stage == "nu" else ("N", float(n))
         return RunConfig(
             workload=workload, optimizer=label, lr=lr, weight_decay=wd, seed=seed,
-            max_steps=gs.max_steps, accelerate_config=base.accelerate_config,
+            max_steps=steps, accelerate_config=base.accelerate_config,
             recipe_args=tuple(args), phase="study", stage=stage, second=second,
             preset=f"gen-gap-{self.study.name}",
         )  # fmt: skip
 
     def size_runs(self, workload: str) -> list[RunConfig]:
-        return [self.make_run(workload, r.label, r.spec, r.lr, r.weight_decay, n, s, "size")
-                for r in self.rows[workload] for n in self.sizes[workload]
-                for s in self.seeds]  # fmt: skip
+        """Every design's runs (stage ``size``: fixed steps, ``epochs``: fixed epochs; a run
+        both designs have, N_max's, is one run)."""
+        out = []
+        for design, steps in self.designs(workload).items():
+            stage = "size" if design == "steps" else design
+            out += [self.make_run(workload, r.label, r.spec, r.lr, r.weight_decay, n, s, stage,
+                                  steps[n])
+                    for r in self.rows[workload] for n in self.sizes[workload]
+                    for s in self.seeds]  # fmt: skip
+        return out
 
     def nu_rows(self, workload: str) -> list[tuple[str, StudyRow]]:
         """(mode, row) of the ν sweep: CLion at the element row's lr and wd."""
@@ -342,9 +459,14 @@ class Study:
         for run in self.all_runs():
             gs = self.settings(run.workload)
             cost = self.preset.settings(run.workload, gs.max_steps).cost
-            n = int(run.recipe_args[run.recipe_args.index("--train_subset_size") + 1])
-            evals = math.ceil(gs.max_steps / gs.eval_every) + 1
-            total += cost.run_s(gs.max_steps) + evals * n * gs.eval_example_s
+            args = run.recipe_args
+            n = int(args[args.index("--train_subset_size") + 1])
+            evals = math.ceil(run.max_steps / int(args[args.index("--eval_steps") + 1])) + 1
+            if gs.heldout_eval_s is None:  # the base preset's evaluations, as it runs them
+                total += cost.run_s(run.max_steps) + evals * n * gs.eval_example_s
+            else:
+                total += (cost.startup_s + run.max_steps * cost.step_s
+                          + evals * (gs.heldout_eval_s + n * gs.eval_example_s))  # fmt: skip
         total /= max(1, self.study.jobs)
         return total, total
 
@@ -366,11 +488,25 @@ class Study:
             "settings": {w: {"max_steps": self.settings(w).max_steps,
                              "eval_every": self.settings(w).eval_every,
                              "log_every": self.settings(w).log_every,
-                             "nu_size": self.settings(w).nu_size} for w in self.workloads},
+                             "nu_size": self.settings(w).nu_size,
+                             "batch": self.settings(w).batch,
+                             "min_steps": self.settings(w).min_steps} for w in self.workloads},
             "nu_values": list(self.study.nu_values),
             "nu_global": list(self.study.nu_global),
             "nu_seeds": list(self.study.nu_seeds),
+            # design -> N -> steps (JSON keys are strings); the report reads each run's
+            # design off its (N, steps)
+            "designs": {w: {d: {str(n): s for n, s in steps.items()}
+                            for d, steps in self.designs(w).items()} for w in self.workloads},
+            "plateau": {w: self.plateau(w) for w in self.workloads},
         }  # fmt: skip
+
+    def plateau(self, workload: str) -> dict[str, Any] | None:
+        """``{"kind", "level", "margin"}`` of the workload's declared plateau (None: none)."""
+        kind = self.settings(workload).plateau
+        if not kind:
+            return None
+        return {"kind": kind, "level": plateau_level(workload, kind), "margin": TRAIN_MARGIN}
 
     def dry_run_lines(self, recipes_dir: Path, out_dir: Path) -> Iterable[str]:
         """Run counts, estimated device time, the rows' hyper-parameters and the commands."""
@@ -382,9 +518,19 @@ class Study:
                f"{self.preset.cost_note}; plus each subset evaluation)")  # fmt: skip
         for w in self.workloads:
             gs = self.settings(w)
+            nu = self.nu_runs(w)
             yield (f"# {w}: N in {list(self.sizes[w])}, {gs.max_steps} steps, the gap "
-                   f"evaluated every {gs.eval_every} steps; ν sweep at N = {gs.nu_size}: "
-                   f"{len(self.nu_runs(w))} runs")  # fmt: skip
+                   f"evaluated every {gs.eval_every} steps; "
+                   + (f"ν sweep at N = {gs.nu_size}: {len(nu)} runs" if nu else "no ν sweep"))
+            epochs = self.designs(w).get("epochs")
+            if epochs:
+                e = gs.max_steps / -(-gs.n_max // gs.batch)
+                yield (f"#   fixed epochs: E = {e:.3g} epochs of batch {gs.batch} (the fixed "
+                       f"steps' epochs at N_max), floor {gs.min_steps} steps; steps per N: "
+                       + ", ".join(f"{n}: {s}" for n, s in epochs.items()))  # fmt: skip
+            if gs.plateau:
+                yield (f"#   matched training loss: arms not {100 * TRAIN_MARGIN:.0f}% below "
+                       f"the {gs.plateau} level are not matched")  # fmt: skip
             for r in self.rows[w]:
                 yield (f"#   {r.label}: lr {fmt_float(r.lr)}, weight decay "
                        f"{fmt_float(r.weight_decay)}, runs as {r.spec.label} ({r.source})")
@@ -397,7 +543,7 @@ def build_study(preset: str, workloads: list[str] | None, optimizers: list[Optim
                 nu_sweep: bool = True) -> Study:  # fmt: skip
     """The study a command line asks for; :class:`SpecError` (one line) for bad input."""
     sp = get_study_preset(preset)
-    names = workloads if workloads is not None else list(sp.workloads)
+    names = workloads if workloads is not None else list(sp.defaults or sp.workloads)
     for w in names:
         if w not in sp.workloads:
             raise SpecError(f"workload {w!r} is not in study preset {sp.name!r}; allowed: "

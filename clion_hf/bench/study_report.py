@@ -16,9 +16,18 @@ t-tests, intervals and Holm correction they use):
   same initializations and data orders), paired t-test over seeds, Holm-corrected within a
   workload and stopping rule; "no difference detected" when the interval contains 0.
 * Gaps per N: mean over seeds with a 95% t interval.
-* Matched training loss: one target per workload, the highest final training-subset loss
-  of any of its runs, so that every run reaches it; each run is read at its first
-  evaluation at or below it (see :mod:`clion_hf.bench.study`).
+* Designs (``bench.json``'s ``designs``; one, fixed steps, in a study written before
+  them): fixed steps and fixed epochs, each read at the end of its runs and at a matched
+  training loss, separately. A run belongs to the design whose steps at its N it ran (the
+  N_max run to both).
+* Matched training loss: one target per workload and design, the highest final
+  training-subset loss of any run of an arm (optimizer, N) that trains, so that every such
+  run reaches it; each run is read at its first evaluation at or below it (see
+  :mod:`clion_hf.bench.study`), and the fraction of its run at which it got there is
+  reported. With a plateau in ``bench.json`` an arm trains when its mean final training
+  loss is at least ``margin`` (5%) below the plateau level; the others are left out of
+  matching and named. Without one (the committed cpu study), every arm is matched.
+* Every gap is printed with the held-out loss of the same evaluation (mean over seeds).
 * ν sweep: every point runs at the CLion element row's lr and weight decay; the point
   with the smallest ν (1e-30, below every τ observed) takes the sign everywhere, i.e. it
   is Lion's update at that lr, and the other points are compared with it, paired by
@@ -32,6 +41,7 @@ import math
 import shlex
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,19 +185,62 @@ class Estimate:
         return f"{fmt.format(self.mean)} [{fmt.format(self.lo)}, {fmt.format(self.hi)}]"
 
 
+@dataclass(frozen=True)
+class Rule:
+    """One way of reading the gap: a design's runs at their end, or at the matched loss."""
+
+    key: str  # the gap tables' key and the plot's name
+    design: str  # "steps" (fixed steps) or "epochs" (fixed epochs)
+    matched: bool
+    text: str
+
+
+DESIGN_TEXT = {"steps": "fixed steps", "epochs": "fixed epochs"}
+# a bench.json without designs (the committed cpu study's): one design, the old names
+LEGACY_RULES = (Rule("fixed", "steps", False, RULE_TEXT["fixed"]),
+                Rule("matched", "steps", True, RULE_TEXT["matched"]))  # fmt: skip
+
+
+def rules_of(designs: Iterable[str]) -> tuple[Rule, ...]:
+    return tuple(r for d in designs for r in (
+        Rule(d, d, False, f"{DESIGN_TEXT[d]}, end of run"),
+        Rule(f"{d}-matched", d, True, f"{DESIGN_TEXT[d]}, matched training loss")))  # fmt: skip
+
+
+def designs_of(meta: dict, workload: str) -> dict[str, dict[int, int]]:
+    """Design -> N -> steps of a study (one fixed-steps design for a bench.json without)."""
+    if "designs" not in meta:
+        steps = int(meta["settings"][workload]["max_steps"])
+        return {"steps": {int(n): steps for n in meta["sizes"][workload]}}
+    per_design = meta["designs"][workload]  # fixed steps first (bench.json sorts its keys)
+    return {d: {int(n): int(s) for n, s in per_design[d].items()}
+            for d in sorted(per_design, key=list(DESIGN_TEXT).index)}  # fmt: skip
+
+
 @dataclass
 class WorkloadStudy:
     name: str
     labels: list[str]
     sizes: list[int]
     max_steps: int
-    target: float | None = None
-    target_from: str = ""
-    # rule -> label -> N -> seed -> gap
+    legacy: bool = False  # a bench.json without designs: the old findings, word for word
+    seeds: int = 0
+    batch: int = 0  # the fixed-epoch design's batch (0: none)
+    rules: tuple[Rule, ...] = LEGACY_RULES
+    designs: dict[str, dict[int, int]] = field(default_factory=dict)
+    plateau: dict[str, Any] | None = None
+    targets: dict[str, float | None] = field(default_factory=dict)  # design -> target
+    target_froms: dict[str, str] = field(default_factory=dict)
+    # design -> (label, N, mean final training loss) of the arms left out of matching
+    excluded: dict[str, list[tuple[str, int, float]]] = field(default_factory=dict)
+    # rule -> label -> N -> seed -> gap (and held-out loss at the same evaluation)
     gaps: dict[str, dict[str, dict[int, dict[int, float]]]] = field(default_factory=dict)
+    held: dict[str, dict[str, dict[int, dict[int, float]]]] = field(default_factory=dict)
+    # matched rule -> label -> N -> fractions of their runs at which the runs reached it
+    fractions: dict[str, dict[str, dict[int, list[float]]]] = field(default_factory=dict)
     nonpositive: dict[str, dict[str, int]] = field(default_factory=dict)
-    unreached: dict[str, int] = field(default_factory=dict)  # label -> runs not reaching
-    matched_steps: dict[str, list[int]] = field(default_factory=dict)
+    unreached: dict[str, dict[str, int]] = field(default_factory=dict)  # design -> label -> runs
+    matched_steps: dict[str, list[int]] = field(default_factory=dict)  # fixed steps' design
     slopes: dict[str, dict[str, Estimate]] = field(default_factory=dict)
     slope_seeds: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
     comparisons: dict[str, list[Comparison]] = field(default_factory=dict)
@@ -198,6 +251,14 @@ class WorkloadStudy:
     nu_comparisons: dict[str, list[Comparison]] = field(default_factory=dict)
     nu_ref_label: str = ""
     failed: list[str] = field(default_factory=list)
+
+    @property
+    def target(self) -> float | None:
+        return self.targets.get("steps")
+
+    @property
+    def target_from(self) -> str:
+        return self.target_froms.get("steps", "")
 
 
 def _is_row_run(run: dict, row: dict) -> bool:
@@ -217,6 +278,40 @@ def _size_rows(rows: list[dict], workload: str, labels: list[str]) -> list[dict]
     return [r for r in rows if r["workload"] == workload and r["optimizer"] in labels]
 
 
+def matched_target(ok: list[dict], plateau: dict[str, Any] | None
+                   ) -> tuple[float | None, dict | None, list[tuple[str, int, float]]]:  # fmt: skip
+    """(target, the run that sets it, the arms left out) of one design's finished runs.
+
+    An arm is an (optimizer, N) pair; with a ``plateau`` (``level``, ``margin``) it trains
+    when its runs' mean final training loss is at most ``level · (1 - margin)``, and the
+    others are left out. The target is the highest final training loss of any run of an arm
+    that trains, so that each of those runs reaches it (at the latest at its end)."""
+    finals = [r for r in ok if r["final_train_loss"] is not None]
+    out: list[tuple[str, int, float]] = []
+    if plateau is not None:
+        arms: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for r in finals:
+            arms[(r["optimizer"], r["n"])].append(r["final_train_loss"])
+        bar = plateau["level"] * (1 - plateau["margin"])
+        out = sorted((lb, n, statistics.fmean(v)) for (lb, n), v in arms.items()
+                     if not statistics.fmean(v) <= bar)  # fmt: skip
+        left = {(lb, n) for lb, n, _ in out}
+        finals = [r for r in finals if (r["optimizer"], r["n"]) not in left]
+    if not finals:
+        return None, None, out
+    top = max(finals, key=lambda r: r["final_train_loss"])
+    return top["final_train_loss"], top, out
+
+
+def matched_eval(row: dict, target: float) -> tuple[int, float, float] | None:
+    """(step, training-subset loss, held-out loss) at the first evaluation at or below
+    ``target``."""
+    for step, train, held in parse_curve(row.get("curve")):
+        if math.isfinite(train) and train <= target:
+            return step, train, held
+    return None
+
+
 def analyze(rows: list[dict], meta: dict) -> list[WorkloadStudy]:
     """Every number the report states, from the CSV rows and ``bench.json``."""
     out = []
@@ -225,48 +320,67 @@ def analyze(rows: list[dict], meta: dict) -> list[WorkloadStudy]:
         sizes = sorted(meta["sizes"][w])
         seeds = list(meta["seeds"])
         steps = int(meta["settings"][w]["max_steps"])
-        ws = WorkloadStudy(w, labels, sizes, steps)
+        designs = designs_of(meta, w)
+        legacy = "designs" not in meta
+        ws = WorkloadStudy(w, labels, sizes, steps, legacy, len(seeds),
+                           int(meta["settings"][w].get("batch", 0)),
+                           LEGACY_RULES if legacy else rules_of(designs), designs,
+                           (meta.get("plateau") or {}).get(w))  # fmt: skip
         specs = {r["label"]: r for r in meta["rows"][w]}
         mine = [r for r in _size_rows(rows, w, labels)
-                if r["n"] in sizes and r["seed"] in seeds and _is_row_run(r, specs[r["optimizer"]])]
+                if r["n"] in sizes and r["seed"] in seeds and _is_row_run(r, specs[r["optimizer"]])
+                and any(per.get(r["n"]) == r["max_steps"] for per in designs.values())]
         ok = [r for r in mine if r["status"] == "ok" and r["final_gap"] is not None]
         ws.failed = sorted(f"{r['optimizer']} N={r['n']} seed={r['seed']}: {r['status']} "
                            f"{r['reason']}".strip() for r in mine if r not in ok)  # fmt: skip
-        # the matched target: the highest final training-subset loss of any run, so that
-        # every run reaches it (at the latest at its last evaluation)
-        finals = [r for r in ok if r["final_train_loss"] is not None]
-        if finals:
-            top = max(finals, key=lambda r: r["final_train_loss"])
-            ws.target = top["final_train_loss"]
-            ws.target_from = (f"{describe_optimizer(top['optimizer'])} at N = {top['n']}, "
-                              f"seed {top['seed']}")  # fmt: skip
-        for rule in RULES:
-            ws.gaps[rule] = {lb: {n: {} for n in sizes} for lb in labels}
-            ws.nonpositive[rule] = dict.fromkeys(labels, 0)
-        for label in labels:
-            ws.unreached[label] = 0
-            ws.matched_steps[label] = []
-        for r in ok:
-            ws.gaps["fixed"][r["optimizer"]][r["n"]][r["seed"]] = r["final_gap"]
-            point = matched_point(r, ws.target) if ws.target is not None else None
-            if point is None:
-                ws.unreached[r["optimizer"]] += 1
-            else:
-                ws.gaps["matched"][r["optimizer"]][r["n"]][r["seed"]] = point[1]
-                ws.matched_steps[r["optimizer"]].append(point[0])
-        for rule in RULES:
-            ws.slopes[rule], ws.slope_seeds[rule] = {}, {}
+        for rule in ws.rules:
+            ws.gaps[rule.key] = {lb: {n: {} for n in sizes} for lb in labels}
+            ws.held[rule.key] = {lb: {n: {} for n in sizes} for lb in labels}
+            ws.nonpositive[rule.key] = dict.fromkeys(labels, 0)
+            if rule.matched:
+                ws.fractions[rule.key] = {lb: {n: [] for n in sizes} for lb in labels}
+        for design, per in designs.items():
+            runs = [r for r in ok if per.get(r["n"]) == r["max_steps"]]
+            end, matched = (next(r for r in ws.rules if r.design == design and r.matched is m)
+                            for m in (False, True))  # fmt: skip
+            target, top, ws.excluded[design] = matched_target(runs, ws.plateau)
+            ws.targets[design] = target
+            ws.target_froms[design] = "" if top is None else (
+                f"{describe_optimizer(top['optimizer'])} at N = {top['n']}, seed {top['seed']}")
+            left = {(lb, n) for lb, n, _ in ws.excluded[design]}
+            ws.unreached[design] = dict.fromkeys(labels, 0)
+            if design == "steps":
+                ws.matched_steps = {lb: [] for lb in labels}
+            for r in runs:
+                lb, n, s = r["optimizer"], r["n"], r["seed"]
+                ws.gaps[end.key][lb][n][s] = r["final_gap"]
+                if r["final_eval_loss"] is not None:
+                    ws.held[end.key][lb][n][s] = r["final_eval_loss"]
+                if (lb, n) in left:
+                    continue
+                point = matched_eval(r, target) if target is not None else None
+                if point is None:
+                    ws.unreached[design][lb] += 1
+                    continue
+                ws.gaps[matched.key][lb][n][s] = point[2] - point[1]
+                ws.held[matched.key][lb][n][s] = point[2]
+                ws.fractions[matched.key][lb][n].append(point[0] / r["max_steps"])
+                if design == "steps":
+                    ws.matched_steps[lb].append(point[0])
+        for rule in ws.rules:
+            key = rule.key
+            ws.slopes[key], ws.slope_seeds[key] = {}, {}
             for label in labels:
                 per_seed = {}
                 for s in seeds:
-                    pts = {n: ws.gaps[rule][label][n].get(s) for n in sizes}
-                    ws.nonpositive[rule][label] += sum(1 for g in pts.values()
-                                                       if g is not None and g <= 0)  # fmt: skip
+                    pts = {n: ws.gaps[key][label][n].get(s) for n in sizes}
+                    ws.nonpositive[key][label] += sum(1 for g in pts.values()
+                                                      if g is not None and g <= 0)  # fmt: skip
                     slope = seed_slope(pts)
                     if slope is not None:
                         per_seed[s] = slope
-                ws.slope_seeds[rule][label] = per_seed
-                ws.slopes[rule][label] = Estimate(list(per_seed.values()))
+                ws.slope_seeds[key][label] = per_seed
+                ws.slopes[key][label] = Estimate(list(per_seed.values()))
             comps = []
             names = {lb: parse_optimizer(lb).name for lb in labels}
             for a in [lb for lb in labels if names[lb] == "clion"]:
@@ -274,12 +388,14 @@ def analyze(rows: list[dict], meta: dict) -> list[WorkloadStudy]:
                     b = next((lb for lb in labels if names[lb] == name), None)
                     if b is None:
                         continue
-                    sa, sb = ws.slope_seeds[rule][a], ws.slope_seeds[rule][b]
+                    sa, sb = ws.slope_seeds[key][a], ws.slope_seeds[key][b]
                     common = sorted(set(sa) & set(sb))
                     comps.append(Comparison(a, b, [sa[s] - sb[s] for s in common]))
-            ws.comparisons[rule] = compare_family(comps)
-        for label in labels:
-            runs = [r for r in ok if r["optimizer"] == label and r["tau_min"] is not None]
+            ws.comparisons[key] = compare_family(comps)
+        fixed = designs["steps"]
+        for label in labels:  # τ over the fixed-steps runs (T the same for all)
+            runs = [r for r in ok if r["optimizer"] == label and r["tau_min"] is not None
+                    and fixed.get(r["n"]) == r["max_steps"]]  # fmt: skip
             if runs:
                 lows = [r["tau_min"] for r in runs]
                 meds = [r["tau_median"] for r in runs]
@@ -371,10 +487,97 @@ def _diff(c: Comparison) -> str:
     return f"{c.mean:+.3f} [{c.lo:+.3f}, {c.hi:+.3f}] ({verdict})"
 
 
+def _epochs(ws: WorkloadStudy, n: int, steps: int) -> float | None:
+    """Passes over the N examples a run of ``steps`` steps makes (None: batch unknown)."""
+    return steps / -(-n // ws.batch) if ws.batch else None
+
+
+def _gap_held(ws: WorkloadStudy, key: str, lb: str, n: int) -> str:
+    """``gap m [lo, hi], held-out h``: a size's gap with the held-out loss beside it."""
+    gap = Estimate(list(ws.gaps[key][lb][n].values()))
+    held = Estimate(list(ws.held[key][lb][n].values()))
+    return f"gap {gap.text('{:.3f}')}, held-out {held.text('{:.3f}').split(' ')[0]}"
+
+
+def _fraction_span(ws: WorkloadStudy, key: str, lb: str) -> str | None:
+    """Median fraction of the run at which an optimizer's runs reached the target, smallest
+    and largest over its sizes (None: none reached it)."""
+    meds = [statistics.median(v) for v in ws.fractions[key][lb].values() if v]
+    if not meds:
+        return None
+    return f"{min(meds):.2f}" if min(meds) == max(meds) else f"{min(meds):.2f}…{max(meds):.2f}"
+
+
+def _matching_text(ws: WorkloadStudy, design: str) -> str:
+    """The matched target of a design: its value and source, the arms left out and why."""
+    target = ws.targets[design]
+    if ws.plateau is None:
+        left = "no plateau level declared: every arm is matched"
+    else:
+        p = ws.plateau
+        arms = ", ".join(f"{describe_optimizer(lb)} N={n} ({m:.3f})"
+                         for lb, n, m in ws.excluded[design])  # fmt: skip
+        left = (f"arms left out of matching (mean final training loss not "
+                f"{100 * p['margin']:.0f}% below the {p['kind']} level {p['level']:.4g}: they "
+                f"do not train): {arms or 'none'}")  # fmt: skip
+    if target is None:
+        return f"no arm trains: nothing is matched; {left}"
+    return (f"matched training loss {_g(target, 4)}, the highest final one among the arms "
+            f"that train ({ws.target_froms[design]}); {left}")
+
+
+def _design_findings(ws: WorkloadStudy) -> list[str]:
+    lines = []
+    for design, per in ws.designs.items():
+        steps = ", ".join(f"{n}: {per[n]}" for n in ws.sizes)
+        epochs = ""
+        if ws.batch:
+            epochs = " (epochs " + ", ".join(f"{_epochs(ws, n, per[n]):.3g}"
+                                             for n in ws.sizes) + ")"  # fmt: skip
+        matched = next(r for r in ws.rules if r.design == design and r.matched)
+        reached = "; ".join(f"{describe_optimizer(lb)} {span}" for lb in ws.labels
+                            if (span := _fraction_span(ws, matched.key, lb)))  # fmt: skip
+        lines.append(
+            f"- **{ws.name}**, {DESIGN_TEXT[design]}: steps per N {steps}{epochs}; "
+            f"{_matching_text(ws, design)}. Fraction of its run at which an arm reached the "
+            f"matched loss (median over seeds, smallest…largest over N): {reached or 'none'}."
+        )  # fmt: skip
+        for rule in (r for r in ws.rules if r.design == design):
+            key = rule.key
+            parts = []
+            for lb in ws.labels:
+                filled = [n for n in ws.sizes if ws.gaps[key][lb][n]]
+                ends = (f" (N={filled[0]}: {_gap_held(ws, key, lb, filled[0])}; N={filled[-1]}: "
+                        f"{_gap_held(ws, key, lb, filled[-1])})" if filled else "")  # fmt: skip
+                parts.append(f"{describe_optimizer(lb)} {ws.slopes[key][lb].text()}{ends}")
+            extra = ""
+            if rule.matched:
+                missed = {lb: k for lb, k in ws.unreached[design].items() if k}
+                if missed:
+                    extra = " Runs of arms that train but never reached it: " + ", ".join(
+                        f"{describe_optimizer(lb)} {k}" for lb, k in missed.items()) + "."
+            bad = {lb: k for lb, k in ws.nonpositive[key].items() if k}
+            if bad:
+                extra += (" Gaps ≤ 0 (left out of the fit): "
+                          + ", ".join(f"{describe_optimizer(lb)} {k}" for lb, k in bad.items())
+                          + ".")  # fmt: skip
+            comps = "; ".join(comparison_text(c) for c in ws.comparisons[key])
+            lines.append(
+                f"- **{ws.name}**, {rule.text}, N = {ws.sizes[0]}…{ws.sizes[-1]}, {ws.seeds} "
+                f"seeds: slope of log(gap) against log(N) over seeds [95% t interval] (the "
+                f"paper's bounds: −1), with the gap and held-out loss at the smallest and "
+                f"largest N: {'; '.join(parts)}. Slope differences (paired by seed, "
+                f"Holm-corrected): {comps or 'none'}.{extra}"
+            )  # fmt: skip
+    return lines
+
+
 def findings(studies: list[WorkloadStudy]) -> list[str]:
     lines = []
     for ws in studies:
-        for rule in RULES:
+        if not ws.legacy:
+            lines += _design_findings(ws)
+        for rule in (RULES if ws.legacy else ()):
             slopes = "; ".join(f"{describe_optimizer(lb)} {ws.slopes[rule][lb].text()}"
                                for lb in ws.labels)  # fmt: skip
             where = (f"{ws.max_steps} steps" if rule == "fixed" else
@@ -382,7 +585,7 @@ def findings(studies: list[WorkloadStudy]) -> list[str]:
                      f"({ws.target_from})")  # fmt: skip
             extra = ""
             if rule == "matched":
-                missed = {lb: k for lb, k in ws.unreached.items() if k}
+                missed = {lb: k for lb, k in ws.unreached["steps"].items() if k}
                 if missed:
                     extra = " Runs that never reached it: " + ", ".join(
                         f"{describe_optimizer(lb)} {k}" for lb, k in missed.items()) + "."
@@ -438,6 +641,37 @@ def findings(studies: list[WorkloadStudy]) -> list[str]:
 # ------------------------------------------------------------------------------ markdown
 
 
+def _design_markdown(ws: WorkloadStudy, plots: dict[str, str]) -> list[str]:
+    lines = []
+    for design, per in ws.designs.items():
+        lines += [f"### {DESIGN_TEXT[design].capitalize()}", ""]
+        header = ["", *(f"N={n}" for n in ws.sizes)]
+        rows = [["steps", *(str(per[n]) for n in ws.sizes)]]
+        if ws.batch:
+            rows.append(["epochs", *(f"{_epochs(ws, n, per[n]):.3g}" for n in ws.sizes)])
+        lines += [*table(header, rows), "", _matching_text(ws, design) + ".", ""]
+        for rule in (r for r in ws.rules if r.design == design):
+            key = rule.key
+            lines += [f"#### Gap, {rule.text}", "",
+                      "Held-out loss − training-subset loss, mean over seeds [95% t interval], "
+                      "and the mean held-out loss:", ""]  # fmt: skip
+            rows = [[describe_optimizer(lb), *(_gap_held(ws, key, lb, n) if ws.gaps[key][lb][n]
+                                               else "–" for n in ws.sizes),
+                     ws.slopes[key][lb].text()] for lb in ws.labels]  # fmt: skip
+            lines += table(["optimizer", *(f"N={n}" for n in ws.sizes), "slope"], rows)
+            if rule.matched:
+                lines += ["", "Fraction of its run at which each arm reached the matched loss "
+                          "(median over seeds; – : left out or not reached):", ""]
+                lines += table(["optimizer", *(f"N={n}" for n in ws.sizes)],
+                               [[describe_optimizer(lb),
+                                 *(f"{statistics.median(v):.2f}" if (v := ws.fractions[key][lb][n])
+                                   else "–" for n in ws.sizes)] for lb in ws.labels])  # fmt: skip
+            lines.append("")
+            if f"gap-{key}" in plots:
+                lines += [f"![gap, {rule.text}]({plots[f'gap-{key}']})", ""]
+    return lines
+
+
 def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> list[str]:
     lines = [f"## {ws.name} ({ws.max_steps} steps)", ""]
     st = meta["settings"][ws.name]
@@ -450,7 +684,9 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
                      for r in sorted(meta["rows"][ws.name], key=lambda r: optimizer_order(
                          r["label"]))])  # fmt: skip
     lines.append("")
-    for rule in RULES:
+    if not ws.legacy:
+        lines += _design_markdown(ws, plots)
+    for rule in (RULES if ws.legacy else ()):
         title = RULE_TEXT[rule]
         if rule == "matched":
             title += f" (target {_g(ws.target, 4)}, from {ws.target_from})"
@@ -506,6 +742,33 @@ def workload_markdown(ws: WorkloadStudy, meta: dict, plots: dict[str, str]) -> l
     return lines
 
 
+_LEGACY_CAVEAT = (
+    "Tiny models and short runs on a CPU: read the numbers as what this protocol "
+    "measures at this scale, not as a verdict at scale. With 3 seeds (2 in the ν sweep) "
+    "the t intervals are wide and the tests weak; a \"detected\" at 2 or 3 seeds rests "
+    "on the t-test's normality assumption, which so few seeds cannot check.",
+)
+
+
+def _design_intro(meta: dict) -> tuple[str, ...]:
+    return (
+        "Two designs from the same study, reported separately: fixed steps (every N trains "
+        "the same number of steps) and fixed epochs (every N makes the same number of passes "
+        "E over its examples, E being the fixed-steps run's at the largest N, which both "
+        "designs share; sizes whose E epochs are fewer steps than the floor train the floor, "
+        "so more epochs: the tables show each size's steps and epochs). In each design the "
+        "gap is read at the end of the run and at a matched training loss: the highest final "
+        "training loss among the arms (optimizer and N) that train, where an arm trains when "
+        "its mean final training loss is clearly below the plateau level (the unigram "
+        "model's loss for a language model, chance ln(classes) for a classifier); the arms "
+        "that do not are left out of matching and named. Every gap is printed with the "
+        "held-out loss of the same evaluation.", "",
+        f"Tiny models on a CPU: read the numbers as what this protocol measures at this "
+        f"scale, not as a verdict at scale. {len(meta['seeds'])} seeds per optimizer, size "
+        "and design.",
+    )  # fmt: skip
+
+
 def report_markdown(studies: list[WorkloadStudy], meta: dict, plots: dict[str, dict[str, str]],
                     problems: list[str], timing: list[str]) -> str:  # fmt: skip
     cmd = ["clion-bench", "study", "gen-gap", "--preset", meta["preset"]]
@@ -524,10 +787,7 @@ def report_markdown(studies: list[WorkloadStudy], meta: dict, plots: dict[str, d
         "`--stop_at_train_loss`). Intervals: 95% t intervals over seeds; slope "
         "differences are paired by seed (paired t-test) and Holm-corrected within a "
         "workload and rule.", "",
-        "Tiny models and short runs on a CPU: read the numbers as what this protocol "
-        "measures at this scale, not as a verdict at scale. With 3 seeds (2 in the ν sweep) "
-        "the t intervals are wide and the tests weak; a \"detected\" at 2 or 3 seeds rests "
-        "on the t-test's normality assumption, which so few seeds cannot check.", "",
+        *(_LEGACY_CAVEAT if "designs" not in meta else _design_intro(meta)), "",
         "## Findings", "", FINDINGS_BEGIN, *findings(studies), FINDINGS_END, "",
     ]  # fmt: skip
     for ws in studies:
@@ -562,31 +822,38 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
             plots[w][key] = path
 
     for ws in studies:
-        for rule in RULES:
+        for rule in ws.rules:
             def gap_plot(ws=ws, rule=rule):
-                fig, ax = plt.subplots(figsize=(6, 4.2))
+                fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
                 for lb in ws.labels:
-                    xs, ys, lo, hi = [], [], [], []
-                    for n in ws.sizes:
-                        e = Estimate(list(ws.gaps[rule][lb][n].values()))
-                        if e.mean is not None and e.mean > 0:
-                            xs.append(n)
-                            ys.append(e.mean)
-                            lo.append(e.mean - (e.lo if e.lo is not None and e.lo > 0 else e.mean))
-                            hi.append((e.hi if e.hi is not None else e.mean) - e.mean)
-                    if xs:
-                        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3,
-                                    color=colour(lb), label=f"{describe_optimizer(lb)} "
-                                          f"(slope {ws.slopes[rule][lb].text()})")  # fmt: skip
-                ax.set_xscale("log", base=2)
-                ax.set_yscale("log")
-                label_axes(ax, f"{ws.name}: {RULE_TEXT[rule]}\n(mean over seeds, bars: 95% "
-                           "t interval)", "N (training examples)",
-                           "held-out − training loss (nats, eval mode)", title_size=10)
-                _legend(ax)
+                    for ax, data in zip(axes, (ws.gaps, ws.held), strict=True):
+                        xs, ys, lo, hi = [], [], [], []
+                        for n in ws.sizes:
+                            e = Estimate(list(data[rule.key][lb][n].values()))
+                            if e.mean is not None and e.mean > 0:
+                                xs.append(n)
+                                ys.append(e.mean)
+                                lo.append(e.mean - (e.lo if e.lo is not None and e.lo > 0
+                                                    else e.mean))  # fmt: skip
+                                hi.append((e.hi if e.hi is not None else e.mean) - e.mean)
+                        if xs:
+                            label = describe_optimizer(lb)
+                            if data is ws.gaps:
+                                label += f" (slope {ws.slopes[rule.key][lb].text()})"
+                            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3,
+                                        color=colour(lb), label=label)  # fmt: skip
+                for ax, what in zip(axes, ("held-out − training loss", "held-out loss"),
+                                    strict=True):  # fmt: skip
+                    ax.set_xscale("log", base=2)
+                    ax.set_yscale("log")
+                    label_axes(ax, f"{ws.name}: {rule.text}\n(mean over seeds, bars: 95% "
+                               "t interval)", "N (training examples)",
+                               f"{what} (nats, eval mode)", title_size=10)  # fmt: skip
+                    _legend(ax)
+                fig.tight_layout()
                 return fig
 
-            attempt(ws.name, f"gap-{rule}", f"gap-{rule}-{ws.name}.png", gap_plot)
+            attempt(ws.name, f"gap-{rule.key}", f"gap-{rule.key}-{ws.name}.png", gap_plot)
 
         def tau_plot(ws=ws):
             mine = [r for r in results if r["workload"] == ws.name and r["status"] == "ok"
@@ -682,6 +949,22 @@ def _study_row(r: Any) -> bool:
 _SETTINGS = ("max_steps", "eval_every", "log_every", "nu_size")
 
 
+def _designs_ok(v: Any) -> bool:
+    """Design -> N (a string of digits) -> steps (an int), with the fixed-steps design."""
+    return isinstance(v, dict) and "steps" in v and all(
+        d in DESIGN_TEXT and isinstance(per, dict) and per and all(
+            isinstance(n, str) and n.isdigit() and isinstance(k, int) and k > 0
+            for n, k in per.items()) for d, per in v.items())  # fmt: skip
+
+
+def _plateau_ok(v: Any) -> bool:
+    """None (no plateau) or ``{"kind", "level", "margin"}``."""
+    if v is None:
+        return True
+    return (isinstance(v, dict) and isinstance(v.get("kind"), str)
+            and number(v.get("level")) is not None and number(v.get("margin")) is not None)
+
+
 def study_meta_problem(meta: Any) -> str | None:
     """Why a directory's ``bench.json`` cannot drive a gen-gap report (one line), or None:
     every field the report reads, with the type it relies on."""
@@ -704,6 +987,11 @@ def study_meta_problem(meta: Any) -> str | None:
     bad = next((k for k, ok in checks.items() if not ok), None)
     if bad is not None:
         return f"has a bad field {bad!r}: {json.dumps(meta.get(bad))[:60]}"
+    for w in names:  # the fields a study writes from cpu-v2 on (absent in older ones)
+        if "designs" in meta and not _designs_ok((meta.get("designs") or {}).get(w)):
+            return f"has a bad field 'designs' for {w}"
+        if "plateau" in meta and not _plateau_ok((meta.get("plateau") or {}).get(w, 0)):
+            return f"has a bad field 'plateau' for {w}"
     for key, check in (("sizes", _ints), ("rows", lambda v: isinstance(v, list) and all(
             _study_row(r) for r in v)), ("settings", lambda v: isinstance(v, dict) and all(
             isinstance(v.get(k), int) for k in _SETTINGS))):  # fmt: skip
