@@ -207,6 +207,20 @@ def test_plateau_levels_of_a_known_text():
     assert chance_levels([0, 1, 1, 2]) == {"chance": pytest.approx(1 / 3), "majority": 0.5}
 
 
+@pytest.mark.slow
+def test_plateau_levels_of_the_offline_data(monkeypatch, tmp_path):
+    """The levels the report draws, from the embedded data (a tokenizer is trained: slow).
+    A broken import here once left them out of every ladder report, silently."""
+    from clion_hf.bench.ladder import plateau_levels
+
+    monkeypatch.setenv("CLION_HF_CACHE", str(tmp_path))
+    gpt2 = plateau_levels("gpt2-pretrain")
+    assert gpt2 == {"unigram": pytest.approx(5.3165, abs=1e-3),
+                    "bigram": pytest.approx(3.7196, abs=1e-3)}  # fmt: skip
+    vit = plateau_levels("vit-pretrain")
+    assert set(vit) == {"chance", "majority"} and 0.19 < vit["chance"] <= vit["majority"] < 0.3
+
+
 def test_ladder_points_are_ratios_to_adamw_per_width():
     from clion_hf.bench.report import analyze, summarize
 

@@ -92,7 +92,8 @@ def plateau_levels(base: str, block_size: int = 64) -> dict[str, float]:
     (accuracy) for vit-pretrain; ``{}`` for a workload without levels defined here (BERT's
     masked-token loss has no bigram counterpart). ``block_size``: the recipe's (64)."""
     if base == "gpt2-pretrain":
-        from clion_hf.workloads.data import offline_text_dataset, train_tokenizer
+        from clion_hf.workloads.offline import offline_text_dataset
+        from clion_hf.workloads.tokenizer import train_tokenizer
 
         raw = offline_text_dataset("pretrain")
         tokenizer = train_tokenizer("gpt2", raw["train"]["text"])
@@ -102,7 +103,7 @@ def plateau_levels(base: str, block_size: int = 64) -> dict[str, float]:
         return {"unigram": unigram_nats(train, held, vocab),
                 "bigram": bigram_nats(train, held, vocab)}  # fmt: skip
     if base == "vit-pretrain":
-        from clion_hf.workloads.data import offline_image_dataset
+        from clion_hf.workloads.offline import offline_image_dataset
 
         return chance_levels(offline_image_dataset("pretrain")["validation"]["label"])
     return {}
@@ -186,7 +187,7 @@ def ladder_levels(an: Any) -> dict[str, dict[str, float]]:
     for base in bases:
         try:
             levels = plateau_levels(base)
-        except Exception:  # the data could not be built here: the section says nothing
+        except (OSError, ValueError):  # the data cannot be built here (missing, unreadable)
             continue
         if levels:
             out[base] = levels
