@@ -103,7 +103,7 @@ def _add_gen_gap_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=bounded_int(MAX_SEEDS),
                    help="seeds per size (default: the preset's)")
     p.add_argument("--sizes", type=bounded_int(MAX_SIZES),
-                   help="number of nested sizes N_max/2^k (default: the preset's, 5)")
+                   help="number of nested sizes N_max/2^k (default: the preset's: 5, cpu-v2 8)")
     p.add_argument("--no_nu_sweep", action="store_true", help="skip the ν sweep")
     _add_experiment_arguments(p, "gen-gap-out")
 
