@@ -15,18 +15,15 @@ from _paths import REPO
 
 from clion_hf._files import read_json
 from clion_hf.bench.cli import main
+from clion_hf.bench.neighbours import NU_BELOW_TAU, Arm, draw_pair, sample_order
 from clion_hf.bench.specs import SpecError
 from clion_hf.bench.stability import (
-    NU_BELOW_TAU,
     PAIR_SEED_BASE,
-    Arm,
     StabilityPreset,
     StabilityStudy,
     StabRun,
-    _order,
     build_stability,
     digits_split,
-    draw_pair,
     execute_run,
     log_steps,
     make_runner,
@@ -89,7 +86,7 @@ def test_lockstep_drift_is_zero_until_the_replaced_example_is_drawn():
     batch, and differ from that step on (SGD: any difference in the gradient moves θ)."""
     arm = Arm("sgd", "sgd", (("momentum", 0.9),))
     run = _pair(arm, 0.1)
-    order = _order(run.seed, run.n, run.steps, run.batch)
+    order = sample_order(run.seed, run.n, run.steps, run.batch)
     pos = draw_pair(run.seed, run.n, len(digits_split(500, 300)["pool"][1])).pos
     first = 1 + next(t for t in range(run.steps) if pos in order[t])
     res = execute_run(run, arm)
@@ -304,7 +301,7 @@ def _late_seed(workload: str) -> tuple[int, int]:
     pool = len(model_data(parse_workload(workload)[0], 8, 8)["pool"][1])
     for seed in range(PAIR_SEED_BASE, PAIR_SEED_BASE + 50):
         pos = draw_pair(seed, 16, pool).pos
-        order = _order(seed, 16, 8, 4)
+        order = sample_order(seed, 16, 8, 4)
         first = 1 + next(t for t in range(8) if pos in order[t])
         if 3 <= first <= 6:
             return seed, first

@@ -16,8 +16,8 @@ The pool of training examples is the recipe's train split; the held-out loss is 
 recipe's test split and the lr sweep's on its validation split (at most ``test_size`` /
 ``val_size`` rows, drawn by the recipes' fixed :func:`~clion_hf.workloads.data.sample`).
 
-The pair is built as in the convex regime (:func:`~clion_hf.bench.stability.draw_pair`,
-:func:`~clion_hf.bench.stability._order`): S and S' differ at one position, the second
+The pair is built as in the convex regime (:func:`~clion_hf.bench.neighbours.draw_pair`,
+:func:`~clion_hf.bench.neighbours.sample_order`): S and S' differ at one position, the second
 model is a deep copy of the first after its seeded initialization (the config's
 ``initializer_range`` is the preset's ``init_std``), and both take the same positions at
 every step, stepped in lockstep in one process.
@@ -38,6 +38,16 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
+from .neighbours import (
+    SCHEMA,
+    STUDY,
+    branch_taken,
+    draw_pair,
+    finite,
+    make_optimizer,
+    sample_order,
+    update_direction,
+)
 from .specs import SpecError
 
 BLOCK_SIZE = 64  # gpt2-pretrain's offline block size
@@ -172,8 +182,6 @@ def pair_indices(run, pool_size: int, replacement: int | None = None):  # noqa: 
 
     ``replacement`` overrides the drawn stand-in (a test passes S's own example at the
     replaced position: S' = S)."""
-    from .stability import draw_pair
-
     draw = draw_pair(run.seed, run.n, pool_size)
     if run.stage == "tune":
         return draw, [draw.indices]
@@ -193,7 +201,6 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
     convex regime's records (:func:`~clion_hf.bench.stability.execute_run`) for a model."""
     import torch
 
-    from .stability import SCHEMA, STUDY, _branch, _direction, _finite, _order, make_optimizer
 
     family, width = parse_workload(run.workload)
     torch.set_num_threads(1)  # as the convex regime: one run at a time, one thread each
@@ -206,7 +213,7 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
     models = [first] + [copy.deepcopy(first) for _ in sets[1:]]
     params = [[p for p in m.parameters() if p.requires_grad] for m in models]
     opts = [make_optimizer(arm, ps, run.lr) for ps in params]
-    order = _order(run.seed, run.n, run.steps, run.batch)
+    order = sample_order(run.seed, run.n, run.steps, run.batch)
     log_at = set(run.log_at)
     pair = len(sets) == 2
     sign_lion_like = arm.name in ("lion", "clion")
@@ -224,7 +231,7 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
             if pair:
                 before.append(_flat(ps).clone())
                 if sign_lion_like:
-                    branches.append(_branch(_direction(opt, ps), arm))
+                    branches.append(branch_taken(update_direction(opt, ps), arm))
             opt.step()
         if pair:
             d0, d1 = _flat(params[0]) - before[0], _flat(params[1]) - before[1]
@@ -263,7 +270,7 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
         if "sign_fraction" in stats:
             entry["sign_fraction"] = stats["sign_fraction"]
         history.append(entry)
-        if not _finite(*(v for k, v in entry.items()
+        if not finite(*(v for k, v in entry.items()
                          if k.endswith("loss") or k == "drift")):  # fmt: skip
             status, reason = "diverged", f"non-finite loss or drift at step {t}"
             break

@@ -56,57 +56,26 @@ from typing import Any
 
 import numpy as np
 
+from .neighbours import (
+    NU_BELOW_TAU,
+    SCHEMA,
+    STUDY,
+    Arm,
+    branch_taken,
+    draw_pair,
+    finite,
+    make_optimizer,
+    sample_order,
+    update_direction,
+)
 from .specs import SpecError
 
-SCHEMA = 1
-STUDY = "stability"
 WORKLOAD = "digits-softmax"
 TUNE_SEED = 0
 PAIR_SEED_BASE = 1000  # pair k draws S, i*, the replacement, init and order from 1000 + k
-NU_BELOW_TAU = 1e-45  # rounds to fp32's smallest subnormal: every non-zero abs(c) is >= it
 
 
 # ------------------------------------------------------------------------------ arms
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One optimizer row: how it is built and where its learning rate comes from."""
-
-    label: str
-    name: str  # adamw | sgd | lion | clion
-    options: tuple[tuple[str, Any], ...] = ()
-    grid: tuple[float, ...] = ()  # its own lr sweep (absolute values)
-    scale_of: str | None = None  # or: this arm's lr grid = chosen lr of that arm x scales
-    scales: tuple[float, ...] = ()
-    lr_of: str | None = None  # or: run at the chosen lr of that arm (no sweep of its own)
-    n_design: bool = True  # also the N design (else the T design only)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return dict(self.options).get(key, default)
-
-    @property
-    def tuned(self) -> bool:
-        return self.lr_of is None
-
-
-def make_optimizer(arm: Arm, params: list, lr: float):  # noqa: ANN201
-    """The optimizer of ``arm`` (torch's AdamW and SGD; this package's Lion and CLion)."""
-    import torch
-
-    from clion_hf.optim import CLion, Lion
-
-    opts = dict(arm.options)
-    if arm.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    if arm.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=opts.get("momentum", 0.9))
-    if arm.name == "lion":
-        return Lion(params, lr=lr, track_stats=True)
-    if arm.name == "clion":
-        return CLion(params, lr=lr, mode=opts.get("mode", "global"), nu=opts.get("nu", 1e-4),
-                     track_stats=True)  # fmt: skip
-    raise SpecError(f"unknown optimizer {arm.name!r}; allowed: adamw, sgd, lion, clion")
 
 
 def _element(nu: float) -> Arm:
@@ -283,25 +252,6 @@ def digits_split(test_size: int, val_size: int) -> dict[str, Any]:
     return _DATA[key]
 
 
-@dataclass(frozen=True)
-class PairDraw:
-    """What pair ``seed`` draws: S's pool indices, the replaced position and its stand-in."""
-
-    indices: np.ndarray  # S (pool indices), S' is S with indices[pos] -> replacement
-    pos: int
-    replacement: int
-
-
-def draw_pair(seed: int, n: int, pool_size: int) -> PairDraw:
-    if n >= pool_size:
-        raise SpecError(f"N = {n} must be below the training pool's {pool_size} examples "
-                        "(one must stay outside S to replace)")  # fmt: skip
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(pool_size)
-    pos = int(rng.integers(n))
-    return PairDraw(perm[:n], pos, int(perm[n + int(rng.integers(pool_size - n))]))
-
-
 # ------------------------------------------------------------------------------ runs
 
 
@@ -354,45 +304,6 @@ def _init(seed: int, std: float):  # noqa: ANN202
     return w, torch.zeros(10)
 
 
-def _order(seed: int, n: int, steps: int, batch: int) -> np.ndarray:
-    """Positions 0..n-1 taken ``batch`` at a time, epoch after epoch (a permutation each)."""
-    rng = np.random.default_rng(seed + 7919)
-    need = steps * batch
-    epochs = [rng.permutation(n) for _ in range(-(-need // n))]
-    return np.concatenate(epochs)[:need].reshape(steps, batch)
-
-
-def _direction(opt, params):  # noqa: ANN001, ANN202
-    """Lion/CLion's c = beta1 * m + (1 - beta1) * g of every coordinate, concatenated."""
-    import torch
-
-    beta1 = opt.param_groups[0]["betas"][0]
-    parts = []
-    for p in params:
-        m = opt.state[p].get("exp_avg") if p in opt.state else None
-        g = p.grad.reshape(-1)
-        parts.append(g * (1 - beta1) if m is None else m.reshape(-1) * beta1 + g * (1 - beta1))
-    return torch.cat(parts)
-
-
-def _branch(c, arm: Arm):  # noqa: ANN001, ANN202
-    """CLion's branch of each coordinate (True: sign); None for other optimizers."""
-    import torch
-
-    if arm.name != "clion":
-        return None
-    nu = torch.tensor(arm.get("nu"), dtype=c.dtype)
-    if arm.get("mode") == "element":
-        return c.abs() >= nu
-    nz = c.abs()[c != 0]
-    take = bool(nz.numel() == 0 or nz.min() >= nu)
-    return torch.full_like(c, take, dtype=torch.bool)
-
-
-def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)
-
-
 def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
     """Train ``run`` (one model, or the pair in lockstep) and return its result dict."""
     if run.workload != WORKLOAD:  # the model regime (:mod:`.drift_models`)
@@ -417,7 +328,7 @@ def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
     w0, b0 = _init(run.seed, run.init_std)
     models = [[w0.clone().requires_grad_(), b0.clone().requires_grad_()] for _ in sets]
     opts = [make_optimizer(arm, m, run.lr) for m in models]
-    order = _order(run.seed, run.n, run.steps, run.batch)
+    order = sample_order(run.seed, run.n, run.steps, run.batch)
     log_at = set(run.log_at)
     sign_lion_like = arm.name in ("lion", "clion")
     history: list[dict[str, Any]] = []
@@ -434,7 +345,7 @@ def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
             if len(sets) == 2:
                 before.append(torch.cat([w.detach().reshape(-1), b.detach()]).clone())
                 if sign_lion_like:
-                    branches.append(_branch(_direction(opt, [w, b]), arm))
+                    branches.append(branch_taken(update_direction(opt, [w, b]), arm))
             opt.step()
         if len(sets) == 2:
             after = [torch.cat([w.detach().reshape(-1), b.detach()]) for w, b in models]
@@ -477,7 +388,7 @@ def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
         if "sign_fraction" in stats:
             entry["sign_fraction"] = stats["sign_fraction"]
         history.append(entry)
-        if not _finite(*(v for k, v in entry.items()
+        if not finite(*(v for k, v in entry.items()
                          if k.endswith("loss") or k == "drift")):  # fmt: skip
             status, reason = "diverged", f"non-finite loss or drift at step {t}"
             break
