@@ -543,7 +543,7 @@ def test_deepcopy_and_pickle_round_trips_keep_stepping(opt_cls, kw, how):
 def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
     # issue 9 defect 6: one cache entry per distinct set of parameters with a gradient
     # (mixture-of-experts routing, frozen layers toggled) grew without bound
-    from clion_hf.optim.clion import _SLOTS
+    from clion_hf.optim._stats import SLOTS
 
     ps = [torch.nn.Parameter(torch.randn(3)) for _ in range(12)]
     opt = CLion(ps, mode="element", nu=1e-3)
@@ -555,7 +555,7 @@ def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
         opt.step()
         stats = opt.last_step_stats(per_tensor=True)
         assert len(stats["tensors"]) == len(chosen)
-    assert len(opt._stat_slots) <= _SLOTS
+    assert len(opt._stats.slots) <= SLOTS
 
 
 def test_docstrings_do_not_point_outside_the_package():
@@ -614,7 +614,7 @@ def test_functional_entry_points_match_the_optimizers(impl):
             assert torch.equal(p, q) and torch.equal(m, opt.state[q]["exp_avg"])
         if out is not None:
             tensors = opt.last_step_stats(per_tensor=True)["tensors"]
-            assert out.min_abs.tolist() == [t["min_abs_c"] for t in tensors]
+            assert out.min_abs_c.tolist() == [t["min_abs_c"] for t in tensors]
             counts = (out.count / torch.tensor([p.numel() for p in ps])).tolist()
             assert counts == pytest.approx([t["sign_fraction"] for t in tensors])
     with pytest.raises(ValueError, match="mode='layer'"):
@@ -759,3 +759,88 @@ def test_element_mode_warns_when_it_is_effectively_momentum_sgd(signed, caplog):
         record.getMessage()
     ), record.getMessage()
     assert "momentum SGD at lr=0.001" in record.getMessage()
+
+
+# --------------------------------------------------------------------------- import graph
+
+
+def _import_graph(package_dir, package: str) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports (at the top or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(package_dir)
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        names[path] = (".".join([package, *parts]), is_pkg)
+    modules = {name for name, _ in names.values()}
+    graph: dict[str, set[str]] = {}
+    for path, (name, is_pkg) in names.items():
+        here = name if is_pkg else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                # "from pkg import name": the submodule pkg.name where there is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                           for a in node.names]  # fmt: skip
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (a list of modules, the first repeated last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_optimizer_modules_import_one_another_without_a_cycle(tmp_path):
+    """kernels import the math (_math), never functional; functional calls the kernels.
+
+    Imports inside functions count: a lazy import hides a cycle, it does not remove it.
+    Parent packages are not edges (every submodule import runs its package's __init__).
+    """
+    import clion_hf.optim
+
+    root = clion_hf.optim.__path__[0]
+    graph = _import_graph(root, "clion_hf.optim")
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert "clion_hf.optim.functional" not in set().union(
+        *(graph[m] for m in graph if m.startswith("clion_hf.optim.kernels")))
+    assert graph["clion_hf.optim._math"] <= {"clion_hf.optim.validate"}  # the leaf
+    # the checker finds a cycle, lazy import included
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
+    assert _cycle(_import_graph(pkg, "pkg")) == ["pkg.a", "pkg.b", "pkg.a"]

@@ -1,17 +1,14 @@
-"""The Lion / CLion update as functions over lists of tensors (``torch.optim.adamw`` style).
+"""The Lion / CLion update math over lists of tensors: the leaf that every path imports.
 
-Entry points: :func:`lion` and :func:`clion` take the parameters, gradients and momenta
-of one param group, the hyper-parameters and (CLion ``global``/``tensor``) the branch
-decision, and dispatch to one implementation chosen by :func:`choose_impl`, the one place
-that picks it:
+What is here: :class:`Hyper` (the hyper-parameters of one update, the record the fused
+kernels receive too), :class:`Stats` (what a CLion update reports per tensor), the dtype
+rules, CLion's pass 1 and decision, and the single-tensor and foreach implementations.
+It imports nothing of ``clion_hf.optim`` but :mod:`.validate`: :mod:`.functional` (the
+entry points and the choice of implementation) and :mod:`.kernels` (the fused paths,
+which fall back to the single-tensor math for the tensors they cannot take) both import
+it, and it imports neither.
 
-* ``"single"``: a Python loop over tensors (``_single_tensor_update``);
-* ``"foreach"``: ``torch._foreach_*`` kernels over the whole list (``_foreach_update``);
-* ``"fused"``: one multi-tensor kernel per device and dtype pair, registered as the torch
-  custom op ``clion_hf::fused_update_`` (:mod:`clion_hf.optim.kernels`).
-
-All three give the same bits on the same inputs (tested). For parameter ``p``, gradient
-``g`` and momentum ``m``::
+For parameter ``p``, gradient ``g`` and momentum ``m``::
 
     c = beta1 * m + (1 - beta1) * g           # update direction
     p = p * (1 - lr * wd) - lr * h(c)         # Lion: h = sign; CLion: h depends on mode
@@ -42,37 +39,39 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from .validate import LR_MAX, MODES, check_lr, check_mode, check_update_lists
-
-__all__ = ["MODES", "Hyper", "Stats", "choose_impl", "clion", "compute_dtype",
-           "direction_min_abs", "lion", "take_sign"]  # fmt: skip
-
 Impl = Literal["single", "foreach", "fused"]
+TensorList = list[Tensor]
 
 
 @dataclass(frozen=True)
 class Hyper:
     """The hyper-parameters of one update (one param group), shared by every implementation.
 
-    The fused kernels receive the same record (:class:`clion_hf.optim.kernels.cpu.CHyper`
-    mirrors it field for field in C++).
+    The fused kernels receive this record: the custom op carries its fields as arguments
+    of the same names, and the C++ kernel gets it as ``ClionHyper``
+    (:meth:`clion_hf.optim.kernels.cpu.CHyper.of`, the one conversion).
     """
 
     lr: float | Tensor
     beta1: float
     beta2: float
     weight_decay: float = 0.0
-    mode: str = "lion"  # "lion", or a CLion mode
-    nu: float = 1.0
+    mode: str | None = None  # a CLion mode; None: Lion (the sign everywhere)
+    nu: float = 1.0  # CLion's threshold (unused by Lion)
     maximize: bool = False
     caution: bool = False
+
+
+MODE_CODE: dict[str | None, int] = {None: 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
+"""The fused kernels' form of ``h`` for each :attr:`Hyper.mode` (the C++ ``Mode`` enum,
+Triton's ``MODE``): 0 sign (Lion), 1 the per-tensor decision ``take``, 2 element, 3 soft."""
 
 
 class Stats(NamedTuple):
     """Per-tensor statistics of a CLion update."""
 
     count: Tensor  # fp32: coordinates that took the sign branch
-    min_abs: Tensor  # smallest non-zero abs(c) (stat_dtype); inf if c == 0, NaN if unknown
+    min_abs_c: Tensor  # smallest non-zero abs(c) (stat_dtype); inf if c == 0, NaN if unknown
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,39 +117,10 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def _as_real(t: Tensor) -> Tensor:
+def as_real(t: Tensor) -> Tensor:
     # Complex tensors are updated as pairs of reals (sign of real and imaginary parts),
     # the convention of torch.optim and timm.
-    return torch.view_as_real(t) if t.is_complex() else t
-
-
-# --------------------------------------------------------------------------------------
-# The choice of implementation.
-# --------------------------------------------------------------------------------------
-
-
-def choose_impl(
-    params: list[Tensor], *, foreach: bool | None = None, fused: bool | None = None
-) -> Impl:
-    """The implementation for these tensors: the role of torch's ``_default_to_fused_or_foreach``.
-
-    Explicit choices win (``fused=True``, else ``foreach=True``/``False``). Automatic
-    (both None): the fused kernel on CPU where it builds (it gives the foreach path's bits
-    at a fraction of the time), foreach on accelerators, the single-tensor loop otherwise.
-    Under ``torch.compile`` the plain math is traced unless ``fused=True``: Inductor fuses
-    it with the rest of the step, which an opaque custom op would prevent.
-    """
-    from . import kernels
-
-    if fused:
-        return "fused"  # under torch.compile too: the custom op goes into the graph
-    if _compiling():
-        return "foreach" if foreach else "single"
-    if foreach is not None or fused is not None:
-        return "foreach" if foreach else "single"
-    if params and kernels.default_fused(params):
-        return "fused"
-    return "foreach" if params and all(p.device.type != "cpu" for p in params) else "single"
+    return torch.viewas_real(t) if t.is_complex() else t
 
 
 # --------------------------------------------------------------------------------------
@@ -158,44 +128,35 @@ def choose_impl(
 # --------------------------------------------------------------------------------------
 
 
-def direction_min_abs(
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    *,
-    beta1: float,
-    maximize: bool = False,
-    impl: Impl = "foreach",
-    stop_below: float | None = None,
-    stop: str | None = None,
-) -> Tensor:
+def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float,
+                      maximize: bool = False, foreach: bool = True) -> Tensor:  # fmt: skip
     """Per-tensor smallest non-zero ``abs(c)``, 1-d in :func:`stat_dtype` (inf where c == 0).
 
     ``maximize``: the momentum follows ``-g``, so ``c = beta1 * m - (1 - beta1) * g``.
-
     Exact in every compute dtype (fp64 holds every fp32/bf16/fp16 value). NaN where ``c``
-    has a NaN. ``stop``/``stop_below`` (fused CPU kernel only): stop reading a tensor
-    (``"tensor"``) or everything (``"all"``) at the first ``abs(c) < stop_below``; the
-    result is then a witness below it, not the minimum.
+    has a NaN. The single-tensor (``foreach=False``) and foreach loops.
     """
     if not grads:
         return torch.empty(0, dtype=torch.float64)
-    if impl == "fused":
-        from . import kernels
-
-        return kernels.direction_min_abs(grads, exp_avgs, beta1, maximize, stop, stop_below)
     device = grads[0].device
-    gs = [_as_real(g) for g in grads]
-    ms = [_as_real(m) for m in exp_avgs]
+    gs = [as_real(g) for g in grads]
+    ms = [as_real(m) for m in exp_avgs]
     dts = [compute_dtype(g.dtype) for g in gs]
     gs = [_upcast(g, dt) for g, dt in zip(gs, dts, strict=True)]
     gs = [-g for g in gs] if maximize else gs
     ms = [_upcast(m, dt) for m, dt in zip(ms, dts, strict=True)]
-    if impl == "foreach":
+    if foreach:
         cs = torch._foreach_lerp(ms, gs, 1.0 - beta1)
     else:
         cs = [_direction(m, g, beta1) for m, g in zip(ms, gs, strict=True)]
     out = stat_dtype(device)
     return torch.stack([_min_nonzero_of_abs(c.abs_()).to(out) for c in cs])
+
+
+def threshold(nu: float, dtypes: list[torch.dtype] | set[torch.dtype]) -> float:
+    """The smallest value that ``nu`` takes in the compute dtypes of ``dtypes``: an
+    ``abs(c)`` below it is below ``nu`` in every comparison of the decision."""
+    return min(rounded(nu, compute_dtype(d)) for d in dtypes)
 
 
 def take_sign(mins: Tensor, nu: float, dtypes: list[torch.dtype], mode: str) -> Tensor:
@@ -244,73 +205,6 @@ _BITS = {torch.float32: (torch.int32, 0x7FFFFFFF), torch.float64: (torch.int64, 
 
 
 # --------------------------------------------------------------------------------------
-# The entry points.
-# --------------------------------------------------------------------------------------
-
-
-TensorList = list[Tensor]
-
-
-def lion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: float | Tensor,
-         beta1: float, beta2: float, weight_decay: float = 0.0, maximize: bool = False,
-         caution: bool = False, impl: Impl | None = None) -> None:  # fmt: skip
-    """One Lion step in place (``caution``: the cautious mask of arXiv:2411.16085)."""
-    hyper = Hyper(_scalar_lr(lr), beta1, beta2, weight_decay, "lion", 1.0, maximize, caution)
-    _update(params, grads, exp_avgs, hyper, None, False, impl)
-
-
-def clion(params: TensorList, grads: TensorList, exp_avgs: TensorList, *, lr: float | Tensor,
-          beta1: float, beta2: float, weight_decay: float = 0.0, nu: float, mode: str,
-          maximize: bool = False, take: Tensor | None = None, min_abs: Tensor | None = None,
-          stats: bool = False, impl: Impl | None = None) -> Stats | None:  # fmt: skip
-    """One CLion step in place; with ``stats``, the per-tensor :class:`Stats`.
-
-    ``global``/``tensor`` modes: ``take`` (1-d bool, one decision per tensor) is the
-    caller's when the decision spans more than these tensors (several param groups,
-    sharded ranks); without it the decision is taken here over these tensors.
-    ``min_abs``: the exact pass-1 minima that went into ``take``, if the caller has them
-    (else, with ``stats``, the update pass computes them).
-    """
-    check_mode(mode)
-    hyper = Hyper(_scalar_lr(lr), beta1, beta2, weight_decay, mode, nu, maximize)
-    if mode in ("global", "tensor") and take is None and params:
-        impl = impl or choose_impl(params)
-        min_abs = direction_min_abs(grads, exp_avgs, beta1=beta1, maximize=maximize, impl=impl)
-        take = take_sign(min_abs, nu, [p.dtype for p in params], mode)
-    out = _update(params, grads, exp_avgs, hyper, take, stats, impl,
-                  want_min=min_abs is None)  # fmt: skip
-    if out is not None and min_abs is not None:
-        out = Stats(out.count, min_abs.to(out.min_abs))
-    return out
-
-
-def _scalar_lr(lr: float | Tensor) -> float | Tensor:
-    """A tensor ``lr`` of any 1-element shape as a 0-d view, as torch.optim's ``_to_scalar``:
-    the foreach ops take only 0-d scalar tensors, and a (1, 1) lr would broadcast a 1-d
-    update to 2-d (issue 21 item 10). The view follows in-place updates of ``lr``."""
-    return lr.view(()) if isinstance(lr, Tensor) and lr.dim() != 0 else lr
-
-
-def _update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
-            take: Tensor | None, stats: bool, impl: Impl | None,
-            want_min: bool = True) -> Stats | None:  # fmt: skip
-    if not params:
-        return None
-    check_update_lists(params, grads, exp_avgs)
-    if not isinstance(hyper.lr, Tensor) and hyper.lr > LR_MAX:
-        check_lr(hyper.lr)  # set after the group was checked (a scheduler): the same error
-    impl = impl or choose_impl(params)
-    if hyper.mode in ("global", "tensor") and take is None:
-        raise ValueError(f"mode={hyper.mode!r} needs the branch decision (take)")
-    if impl == "fused":
-        from . import kernels
-
-        return kernels.update(params, grads, exp_avgs, hyper, take, stats, want_min)
-    fn = _foreach_update if impl == "foreach" else _single_tensor_update
-    return fn(params, grads, exp_avgs, hyper, take, stats, want_min)
-
-
-# --------------------------------------------------------------------------------------
 # The single-tensor and foreach implementations.
 # --------------------------------------------------------------------------------------
 
@@ -333,12 +227,12 @@ def _prepare(
     Returns ``(p_c, g_c, m_c, p_store, m_store)``: the math runs on ``p_c``/``m_c``; where
     they are upcast copies, :func:`_write_back` stores them into ``p_store``/``m_store``.
     """
-    p_store = [_as_real(p) for p in params]
-    m_store = [_as_real(m) for m in exp_avgs]
+    p_store = [as_real(p) for p in params]
+    m_store = [as_real(m) for m in exp_avgs]
     p_c, g_c, m_c = [], [], []
     for p, g, m in zip(p_store, grads, m_store, strict=True):
         dt = compute_dtype(p.dtype)
-        g = _upcast(_as_real(g), dt)
+        g = _upcast(as_real(g), dt)
         p_c.append(_upcast(p, dt))
         g_c.append(-g if maximize else g)
         m_c.append(_upcast(m, dt))
@@ -390,11 +284,11 @@ def _h_and_stats(
             h = c.sign_() if bool(take) else c
         else:
             h = torch.where(take, c.sign(), c)
-    elif mode == "lion" and not stats:
+    elif mode is None and not stats:  # Lion
         h = c.sign_()
     else:
         a = c.abs()
-        if mode == "lion":
+        if mode is None:
             count = torch.full((), float(c.numel()), device=c.device)
         else:  # soft saturates exactly where abs(c) >= nu: there it equals sign(c)
             mask = a >= nu
@@ -402,7 +296,7 @@ def _h_and_stats(
                 count = torch.count_nonzero(mask).float()  # a bool .sum() is slow on CPU
         if stats:
             mn = _min_nonzero_of_abs(a).to(sd)  # overwrites a
-        if mode == "lion":
+        if mode is None:
             h = c.sign_()
         elif mode == "soft":
             h = c.div_(nu).clamp_(-1.0, 1.0)
@@ -437,7 +331,12 @@ def _stack_stats(out: list[tuple[Tensor, Tensor | None, Tensor | None]]) -> Stat
     return Stats(torch.stack([o[1] for o in out]), torch.stack([o[2] for o in out]))
 
 
-def _single_tensor_update(params, grads, exp_avgs, hyper, take, stats, want_min):  # noqa: ANN001
+def single_tensor_update(params: TensorList, grads: TensorList, exp_avgs: TensorList,
+                         hyper: Hyper, take: Tensor | None, stats: bool,
+                         want_min: bool = True) -> Stats | None:  # fmt: skip
+    """The update as a Python loop over tensors (also the fused paths' fallback for the
+    tensors they cannot take). ``take``: the global/tensor decision, one bool per tensor;
+    ``want_min``: with ``stats``, measure the min ``abs(c)`` (else NaN)."""
     lr, wd = hyper.lr, hyper.weight_decay
     p_c, g_c, m_c, p_store, m_store = _prepare(params, grads, exp_avgs, hyper.maximize)
     out = []
@@ -456,13 +355,16 @@ def _single_tensor_update(params, grads, exp_avgs, hyper, take, stats, want_min)
     return _stack_stats(out) if stats else None
 
 
-def _foreach_update(params, grads, exp_avgs, hyper, take, stats, want_min):  # noqa: ANN001
+def foreach_update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
+                   take: Tensor | None, stats: bool, want_min: bool = True) -> Stats | None:
+    """The update with ``torch._foreach_*`` kernels over the whole list (arguments as
+    :func:`single_tensor_update`'s)."""
     lr, wd = hyper.lr, hyper.weight_decay
     p_c, g_c, m_c, p_store, m_store = _prepare(params, grads, exp_avgs, hyper.maximize)
     cs = torch._foreach_lerp(m_c, g_c, 1.0 - hyper.beta1)
     bad = _nonfinite_masks(cs)
     # cs is a temporary: h(c) is computed in its buffers
-    if hyper.mode == "lion" and not stats:
+    if hyper.mode is None and not stats:  # Lion
         torch._foreach_sign_(cs)
         hs = [h if b is None else h.masked_fill_(b, math.nan) for h, b in zip(cs, bad, strict=True)]
         result = None
