@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 
+import _reference as reference
 import pytest
 import torch
 
@@ -16,56 +17,7 @@ SHAPES = [(7,), (5, 3), (2, 3, 4), (1,)]
 
 
 # --------------------------------------------------------------------------- reference
-# Written from ../shared/CLION.md and arXiv:2411.16085 Alg. 2 alone, in float64, one
-# parameter list at a time, sharing no code with clion_hf.
-
-
-def ref_h(c: torch.Tensor, mode: str, nu: float, global_min: float) -> torch.Tensor:
-    def smallest_nonzero(x: torch.Tensor) -> float:
-        nz = x.abs()[x != 0]
-        return nz.min().item() if nz.numel() else math.inf
-
-    if mode == "lion":
-        return c.sign()
-    if mode == "global":
-        return c.sign() if global_min >= nu else c
-    if mode == "tensor":
-        return c.sign() if smallest_nonzero(c) >= nu else c
-    if mode == "element":
-        return torch.where(c.abs() >= nu, c.sign(), c)
-    if mode == "soft":
-        return (c / nu).clamp(-1, 1)
-    raise AssertionError(mode)
-
-
-def ref_step(groups, states, grads, mode, nu, storage_dtypes, caution=False):
-    """One step on float64 copies; groups: list of (params, lr, (b1, b2), wd)."""
-    cs = {}
-    for params, _, (b1, _), _ in groups:
-        for p in params:
-            g = grads[id(p)]
-            if g is None:
-                continue
-            cs[id(p)] = b1 * states[id(p)] + (1 - b1) * g
-    nz = [c.abs()[c != 0] for c in cs.values()]
-    nz = [x for x in nz if x.numel()]
-    global_min = min(x.min().item() for x in nz) if nz else math.inf
-    for params, lr, (_, b2), wd in groups:
-        for p in params:
-            g = grads[id(p)]
-            if g is None:
-                continue
-            c = cs[id(p)]
-            h = ref_h(c, mode, nu, global_min)
-            if caution:
-                mask = (h * g > 0).double()
-                h = h * mask * (mask.numel() / (mask.sum() + 1))
-            p.copy_(p - lr * (h + wd * p))
-            states[id(p)].copy_(b2 * states[id(p)] + (1 - b2) * g)
-            # Mirror storage precision: parameters in their dtype, momentum in fp32/fp64.
-            p.copy_(p.to(storage_dtypes[id(p)][0]).double())
-            states[id(p)].copy_(states[id(p)].to(storage_dtypes[id(p)][1]).double())
-    return global_min
+# tests/_reference.py: float64, from the definitions alone, sharing no code with clion_hf.
 
 
 def make_problem(dtype, seed=0):
@@ -109,16 +61,21 @@ def run_ours(params, dtype, mode, nu, steps, foreach, opt_cls=CLion, **kw):
 
 def run_ref(params, dtype, mode, nu, steps, caution=False):
     ps = [p.double().clone() for p in params]
-    states = {id(p): torch.zeros_like(p) for p in ps}
+    ms = [torch.zeros_like(p) for p in ps]
     mdt = torch.float64 if dtype == torch.float64 else torch.float32
-    storage = {id(p): (dtype, mdt) for p in ps}
-    groups = [(ps[:2], 0.01, (0.9, 0.99), 0.1), (ps[2:], 0.02, (0.8, 0.95), 0.0)]
+
+    def store(i, p, m):  # parameters in their dtype, momentum in fp32/fp64
+        p.copy_(p.to(dtype).double())
+        m.copy_(m.to(mdt).double())
+
+    groups = [reference.Group([0, 1], 0.01, (0.9, 0.99), 0.1, mode, nu, caution),
+              reference.Group([2, 3], 0.02, (0.8, 0.95), 0.0, mode, nu, caution)]  # fmt: skip
     gen = torch.Generator().manual_seed(123)
     mins = []
     for step in range(steps):
         gs = grads_for_step([p.to(dtype) for p in ps], gen, step)
-        grads = {id(p): None if g is None else g.double() for p, g in zip(ps, gs, strict=True)}
-        mins.append(ref_step(groups, states, grads, mode, nu, storage, caution))
+        grads = [None if g is None else g.double() for g in gs]
+        mins.append(reference.step(ps, ms, grads, groups, store))
     return ps, mins
 
 

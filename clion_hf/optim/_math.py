@@ -120,7 +120,7 @@ def _compiling() -> bool:
 def as_real(t: Tensor) -> Tensor:
     # Complex tensors are updated as pairs of reals (sign of real and imaginary parts),
     # the convention of torch.optim and timm.
-    return torch.viewas_real(t) if t.is_complex() else t
+    return torch.view_as_real(t) if t.is_complex() else t
 
 
 # --------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._base import local
 from ._math import Stats, stat_dtype
 
 logger = logging.getLogger("clion_hf.optim.clion")  # the name users filter on
@@ -60,12 +61,14 @@ class StepStats:
         # device tensors, so that a step makes no host-to-device copy (a sync, which would
         # also break CUDA-graph capture). A few sets recur (frozen layers, routed experts):
         # the most recent SLOTS are kept.
-        self.slots: OrderedDict[tuple[int, ...], tuple[Tensor, Tensor, float]] = OrderedDict()
+        self.slots: OrderedDict[tuple[int, ...], tuple[Tensor, float]] = OrderedDict()
         f32 = dict(dtype=torch.float32, device=device)
         f64 = dict(dtype=stat_dtype(device), device=device)
         one = (1,)  # the minima's shape: not 0-d (see above)
         # last step, per parameter (in param-group order) and overall
-        self.sign_count, self.numel = torch.zeros(n, **f32), torch.ones(n, **f32)
+        self.sign_count = torch.zeros(n, **f32)
+        # (local shards' element counts under FSDP2: what the update sees)
+        self.numel = torch.tensor([float(local(p).numel()) for p in self.params], **f32)
         self.tensor_min_abs_c = torch.full((n,), inf, **f64)
         self.had_grad = torch.zeros(n, dtype=torch.bool, device=device)
         self.fraction, self.min = torch.zeros((), **f32), torch.full(one, inf, **f64)
@@ -77,16 +80,16 @@ class StepStats:
         self.warn_numel = torch.zeros((), **f32)
         self.warn_lo, self.warn_hi = torch.full(one, inf, **f64), torch.full(one, -inf, **f64)
 
-    def _slot(self, owners: list[Tensor], numels: list[int]) -> tuple[Tensor, Tensor, float]:
+    def _slot(self, owners: list[Tensor], numels: list[int]) -> tuple[Tensor | None, float]:
+        """The device index tensor of these parameters (None: all of them) and their size."""
         key = tuple(self.index[id(p)] for p in owners)
         hit = self.slots.get(key)
         if hit is not None:
             self.slots.move_to_end(key)
             return hit
-        device = self.fraction.device
-        hit = self.slots[key] = (torch.tensor(key, dtype=torch.long).to(device),
-                                 torch.tensor(numels, dtype=torch.float32).to(device),
-                                 float(sum(numels)))  # fmt: skip
+        full = len(key) == len(self.params)  # every parameter, in order
+        idx = None if full else torch.tensor(key, dtype=torch.long).to(self.fraction.device)
+        hit = self.slots[key] = (idx, float(sum(numels)))
         if len(self.slots) > SLOTS:
             self.slots.popitem(last=False)
         return hit
@@ -95,34 +98,44 @@ class StepStats:
                global_min: Tensor | None) -> None:  # fmt: skip
         """One step: ``results`` per batch of ``owners`` (parameters with a gradient, in
         param-group order); ``global_min``: global mode's minimum reduced across ranks."""
-        idx, numel, total = self._slot(owners, numels)
+        idx, total = self._slot(owners, numels)
         device = self.fraction.device
-        sign_count = torch.cat([r.count.to(device) for r in results])
-        tensor_mins = torch.cat([r.min_abs_c.to(self.min) for r in results])
+        if len(results) == 1:
+            sign_count = results[0].count.to(device)
+            tensor_mins = results[0].min_abs_c.to(self.min)
+        else:
+            sign_count = torch.cat([r.count.to(device) for r in results])
+            tensor_mins = torch.cat([r.min_abs_c.to(self.min) for r in results])
         signed = sign_count.sum()
         fraction = signed / max(total, 1.0)
         # global: reduced across ranks already; else (element/soft under sharding: this
         # rank's shard) the min of the exact per-tensor minima
         step_min = tensor_mins.amin() if global_min is None else global_min.to(self.min)
-        # index_fill_/index_copy_ with device indices: no host-to-device copies per step
-        self.had_grad.fill_(False).index_fill_(0, idx, True)
-        self.sign_count.zero_().index_copy_(0, idx, sign_count)
-        self.numel.index_copy_(0, idx, numel)
-        self.tensor_min_abs_c.fill_(math.inf).index_copy_(0, idx, tensor_mins)
+        if idx is None:
+            self.had_grad.fill_(True)
+            self.sign_count.copy_(sign_count)
+            self.tensor_min_abs_c.copy_(tensor_mins)
+        else:  # index_fill_/index_copy_ with device indices: no host-to-device copies
+            self.had_grad.fill_(False).index_fill_(0, idx, True)
+            self.sign_count.zero_().index_copy_(0, idx, sign_count)
+            self.tensor_min_abs_c.fill_(math.inf).index_copy_(0, idx, tensor_mins)
         self.fraction.copy_(fraction)
         self.min.copy_(step_min)
         self.acc_fraction.add_(fraction)
         self.acc_min.copy_(torch.minimum(self.acc_min, step_min))
         self.acc_steps.add_(1)
-        in_window = self.steps < WARN_AFTER_STEPS
-        self.warn_signed.add_(torch.where(in_window, signed, 0.0))
-        self.warn_numel.add_(in_window.to(torch.float32) * total)
-        self.warn_lo.copy_(torch.where(in_window, torch.minimum(self.warn_lo, step_min),
-                                       self.warn_lo))  # fmt: skip
-        self.warn_hi.copy_(torch.where(in_window, torch.maximum(self.warn_hi, step_min),
-                                       self.warn_hi))  # fmt: skip
+        compiling = torch.compiler.is_compiling()
+        # steps >= eager_steps: past the window, an eager step knows it and skips the ops
+        if compiling or self.eager_steps < WARN_AFTER_STEPS:
+            in_window = self.steps < WARN_AFTER_STEPS
+            self.warn_signed.add_(torch.where(in_window, signed, 0.0))
+            self.warn_numel.add_(in_window.to(torch.float32) * total)
+            self.warn_lo.copy_(torch.where(in_window, torch.minimum(self.warn_lo, step_min),
+                                           self.warn_lo))  # fmt: skip
+            self.warn_hi.copy_(torch.where(in_window, torch.maximum(self.warn_hi, step_min),
+                                           self.warn_hi))  # fmt: skip
         self.steps.add_(1)
-        if not torch.compiler.is_compiling():
+        if not compiling:
             # The only host syncs CLion makes in eager steps: at step 1 (global/tensor
             # groups only) and once at step WARN_AFTER_STEPS.
             self.eager_steps += 1
