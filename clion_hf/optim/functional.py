@@ -16,7 +16,8 @@ calls into :mod:`.kernels` (which import :mod:`._math`, never this module).
 
 The optimizers call :func:`update` and :func:`pass1` with lists they built from validated
 param groups and state; :func:`lion` and :func:`clion`, for callers with lists of their
-own, check their arguments first.
+own, check the mode too. The one per-step check of the lists (a momentum edited by hand
+would be read past its end) runs where the tensors are visited anyway.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def scalar_lr(lr: float | Tensor) -> float | Tensor:
 def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper, *,
            take: Tensor | None = None, stats: bool = False, min_abs_c: Tensor | None = None,
            impl: Impl | None = None) -> Stats | None:  # fmt: skip
-    """One update in place on lists the caller has checked; with ``stats``, :class:`Stats`.
+    """One update in place; with ``stats``, :class:`Stats`.
 
     ``min_abs_c``: exact minima from pass 1, reported instead of measuring them again.
     """
@@ -151,9 +152,12 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
         raise ValueError(f"mode={hyper.mode!r} needs the branch decision (take)")
     impl = impl or choose_impl(params)
     want_min = stats and min_abs_c is None
-    if impl == "fused":
+    if impl == "fused":  # the kernels check the lists they read by the params' sizes
         out = kernels.update(params, grads, exp_avgs, hyper, take, stats, want_min)
     else:
+        # State edited by hand: one clear line before anything is written. (On the fused
+        # paths the kernels' own loop over the tensors checks it.)
+        check_update_lists(params, grads, exp_avgs)
         fn = foreach_update if impl == "foreach" else single_tensor_update
         out = fn(params, grads, exp_avgs, hyper, take, stats, want_min)
     if out is not None and min_abs_c is not None:

@@ -89,6 +89,7 @@ from .._math import (
     single_tensor_update,
 )
 from .._math import min_abs_c as eager_min_abs_c
+from ..validate import check_update_lists
 
 logger = logging.getLogger(__name__)
 
@@ -761,16 +762,27 @@ def _pointers(ts: list[Tensor]) -> ctypes.Array:
 def _batches(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
 ) -> tuple[dict[tuple[torch.dtype, torch.dtype], _Batch], list[int]]:
-    """Kernel-eligible tensors by (param, momentum) dtype pair; the indices of the rest."""
+    """Kernel-eligible tensors by (param, momentum) dtype pair; the indices of the rest.
+
+    Refuses (:class:`ValueError`, before anything is written) a gradient or momentum that
+    does not match its parameter: the kernel reads and writes them by the parameter's
+    element count. The lists the optimizers pass were checked when built; this guards
+    state edited by hand, at the cost of a shape comparison.
+    """
     pairs = dtype_pairs()
     batches: dict[tuple[torch.dtype, torch.dtype], _Batch] = {}
     rest = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
+        shape, pdt, gdt, mdt = p.shape, p.dtype, g.dtype, m.dtype
+        cplx = pdt in _REAL
+        if (g.shape != shape or m.shape != shape or not (g.is_cpu and m.is_cpu)
+                or (gdt in _REAL) != cplx or (mdt in _REAL) != cplx):  # fmt: skip
+            check_update_lists(params, grads, exp_avgs)  # names the tensor and the problem
+            raise ValueError(f"params[{i}]: its gradient or momentum does not match it")
         n = p.numel()
         if n == 0:
             continue
-        pdt, gdt, mdt = p.dtype, g.dtype, m.dtype
-        if pdt in _REAL:
+        if cplx:
             pdt, gdt, mdt, n = _REAL[pdt], _REAL.get(gdt, gdt), _REAL.get(mdt, mdt), 2 * n
         if (
             pdt == gdt and (pdt, mdt) in pairs
@@ -818,14 +830,18 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
     counts = torch.zeros(n, dtype=torch.float32)
     mins = torch.full((n,), math.inf if want_min else math.nan, dtype=torch.float64)
     chyper = CHyper.of(hyper)
-    take_u8 = take.to("cpu", torch.uint8) if take is not None else None
+    take_u8 = take.to("cpu", torch.uint8).contiguous() if take is not None else None
     batches, rest = _batches(params, grads, exp_avgs)
     threads = torch.get_num_threads()
     for (pdt, mdt), (idx, numel) in batches.items():
-        ps = [params[i] for i in idx]
-        gs = [grads[i] for i in idx]
-        ms = [exp_avgs[i] for i in idx]
         k = len(idx)
+        if k == n:  # the usual case: one batch holds every tensor, in order
+            ps, gs, ms, sub_take = params, grads, exp_avgs, take_u8
+        else:
+            ps = [params[i] for i in idx]
+            gs = [grads[i] for i in idx]
+            ms = [exp_avgs[i] for i in idx]
+            sub_take = None if take_u8 is None else take_u8[idx].contiguous()
         count = torch.zeros(k, dtype=torch.int64)
         min_abs_c = torch.empty(k, dtype=torch.float64) if want_min else None
         scale = None
@@ -835,14 +851,13 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
             rc = lib.clion_reduce(ctypes.byref(chyper), ctypes.byref(lists), threads)
             assert rc == 0, "dtype pair was checked by clion_supported"
             scale = _caution_scale(agree, numel, compute_dtype(pdt)).double()
-        sub_take = None if take_u8 is None else take_u8[idx].contiguous()
         lists, keep = _lists(ps, gs, ms, numel, pdt, mdt, take=sub_take, scale=scale,
                              count=count, min_abs_c=min_abs_c)  # fmt: skip
         own = for_dtype(hyper, pdt)  # soft with an nu that is 0 in fp32: element's rule
         rc = lib.clion_update(ctypes.byref(chyper if own is hyper else CHyper.of(own)),
                               ctypes.byref(lists), threads)  # fmt: skip
         assert rc == 0, "dtype pair was checked by clion_supported"
-        if k == n:  # the usual case: one batch holds every tensor, in order
+        if k == n:
             counts = count.float()
             mins = mins if min_abs_c is None else min_abs_c
         else:

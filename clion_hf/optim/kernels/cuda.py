@@ -41,6 +41,7 @@ from .._math import (
     single_tensor_update,
 )
 from .._math import min_abs_c as eager_min_abs_c
+from ..validate import check_update_lists
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     # The interpreter runs programs one by one in numpy: small blocks keep it fast, and
@@ -253,6 +254,10 @@ def _buckets(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]):
     rest: list[int] = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
         pr, gr, mr = as_real(p), as_real(g), as_real(m)
+        if gr.shape != pr.shape or mr.shape != pr.shape or not (g.device == m.device == p.device):
+            # the kernel reads and writes g and m by p's element count (state edited by hand)
+            check_update_lists(params, grads, exp_avgs)  # names the tensor and the problem
+            raise ValueError(f"params[{i}]: its gradient or momentum does not match it")
         if pr.numel() == 0:
             continue
         if not (pr.is_contiguous() and gr.is_contiguous() and mr.is_contiguous()) or (
