@@ -3,10 +3,9 @@
 What is here: :class:`Hyper` (the hyper-parameters of one update, the record the fused
 kernels receive too), :class:`Stats` (what a CLion update reports per tensor), the dtype
 rules, CLion's pass 1 and decision, and the single-tensor and foreach implementations.
-It imports nothing of ``clion_hf.optim`` but :mod:`.validate`: :mod:`.functional` (the
-entry points and the choice of implementation) and :mod:`.kernels` (the fused paths,
-which fall back to the single-tensor math for the tensors they cannot take) both import
-it, and it imports neither.
+It imports nothing of ``clion_hf``: :mod:`.functional` (the entry points and the choice
+of implementation) and :mod:`.kernels` (the fused paths, which fall back to the
+single-tensor math for the tensors they cannot take) both import it; it imports neither.
 
 For parameter ``p``, gradient ``g`` and momentum ``m``::
 

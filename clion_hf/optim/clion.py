@@ -18,6 +18,10 @@ from .validate import check_flag, check_groups_agree
 
 __all__ = ["CLion", "ELEMENT_SGD_FRACTION", "WARN_AFTER_STEPS"]
 
+Decision = tuple[Tensor | None, Tensor | None]
+"""Per batch: ``take`` (one bool per tensor; None: element/soft, no decision) and the exact
+pass-1 minima that went into it (None: the update pass measures them)."""
+
 
 class CLion(LionFamily):
     """Lion whose sign is applied only "cautiously": ``h(c)`` replaces ``sign(c)``.
@@ -125,59 +129,58 @@ class CLion(LionFamily):
                                global_min)  # fmt: skip
         return loss
 
-    def _decide(
-        self, batches: list[Batch]
-    ) -> tuple[list[tuple[Tensor | None, Tensor | None]], Tensor | None]:
-        """Per batch ``(take, exact pass-1 minima or None)``; global mode's reduced min.
+    def _decide(self, batches: list[Batch]) -> tuple[list[Decision], Tensor | None]:
+        """Every batch's :data:`Decision`, and global mode's minimum reduced across ranks.
 
-        ``element``/``soft`` groups need no decision. ``tensor`` groups decide each tensor
-        with their own ``nu``. ``global`` takes one MIN over every group and, in
-        distributed runs, every rank: a rank without gradients joins the all-reduce with
-        +inf, so the others never wait for it.
+        ``global`` (then every group is, with one ``nu``) takes one MIN over every group
+        and, in distributed runs, every rank: a rank without gradients joins the all-reduce
+        with +inf, so the others never wait for it. ``tensor`` groups decide each tensor
+        with their own ``nu`` (MIN-reduced per tensor across the shards of FSDP2).
         """
-        is_global = self.param_groups[0]["mode"] == "global"  # then every group is
-        decided = [b for b in batches if b.group["mode"] in ("global", "tensor")]
-        sharded = any(isinstance(p, DTensor) for b in decided for p in b.owners)
-        reduce = _distributed() and (is_global or sharded)
-        if not decided and not (is_global and reduce):
-            return [(None, None)] * len(batches), None
-        dtypes = {p.dtype for b in decided for p in b.params}
-        # A value below nu decides as well as the minimum does, so pass 1 may stop at the
-        # first one (the fused CPU kernel; see pass1); the update pass then measures the
-        # minima. Not where they are reduced across ranks (they are the statistics), nor
-        # while compiling (reading whether it stopped would break the graph).
-        may_stop = not (reduce or torch.compiler.is_compiling())
-        mins: dict[int, tuple[Tensor, bool]] = {}
-        for b in decided:
-            below = threshold(b.group["nu"], dtypes if is_global else
-                              {p.dtype for p in b.params}) if may_stop else None  # fmt: skip
-            mins[id(b)] = pass1(b.grads, b.exp_avgs, beta1=b.group["betas"][0],
-                                  maximize=b.group["maximize"], impl=b.impl,
-                                  mode=b.group["mode"], below=below)  # fmt: skip
-        global_min = None
-        if is_global:
-            device = self._stats.min.device
-            low = torch.full((), math.inf, dtype=stat_dtype(device), device=device)
-            if mins:
-                low = torch.cat([m.to(device) for m, _ in mins.values()]).amin()
-            if reduce:
-                global_min = low = _all_reduce_min(low)
-            take = take_sign(low.reshape(1), self.param_groups[0]["nu"], list(dtypes),
-                               "global")  # fmt: skip
-        out: list[tuple[Tensor | None, Tensor | None]] = []
-        for b in batches:
-            if id(b) not in mins:
-                out.append((None, None))
-                continue
-            m, exact = mins[id(b)]
-            if is_global:
-                t = take.to(m.device).expand(len(b.params))
-            else:
-                if reduce:  # FSDP2: each rank holds a shard of every tensor
-                    m = _all_reduce_min(m)
-                t = take_sign(m, b.group["nu"], [p.dtype for p in b.params], "tensor")
-            out.append((t, m if exact else None))
-        return out, global_min
+        if self.param_groups[0]["mode"] == "global":
+            return self._decide_global(batches)
+        tensor = [b.group["mode"] == "tensor" for b in batches]
+        sharded = _distributed() and any(isinstance(p, DTensor) for b, t in
+                                         zip(batches, tensor, strict=True) if t for p in b.owners)
+        return [self._decide_tensors(b, sharded) if t else (None, None)
+                for b, t in zip(batches, tensor, strict=True)], None  # fmt: skip
+
+    def _decide_global(self, batches: list[Batch]) -> tuple[list[Decision], Tensor | None]:
+        reduce = _distributed()
+        dtypes = {p.dtype for b in batches for p in b.params}
+        found = [self._pass1(b, dtypes, may_stop=not reduce) for b in batches]
+        device = self._stats.min.device
+        low = torch.full((), math.inf, dtype=stat_dtype(device), device=device)
+        if found:
+            low = torch.cat([m.to(device) for m, _ in found]).amin()
+        global_min = _all_reduce_min(low) if reduce else None
+        take = take_sign(low.reshape(1) if global_min is None else global_min.reshape(1),
+                         self.param_groups[0]["nu"], list(dtypes), "global")  # fmt: skip
+        return [(take.to(m.device).expand(len(b.params)), m if exact else None)
+                for b, (m, exact) in zip(batches, found, strict=True)], global_min  # fmt: skip
+
+    def _decide_tensors(self, b: Batch, sharded: bool) -> Decision:
+        dtypes = [p.dtype for p in b.params]
+        m, exact = self._pass1(b, set(dtypes), may_stop=not sharded)
+        if sharded:  # FSDP2: each rank holds a shard of every tensor
+            m = _all_reduce_min(m)
+        return take_sign(m, b.group["nu"], dtypes, "tensor"), m if exact else None
+
+    @staticmethod
+    def _pass1(b: Batch, dtypes: set[torch.dtype], may_stop: bool) -> tuple[Tensor, bool]:
+        """The batch's per-tensor minima and whether they are exact (see :func:`pass1`).
+
+        A value below ``nu`` (in every compute dtype of ``dtypes``, those the decision
+        compares in) decides as well as the minimum does, so pass 1 may stop at the first
+        one; the update pass then measures the minima. Not where they are reduced across
+        ranks (``may_stop`` False: they are the statistics), nor while compiling (reading
+        whether it stopped would break the graph).
+        """
+        g = b.group
+        may_stop = may_stop and not torch.compiler.is_compiling()
+        return pass1(b.grads, b.exp_avgs, beta1=g["betas"][0], maximize=g["maximize"],
+                     impl=b.impl, mode=g["mode"],
+                     below=threshold(g["nu"], dtypes) if may_stop else None)  # fmt: skip
 
     # ---------------------------------------------------------------------- statistics
 
