@@ -127,8 +127,8 @@ def as_real(t: Tensor) -> Tensor:
 # --------------------------------------------------------------------------------------
 
 
-def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float,
-                      maximize: bool = False, foreach: bool = True) -> Tensor:  # fmt: skip
+def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float, maximize: bool = False,
+              foreach: bool = True) -> Tensor:  # fmt: skip
     """Per-tensor smallest non-zero ``abs(c)``, 1-d in :func:`stat_dtype` (inf where c == 0).
 
     ``maximize``: the momentum follows ``-g``, so ``c = beta1 * m - (1 - beta1) * g``.

@@ -193,9 +193,8 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
     return Stats(count, min_abs_c) if stats else None
 
 
-def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float,
-                      maximize: bool = False, mode: str = "tensor",
-                      below: float | None = None) -> Tensor:  # fmt: skip
+def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float, maximize: bool = False,
+              mode: str = "tensor", below: float | None = None) -> Tensor:  # fmt: skip
     """CLion pass 1 on the fused path: per-tensor min non-zero ``abs(c)`` (fp64).
 
     With ``below``, the CPU kernel (:func:`stops_early`) stops reading a tensor
@@ -205,5 +204,4 @@ def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float,
     """
     if mode not in ("global", "tensor"):
         raise ValueError(f"invalid mode={mode!r}: pass 1 runs for 'global' and 'tensor'")
-    return torch.ops.clion_hf.fused_min_abs_c(grads, exp_avgs, beta1, maximize, mode,
-                                                      below)  # fmt: skip
+    return torch.ops.clion_hf.fused_min_abs_c(grads, exp_avgs, beta1, maximize, mode, below)

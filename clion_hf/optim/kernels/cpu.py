@@ -876,9 +876,8 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
     return counts, mins
 
 
-def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float,
-                      maximize: bool = False, mode: str = "tensor",
-                      below: float | None = None) -> Tensor:  # fmt: skip
+def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float, maximize: bool = False,
+              mode: str = "tensor", below: float | None = None) -> Tensor:  # fmt: skip
     """Per-tensor min non-zero ``abs(c)`` (fp64) in one fused pass.
 
     With ``below``, the pass stops reading a tensor (``mode="tensor"``) or every tensor

@@ -299,8 +299,8 @@ def min_abs_c(
         )  # fmt: skip
         mins[_const(idx, torch.int64, device)] = _bits_to_float64(out)
     if rest:
-        sub = eager_min_abs_c([grads[i] for i in rest], [exp_avgs[i] for i in rest],
-                                      beta1, maximize, False)  # fmt: skip
+        sub = eager_min_abs_c([grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1,
+                              maximize, False)  # fmt: skip
         mins[_const(rest, torch.int64, device)] = sub.to(mins)
     return mins
 
