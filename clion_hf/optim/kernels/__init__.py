@@ -12,8 +12,10 @@ Two operators, registered with :func:`torch.library.custom_op`:
   a threshold: :func:`min_abs_c`).
 
 The update op's scalar arguments are the fields of :class:`~clion_hf.optim._math.Hyper`,
-in its order and with its names (a tensor ``lr`` travels as ``lr_tensor``): the op's
-kernel rebuilds the record (:func:`_hyper`) and hands it to the device kernels unchanged.
+in its order and with its names, but two: a tensor ``lr`` travels as ``lr_tensor``, and
+``mode`` as ``clion_mode`` (torch's functionalization passes a ``mode`` of its own to an
+op's kernel under ``torch.compile``). The op's kernel rebuilds the record (:func:`_hyper`)
+and hands it to the device kernels unchanged.
 These modules import the math from :mod:`.._math` only; :mod:`..functional` is the one
 caller of :func:`update` and :func:`min_abs_c`.
 
@@ -107,7 +109,7 @@ def _fused_update(
     beta1: float,
     beta2: float,
     weight_decay: float,
-    mode: str | None,
+    clion_mode: str | None,
     nu: float,
     maximize: bool,
     caution: bool,
@@ -157,7 +159,7 @@ def _fused_min_abs_c(
     exp_avgs: list[Tensor],
     beta1: float,
     maximize: bool,
-    mode: str,
+    clion_mode: str,
     below: float | None,
 ) -> Tensor:
     device = grads[0].device if grads else "?"
@@ -165,14 +167,14 @@ def _fused_min_abs_c(
 
 
 @_fused_min_abs_c.register_kernel(("cpu", "cuda"))
-def _fused_min_abs_c_kernel(grads, exp_avgs, beta1, maximize, mode, below):  # noqa: ANN001, ANN202
+def _fused_min_abs_c_kernel(grads, exp_avgs, beta1, maximize, clion_mode, below):  # noqa: ANN001, ANN202
     if grads and _is_triton(grads[0]):
         from . import cuda
 
         return cuda.min_abs_c(grads, exp_avgs, beta1, maximize)
     from . import cpu
 
-    return cpu.min_abs_c(grads, exp_avgs, beta1, maximize, mode, below)
+    return cpu.min_abs_c(grads, exp_avgs, beta1, maximize, clion_mode, below)
 
 
 @_fused_min_abs_c.register_fake
