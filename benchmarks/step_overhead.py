@@ -4,7 +4,8 @@
     PYTHONPATH=$PWD python benchmarks/step_overhead.py [--rounds 7] [--steps 200] [--threads 1]
 
 A 2-layer GPT-2's parameter shapes (d=256, vocab 6400: 3.3M parameters in 28 tensors),
-fp32 on CPU, fixed random gradients. Every optimizer steps its own copy of the same
+fp32 on CPU, fixed random gradients; ``--tiny``: 28 tensors of 16 elements, where a step
+is its Python and dispatch alone. Every optimizer steps its own copy of the same
 parameters; the optimizers take turns in each round (the order rotates between rounds), so
 that a slow spell of a shared machine hits all of them alike. Each round times ``--steps``
 steps per optimizer; the printed ratios are the medians over rounds of the per-round
@@ -80,12 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tiny", action="store_true",
+                    help="28 tensors of 16 elements: the per-step Python alone")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.getLogger("clion_hf").setLevel(logging.ERROR)  # global mode's first-step warning
     torch.manual_seed(0)
-    base = [torch.randn(s) * 0.02 for s in shapes()]
-    grads = [torch.randn(s) * 1e-3 for s in shapes()]
+    sizes = [(16,)] * len(shapes()) if args.tiny else shapes()
+    base = [torch.randn(s) * 0.02 for s in sizes]
+    grads = [torch.randn(s) * 1e-3 for s in sizes]
     cands = candidates()
     opts: dict[str, tuple[torch.optim.Optimizer, Callable[[], contextlib.AbstractContextManager]]]
     opts = {}
@@ -110,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     opt.step()
                 times[name].append((time.perf_counter() - t0) / args.steps)
     numel = sum(b.numel() for b in base)
-    print(f"clion_hf {clion_hf.__file__}; torch {torch.__version__}; {numel / 1e6:.2f}M "
+    print(f"clion_hf {clion_hf.__file__}; torch {torch.__version__}; {numel / 1e6:.6g}M "
           f"parameters in {len(base)} tensors, fp32, CPU, {args.threads} thread(s); "
           f"{args.rounds} interleaved rounds x {args.steps} steps; medians of per-round "
           "ratios")  # fmt: skip
