@@ -168,22 +168,22 @@ def test_early_exit_of_the_reduction_keeps_decisions_and_exact_statistics(mode, 
 def test_reduction_stop_returns_a_witness_below_nu():
     gs = [torch.randn(200000), torch.randn(100000), torch.full((10,), 2.0)]
     ms = [torch.zeros_like(g) for g in gs]
-    exact = fused_cpu.direction_min_abs(gs, ms, 0.9)
+    exact = fused_cpu.min_abs_c(gs, ms, 0.9)
     ref = torch.stack([torch.where(g == 0, math.inf, (0.1 * g).abs()).amin() for g in gs])
     ref = ref.double()
     torch.testing.assert_close(exact, ref, rtol=0, atol=0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # chunks in order: the first one decides
     try:
-        per_tensor = fused_cpu.direction_min_abs(gs, ms, 0.9, stop="tensor", stop_below=1e-3)
-        everything = fused_cpu.direction_min_abs(gs, ms, 0.9, stop="all", stop_below=1e-3)
+        per_tensor = fused_cpu.min_abs_c(gs, ms, 0.9, mode="tensor", below=1e-3)
+        everything = fused_cpu.min_abs_c(gs, ms, 0.9, mode="global", below=1e-3)
     finally:
         torch.set_num_threads(threads)
     assert per_tensor[0] < 1e-3 and per_tensor[1] < 1e-3  # witnesses, maybe not the min
     assert per_tensor[2] == exact[2] == pytest.approx(0.2)  # no |c| below nu: exact
     assert everything[0] < 1e-3 and everything[1:].isinf().all()  # the rest was skipped
-    with pytest.raises(ValueError, match="stop='some'"):
-        fused_cpu.direction_min_abs(gs, ms, 0.9, stop="some")
+    with pytest.raises(ValueError, match="mode='element'"):
+        fused_cpu.min_abs_c(gs, ms, 0.9, mode="element", below=1e-3)
 
 
 NO_COMPILER = textwrap.dedent("""
@@ -468,12 +468,12 @@ def test_custom_ops_have_shapes_under_fake_and_meta_tensors():
     for mode in (FakeTensorMode(), torch.device("meta")):
         with mode:
             ps, gs, ms = _op_args(device="meta" if isinstance(mode, torch.device) else "cpu")
-            count, min_abs = torch.ops.clion_hf.fused_update_(
-                ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.0, 1.0, "lion", False, False, True
+            count, min_abs_c = torch.ops.clion_hf.fused_update_(
+                ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.0, None, 1.0, False, False, True
             )
-            mins = torch.ops.clion_hf.fused_direction_min_abs(gs, ms, 0.9, False, "", 0.0)
-        assert count.shape == min_abs.shape == mins.shape == (3,)
-        assert count.dtype == torch.float32 and min_abs.dtype == mins.dtype == torch.float64
+            mins = torch.ops.clion_hf.fused_min_abs_c(gs, ms, 0.9, False, "tensor", None)
+        assert count.shape == min_abs_c.shape == mins.shape == (3,)
+        assert count.dtype == torch.float32 and min_abs_c.dtype == mins.dtype == torch.float64
 
 
 def test_custom_op_declares_its_mutations_and_the_profiler_sees_it():
@@ -497,7 +497,7 @@ def test_fused_custom_op_runs_inside_a_compiled_function():
 
     def step(ps, gs, ms):
         return torch.ops.clion_hf.fused_update_(
-            ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.1, 0.3, "element", False, False, True
+            ps, gs, ms, None, None, 0.1, 0.9, 0.99, 0.1, "element", 0.3, False, False, True
         )
 
     compiled = torch.compile(step, fullgraph=True)

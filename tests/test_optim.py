@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 
+import _reference as reference
 import pytest
 import torch
 
@@ -16,56 +17,7 @@ SHAPES = [(7,), (5, 3), (2, 3, 4), (1,)]
 
 
 # --------------------------------------------------------------------------- reference
-# Written from arXiv:2411.16085 Alg. 2 and README's rules alone, in float64, one
-# parameter list at a time, sharing no code with clion_hf.
-
-
-def ref_h(c: torch.Tensor, mode: str, nu: float, global_min: float) -> torch.Tensor:
-    def smallest_nonzero(x: torch.Tensor) -> float:
-        nz = x.abs()[x != 0]
-        return nz.min().item() if nz.numel() else math.inf
-
-    if mode == "lion":
-        return c.sign()
-    if mode == "global":
-        return c.sign() if global_min >= nu else c
-    if mode == "tensor":
-        return c.sign() if smallest_nonzero(c) >= nu else c
-    if mode == "element":
-        return torch.where(c.abs() >= nu, c.sign(), c)
-    if mode == "soft":
-        return (c / nu).clamp(-1, 1)
-    raise AssertionError(mode)
-
-
-def ref_step(groups, states, grads, mode, nu, storage_dtypes, caution=False):
-    """One step on float64 copies; groups: list of (params, lr, (b1, b2), wd)."""
-    cs = {}
-    for params, _, (b1, _), _ in groups:
-        for p in params:
-            g = grads[id(p)]
-            if g is None:
-                continue
-            cs[id(p)] = b1 * states[id(p)] + (1 - b1) * g
-    nz = [c.abs()[c != 0] for c in cs.values()]
-    nz = [x for x in nz if x.numel()]
-    global_min = min(x.min().item() for x in nz) if nz else math.inf
-    for params, lr, (_, b2), wd in groups:
-        for p in params:
-            g = grads[id(p)]
-            if g is None:
-                continue
-            c = cs[id(p)]
-            h = ref_h(c, mode, nu, global_min)
-            if caution:
-                mask = (h * g > 0).double()
-                h = h * mask * (mask.numel() / (mask.sum() + 1))
-            p.copy_(p - lr * (h + wd * p))
-            states[id(p)].copy_(b2 * states[id(p)] + (1 - b2) * g)
-            # Mirror storage precision: parameters in their dtype, momentum in fp32/fp64.
-            p.copy_(p.to(storage_dtypes[id(p)][0]).double())
-            states[id(p)].copy_(states[id(p)].to(storage_dtypes[id(p)][1]).double())
-    return global_min
+# tests/_reference.py: float64, from the definitions alone, sharing no code with clion_hf.
 
 
 def make_problem(dtype, seed=0):
@@ -109,16 +61,21 @@ def run_ours(params, dtype, mode, nu, steps, foreach, opt_cls=CLion, **kw):
 
 def run_ref(params, dtype, mode, nu, steps, caution=False):
     ps = [p.double().clone() for p in params]
-    states = {id(p): torch.zeros_like(p) for p in ps}
+    ms = [torch.zeros_like(p) for p in ps]
     mdt = torch.float64 if dtype == torch.float64 else torch.float32
-    storage = {id(p): (dtype, mdt) for p in ps}
-    groups = [(ps[:2], 0.01, (0.9, 0.99), 0.1), (ps[2:], 0.02, (0.8, 0.95), 0.0)]
+
+    def store(i, p, m):  # parameters in their dtype, momentum in fp32/fp64
+        p.copy_(p.to(dtype).double())
+        m.copy_(m.to(mdt).double())
+
+    groups = [reference.Group([0, 1], 0.01, (0.9, 0.99), 0.1, mode, nu, caution),
+              reference.Group([2, 3], 0.02, (0.8, 0.95), 0.0, mode, nu, caution)]  # fmt: skip
     gen = torch.Generator().manual_seed(123)
     mins = []
     for step in range(steps):
         gs = grads_for_step([p.to(dtype) for p in ps], gen, step)
-        grads = {id(p): None if g is None else g.double() for p, g in zip(ps, gs, strict=True)}
-        mins.append(ref_step(groups, states, grads, mode, nu, storage, caution))
+        grads = [None if g is None else g.double() for g in gs]
+        mins.append(reference.step(ps, ms, grads, groups, store))
     return ps, mins
 
 
@@ -543,7 +500,7 @@ def test_deepcopy_and_pickle_round_trips_keep_stepping(opt_cls, kw, how):
 def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
     # The statistics cache stays bounded when the set of parameters with a gradient
     # changes (mixture-of-experts routing, frozen layers toggled)
-    from clion_hf.optim.clion import _SLOTS
+    from clion_hf.optim._stats import SLOTS
 
     ps = [torch.nn.Parameter(torch.randn(3)) for _ in range(12)]
     opt = CLion(ps, mode="element", nu=1e-3)
@@ -555,7 +512,7 @@ def test_statistics_cache_stays_bounded_when_the_set_of_grads_changes():
         opt.step()
         stats = opt.last_step_stats(per_tensor=True)
         assert len(stats["tensors"]) == len(chosen)
-    assert len(opt._stat_slots) <= _SLOTS
+    assert len(opt._stats.slots) <= SLOTS
 
 
 def test_docstrings_do_not_point_outside_the_package():
@@ -614,7 +571,7 @@ def test_functional_entry_points_match_the_optimizers(impl):
             assert torch.equal(p, q) and torch.equal(m, opt.state[q]["exp_avg"])
         if out is not None:
             tensors = opt.last_step_stats(per_tensor=True)["tensors"]
-            assert out.min_abs.tolist() == [t["min_abs_c"] for t in tensors]
+            assert out.min_abs_c.tolist() == [t["min_abs_c"] for t in tensors]
             counts = (out.count / torch.tensor([p.numel() for p in ps])).tolist()
             assert counts == pytest.approx([t["sign_fraction"] for t in tensors])
     with pytest.raises(ValueError, match="mode='layer'"):
@@ -759,3 +716,88 @@ def test_element_mode_warns_when_it_is_effectively_momentum_sgd(signed, caplog):
         record.getMessage()
     ), record.getMessage()
     assert "momentum SGD at lr=0.001" in record.getMessage()
+
+
+# --------------------------------------------------------------------------- import graph
+
+
+def _import_graph(package_dir, package: str) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports (at the top or inside functions)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(package_dir)
+    names = {}
+    for path in root.rglob("*.py"):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        names[path] = (".".join([package, *parts]), is_pkg)
+    modules = {name for name, _ in names.values()}
+    graph: dict[str, set[str]] = {}
+    for path, (name, is_pkg) in names.items():
+        here = name if is_pkg else name.rpartition(".")[0]
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = here.split(".")[: len(here.split(".")) - (node.level - 1)]
+                    base = ".".join(up + ([base] if base else []))
+                # "from pkg import name": the submodule pkg.name where there is one
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
+                           for a in node.names]  # fmt: skip
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle of ``graph`` (a list of modules, the first repeated last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_optimizer_modules_import_one_another_without_a_cycle(tmp_path):
+    """kernels import the math (_math), never functional; functional calls the kernels.
+
+    Imports inside functions count: a lazy import hides a cycle, it does not remove it.
+    Parent packages are not edges (every submodule import runs its package's __init__).
+    """
+    import clion_hf.optim
+
+    root = clion_hf.optim.__path__[0]
+    graph = _import_graph(root, "clion_hf.optim")
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    assert "clion_hf.optim.functional" not in set().union(
+        *(graph[m] for m in graph if m.startswith("clion_hf.optim.kernels")))
+    assert graph["clion_hf.optim._math"] == set()  # the leaf
+    # the checker finds a cycle, lazy import included
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from . import b\n")
+    (pkg / "b.py").write_text("def f():\n    from .a import x\n")
+    assert _cycle(_import_graph(pkg, "pkg")) == ["pkg.a", "pkg.b", "pkg.a"]

@@ -15,6 +15,7 @@ import copy
 import math
 import pickle
 
+import _reference as reference
 import pytest
 import torch
 
@@ -110,56 +111,33 @@ def run(rule: str, storage: str, impl: str, variant: str = "", steps: int = STEP
 
 
 # --------------------------------------------------------------------------- reference
-# From the definitions alone (Lion paper; CLion paper; Liang et al. Alg. 2), in float64.
+# tests/_reference.py: float64, from the definitions alone, sharing no code with clion_hf.
 
 
-def _min_nonzero(c: torch.Tensor) -> float:
-    nz = c.abs()[c != 0]
-    return nz.min().item() if nz.numel() else math.inf
-
-
-def reference(rule: str, storage: str, variant: str = "", steps: int = STEPS):
+def reference_run(rule: str, storage: str, variant: str = "", steps: int = STEPS):
     opt_cls, kw, overrides = RULES[rule]
     pdt, mdt = STORAGE[storage]
     real = pdt.to_real() if pdt.is_complex else pdt
     mreal = mdt or (torch.float64 if real == torch.float64 else torch.float32)
     params = make_params(pdt)
-    ps = [torch.view_as_real(p.detach()).double() if p.is_complex() else p.detach().double()
-          for p in params]  # fmt: skip
+    ps = [_real(p).double() for p in params]
     ms = [torch.zeros_like(p) for p in ps]
     sign = -1.0 if variant == "maximize" else 1.0
-    spec = [(0, 0.01, (0.9, 0.99), 0.1), (1, 0.02, (0.8, 0.95), 0.0)]
-    members = [range(0, 3), range(3, 7)]
+    groups = []
+    for gi, (members, lr, betas, wd) in enumerate([(range(0, 3), 0.01, (0.9, 0.99), 0.1),
+                                                   (range(3, 7), 0.02, (0.8, 0.95), 0.0)]):
+        group = {**kw, **overrides[gi]}
+        groups.append(reference.Group(list(members), lr, betas, wd, group.get("mode", "lion"),
+                                      group.get("nu", 1.0), group.get("caution", False)))
+
+    def store(i, p, m):  # parameters in their dtype, momentum in its storage dtype
+        p.copy_(p.to(real).double())
+        m.copy_(m.to(mreal).double())
+
     for step in range(steps):
-        grads = grads_for(params, step)
-        gs = [None if g is None else sign * _real(g).double() for g in grads]
-        cs = {}
-        for gi, _, (b1, _), _ in spec:
-            for i in members[gi]:
-                if gs[i] is not None:
-                    cs[i] = b1 * ms[i] + (1 - b1) * gs[i]
-        global_min = min([_min_nonzero(c) for c in cs.values()], default=math.inf)
-        for gi, lr, (_, b2), wd in spec:
-            group = {**kw, **overrides[gi]}
-            mode, nu = group.get("mode", "lion"), group.get("nu")
-            for i in members[gi]:
-                if gs[i] is None:
-                    continue
-                c, g = cs[i], gs[i]
-                if mode == "lion":
-                    h = c.sign()
-                elif mode in ("global", "tensor"):
-                    low = global_min if mode == "global" else _min_nonzero(c)
-                    h = c.sign() if low >= nu else c
-                elif mode == "element":
-                    h = torch.where(c.abs() >= nu, c.sign(), c)
-                else:
-                    h = (c / nu).clamp(-1, 1)
-                if group.get("caution"):
-                    mask = (h * g > 0).double()
-                    h = h * mask * (mask.numel() / (mask.sum() + 1))
-                ps[i] = (ps[i] - lr * (h + wd * ps[i])).to(real).double()
-                ms[i] = (b2 * ms[i] + (1 - b2) * g).to(mreal).double()
+        grads = [None if g is None else sign * _real(g).double()
+                 for g in grads_for(params, step)]  # fmt: skip
+        reference.step(ps, ms, grads, groups, store)
     return ps
 
 
@@ -188,7 +166,7 @@ CASES = [(r, s, "") for r in RULES for s in STORAGE] + [
 @pytest.mark.parametrize("rule,storage,variant", CASES,
                          ids=["-".join(filter(None, c)) for c in CASES])  # fmt: skip
 def test_every_path_matches_the_reference_and_each_other(rule, storage, variant):
-    ref = reference(rule, storage, variant)
+    ref = reference_run(rule, storage, variant)
     runs = {impl: run(rule, storage, impl, variant) for impl in IMPLS}
     tol = TOL[storage]
     for name, r, p in zip(NAMES, ref, runs["single"][0], strict=True):

@@ -166,9 +166,10 @@ class LionFamily(Optimizer):
         """Parameters of ``group`` with a gradient, their (local) tensors, grads and momenta."""
         owners, params, grads, exp_avgs = [], [], [], []
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients; "
                                    "use a dense embedding (sparse=False)")  # fmt: skip
             state = self.state[p]
@@ -177,9 +178,14 @@ class LionFamily(Optimizer):
                     p, dtype=self._momentum_dtype(p, group), memory_format=torch.preserve_format
                 )
             owners.append(p)
-            params.append(local(p))
-            grads.append(local(p.grad))
-            exp_avgs.append(local(state["exp_avg"]))
+            if isinstance(p, DTensor):  # FSDP2: its grad and momentum are DTensors too
+                params.append(p.to_local())
+                grads.append(local(grad))
+                exp_avgs.append(local(state["exp_avg"]))
+            else:
+                params.append(p)
+                grads.append(grad)
+                exp_avgs.append(state["exp_avg"])
         impl = choose_impl(params, foreach=group["foreach"], fused=group["fused"])
         return Batch(group, owners, params, grads, exp_avgs, impl)
 

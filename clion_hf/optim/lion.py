@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import functional as F
 from ._base import LionFamily, ParamsT, run_closure
+from ._math import Hyper, stat_dtype
+from .functional import pass1, scalar_lr, update
 from .validate import check_flag
 
 
@@ -89,7 +90,7 @@ class Lion(LionFamily):
         """
         params = [p for g in self.param_groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")
-        self._acc = torch.tensor([math.inf, 0.0], dtype=F.stat_dtype(device), device=device)
+        self._acc = torch.tensor([math.inf, 0.0], dtype=stat_dtype(device), device=device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -98,11 +99,12 @@ class Lion(LionFamily):
         for b in map(self._gather, self.param_groups):
             g = b.group
             if self.track_stats and b.params:  # before the update moves the momentum
-                self._track(F.direction_min_abs(b.grads, b.exp_avgs, beta1=g["betas"][0],
-                                                maximize=g["maximize"], impl=b.impl))
-            F.lion(b.params, b.grads, b.exp_avgs, lr=g["lr"], beta1=g["betas"][0],
-                   beta2=g["betas"][1], weight_decay=g["weight_decay"], maximize=g["maximize"],
-                   caution=g["caution"], impl=b.impl)  # fmt: skip
+                mins, _ = pass1(b.grads, b.exp_avgs, beta1=g["betas"][0],
+                                maximize=g["maximize"], impl=b.impl)  # fmt: skip
+                self._track(mins)
+            hyper = Hyper(scalar_lr(g["lr"]), g["betas"][0], g["betas"][1], g["weight_decay"],
+                          None, 1.0, g["maximize"], g["caution"])  # fmt: skip
+            update(b.params, b.grads, b.exp_avgs, hyper, impl=b.impl)
         if self.track_stats:
             self._acc[1:].add_(1)
         return loss

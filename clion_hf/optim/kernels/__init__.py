@@ -7,8 +7,17 @@ Two operators, registered with :func:`torch.library.custom_op`:
   move (stepping between a forward and its backward raises "modified by an inplace
   operation", as with torch's own optimizers), and ``torch.compile`` functionalizes it.
   Returns the per-tensor sign-branch count and min non-zero ``abs(c)``.
-* ``clion_hf::fused_direction_min_abs``: CLion ``global``/``tensor`` pass 1, the
-  per-tensor min non-zero ``abs(c)`` (optionally stopping at the first value below nu).
+* ``clion_hf::fused_min_abs_c``: CLion ``global``/``tensor`` pass 1, the
+  per-tensor min non-zero ``abs(c)`` (on CPU optionally stopping at the first value below
+  a threshold: :func:`min_abs_c`).
+
+The update op's scalar arguments are the fields of :class:`~clion_hf.optim._math.Hyper`,
+in its order and with its names, but two: a tensor ``lr`` travels as ``lr_tensor``, and
+``mode`` as ``clion_mode`` (torch's functionalization passes a ``mode`` of its own to an
+op's kernel under ``torch.compile``). The op's kernel rebuilds the record (:func:`_hyper`)
+and hands it to the device kernels unchanged.
+These modules import the math from :mod:`.._math` only; :mod:`..functional` is the one
+caller of :func:`update` and :func:`min_abs_c`.
 
 Each has a CPU kernel (:mod:`.cpu`, the C++ source called through ctypes), a CUDA kernel
 (:mod:`.cuda`, Triton) and a fake kernel (shapes only), so FakeTensor/meta tracing and the
@@ -36,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional import Hyper, Stats, TensorList, stat_dtype
+from .._math import Hyper, Stats, TensorList, stat_dtype
 
 _FORCE_TRITON = os.environ.get("CLION_HF_FORCE_TRITON") == "1"
 
@@ -78,7 +87,7 @@ def default_fused(params: list[Tensor]) -> bool:
 
 
 def stops_early(device: torch.device) -> bool:
-    """Whether :func:`direction_min_abs` honours ``stop`` on ``device`` (the CPU kernel)."""
+    """Whether :func:`min_abs_c` honours ``below`` on ``device`` (the CPU kernel)."""
     return device.type == "cpu" and not _FORCE_TRITON
 
 
@@ -100,8 +109,8 @@ def _fused_update(
     beta1: float,
     beta2: float,
     weight_decay: float,
+    clion_mode: str | None,
     nu: float,
-    rule: str,
     maximize: bool,
     caution: bool,
     want_min: bool,
@@ -110,16 +119,23 @@ def _fused_update(
     raise NotImplementedError(f"clion_hf::fused_update_ has no kernel for {device} tensors")
 
 
-def _hyper(lr_tensor: Tensor | None, args: tuple[Any, ...]) -> Hyper:
-    lr, beta1, beta2, weight_decay, nu, rule, maximize, caution = args
-    return Hyper(lr if lr_tensor is None else lr_tensor, beta1, beta2, weight_decay, rule, nu,
-                 maximize, caution)  # fmt: skip
+def _op_args(hyper: Hyper) -> tuple[Any, ...]:
+    """``hyper`` as the op's arguments ``lr_tensor, lr, beta1, ..., caution``."""
+    lr = hyper.lr
+    return (lr if isinstance(lr, Tensor) else None, 0.0 if isinstance(lr, Tensor) else lr,
+            hyper.beta1, hyper.beta2, hyper.weight_decay, hyper.mode, hyper.nu,
+            hyper.maximize, hyper.caution)  # fmt: skip
+
+
+def _hyper(lr_tensor: Tensor | None, lr: float, *fields: Any) -> Hyper:
+    """The inverse of :func:`_op_args`."""
+    return Hyper(lr if lr_tensor is None else lr_tensor, *fields)
 
 
 @_fused_update.register_kernel(("cpu", "cuda"))
-def _fused_update_kernel(params, grads, exp_avgs, take, lr_tensor, *args):  # noqa: ANN001, ANN202
-    *hyper_args, want_min = args
-    hyper = _hyper(lr_tensor, tuple(hyper_args))
+def _fused_update_kernel(params, grads, exp_avgs, take, lr_tensor, lr, *args):  # noqa: ANN001, ANN202
+    *fields, want_min = args
+    hyper = _hyper(lr_tensor, lr, *fields)
     if params and _is_triton(params[0]):
         from . import cuda
 
@@ -137,33 +153,32 @@ def _fused_update_fake(params, grads, exp_avgs, *args):  # noqa: ANN001, ANN202
             torch.empty(n, dtype=stat_dtype(device), device=device))  # fmt: skip
 
 
-@torch.library.custom_op("clion_hf::fused_direction_min_abs", mutates_args=())
-def _fused_direction_min_abs(
+@torch.library.custom_op("clion_hf::fused_min_abs_c", mutates_args=())
+def _fused_min_abs_c(
     grads: list[Tensor],
     exp_avgs: list[Tensor],
     beta1: float,
     maximize: bool,
-    stop: str,
-    stop_below: float,
+    clion_mode: str,
+    below: float | None,
 ) -> Tensor:
     device = grads[0].device if grads else "?"
-    raise NotImplementedError(f"clion_hf::fused_direction_min_abs has no kernel for {device}")
+    raise NotImplementedError(f"clion_hf::fused_min_abs_c has no kernel for {device}")
 
 
-@_fused_direction_min_abs.register_kernel(("cpu", "cuda"))
-def _fused_direction_min_abs_kernel(grads, exp_avgs, beta1, maximize, stop, stop_below):  # noqa: ANN001, ANN202
+@_fused_min_abs_c.register_kernel(("cpu", "cuda"))
+def _fused_min_abs_c_kernel(grads, exp_avgs, beta1, maximize, clion_mode, below):  # noqa: ANN001, ANN202
     if grads and _is_triton(grads[0]):
         from . import cuda
 
-        return cuda.direction_min_abs(grads, exp_avgs, beta1, maximize)
+        return cuda.min_abs_c(grads, exp_avgs, beta1, maximize)
     from . import cpu
 
-    return cpu.direction_min_abs(grads, exp_avgs, beta1, maximize, stop or None,
-                                 None if stop == "" else stop_below)  # fmt: skip
+    return cpu.min_abs_c(grads, exp_avgs, beta1, maximize, clion_mode, below)
 
 
-@_fused_direction_min_abs.register_fake
-def _fused_direction_min_abs_fake(grads, exp_avgs, *args):  # noqa: ANN001, ANN202
+@_fused_min_abs_c.register_fake
+def _fused_min_abs_c_fake(grads, exp_avgs, *args):  # noqa: ANN001, ANN202
     device = grads[0].device if grads else torch.device("cpu")
     return torch.empty(len(grads), dtype=stat_dtype(device), device=device)
 
@@ -173,22 +188,22 @@ def _fused_direction_min_abs_fake(grads, exp_avgs, *args):  # noqa: ANN001, ANN2
 
 def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: Hyper,
            take: Tensor | None, stats: bool, want_min: bool) -> Stats | None:  # fmt: skip
-    """:func:`clion_hf.optim.functional.clion`'s fused implementation (the custom op)."""
-    lr_tensor = hyper.lr if isinstance(hyper.lr, Tensor) else None
-    count, min_abs = torch.ops.clion_hf.fused_update_(
-        params, grads, exp_avgs, take, lr_tensor, 0.0 if lr_tensor is not None else hyper.lr,
-        hyper.beta1, hyper.beta2, hyper.weight_decay, hyper.nu, hyper.mode, hyper.maximize,
-        hyper.caution, stats and want_min,
-    )  # fmt: skip
-    return Stats(count, min_abs) if stats else None
-
-
-def direction_min_abs(grads: TensorList, exp_avgs: TensorList, beta1: float,
-                      maximize: bool = False, stop: str | None = None,
-                      stop_below: float | None = None) -> Tensor:  # fmt: skip
-    """CLion pass 1 on the fused path (see :func:`.cpu.direction_min_abs` for ``stop``)."""
-    if stop is not None and stop not in ("tensor", "all"):
-        raise ValueError(f"invalid stop={stop!r}: allowed are None, 'tensor', 'all'")
-    return torch.ops.clion_hf.fused_direction_min_abs(
-        grads, exp_avgs, beta1, maximize, stop or "", 0.0 if stop_below is None else stop_below
+    """The fused implementation of :func:`clion_hf.optim.functional.update` (the custom op)."""
+    count, min_abs_c = torch.ops.clion_hf.fused_update_(
+        params, grads, exp_avgs, take, *_op_args(hyper), stats and want_min
     )
+    return Stats(count, min_abs_c) if stats else None
+
+
+def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float, maximize: bool = False,
+              mode: str = "tensor", below: float | None = None) -> Tensor:  # fmt: skip
+    """CLion pass 1 on the fused path: per-tensor min non-zero ``abs(c)`` (fp64).
+
+    With ``below``, the CPU kernel (:func:`stops_early`) stops reading a tensor
+    (``mode="tensor"``) or every tensor (``mode="global"``) at the first ``abs(c)`` below
+    it: such a result is a witness below ``below``, not the minimum. The Triton kernel
+    always gives the minimum.
+    """
+    if mode not in ("global", "tensor"):
+        raise ValueError(f"invalid mode={mode!r}: pass 1 runs for 'global' and 'tensor'")
+    return torch.ops.clion_hf.fused_min_abs_c(grads, exp_avgs, beta1, maximize, mode, below)

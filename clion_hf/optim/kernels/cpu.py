@@ -45,7 +45,7 @@ compiler :func:`available` is False and the optimizers use the eager paths
 The arguments travel in two records, :class:`CHyper` and :class:`CLists`, the ctypes
 mirrors of ``ClionHyper``/``ClionLists`` in the source; the loader compares their layout
 with the library's (``clion_layout``) and refuses a mismatch. The arithmetic mirrors
-:mod:`clion_hf.optim.functional` operation by operation (fma where ATen's vectorised
+:mod:`clion_hf.optim._math` operation by operation (fma where ATen's vectorised
 kernels use one), so results match the foreach path bit for bit (tested).
 """
 
@@ -80,16 +80,24 @@ from torch import Tensor
 
 from ..._cache import cache_dir
 from ..._files import sha256_file
-from ..functional import Hyper, TensorList, _single_tensor_update, compute_dtype, for_dtype
-from ..functional import direction_min_abs as eager_direction_min_abs
+from .._math import (
+    MODE_CODE,
+    Hyper,
+    TensorList,
+    compute_dtype,
+    for_dtype,
+    single_tensor_update,
+)
+from .._math import min_abs_c as eager_min_abs_c
+from ..validate import check_update_lists
 
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("lion_cpu.cpp")
 _DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 """torch dtype -> the source's ``Dtype`` code (which pairs have kernels: ``clion_supported``)."""
-_RULES = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
-_STOP = {None: 0, "tensor": 1, "all": 2}
+_STOP = {"tensor": 1, "global": 2}
+"""Pass 1's early stop by CLion mode (the source's ``Stop``): per tensor, or everything."""
 _FLAGS = ["-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC"]
 # Tried in order: with OpenMP threads, then without (Apple clang has no OpenMP).
 _VARIANTS = (["-fopenmp"], [])
@@ -191,10 +199,11 @@ class CHyper(ctypes.Structure):
     """``ClionHyper``: the hyper-parameters of one kernel call (:class:`Hyper` as C sees it)."""
 
     _fields_ = [(name, ctypes.c_double) for name in ("lr", "decay", "w1", "w2", "nu", "stop_below")]
-    _fields_ += [(name, ctypes.c_int32) for name in ("rule", "lr_is_tensor", "maximize", "stop")]
+    _fields_ += [(name, ctypes.c_int32) for name in ("mode", "lr_is_tensor", "maximize", "stop")]
 
     @classmethod
-    def of(cls, hyper: Hyper, stop: str | None = None, stop_below: float | None = None) -> CHyper:
+    def of(cls, hyper: Hyper) -> CHyper:
+        """The one conversion of :class:`Hyper` to the C record (of an update pass)."""
         wd = hyper.weight_decay
         if isinstance(hyper.lr, Tensor):
             # The foreach path multiplies by the tensor: its value, rounded alike.
@@ -204,9 +213,8 @@ class CHyper(ctypes.Structure):
             lr, decay, lr_is_tensor = float(hyper.lr), 1.0 - hyper.lr * wd, 0
         return cls(
             lr=lr, decay=1.0 if wd == 0 else decay, w1=1.0 - hyper.beta1, w2=1.0 - hyper.beta2,
-            nu=hyper.nu, stop_below=-math.inf if stop_below is None else stop_below,
-            rule=_RULES[hyper.mode], lr_is_tensor=lr_is_tensor, maximize=int(hyper.maximize),
-            stop=_STOP[stop],
+            nu=hyper.nu, stop_below=-math.inf, mode=MODE_CODE[hyper.mode],
+            lr_is_tensor=lr_is_tensor, maximize=int(hyper.maximize), stop=0,
         )  # fmt: skip
 
 
@@ -217,7 +225,7 @@ class CLists(ctypes.Structure):
     _fields_ += [(name, ctypes.c_void_p) for name in ("ps", "gs", "ms", "numel")]
     _fields_ += [(name, ctypes.c_int32) for name in ("p_dtype", "m_dtype")]
     _fields_ += [(name, ctypes.c_void_p)
-                 for name in ("take", "caution_scale", "count", "agree", "min_abs")]  # fmt: skip
+                 for name in ("take", "caution_scale", "count", "agree", "min_abs_c")]  # fmt: skip
 
 
 def _layout() -> list[int]:
@@ -736,7 +744,7 @@ def _library() -> ctypes.CDLL:
 
 
 _REAL = {torch.complex64: torch.float32, torch.complex128: torch.float64}
-"""Complex dtypes are updated as pairs of reals (functional._as_real): their real dtype."""
+"""Complex dtypes are updated as pairs of reals (_math.as_real): their real dtype."""
 
 
 class _Batch(NamedTuple):
@@ -754,16 +762,27 @@ def _pointers(ts: list[Tensor]) -> ctypes.Array:
 def _batches(
     params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]
 ) -> tuple[dict[tuple[torch.dtype, torch.dtype], _Batch], list[int]]:
-    """Kernel-eligible tensors by (param, momentum) dtype pair; the indices of the rest."""
+    """Kernel-eligible tensors by (param, momentum) dtype pair; the indices of the rest.
+
+    Refuses (:class:`ValueError`, before anything is written) a gradient or momentum that
+    does not match its parameter: the kernel reads and writes them by the parameter's
+    element count. The lists the optimizers pass were checked when built; this guards
+    state edited by hand, at the cost of a shape comparison.
+    """
     pairs = dtype_pairs()
     batches: dict[tuple[torch.dtype, torch.dtype], _Batch] = {}
     rest = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
+        shape, pdt, gdt, mdt = p.shape, p.dtype, g.dtype, m.dtype
+        cplx = pdt in _REAL
+        if (g.shape != shape or m.shape != shape or not (g.is_cpu and m.is_cpu)
+                or (gdt in _REAL) != cplx or (mdt in _REAL) != cplx):  # fmt: skip
+            check_update_lists(params, grads, exp_avgs)  # names the tensor and the problem
+            raise ValueError(f"params[{i}]: its gradient or momentum does not match it")
         n = p.numel()
         if n == 0:
             continue
-        pdt, gdt, mdt = p.dtype, g.dtype, m.dtype
-        if pdt in _REAL:
+        if cplx:
             pdt, gdt, mdt, n = _REAL[pdt], _REAL.get(gdt, gdt), _REAL.get(mdt, mdt), 2 * n
         if (
             pdt == gdt and (pdt, mdt) in pairs
@@ -778,22 +797,22 @@ def _batches(
 
 
 def _lists(ps, gs, ms, numel, pdt, mdt, *, take=None, scale=None, count=None, agree=None,
-           min_abs=None) -> tuple[CLists, list]:  # fmt: skip
+           min_abs_c=None) -> tuple[CLists, list]:  # fmt: skip
     """A :class:`CLists` and the objects its pointers point into (keep them alive)."""
     keep = [_pointers(ps) if ps else None, _pointers(gs), _pointers(ms),
             (ctypes.c_int64 * len(numel))(*numel)]  # fmt: skip
-    ptr = [None if t is None else t.data_ptr() for t in (take, scale, count, agree, min_abs)]
+    ptr = [None if t is None else t.data_ptr() for t in (take, scale, count, agree, min_abs_c)]
     lists = CLists(
         ntensors=len(gs), ps=ctypes.addressof(keep[0]) if ps else None,
         gs=ctypes.addressof(keep[1]), ms=ctypes.addressof(keep[2]),
         numel=ctypes.addressof(keep[3]), p_dtype=_DTYPES[pdt], m_dtype=_DTYPES[mdt],
-        take=ptr[0], caution_scale=ptr[1], count=ptr[2], agree=ptr[3], min_abs=ptr[4],
+        take=ptr[0], caution_scale=ptr[1], count=ptr[2], agree=ptr[3], min_abs_c=ptr[4],
     )  # fmt: skip
     return lists, keep
 
 
 def _caution_scale(agree: Tensor, numel: list[int], dtype: torch.dtype) -> Tensor:
-    # As functional._caution: numel / (mask.sum() + 1) in the compute dtype, which
+    # As _math._caution: numel / (mask.sum() + 1) in the compute dtype, which
     # Tensor.__rtruediv__ evaluates as reciprocal() * numel.
     counts = agree.to(dtype)
     return torch.stack([(c + 1).reciprocal() * n for c, n in zip(counts, numel, strict=True)])
@@ -811,16 +830,20 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
     counts = torch.zeros(n, dtype=torch.float32)
     mins = torch.full((n,), math.inf if want_min else math.nan, dtype=torch.float64)
     chyper = CHyper.of(hyper)
-    take_u8 = take.to("cpu", torch.uint8) if take is not None else None
+    take_u8 = take.to("cpu", torch.uint8).contiguous() if take is not None else None
     batches, rest = _batches(params, grads, exp_avgs)
     threads = torch.get_num_threads()
     for (pdt, mdt), (idx, numel) in batches.items():
-        ps = [params[i] for i in idx]
-        gs = [grads[i] for i in idx]
-        ms = [exp_avgs[i] for i in idx]
         k = len(idx)
+        if k == n:  # the usual case: one batch holds every tensor, in order
+            ps, gs, ms, sub_take = params, grads, exp_avgs, take_u8
+        else:
+            ps = [params[i] for i in idx]
+            gs = [grads[i] for i in idx]
+            ms = [exp_avgs[i] for i in idx]
+            sub_take = None if take_u8 is None else take_u8[idx].contiguous()
         count = torch.zeros(k, dtype=torch.int64)
-        min_abs = torch.empty(k, dtype=torch.float64) if want_min else None
+        min_abs_c = torch.empty(k, dtype=torch.float64) if want_min else None
         scale = None
         if hyper.caution:
             agree = torch.empty(k, dtype=torch.int64)
@@ -828,61 +851,59 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
             rc = lib.clion_reduce(ctypes.byref(chyper), ctypes.byref(lists), threads)
             assert rc == 0, "dtype pair was checked by clion_supported"
             scale = _caution_scale(agree, numel, compute_dtype(pdt)).double()
-        sub_take = None if take_u8 is None else take_u8[idx].contiguous()
         lists, keep = _lists(ps, gs, ms, numel, pdt, mdt, take=sub_take, scale=scale,
-                             count=count, min_abs=min_abs)  # fmt: skip
+                             count=count, min_abs_c=min_abs_c)  # fmt: skip
         own = for_dtype(hyper, pdt)  # soft with an nu that is 0 in fp32: element's rule
         rc = lib.clion_update(ctypes.byref(chyper if own is hyper else CHyper.of(own)),
                               ctypes.byref(lists), threads)  # fmt: skip
         assert rc == 0, "dtype pair was checked by clion_supported"
-        if k == n:  # the usual case: one batch holds every tensor, in order
+        if k == n:
             counts = count.float()
-            mins = mins if min_abs is None else min_abs
+            mins = mins if min_abs_c is None else min_abs_c
         else:
             at = torch.tensor(idx)
             counts[at] = count.float()
-            if min_abs is not None:
-                mins[at] = min_abs
+            if min_abs_c is not None:
+                mins[at] = min_abs_c
     for i in rest:  # rare (strided views, mixed dtypes): the eager math, one tensor
-        out = _single_tensor_update(
+        out = single_tensor_update(
             [params[i]], [grads[i]], [exp_avgs[i]], hyper,
             None if take is None else take[i].reshape(1), True, want_min,
         )  # fmt: skip
         counts[i] = out.count[0]
         if want_min:
-            mins[i] = out.min_abs[0]
+            mins[i] = out.min_abs_c[0]
     return counts, mins
 
 
-def direction_min_abs(grads: TensorList, exp_avgs: TensorList, beta1: float,
-                      maximize: bool = False, stop: str | None = None,
-                      stop_below: float | None = None) -> Tensor:  # fmt: skip
+def min_abs_c(grads: TensorList, exp_avgs: TensorList, beta1: float, maximize: bool = False,
+              mode: str = "tensor", below: float | None = None) -> Tensor:  # fmt: skip
     """Per-tensor min non-zero ``abs(c)`` (fp64) in one fused pass.
 
-    With ``stop="tensor"`` (or ``"all"``) and ``stop_below=nu`` the pass stops reading a
-    tensor (or every tensor) once it has found a non-zero ``abs(c)`` below ``nu``: the
-    result is then only good for the comparison with ``nu`` (a witness below it, ``inf``
-    for skipped tensors), and the exact min must come from the update pass.
+    With ``below``, the pass stops reading a tensor (``mode="tensor"``) or every tensor
+    (``mode="global"``) once it has found a non-zero ``abs(c)`` below ``below``: the result
+    is then only good for the comparison (a witness below it, ``inf`` for skipped tensors),
+    and the exact min must come from the update pass.
     """
-    if stop not in _STOP:
-        raise ValueError(f"invalid stop={stop!r}: allowed are None, 'tensor', 'all'")
+    if mode not in _STOP:
+        raise ValueError(f"invalid mode={mode!r}: pass 1 runs for 'global' and 'tensor'")
     lib = _library()
     out = torch.full((len(grads),), math.inf, dtype=torch.float64)
-    chyper = CHyper(w1=1.0 - beta1, maximize=int(maximize), stop=_STOP[stop],
-                    stop_below=-math.inf if stop_below is None else stop_below)  # fmt: skip
+    chyper = CHyper(w1=1.0 - beta1, maximize=int(maximize),
+                    stop=0 if below is None else _STOP[mode],
+                    stop_below=-math.inf if below is None else below)  # fmt: skip
     batches, rest = _batches(grads, grads, exp_avgs)
     threads = torch.get_num_threads()
     for (gdt, mdt), (idx, numel) in batches.items():
         gs = [grads[i] for i in idx]
         ms = [exp_avgs[i] for i in idx]
-        min_abs = torch.empty(len(idx), dtype=torch.float64)
-        lists, keep = _lists(None, gs, ms, numel, gdt, mdt, min_abs=min_abs)
+        min_abs_c = torch.empty(len(idx), dtype=torch.float64)
+        lists, keep = _lists(None, gs, ms, numel, gdt, mdt, min_abs_c=min_abs_c)
         rc = lib.clion_reduce(ctypes.byref(chyper), ctypes.byref(lists), threads)
         assert rc == 0, "dtype pair was checked by clion_supported"
-        out[torch.tensor(idx)] = min_abs
+        out[torch.tensor(idx)] = min_abs_c
     if rest:  # strided or mixed-dtype tensors: the eager reduction
-        out[torch.tensor(rest)] = eager_direction_min_abs(
-            [grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1=beta1,
-            maximize=maximize, impl="single",
+        out[torch.tensor(rest)] = eager_min_abs_c(
+            [grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1, maximize, False
         ).to(out)
     return out

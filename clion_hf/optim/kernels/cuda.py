@@ -31,15 +31,17 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..functional import (
+from .._math import (
+    MODE_CODE,
     Hyper,
     TensorList,
-    _as_real,
-    _single_tensor_update,
+    as_real,
     compute_dtype,
     for_dtype,
+    single_tensor_update,
 )
-from ..functional import direction_min_abs as eager_direction_min_abs
+from .._math import min_abs_c as eager_min_abs_c
+from ..validate import check_update_lists
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     # The interpreter runs programs one by one in numpy: small blocks keep it fast, and
@@ -47,7 +49,6 @@ if os.environ.get("TRITON_INTERPRET") == "1":
     BLOCK, CHUNK = 32, 64
 else:
     BLOCK, CHUNK = 1024, 16 * 1024
-_MODE_ID = {"lion": 0, "global": 1, "tensor": 1, "element": 2, "soft": 3}
 _INF_BITS = 0x7F800000  # +inf as int32 bits
 
 
@@ -244,7 +245,7 @@ def _const(values: list[Any], dtype: torch.dtype, device: torch.device) -> Tenso
 
 
 def _flat(t: Tensor) -> Tensor:
-    return _as_real(t).view(-1)
+    return as_real(t).view(-1)
 
 
 def _buckets(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]):
@@ -252,7 +253,11 @@ def _buckets(params: list[Tensor], grads: list[Tensor], exp_avgs: list[Tensor]):
     groups: dict[tuple[torch.dtype, ...], list[int]] = {}
     rest: list[int] = []
     for i, (p, g, m) in enumerate(zip(params, grads, exp_avgs, strict=True)):
-        pr, gr, mr = _as_real(p), _as_real(g), _as_real(m)
+        pr, gr, mr = as_real(p), as_real(g), as_real(m)
+        if gr.shape != pr.shape or mr.shape != pr.shape or not (g.device == m.device == p.device):
+            # the kernel reads and writes g and m by p's element count (state edited by hand)
+            check_update_lists(params, grads, exp_avgs)  # names the tensor and the problem
+            raise ValueError(f"params[{i}]: its gradient or momentum does not match it")
         if pr.numel() == 0:
             continue
         if not (pr.is_contiguous() and gr.is_contiguous() and mr.is_contiguous()) or (
@@ -274,7 +279,7 @@ def _bits_to_float64(bits: Tensor) -> Tensor:
     return bits.view(torch.float32).to(torch.float64)
 
 
-def direction_min_abs(
+def min_abs_c(
     grads: list[Tensor], exp_avgs: list[Tensor], beta1: float, maximize: bool = False
 ) -> Tensor:
     """Per-tensor min non-zero ``abs(c)`` (fp64) with one launch per dtype combination."""
@@ -294,8 +299,8 @@ def direction_min_abs(
         )  # fmt: skip
         mins[_const(idx, torch.int64, device)] = _bits_to_float64(out)
     if rest:
-        sub = eager_direction_min_abs([grads[i] for i in rest], [exp_avgs[i] for i in rest],
-                                      beta1=beta1, maximize=maximize, impl="single")  # fmt: skip
+        sub = eager_min_abs_c([grads[i] for i in rest], [exp_avgs[i] for i in rest], beta1,
+                              maximize, False)  # fmt: skip
         mins[_const(rest, torch.int64, device)] = sub.to(mins)
     return mins
 
@@ -337,7 +342,7 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
         _update_kernel[(ct.numel(),)](
             table, ct, cs, take_i8, caution_cnt, cnt, mnb, lr_ptr,
             lr_f, 1.0 - lr_f * wd, wd, 1.0 - hyper.beta1, 1.0 - hyper.beta2, hyper.nu,
-            MODE=_MODE_ID[for_dtype(hyper, pdt).mode], CAUTION=hyper.caution, STATS=want_min,
+            MODE=MODE_CODE[for_dtype(hyper, pdt).mode], CAUTION=hyper.caution, STATS=want_min,
             LR_TENSOR=lr_is_tensor, P_DT=_tl_dtype(pdt), **common,
         )  # fmt: skip
         counts[sel] = cnt.float()
@@ -345,13 +350,13 @@ def update(params: TensorList, grads: TensorList, exp_avgs: TensorList, hyper: H
             mins[sel] = _bits_to_float64(mnb)
     if two_pass:
         assert take is not None
-        numel = _const([float(_as_real(p).numel()) for p in params], torch.float32, device)
+        numel = _const([float(as_real(p).numel()) for p in params], torch.float32, device)
         counts = take.float() * numel
     for i in rest:  # strided tensors: the eager math, one at a time
-        out = _single_tensor_update(
+        out = single_tensor_update(
             [params[i]], [grads[i]], [exp_avgs[i]], hyper,
             None if take is None else take[i : i + 1], True, want_min,
         )  # fmt: skip
         counts[i] = out.count[0]
-        mins[i] = out.min_abs[0]
+        mins[i] = out.min_abs_c[0]
     return counts, mins

@@ -22,7 +22,7 @@
 // simd.h) or ATen's Vectorized<T> (a large per-ISA class library that needs torch's
 // headers); intrinsics appear only for fma, which vector extensions do not spell.
 //
-// The arithmetic is the foreach path's (clion_hf/optim/functional.py), operation by
+// The arithmetic is the foreach path's (clion_hf/optim/_math.py), operation by
 // operation, with fma written out exactly where ATen's vectorised CPU kernels use one
 // (lerp, add with alpha) and no other contraction (-ffp-contract=off). ATen's x86 DEFAULT
 // capability has no fma (its fmadd is a * b + c), and neither has the x86-64 build here:
@@ -66,7 +66,7 @@ struct ClionHyper {
   double w1, w2;      // 1 - beta1, 1 - beta2
   double nu;          // CLion's threshold
   double stop_below;  // reduction with stop != STOP_NONE: stop below this
-  int32_t rule;       // update rule: LION, TAKE, ELEMENT or SOFT
+  int32_t mode;       // the form of h: LION, TAKE, ELEMENT or SOFT (_math.py's MODE_CODE)
   int32_t lr_is_tensor, maximize, stop;
 };
 
@@ -79,11 +79,11 @@ struct ClionLists {
   void* const* ms;               // momenta
   const int64_t* numel;          // elements per tensor (real elements for complex)
   int32_t p_dtype, m_dtype;      // Dtype codes
-  const uint8_t* take;           // rule TAKE: the decision per tensor
+  const uint8_t* take;           // mode TAKE: the decision per tensor
   const double* caution_scale;   // cautious Lion: d / (nnz + 1) per tensor, or NULL
   int64_t* count;                // update: coordinates that took the sign branch
   int64_t* agree;                // reduction: coordinates with sign(c) * g > 0, or NULL
-  double* min_abs;               // smallest non-zero |c|, or NULL
+  double* min_abs_c;             // smallest non-zero |c|, or NULL
 };
 
 }  // extern "C"
@@ -94,7 +94,7 @@ constexpr int64_t CHUNK = 1 << 15;
 
 // dtype codes, shared with kernels/cpu.py
 enum Dtype : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
-// update rules, shared with kernels/cpu.py
+// the form of h, shared with clion_hf/optim/_math.py's MODE_CODE
 enum Mode : int { LION = 0, TAKE = 1, ELEMENT = 2, SOFT = 3 };
 
 // Storage types for the 16-bit formats: plain bits, converted with integer vector
@@ -311,7 +311,7 @@ template <typename C> constexpr C inf() { return std::numeric_limits<C>::infinit
 struct Stats {
   int64_t count;   // coordinates that took the sign branch (element/soft/lion)
   int64_t agree;   // coordinates with h * g > 0 (the cautious mask)
-  double min_abs;  // smallest non-zero |c|, +inf if none, NaN if any |c| is NaN
+  double min_abs_c;  // smallest non-zero |c|, +inf if none, NaN if any |c| is NaN
 };
 
 // Horizontal sum and min of the lane accumulators, once per chunk (fully unrolled: no
@@ -400,7 +400,7 @@ struct Acc {
   }
 
   // The smallest non-zero |c| seen, +inf if none, NaN if any |c| was NaN.
-  double min_abs() const {
+  double min_abs_c() const {
     if constexpr (kBits) {
       // (in this const member lo[0] is a const lvalue for Clang: drop the const)
       using E = typename std::remove_cv<
@@ -521,7 +521,7 @@ CLION_CHUNK_FN Stats update_chunk(P* __restrict p, const P* __restrict g, M* __r
     mp.back(m + i, r);
   }
   Stats s{hsum(acc.count), 0, inf<double>()};
-  if (TRACK_MIN) s.min_abs = acc.min_abs();
+  if (TRACK_MIN) s.min_abs_c = acc.min_abs_c();
   if (MODE == LION) s.count = n;
   if (MODE == TAKE) s.count = take ? n : 0;
   return s;
@@ -561,7 +561,7 @@ CLION_CHUNK_FN Stats reduce_chunk(const P* __restrict g, const M* __restrict m, 
     Pad<N, M> mp(m + i, r);
     reduce_vec<C, AGREE, GENERAL>(gp.buf, mp.buf, k, acc, lanes_below<I>(r));
   }
-  return Stats{0, hsum(acc.agree), acc.min_abs()};
+  return Stats{0, hsum(acc.agree), acc.min_abs_c()};
 }
 
 // The update_chunk instantiation for a call's loop-invariant choices, picked once per call.
@@ -594,19 +594,20 @@ std::vector<Work> plan(int64_t ntensors, const int64_t* numel) {
 
 // Combine chunk results per tensor (in chunk order, so the result is deterministic).
 void combine(const std::vector<Work>& work, const std::vector<Stats>& parts, int64_t ntensors,
-             int64_t* count, int64_t* agree, double* min_abs) {
+             int64_t* count, int64_t* agree, double* min_abs_c) {
   for (int64_t t = 0; t < ntensors; ++t) {
     if (count) count[t] = 0;
     if (agree) agree[t] = 0;
-    if (min_abs) min_abs[t] = std::numeric_limits<double>::infinity();
+    if (min_abs_c) min_abs_c[t] = std::numeric_limits<double>::infinity();
   }
   for (size_t w = 0; w < work.size(); ++w) {
     const int64_t t = work[w].tensor;
     const Stats& s = parts[w];
     if (count) count[t] += s.count;
     if (agree) agree[t] += s.agree;
-    if (min_abs && !(min_abs[t] != min_abs[t]))
-      min_abs[t] = (s.min_abs != s.min_abs || s.min_abs < min_abs[t]) ? s.min_abs : min_abs[t];
+    if (min_abs_c && !(min_abs_c[t] != min_abs_c[t]))
+      min_abs_c[t] =
+          (s.min_abs_c != s.min_abs_c || s.min_abs_c < min_abs_c[t]) ? s.min_abs_c : min_abs_c[t];
   }
 }
 
@@ -619,8 +620,8 @@ void run_update(const ClionHyper& hp, const ClionLists& t, int nthreads) {
   void* const* ms = t.ms;
   const uint8_t* take = t.take;
   const double* caution_scale = t.caution_scale;
-  const int mode = hp.rule;
-  const bool track_min = t.min_abs != nullptr;
+  const int mode = hp.mode;
+  const bool track_min = t.min_abs_c != nullptr;
   // Every loop-invariant choice made once, here: one instantiation runs every chunk.
   const bool lb = general<typename Compute<P>::type>(hp);
   UpdateFn fn;
@@ -648,12 +649,12 @@ void run_update(const ClionHyper& hp, const ClionLists& t, int nthreads) {
     const bool tk = take ? take[k.tensor] != 0 : false;
     parts[w] = fn(p, g, m, k.len, hp, tk, caution_scale ? caution_scale[k.tensor] : 1.0);
   }
-  combine(work, parts, ntensors, t.count, nullptr, t.min_abs);
+  combine(work, parts, ntensors, t.count, nullptr, t.min_abs_c);
 }
 
 // Early exit of the reduction: CLion only compares the min with nu, so once a chunk
-// has a non-zero |c| below nu the answer is known for its tensor (STOP_TENSOR, mode
-// "tensor") or for every tensor (STOP_ALL, mode "global"); later chunks are skipped and
+// has a non-zero |c| below nu the answer is known for its tensor (STOP_TENSOR, CLion mode
+// "tensor") or for every tensor (STOP_ALL, CLion mode "global"); later chunks are skipped and
 // report +inf, so the result is a witness below nu rather than the exact min. The exact
 // min is then taken by the update pass, which reads the same data anyway.
 enum Stop : int { STOP_NONE = 0, STOP_TENSOR = 1, STOP_ALL = 2 };
@@ -686,12 +687,12 @@ void run_reduce(const ClionHyper& hp, const ClionLists& t, int nthreads) {
     const P* g = static_cast<const P*>(t.gs[k.tensor]) + k.start;
     const M* m = static_cast<const M*>(t.ms[k.tensor]) + k.start;
     parts[w] = rfn(g, m, k.len, hp);
-    if (stop != STOP_NONE && parts[w].min_abs < stop_below) {
+    if (stop != STOP_NONE && parts[w].min_abs_c < stop_below) {
       if (stop == STOP_ALL) found_any.store(1, std::memory_order_relaxed);
       else found[k.tensor].store(1, std::memory_order_relaxed);
     }
   }
-  combine(work, parts, ntensors, nullptr, t.agree, t.min_abs);
+  combine(work, parts, ntensors, nullptr, t.agree, t.min_abs_c);
 }
 
 // The supported (parameter dtype, momentum dtype) pairs, listed once: they are the
@@ -722,7 +723,7 @@ int clion_supported(int p_dtype, int m_dtype) {
   return dispatch(p_dtype, m_dtype, [](auto, auto) {});
 }
 
-// The update pass (rule TAKE needs lists->take). Returns 0, or 1 for an unsupported dtype
+// The update pass (mode TAKE needs lists->take). Returns 0, or 1 for an unsupported dtype
 // pair (nothing written).
 int clion_update(const ClionHyper* hp, const ClionLists* lists, int nthreads) {
   return dispatch(lists->p_dtype, lists->m_dtype, [&](auto p, auto m) {
@@ -747,7 +748,7 @@ int64_t clion_layout(int64_t* out, int64_t capacity) {
   const int64_t v[] = {
       sizeof(ClionHyper), offsetof(ClionHyper, lr), offsetof(ClionHyper, decay),
       offsetof(ClionHyper, w1), offsetof(ClionHyper, w2), offsetof(ClionHyper, nu),
-      offsetof(ClionHyper, stop_below), offsetof(ClionHyper, rule),
+      offsetof(ClionHyper, stop_below), offsetof(ClionHyper, mode),
       offsetof(ClionHyper, lr_is_tensor), offsetof(ClionHyper, maximize),
       offsetof(ClionHyper, stop),
       sizeof(ClionLists), offsetof(ClionLists, ntensors), offsetof(ClionLists, ps),
@@ -755,7 +756,7 @@ int64_t clion_layout(int64_t* out, int64_t capacity) {
       offsetof(ClionLists, p_dtype), offsetof(ClionLists, m_dtype),
       offsetof(ClionLists, take), offsetof(ClionLists, caution_scale),
       offsetof(ClionLists, count), offsetof(ClionLists, agree),
-      offsetof(ClionLists, min_abs)};
+      offsetof(ClionLists, min_abs_c)};
   const int64_t n = sizeof(v) / sizeof(v[0]);
   for (int64_t i = 0; i < n && i < capacity; ++i) out[i] = v[i];
   return n;
