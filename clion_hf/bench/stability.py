@@ -1,7 +1,7 @@
 """``clion-bench study stability``: the quantity the paper bounds, measured directly.
 
-The paper's generalization bounds are algorithmic-stability bounds (``CLION.md``, last
-section): train the same algorithm on two training sets S and S' of size N that differ in
+The paper's generalization bounds are algorithmic-stability bounds (arXiv:2604.14587):
+train the same algorithm on two training sets S and S' of size N that differ in
 one example, from the same initialization and in the same sample order, and bound how far
 the outputs drift apart. Lion's bound grows as 1/τ^T (τ: the smallest non-zero ``abs(c)``),
 CLion's does not. This study measures that drift.

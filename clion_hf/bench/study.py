@@ -1,6 +1,6 @@
 """``clion-bench study gen-gap``: the paper's generalization claim, measured directly.
 
-The paper (``CLION.md``) bounds Lion's generalization error by O(1/(N·τ^T)) and CLion's by
+The paper (arXiv:2604.14587) bounds Lion's generalization error by O(1/(N·τ^T)) and CLion's by
 O(1/N), N the number of training examples and τ the smallest non-zero ``abs(c)`` of the
 update direction. This study trains each optimizer, at its tuned hyper-parameters, on
 nested subsets of N = N_max/2^k training examples (``--train_subset_size``, see
@@ -143,7 +143,7 @@ STUDY_PRESETS["cpu"] = StudyPreset(
     jobs=2,
     extra_args=_CPU_EXTRA,
 )
-# cpu-v2 (issue 19, item 3): a gap-vs-N design that can inform. The @64 rungs are the tiny
+# cpu-v2: a gap-vs-N design that can inform. The @64 rungs are the tiny
 # models of the cpu preset, run as the cpu-ladder preset runs them, so the ladder's tuned rows
 # apply (--tuned docs/benchmarks/ladder-cpu-2026-12-06 once it has finished). N spans 2.1
 # decades: gpt2 4096 -> 32 blocks of 64 tokens (the offline split has 8962; 8192 would double

@@ -104,7 +104,7 @@ def for_dtype(hyper: Hyper, dtype: torch.dtype) -> Hyper:
     ``soft`` with an ``nu`` that rounds to 0 in the compute dtype (below fp32's smallest
     subnormal, for fp32/bf16/fp16 parameters): ``clamp(c / nu, -1, 1)`` is ``sign(c)`` for
     every ``c != 0``, but ``0 / 0`` would make ``c == 0`` NaN. ``element``'s rule with that
-    ``nu`` is the same ``sign(c)``, 0 at ``c == 0`` and the same count (issue 21 item 11).
+    ``nu`` is the same ``sign(c)``, 0 at ``c == 0`` and the same count.
     """
     if (hyper.mode == "soft" and hyper.nu <= _F32_ZERO_BELOW
             and compute_dtype(dtype) == torch.float32):  # fmt: skip

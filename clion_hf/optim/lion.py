@@ -86,7 +86,7 @@ class Lion(LionFamily):
         """``[min abs(c), steps]`` since the last :meth:`consume_stats`, on the device.
 
         Allocated up front and only updated in place, as CLion's statistics: torch.compile
-        drops attribute assignments made inside a compiled step (issue 21 item 9).
+        drops attribute assignments made inside a compiled step (torch 2.13).
         """
         params = [p for g in self.param_groups for p in g["params"]]
         device = params[0].device if params else torch.device("cpu")

@@ -30,7 +30,7 @@ MODES = ("global", "tensor", "element", "soft")
 
 LR_MAX = float(torch.finfo(torch.float32).max)
 """The largest ``lr`` accepted: the update runs in fp32 for fp32/bf16/fp16 parameters, where
-a larger one is inf (the fused kernel wrote -inf, the eager paths raised; issue 21 item 12).
+a larger one is inf (the fused kernel wrote -inf, the eager paths raised).
 One bound for every dtype and path, so that an lr is valid or not whatever the parameters."""
 
 MOMENTUM_DTYPES = (None, torch.float32, torch.bfloat16, torch.float16, torch.float64)
