@@ -801,3 +801,12 @@ def test_optimizer_modules_import_one_another_without_a_cycle(tmp_path):
     (pkg / "a.py").write_text("from . import b\n")
     (pkg / "b.py").write_text("def f():\n    from .a import x\n")
     assert _cycle(_import_graph(pkg, "pkg")) == ["pkg.a", "pkg.b", "pkg.a"]
+
+
+def test_no_module_of_the_package_imports_itself_back():
+    """The whole package, lazy imports included (the Trainer callback once imported the
+    Trainer glue that imports it)."""
+    import clion_hf
+
+    cycle = _cycle(_import_graph(clion_hf.__path__[0], "clion_hf"))
+    assert cycle is None, " -> ".join(cycle)

@@ -11,6 +11,7 @@ from transformers.trainer_callback import TrainerCallback
 from ..optim import CLion, Lion
 from ..optim._base import LionFamily
 from ._log import logger
+from ._names import OPTIM_VALUES, optim_value
 
 SIGN_FRACTION_KEY = "optim/sign_fraction"
 MIN_ABS_C_KEY = "optim/min_abs_c"
@@ -128,9 +129,7 @@ class LionFamilyCallback(TrainerCallback):
         """A resumed run (the Trainer made the optimizer from ``--optim clion/lion`` and
         loaded the checkpoint's state into it) keeps its own settings; WARNING if any
         differed from the checkpoint's, naming each and which one is used."""
-        from .transformers import OPTIMIZERS, _optim_value
-
-        if not isinstance(opt, LionFamily) or _optim_value(args.optim) not in OPTIMIZERS:
+        if not isinstance(opt, LionFamily) or optim_value(args.optim) not in OPTIM_VALUES:
             return
         lines = restore_run_settings(opt)
         if lines and state.is_world_process_zero:

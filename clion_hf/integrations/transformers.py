@@ -52,12 +52,14 @@ import torch
 from ..optim import CLion, Lion
 from ..optim.validate import TEXT_OPTIONS, check_impl, check_lr, check_weight_decay
 from ._log import logger
+from ._names import OPTIM_VALUES, optim_value
 
 OPTIMIZERS: dict[str, tuple[str, type[torch.optim.Optimizer]]] = {
     "clion": ("CLION", CLion),
     "lion": ("LION_TORCH", Lion),
 }
 """``--optim`` value -> (``OptimizerNames`` member name, optimizer class)."""
+assert tuple(OPTIMIZERS) == OPTIM_VALUES  # the callback reads the names from ._names
 
 LION_BETAS = (0.9, 0.99)
 """The Lion paper's betas; used unless ``optim_args`` sets ``beta1`` / ``beta2``."""
@@ -158,7 +160,7 @@ def optimizer_cls_and_kwargs(args: Any) -> tuple[type[torch.optim.Optimizer], di
     ``weight_decay`` here is the default; Trainer's param groups set it per group
     (``args.weight_decay`` for weights, 0 for biases and norms).
     """
-    name = _optim_value(args.optim)
+    name = optim_value(args.optim)
     if name not in OPTIMIZERS:
         raise ValueError(f"optim={name!r} is not one of clion_hf's: {', '.join(OPTIMIZERS)}")
     kwargs = parse_optim_args(name, args.optim_args)
@@ -169,13 +171,9 @@ def optimizer_cls_and_kwargs(args: Any) -> tuple[type[torch.optim.Optimizer], di
     }
 
 
-def _optim_value(optim: Any) -> str:
-    return optim.value if isinstance(optim, Enum) else str(optim)
-
-
 def validate_training_args(args: Any) -> None:
     """Argument-time checks for ``optim in {clion, lion}``; raises :class:`OptimArgsError`."""
-    name = _optim_value(args.optim)
+    name = optim_value(args.optim)
     if name not in OPTIMIZERS:
         return
     if _FAILED:  # e.g. the Trainer side could not be patched: never train with another
@@ -403,7 +401,7 @@ def patch_trainer() -> None:
 
         @functools.wraps(original)
         def get_optimizer_cls_and_kwargs(args: Any, *rest: Any, **kwargs: Any) -> Any:
-            if _optim_value(args.optim) in OPTIMIZERS:
+            if optim_value(args.optim) in OPTIMIZERS:
                 return optimizer_cls_and_kwargs(args)
             return original(args, *rest, **kwargs)
 
