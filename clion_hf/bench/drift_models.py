@@ -32,19 +32,18 @@ which a test checks: S' = S gives a drift of exactly 0 at every step.
 from __future__ import annotations
 
 import copy
-import math
 import re
 import time
-from datetime import datetime, timezone
 from typing import Any
 
 from .neighbours import (
-    SCHEMA,
-    STUDY,
+    PairReadings,
+    add_optimizer_stats,
     branch_taken,
+    diverged,
     draw_pair,
-    finite,
     make_optimizer,
+    run_result,
     sample_order,
     update_direction,
 )
@@ -218,8 +217,7 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
     pair = len(sets) == 2
     sign_lion_like = arm.name in ("lion", "clion")
     history: list[dict[str, Any]] = []
-    acc_sign = acc_branch = acc_any = 0.0
-    acc_n = 0
+    readings = PairReadings(arm)
     status, reason = "ok", ""
     for t in range(1, run.steps + 1):
         pos = torch.from_numpy(order[t - 1])
@@ -234,16 +232,7 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
                     branches.append(branch_taken(update_direction(opt, ps), arm))
             opt.step()
         if pair:
-            d0, d1 = _flat(params[0]) - before[0], _flat(params[1]) - before[1]
-            sign_diff = torch.sign(d0) != torch.sign(d1)
-            any_diff = sign_diff
-            if branches and branches[0] is not None:
-                branch_diff = branches[0] != branches[1]
-                any_diff = sign_diff | branch_diff
-                acc_branch += float(branch_diff.float().mean())
-            acc_sign += float(sign_diff.float().mean())
-            acc_any += float(any_diff.float().mean())
-            acc_n += 1
+            readings.add(before, [_flat(params[0]), _flat(params[1])], branches)
         if t not in log_at:
             continue
         entry: dict[str, Any] = {"step": t}
@@ -252,41 +241,15 @@ def execute_model_run(run, arm, replacement: int | None = None) -> dict[str, Any
             entry["val_loss"] = mean_loss(models[0], family, data["val"])
             entry["train_loss"] = mean_loss(models[0], family, sets[0])
         else:
-            theta, theta2 = _flat(params[0]), _flat(params[1])
-            drift = float(torch.linalg.vector_norm(theta - theta2))
-            norm = float(torch.linalg.vector_norm(theta))
-            entry.update(
-                drift=drift, norm=norm, rel_drift=drift / norm if norm > 0 else math.nan,
-                test_loss_prime=mean_loss(models[1], family, data["test"]),
-                sign_diff=acc_sign / max(acc_n, 1), any_diff=acc_any / max(acc_n, 1),
-                branch_diff=acc_branch / max(acc_n, 1) if arm.name == "clion" else None,
-            )  # fmt: skip
-            entry["loss_diff"] = entry["test_loss"] - entry["test_loss_prime"]
-            acc_sign = acc_branch = acc_any = 0.0
-            acc_n = 0
-        stats = opts[0].consume_stats() if hasattr(opts[0], "consume_stats") else {}
-        if "min_abs_c" in stats:
-            entry["tau"] = stats["min_abs_c"]
-        if "sign_fraction" in stats:
-            entry["sign_fraction"] = stats["sign_fraction"]
+            readings.log(entry, _flat(params[0]), _flat(params[1]),
+                         mean_loss(models[1], family, data["test"]))  # fmt: skip
+        add_optimizer_stats(entry, opts[0])
         history.append(entry)
-        if not finite(*(v for k, v in entry.items()
-                         if k.endswith("loss") or k == "drift")):  # fmt: skip
+        if diverged(entry):
             status, reason = "diverged", f"non-finite loss or drift at step {t}"
             break
-    from dataclasses import asdict
-
-    result = {
-        "schema": SCHEMA, "study": STUDY, "run_id": run.run_id, "status": status,
-        "reason": reason, **asdict(run), "log_at": list(run.log_at),
-        "replaced_position": draw.pos, "replacement": int(index_sets[-1][draw.pos]),
-        "parameters": int(theta_size(params[0])),
-        "history": history, "wall_s": round(time.time() - started, 3),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }  # fmt: skip
-    if run.stage == "tune" and status == "ok":
-        result["val_loss"] = history[-1]["val_loss"]
-    return result
+    return run_result(run, status, reason, draw.pos, int(index_sets[-1][draw.pos]), history,
+                      started, parameters=int(theta_size(params[0])))  # fmt: skip
 
 
 def theta_size(params: list) -> int:

@@ -120,3 +120,84 @@ def finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
 
+
+
+class PairReadings:
+    """What one logged step records of the pair: the two runs' updates compared coordinate
+    by coordinate at every step (averaged over the steps since the last log), and the
+    parameters' distance and the held-out loss difference at the log."""
+
+    def __init__(self, arm: Arm) -> None:
+        self.clion = arm.name == "clion"
+        self.reset()
+
+    def reset(self) -> None:
+        self.sign = self.branch = self.any = 0.0
+        self.n = 0
+
+    def add(self, before: list, after: list, branches: list) -> None:
+        """One step: ``before``/``after`` each run's flat parameters, ``branches`` each
+        run's CLion branch (or nothing)."""
+        import torch
+
+        d0, d1 = after[0] - before[0], after[1] - before[1]
+        sign_diff = torch.sign(d0) != torch.sign(d1)
+        any_diff = sign_diff
+        if branches and branches[0] is not None:
+            branch_diff = branches[0] != branches[1]
+            any_diff = sign_diff | branch_diff
+            self.branch += float(branch_diff.float().mean())
+        self.sign += float(sign_diff.float().mean())
+        self.any += float(any_diff.float().mean())
+        self.n += 1
+
+    def log(self, entry: dict[str, Any], theta: Any, theta2: Any, test_loss_prime: float
+            ) -> None:  # fmt: skip
+        """Fill ``entry`` (which has the first run's ``test_loss``) and start over."""
+        import torch
+
+        drift = float(torch.linalg.vector_norm(theta - theta2))
+        norm = float(torch.linalg.vector_norm(theta))
+        n = max(self.n, 1)
+        entry.update(
+            drift=drift, norm=norm, rel_drift=drift / norm if norm > 0 else math.nan,
+            test_loss_prime=test_loss_prime,
+            sign_diff=self.sign / n, any_diff=self.any / n,
+            branch_diff=self.branch / n if self.clion else None,
+        )  # fmt: skip
+        entry["loss_diff"] = entry["test_loss"] - entry["test_loss_prime"]
+        self.reset()
+
+
+def add_optimizer_stats(entry: dict[str, Any], opt: Any) -> None:
+    """τ (the smallest non-zero abs(c)) and CLion's sign fraction since the last log."""
+    stats = opt.consume_stats() if hasattr(opt, "consume_stats") else {}
+    if "min_abs_c" in stats:
+        entry["tau"] = stats["min_abs_c"]
+    if "sign_fraction" in stats:
+        entry["sign_fraction"] = stats["sign_fraction"]
+
+
+def diverged(entry: dict[str, Any]) -> bool:
+    return not finite(*(v for k, v in entry.items() if k.endswith("loss") or k == "drift"))
+
+
+def run_result(run: Any, status: str, reason: str, position: int, replacement: int,
+               history: list[dict[str, Any]], started: float, **extra: Any
+               ) -> dict[str, Any]:  # fmt: skip
+    """The result file of ``run`` (a tuning run or a pair) in either regime; ``extra``:
+    what a regime adds (e.g. the model's parameter count)."""
+    import time
+    from dataclasses import asdict
+    from datetime import datetime, timezone
+
+    result = {
+        "schema": SCHEMA, "study": STUDY, "run_id": run.run_id, "status": status,
+        "reason": reason, **asdict(run), "log_at": list(run.log_at),
+        "replaced_position": position, "replacement": replacement, **extra,
+        "history": history, "wall_s": round(time.time() - started, 3),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }  # fmt: skip
+    if run.stage == "tune" and status == "ok":
+        result["val_loss"] = history[-1]["val_loss"]
+    return result

@@ -50,7 +50,6 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +60,13 @@ from .neighbours import (
     SCHEMA,
     STUDY,
     Arm,
+    PairReadings,
+    add_optimizer_stats,
     branch_taken,
+    diverged,
     draw_pair,
-    finite,
     make_optimizer,
+    run_result,
     sample_order,
     update_direction,
 )
@@ -332,8 +334,7 @@ def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
     log_at = set(run.log_at)
     sign_lion_like = arm.name in ("lion", "clion")
     history: list[dict[str, Any]] = []
-    acc_sign = acc_branch = acc_any = 0.0
-    acc_n = 0
+    readings = PairReadings(arm)
     status, reason = "ok", ""
     for t in range(1, run.steps + 1):
         pos = torch.from_numpy(order[t - 1])
@@ -349,16 +350,7 @@ def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
             opt.step()
         if len(sets) == 2:
             after = [torch.cat([w.detach().reshape(-1), b.detach()]) for w, b in models]
-            d0, d1 = after[0] - before[0], after[1] - before[1]
-            sign_diff = torch.sign(d0) != torch.sign(d1)
-            any_diff = sign_diff
-            if branches and branches[0] is not None:
-                branch_diff = branches[0] != branches[1]
-                any_diff = sign_diff | branch_diff
-                acc_branch += float(branch_diff.float().mean())
-            acc_sign += float(sign_diff.float().mean())
-            acc_any += float(any_diff.float().mean())
-            acc_n += 1
+            readings.add(before, after, branches)
         if t not in log_at:
             continue
         entry: dict[str, Any] = {"step": t}
@@ -371,37 +363,13 @@ def execute_run(run: StabRun, arm: Arm) -> dict[str, Any]:
             w2, b2 = (p.detach() for p in models[1])
             theta = torch.cat([w.reshape(-1), b])
             theta2 = torch.cat([w2.reshape(-1), b2])
-            drift = float(torch.linalg.vector_norm(theta - theta2))
-            norm = float(torch.linalg.vector_norm(theta))
-            entry.update(
-                drift=drift, norm=norm, rel_drift=drift / norm if norm > 0 else math.nan,
-                test_loss_prime=_loss(w2, b2, data["test"]),
-                sign_diff=acc_sign / max(acc_n, 1), any_diff=acc_any / max(acc_n, 1),
-                branch_diff=acc_branch / max(acc_n, 1) if arm.name == "clion" else None,
-            )  # fmt: skip
-            entry["loss_diff"] = entry["test_loss"] - entry["test_loss_prime"]
-            acc_sign = acc_branch = acc_any = 0.0
-            acc_n = 0
-        stats = opts[0].consume_stats() if hasattr(opts[0], "consume_stats") else {}
-        if "min_abs_c" in stats:
-            entry["tau"] = stats["min_abs_c"]
-        if "sign_fraction" in stats:
-            entry["sign_fraction"] = stats["sign_fraction"]
+            readings.log(entry, theta, theta2, _loss(w2, b2, data["test"]))
+        add_optimizer_stats(entry, opts[0])
         history.append(entry)
-        if not finite(*(v for k, v in entry.items()
-                         if k.endswith("loss") or k == "drift")):  # fmt: skip
+        if diverged(entry):
             status, reason = "diverged", f"non-finite loss or drift at step {t}"
             break
-    result = {
-        "schema": SCHEMA, "study": STUDY, "run_id": run.run_id, "status": status,
-        "reason": reason, **asdict(run), "log_at": list(run.log_at),
-        "replaced_position": draw.pos, "replacement": draw.replacement,
-        "history": history, "wall_s": round(time.time() - started, 3),
-        "finished_at": datetime.now(timezone.utc).isoformat(),
-    }  # fmt: skip
-    if run.stage == "tune" and status == "ok":
-        result["val_loss"] = history[-1]["val_loss"]
-    return result
+    return run_result(run, status, reason, draw.pos, draw.replacement, history, started)
 
 
 # ------------------------------------------------------------------------------ the study
