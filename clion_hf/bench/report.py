@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clion_hf._files import atomic_write_text, probe_writable, read_json
+from clion_hf.integrations._names import MIN_ABS_C_KEY, SIGN_FRACTION_KEY
 
 from . import render
 from .protocol import (
@@ -53,8 +54,6 @@ from .specs import (
 )
 from .stats import PairedTest, holm_tests, performance_profile, t_interval
 
-SIGN_KEY = "optim/sign_fraction"
-MINC_KEY = "optim/min_abs_c"
 ALPHA = 0.05
 REFERENCES = ("adamw", "lion")  # untested estimates: every other row against these
 PROFILE_TAUS = (1.0, 1.25, 1.5, 2.0, 3.0, 4.0)
@@ -108,8 +107,8 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
         values = [v for e in history if (v := number(e.get(key))) is not None]
         return max(values) if values else None
 
-    signs = [v for _, v in curve(result, SIGN_KEY)]
-    mins = [v for _, v in curve(result, MINC_KEY)]
+    signs = [v for _, v in curve(result, SIGN_FRACTION_KEY)]
+    mins = [v for _, v in curve(result, MIN_ABS_C_KEY)]
     steps_to = seconds_to = None
     if target is not None and result.get("status") == "ok":
         points = evals + ([(int(result["max_steps"]), final)] if final is not None else [])
@@ -1136,7 +1135,7 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
             drawn, count = False, 0
             for opt in (o for o in wa.rows if o.startswith("clion")):
                 runs = clion_runs(opt)
-                steps, mean, _, _ = _mean_curve(runs, SIGN_KEY)
+                steps, mean, _, _ = _mean_curve(runs, SIGN_FRACTION_KEY)
                 if steps:
                     count = max(count, len(runs))
                     ax.plot(steps, mean, color=colour(opt), marker=".",
@@ -1158,7 +1157,7 @@ def make_plots(an: Analysis, results: list[dict], plot_dir: Path,
             drawn, summaries = False, []
             for opt in (o for o in wa.rows if o.startswith("clion")):
                 runs = clion_runs(opt)
-                steps, med, _, _ = _mean_curve(runs, MINC_KEY, median=True)
+                steps, med, _, _ = _mean_curve(runs, MIN_ABS_C_KEY, median=True)
                 # an exact 0 (no non-zero coordinate) cannot be drawn on a log axis
                 kept = [(s, v) for s, v in zip(steps, med, strict=True) if v > 0]
                 if kept:

@@ -11,10 +11,7 @@ from transformers.trainer_callback import TrainerCallback
 from ..optim import CLion, Lion
 from ..optim._base import LionFamily
 from ._log import logger
-from ._names import OPTIM_VALUES, optim_value
-
-SIGN_FRACTION_KEY = "optim/sign_fraction"
-MIN_ABS_C_KEY = "optim/min_abs_c"
+from ._names import MIN_ABS_C_KEY, OPTIM_VALUES, SIGN_FRACTION_KEY, optim_value
 
 
 def unwrap_optimizer(optimizer: Any) -> Any:
