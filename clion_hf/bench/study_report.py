@@ -550,17 +550,8 @@ def _design_findings(ws: WorkloadStudy) -> list[str]:
                 ends = (f" (N={filled[0]}: {_gap_held(ws, key, lb, filled[0])}; N={filled[-1]}: "
                         f"{_gap_held(ws, key, lb, filled[-1])})" if filled else "")  # fmt: skip
                 parts.append(f"{describe_optimizer(lb)} {ws.slopes[key][lb].text()}{ends}")
-            extra = ""
-            if rule.matched:
-                missed = {lb: k for lb, k in ws.unreached[design].items() if k}
-                if missed:
-                    extra = " Runs of arms that train but never reached it: " + ", ".join(
-                        f"{describe_optimizer(lb)} {k}" for lb, k in missed.items()) + "."
-            bad = {lb: k for lb, k in ws.nonpositive[key].items() if k}
-            if bad:
-                extra += (" Gaps ≤ 0 (left out of the fit): "
-                          + ", ".join(f"{describe_optimizer(lb)} {k}" for lb, k in bad.items())
-                          + ".")  # fmt: skip
+            extra = _left_out(ws, key, design if rule.matched else None,
+                              "Runs of arms that train but never reached it")  # fmt: skip
             comps = "; ".join(comparison_text(c) for c in ws.comparisons[key])
             lines.append(
                 f"- **{ws.name}**, {rule.text}, N = {ws.sizes[0]}…{ws.sizes[-1]}, {ws.seeds} "
@@ -570,6 +561,23 @@ def _design_findings(ws: WorkloadStudy) -> list[str]:
                 f"Holm-corrected): {comps or 'none'}.{extra}"
             )  # fmt: skip
     return lines
+
+
+def _left_out(ws: WorkloadStudy, key: str, unreached: str | None, missed_text: str) -> str:
+    """The findings' note on runs a slope leaves out: those that never reached the matched
+    loss (``unreached``: the design whose runs to list, None where no loss is matched) and
+    those whose gap is not positive (no logarithm)."""
+    extra = ""
+    missed = {lb: k for lb, k in ws.unreached[unreached].items() if k} if unreached else {}
+    if missed:
+        extra = f" {missed_text}: " + ", ".join(
+            f"{describe_optimizer(lb)} {k}" for lb, k in missed.items()) + "."
+    bad = {lb: k for lb, k in ws.nonpositive[key].items() if k}
+    if bad:
+        extra += (" Gaps ≤ 0 (left out of the fit): "
+                  + ", ".join(f"{describe_optimizer(lb)} {k}" for lb, k in bad.items())
+                  + ".")  # fmt: skip
+    return extra
 
 
 def findings(studies: list[WorkloadStudy]) -> list[str]:
@@ -583,17 +591,8 @@ def findings(studies: list[WorkloadStudy]) -> list[str]:
             where = (f"{ws.max_steps} steps" if rule == "fixed" else
                      f"training-subset loss {_g(ws.target, 4)}, the highest final one "
                      f"({ws.target_from})")  # fmt: skip
-            extra = ""
-            if rule == "matched":
-                missed = {lb: k for lb, k in ws.unreached["steps"].items() if k}
-                if missed:
-                    extra = " Runs that never reached it: " + ", ".join(
-                        f"{describe_optimizer(lb)} {k}" for lb, k in missed.items()) + "."
-            bad = {lb: k for lb, k in ws.nonpositive[rule].items() if k}
-            if bad:
-                extra += (" Gaps ≤ 0 (left out of the fit): "
-                          + ", ".join(f"{describe_optimizer(lb)} {k}" for lb, k in bad.items())
-                          + ".")  # fmt: skip
+            extra = _left_out(ws, rule, "steps" if rule == "matched" else None,
+                              "Runs that never reached it")  # fmt: skip
             comps = "; ".join(comparison_text(c) for c in ws.comparisons[rule])
             lines.append(
                 f"- **{ws.name}**, {RULE_TEXT[rule]} ({where}), N = {ws.sizes[0]}…{ws.sizes[-1]}: "
