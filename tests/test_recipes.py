@@ -3,14 +3,13 @@ offline defaults and on a user's local files, and their answers to bad input."""
 
 import hashlib
 import json
-import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from _paths import REPO
+from _paths import REPO, recipe_exit_status
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
@@ -265,18 +264,8 @@ def test_bad_input_is_one_line_and_status_2(
     env, tmp_path, monkeypatch, capsys, args, message
 ):
     recipe, argv = _bad_args(tmp_path, args)
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE"):
-        monkeypatch.setenv(name, env[name])  # the session's caches: corpus, tokenizer
     path = REPO / "recipes" / f"{recipe}.py"
-    monkeypatch.setattr(sys, "argv", [str(path), *argv])
-    threads = torch.get_num_threads()  # the offline defaults take one thread: put it back
-    try:
-        recipe_globals = runpy.run_path(str(path), run_name="recipe_under_test")
-        with pytest.raises(SystemExit) as exit_:
-            recipe_globals["run"](recipe_globals["main"])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
+    assert recipe_exit_status(recipe, argv, env, monkeypatch) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after any progress bars
     assert last.startswith(f"{path}: error: ") and message in last, last
     assert not (tmp_path / "out").exists()  # stopped before anything was written

@@ -4,12 +4,11 @@ and that the committed report and README say what the committed CSV gives. Fast.
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _paths import REPO
+from _paths import REPO, recipe_exit_status
 from scipy import stats as scipy_stats
 
 from clion_hf._files import read_json
@@ -223,22 +222,8 @@ def test_recipe_refuses_bad_gen_gap_options(offline_env, tmp_path, monkeypatch, 
                                             msg):  # fmt: skip
     """In-process, through the recipe's own main() and run() (the exit-status contract of a
     real launch is tested once, in test_recipes.py)."""
-    import runpy
-
-    import torch
-
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "CLION_HF_CACHE"):
-        monkeypatch.setenv(name, offline_env[name])
-    path = REPO / "recipes" / "vit_pretrain.py"
-    monkeypatch.setattr(sys, "argv", [str(path), "--output_dir", str(tmp_path / "o"), *args])
-    threads = torch.get_num_threads()  # the offline defaults take one thread: put it back
-    try:
-        recipe = runpy.run_path(str(path), run_name="recipe_under_test")
-        with pytest.raises(SystemExit) as exit_:
-            recipe["run"](recipe["main"])
-    finally:
-        torch.set_num_threads(threads)
-    assert exit_.value.code == 2
+    argv = ["--output_dir", str(tmp_path / "o"), *args]
+    assert recipe_exit_status("vit_pretrain", argv, offline_env, monkeypatch) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert msg in last, last
 
