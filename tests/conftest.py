@@ -13,8 +13,15 @@ def offline_env(tmp_path_factory) -> dict[str, str]:
     """An environment for recipe and benchmark subprocesses: no Hub, caches of its own
     (shared by the whole session: the kernel, corpus, tokenizers and checkpoints are built
     once; tests that need a fresh checkpoint use their own CLION_HF_CHECKPOINT_MAX_STEPS,
-    which is part of its cache key), fast offline finetune checkpoints."""
-    cache = tmp_path_factory.mktemp("cache")
+    which is part of its cache key), fast offline finetune checkpoints.
+
+    Under pytest-xdist the workers share one cache, as two users' processes would: the
+    package's caches are built under a lock and read by everyone."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        cache = tmp_path_factory.getbasetemp().parent / "shared-cache"
+        cache.mkdir(exist_ok=True)
+    else:
+        cache = tmp_path_factory.mktemp("cache")
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
