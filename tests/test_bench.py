@@ -722,7 +722,7 @@ def test_launcher_runs_forks_execs_and_stops(tmp_path):
         call = launcher.start(["os.path:join", "x", "y"], tmp_path, tmp_path / "call.log", "call")
         assert call.wait(60) == 0 and (tmp_path / "call.log").read_text().strip() == "x/y"
         sleeper = launcher.start(["sleep", "60"], tmp_path, tmp_path / "sleep.log", "exec")
-        deadline = time.monotonic() + 60  # marked once exec has replaced its memory (busy host: s)
+        deadline = time.monotonic() + 60  # the marked child is found (busy host: seconds)
         while sleeper.pid not in leftover_pids(tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)

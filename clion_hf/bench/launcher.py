@@ -109,9 +109,12 @@ def _child(request: dict[str, Any], close_fd: int, ready_fd: int) -> int:
     os.close(close_fd)  # the protocol pipe: only the launcher writes there
     os.setsid()
     _set_pdeathsig(signal.SIGKILL)
-    os.close(ready_fd)  # now a process group of its own: the launcher may report the pid
+    # Default dispositions before the pid is reported: a SIGTERM sent as soon as the runner
+    # knows the pid would otherwise reach the launcher's own handler (which only sets a
+    # flag), be lost at exec, and leave the child to the SIGKILL after the grace period.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    os.close(ready_fd)  # now a process group of its own: the launcher may report the pid
     log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
