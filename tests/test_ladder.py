@@ -221,12 +221,13 @@ def test_plateau_levels_of_the_offline_data(monkeypatch, tmp_path):
     assert set(vit) == {"chance", "majority"} and 0.19 < vit["chance"] <= vit["majority"] < 0.3
 
 
-def test_ladder_points_are_ratios_to_adamw_per_width():
+def _two_rungs(ref: dict[str, float], lion_noise: float = 0.0):
+    """An analysis of AdamW and Lion on gpt2-pretrain@64 and @128, both tuned to their
+    optimum, Lion ``ref[rung]`` nats worse (plus ``lion_noise`` · a per-seed pattern)."""
     from clion_hf.bench.report import analyze, summarize
 
     m = Matrix(get_preset("cpu-ladder"), ["gpt2-pretrain@64", "gpt2-pretrain@128"],
                parse_optimizers("adamw,lion"), (0, 1), tuple(range(100, 104)))  # fmt: skip
-    ref = {"gpt2-pretrain@64": 0.5, "gpt2-pretrain@128": 0.1}  # Lion's extra nats per width
 
     def loss(run: RunConfig) -> float:
         ws = m.preset.settings(run.workload)  # the optimum at each rung's grid centre
@@ -239,14 +240,20 @@ def test_ladder_points_are_ratios_to_adamw_per_width():
         run = next(x for p in m.plan(results) for x in [*(y for t in p.trials for y in t.runs),
                                                           *p.finals] if x.run_id == r["run_id"])
         ev = r["all_results"]["eval_loss"] + (0.001 * run.seed if run.phase == "final" else 0)
+        if run.phase == "final" and run.optimizer == "lion":
+            ev += lion_noise * {100: 1, 101: -1, 102: 2, 103: -2}[run.seed]  # mean 0
         res = {**r, "optimizer": run.optimizer, "phase": run.phase, "stage": run.stage,
                "seed": run.seed, "lr": run.lr, "weight_decay": run.weight_decay,
                "max_steps": run.max_steps,
                "all_results": {"eval_loss": ev, "perplexity": math.exp(ev), "test_loss": ev,
                                "test_perplexity": math.exp(ev)}}  # fmt: skip
         rows.append(summarize(res))
-    an = analyze(rows, m.describe())
-    points = ladder_points(an)
+    return analyze(rows, m.describe())
+
+
+def test_ladder_points_are_ratios_to_adamw_per_width():
+    ref = {"gpt2-pretrain@64": 0.5, "gpt2-pretrain@128": 0.1}  # Lion's extra nats per width
+    points = ladder_points(_two_rungs(ref))
     assert [(p["width"], p["optimizer"]) for p in points] == [(64, "lion"), (128, "lion")]
     for p in points:
         assert p["value"] == pytest.approx(math.exp(ref[f"gpt2-pretrain@{p['width']}"]))
@@ -259,6 +266,36 @@ def test_ladder_points_are_ratios_to_adamw_per_width():
     assert "unigram 5.3, bigram 3.7" in text
     assert "gpt2-pretrain,,,plateau,,unigram,5.3" in ladder_csv(points, {"gpt2-pretrain":
                                                                         {"unigram": 5.3}})
+
+
+@pytest.mark.parametrize(("extra", "word"), [
+    ((0.5, 0.1), "moves toward parity"),
+    ((0.1, 0.5), "moves away from parity"),
+    ((0.3, 0.3), "no change with width detected"),
+])  # fmt: skip
+def test_the_change_with_width_is_tested_with_the_rest(extra, word):
+    """Each declared comparison's change from the smallest to the largest width: Welch's t
+    (SciPy's), in the same Holm family as the paired tests, worded toward/away/none."""
+    from scipy import stats as st
+
+    from clion_hf.bench.report import findings
+    from clion_hf.bench.stats import holm, paired_t_p
+
+    ref = {"gpt2-pretrain@64": extra[0], "gpt2-pretrain@128": extra[1]}
+    an = _two_rungs(ref, lion_noise=0.01)
+    [tr] = an.trends
+    assert (tr.base, tr.a, tr.b, tr.small_width, tr.large_width) == (
+        "gpt2-pretrain", "lion", "adamw", 64, 128)
+    assert tr.delta == pytest.approx(extra[1] - extra[0], abs=1e-9)
+    assert tr.p == pytest.approx(st.ttest_ind(tr.large, tr.small, equal_var=False).pvalue)
+    tests = [t for wa in an.workloads for t in wa.tests]
+    assert len(tests) == 2  # lion vs adamw at each width; Holm over those and the trend
+    rejected, levels = holm([paired_t_p(t.diffs) for t in tests] + [tr.p])
+    assert tr.level == levels[-1] and [t.level for t in tests] == levels[:2]
+    [line] = [x for x in findings(an) if "against width" in x]
+    assert word in line, line
+    assert "from width 64 to 128 the ratio changes by" in line
+    assert f"×{math.exp(extra[0]):.3f}" in line  # the ratio at width 64, as measured
 
 
 def test_gen_gap_study_uses_the_local_search_choice():

@@ -52,7 +52,14 @@ from .specs import (
     parse_optimizer,
     removal_fraction,
 )
-from .stats import PairedTest, holm_tests, performance_profile, t_interval
+from .stats import (
+    MIN_PAIRS,
+    PairedTest,
+    WidthTrend,
+    holm_tests,
+    performance_profile,
+    t_interval,
+)
 
 ALPHA = 0.05
 REFERENCES = ("adamw", "lion")  # untested estimates: every other row against these
@@ -299,6 +306,7 @@ class Analysis:
     primary: tuple[tuple[str, str], ...] = ()  # the declared comparisons found in the runs
     margins: dict[str, float] = field(default_factory=dict)
     fallback: bool = False  # no declared comparison present: every row vs AdamW is tested
+    trends: list[WidthTrend] = field(default_factory=list)  # ladders: smallest vs largest width
 
     def __post_init__(self) -> None:
         by_w: dict[tuple[str, int], list[dict]] = defaultdict(list)
@@ -398,7 +406,28 @@ class Analysis:
                             est.lo, est.hi = t_interval(est.diffs, 1 - ALPHA)
                             est.level = 1 - ALPHA
                         wa.estimates.append(est)
-        holm_tests(tests, ALPHA)
+        self.trends = self._width_trends()
+        holm_tests(tests, ALPHA, self.trends)
+
+    def _width_trends(self) -> list[WidthTrend]:
+        """On a ladder (rungs ``NAME@WIDTH``), each declared comparison at the smallest and
+        the largest width where it has paired seeds: does it change with width?"""
+        out = []
+        bases = sorted({wa.workload.base for wa in self.workloads if wa.workload.width})
+        for base in bases:
+            for a, b in self.primary:
+                found = sorted(((wa.workload.width, t) for wa in self.workloads
+                                if wa.workload.base == base and wa.workload.width
+                                for t in wa.tests if (t.a, t.b) == (a, b) and t.n >= MIN_PAIRS),
+                               key=lambda x: x[0])  # fmt: skip
+                if len(found) >= 2:
+                    (w0, t0), (w1, t1) = found[0], found[-1]
+                    out.append(WidthTrend(base, a, b, w0, w1, list(t0.diffs), list(t1.diffs)))
+        return out
+
+    def rung(self, base: str, width: int) -> WorkloadAnalysis:
+        return next(wa for wa in self.workloads
+                    if wa.workload.base == base and wa.workload.width == width)  # fmt: skip
 
 
 def analyze(rows: list[dict], meta: dict | None) -> Analysis:
@@ -497,6 +526,66 @@ def estimate_sentence(wa: WorkloadAnalysis, t: PairedTest) -> str:
     if t.n < 2:
         return f"{a} vs {b}: {t.n} paired seed{'s' if t.n != 1 else ''}, no interval."
     return f"{a} vs {b}: {effect_text(wa, t)} (95% CI, not tested)."
+
+
+def trend_verdict(an: Analysis, tr: WidthTrend) -> str:
+    """inconclusive (a row on a grid edge at either width), not compared (too few seeds),
+    toward parity, away from parity, or no change detected."""
+    if not tr.usable or math.isnan(tr.level):
+        return "not compared"
+    if trend_edges(an, tr):
+        return "inconclusive"
+    if tr.different:
+        return "toward parity" if tr.toward_zero else "away from parity"
+    return "no change detected"
+
+
+def trend_edges(an: Analysis, tr: WidthTrend) -> list[str]:
+    out = []
+    for width in (tr.small_width, tr.large_width):
+        wa = an.rung(tr.base, width)
+        out += [f"{edge_text(wa.rows[o])} at width {width}" for o in (tr.a, tr.b)
+                if _inconclusive(wa.rows.get(o))]  # fmt: skip
+    return out
+
+
+def trend_sentence(an: Analysis, tr: WidthTrend) -> str:
+    """A declared comparison across the widths of a ladder, and whether it moves toward
+    parity (ratio 1, 0 pp) between the smallest and the largest width."""
+    a, b = describe_optimizer(tr.a), describe_optimizer(tr.b)
+    rungs = sorted((wa for wa in an.workloads if wa.workload.base == tr.base
+                    and wa.workload.width), key=lambda wa: wa.workload.width)  # fmt: skip
+    lm = rungs[0].workload.metric == "perplexity"
+    show = (lambda v: f"×{math.exp(v):.3f}") if lm else (lambda v: f"{100 * v:+.1f} pp")
+    per = []
+    for wa in rungs:
+        t = next((t for t in wa.tests if (t.a, t.b) == (tr.a, tr.b)), None)
+        if t is not None and t.n >= MIN_PAIRS:
+            lo, hi = t_interval(t.diffs, 1 - ALPHA)
+            per.append(f"{show(statistics.fmean(t.diffs))} [{show(lo)}, {show(hi)}] at width "
+                       f"{wa.workload.width}")  # fmt: skip
+    measure = "test perplexity ratio" if lm else "test accuracy difference"
+    head = (f"**{tr.base}**, {a} vs {b} against width: {measure} " + ", ".join(per)
+            + " (95% CIs)")  # fmt: skip
+    v = trend_verdict(an, tr)
+    if v == "not compared":
+        return f"{head}; too few seeds to test the change."
+    if lm:
+        change = (f"×{math.exp(tr.delta):.3f} [{math.exp(tr.lo):.3f}, {math.exp(tr.hi):.3f}]")
+    else:
+        change = f"{100 * tr.delta:+.1f} pp [{100 * tr.lo:+.1f}, {100 * tr.hi:+.1f}]"
+    change = (f"from width {tr.small_width} to {tr.large_width} the "
+              f"{'ratio' if lm else 'difference'} changes by {change} (Welch t, "
+              f"{100 * tr.level:.2f}% CI)")  # fmt: skip
+    parity = "×1" if lm else "0 pp"
+    if v == "inconclusive":
+        edges = " and ".join(trend_edges(an, tr))
+        return (f"{head}; {change}: **inconclusive**: {edges} sat on the edge of the "
+                "searched grid (no verdict).")
+    words = {"toward parity": f"**moves toward parity** ({parity})",
+             "away from parity": f"**moves away from parity** ({parity})",
+             "no change detected": "**no change with width detected**"}  # fmt: skip
+    return f"{head}; {change}: {words[v]}."
 
 
 def _inconclusive(row: Row | None) -> bool:
@@ -606,6 +695,7 @@ def findings(an: Analysis) -> list[str]:
         if unchosen:
             lines.append("  - Nothing chosen (every trial diverged or failed): "
                          + ", ".join(unchosen) + ".")
+    lines += [f"- {trend_sentence(an, tr)}" for tr in an.trends]
     lines += [f"- {t}" for t in _global_findings(an)]
     profile = _profile(an)
     if profile:
@@ -952,6 +1042,11 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
     lines += list(timing)
     lines.append("")
     tested = sum(t.n >= 2 for wa in an.workloads for t in wa.tests)
+    trends = sum(tr.usable for tr in an.trends)
+    counted = (f"{tested} tests in all, paired by seed (paired t-test)" if not trends else
+               f"{tested} tests paired by seed (paired t-test) and, per ladder and declared "
+               f"comparison, {trends} tests of its change from the smallest to the largest "
+               f"width (Welch t-test), {tested + trends} in all")  # fmt: skip
     declared = ("no comparison the preset declares is in these runs, so every optimizer "
                 "against AdamW" if an.fallback else "; ".join(
                     f"{describe_optimizer(a)} vs {describe_optimizer(b)}"
@@ -962,7 +1057,7 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
         for k, v in sorted(an.margins.items(), reverse=True))  # fmt: skip
     lines += ["## Verdict", "",
               f"Generated from the results by `clion-bench report`. Tested, per workload: "
-              f"{declared}; {tested} tests in all, paired by seed (paired t-test), Holm over "
+              f"{declared}; {counted}, Holm over "
               f"all of them; intervals at each test's Holm level. \"The same\" needs an "
               f"equivalence test (TOST) inside the margin the preset declares ({margins}); "
               "a comparison with a row whose "

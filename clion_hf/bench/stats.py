@@ -185,20 +185,75 @@ def t_interval(diffs: Sequence[float], level: float) -> tuple[float, float]:
     return mean - half, mean + half
 
 
-def holm_tests(tests: list[PairedTest], alpha: float = 0.05) -> list[PairedTest]:
+@dataclass
+class WidthTrend:
+    """How one declared comparison (A minus B) changes with width on a ladder: ``small`` and
+    ``large`` are its per-seed differences at the smallest and largest width. Different
+    models, so unpaired: Welch's t-test of ``mean(large) − mean(small)``, tested in the same
+    Holm family as the paired tests of the report."""
+
+    base: str
+    a: str
+    b: str
+    small_width: int
+    large_width: int
+    small: list[float]
+    large: list[float]
+    delta: float = math.nan  # mean(large) − mean(small)
+    lo: float = math.nan
+    hi: float = math.nan
+    level: float = math.nan
+    p: float = math.nan
+    different: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return min(len(self.small), len(self.large)) >= MIN_PAIRS
+
+    @property
+    def toward_zero(self) -> bool:
+        """The difference at the largest width is smaller in size than at the smallest."""
+        return abs(float(np.mean(self.large))) < abs(float(np.mean(self.small)))
+
+
+def welch(large: Sequence[float], small: Sequence[float], level: float
+          ) -> tuple[float, float, float, float]:  # fmt: skip
+    """(difference of means, its ``level`` Welch interval, two-sided p) of large − small."""
+    from scipy import stats as st
+
+    a, b = np.asarray(large, dtype=np.float64), np.asarray(small, dtype=np.float64)
+    delta = float(a.mean() - b.mean())
+    if a.std(ddof=1) == 0 and b.std(ddof=1) == 0:  # no spread at all: t is infinite (or 0/0)
+        return delta, delta, delta, (0.0 if delta != 0 else 1.0)
+    res = st.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(confidence_level=level)
+    return delta, float(ci.low), float(ci.high), float(res.pvalue)
+
+
+def holm_tests(tests: list[PairedTest], alpha: float = 0.05,
+               trends: Sequence[WidthTrend] = ()) -> list[PairedTest]:  # fmt: skip
     """Fill in every test with at least :data:`MIN_PAIRS` pairs: t-test and TOST p-values,
-    Holm over all of them together (``different``; the interval at its Holm level) and,
-    separately, Holm over the equivalence tests (``equivalent``). Others stay undecided."""
+    Holm over all of them and the usable width trends together (``different``; the interval
+    at its Holm level) and, separately, Holm over the equivalence tests (``equivalent``).
+    Others stay undecided."""
     usable = [t for t in tests if t.n >= MIN_PAIRS]
+    ok_trends = [t for t in trends if t.usable]
     for t in usable:
         t.mean, t.sd, _ = _t_parts(t.diffs)
         t.p = paired_t_p(t.diffs)
         t.p_equiv = tost_p(t.diffs, t.margin)
-    rejected, levels = holm([t.p for t in usable], alpha)
+    for w in ok_trends:
+        w.p = welch(w.large, w.small, 1 - alpha)[3]
+    rejected, levels = holm([t.p for t in usable] + [w.p for w in ok_trends], alpha)
     equivalent, _ = holm([t.p_equiv for t in usable], alpha)
-    for t, rej, level, eq in zip(usable, rejected, levels, equivalent, strict=True):
+    k = len(usable)
+    for t, rej, level, eq in zip(usable, rejected[:k], levels[:k], equivalent, strict=True):
         t.level = level
         t.lo, t.hi = t_interval(t.diffs, level)
         t.different = rej and (t.lo > 0 or t.hi < 0)
         t.equivalent = eq
+    for w, rej, level in zip(ok_trends, rejected[k:], levels[k:], strict=True):
+        w.level = level
+        w.delta, w.lo, w.hi, _ = welch(w.large, w.small, level)
+        w.different = rej and (w.lo > 0 or w.hi < 0)
     return tests
