@@ -1437,15 +1437,17 @@ def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, d
 
     def curves_plot(base: str, was: list[WorkloadAnalysis]):
         was = sorted(was, key=lambda wa: WORKLOADS[wa.name].width)
-        fig, axes = plt.subplots(1, len(was), figsize=(4.2 * len(was), 3.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(was), figsize=(4.2 * len(was), 5.2), squeeze=False)
         key = WORKLOADS[was[0].name].curve_key
         for ax, wa in zip(axes[0], was, strict=True):
             for opt, row in wa.rows.items():
                 runs = [by_id[r["run_id"]] for r in row.finals if r["run_id"] in by_id]
-                steps, mean, _, _ = _mean_curve(runs, key)
+                steps, mean, lo, hi = _mean_curve(runs, key)
                 if steps:
                     ax.plot(steps, mean, marker=".", color=colour(opt),
                             label=f"{describe_optimizer(opt)} (validation)")  # fmt: skip
+                    # the seeds' range: a mean can hide seeds stuck at a plateau
+                    ax.fill_between(steps, lo, hi, color=colour(opt), alpha=0.12, linewidth=0)
                 if key == "eval_loss":  # the training loss too, in the same units
                     steps, mean, _, _ = _mean_curve(runs, "loss")
                     if steps:
@@ -1459,8 +1461,16 @@ def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, d
             ax.set_xlabel("step", fontsize=LABEL_SIZE)
         what = (f"loss ({loss_unit(was[0].name)})" if key == "eval_loss"
                 else "validation accuracy")  # fmt: skip
-        axes[0][0].set_ylabel(f"{what}, mean of final seeds", fontsize=LABEL_SIZE)
-        axes[0][-1].legend(fontsize=LEGEND_SIZE, loc="best")
+        axes[0][0].set_ylabel(f"{what}, mean of final seeds\n(band: their range)",
+                              fontsize=LABEL_SIZE)  # fmt: skip
+        # one legend for every panel (a row present at one width only is listed too), below
+        seen: dict[str, Any] = {}
+        for ax in axes[0]:
+            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+                seen.setdefault(label, handle)
+        fig.legend(list(seen.values()), list(seen), fontsize=LEGEND_SIZE, loc="lower center",
+                   ncol=min(4, len(seen)), frameon=False)  # fmt: skip
+        fig.tight_layout(rect=(0, 0.045 * math.ceil(len(seen) / 4) + 0.01, 1, 1))
         return fig
 
     for base, was in sorted(rungs.items()) if results else ():
