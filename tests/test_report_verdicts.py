@@ -193,6 +193,62 @@ def test_committed_report_verdicts_recomputed_from_its_csv():
             assert v in ("the same", "no difference detected")
 
 
+LADDER = REPO / "docs" / "benchmarks" / "ladder-cpu-2026-12-06"
+
+
+def test_committed_ladder_verdicts_recomputed_from_its_csv():
+    """The committed ladder's verdicts are what its results.csv gives: every declared
+    comparison on ≥10 paired seeds, paired t-tests and the width trends' Welch tests
+    recomputed here with SciPy, Holm over all of them, no verdict on an edge row, and every
+    row spending the same 9 trials."""
+    csv_text = (LADDER / "results.csv").read_text()
+    meta = json.loads((LADDER / "bench.json").read_text())
+    report = (LADDER / "report.md").read_text()
+    assert findings_from_csv(csv_text, meta) == findings_block(report)
+    rows = rows_from_csv(csv_text)
+    an = analyze(rows, meta)
+    assert not an.missing, an.missing  # the matrix has finished
+    tests = [(wa, t) for wa in an.workloads for t in wa.tests]
+    assert len(tests) == 18 and len(an.trends) == 6
+    assert f"{len(tests) + len(an.trends)} in all" in report
+    assert all(t.n >= 10 for _, t in tests)
+    finals = [r for r in rows if r["phase"] == "final" and r["status"] == "ok"]
+
+    def values(w: str, opt: str) -> dict[int, float]:
+        return {r["seed"]: (r["test_loss"] if WORKLOADS[w].metric == "perplexity"
+                            else r["test_metric"])
+                for r in finals if r["workload"] == w and r["optimizer"] == opt}  # fmt: skip
+
+    def diffs(w: str, a: str, b: str) -> list[float]:
+        va, vb = values(w, a), values(w, b)
+        return [va[s] - vb[s] for s in sorted(set(va) & set(vb))]
+
+    pvalues = [st.ttest_rel(*zip(*((values(wa.name, t.a)[s], values(wa.name, t.b)[s])
+                                   for s in sorted(values(wa.name, t.a))), strict=True)).pvalue
+               for wa, t in tests]  # fmt: skip
+    for tr in an.trends:
+        small = diffs(f"{tr.base}@{tr.small_width}", tr.a, tr.b)
+        large = diffs(f"{tr.base}@{tr.large_width}", tr.a, tr.b)
+        assert (tr.small_width, tr.large_width) == (64, 256)
+        pvalues.append(st.ttest_ind(large, small, equal_var=False).pvalue)
+    rejected, _ = holm(pvalues)
+    for (wa, t), p, rej in zip(tests, pvalues, rejected, strict=False):
+        assert t.p == pytest.approx(p, rel=1e-9) and p > 0
+        v = verdict(wa, t)
+        if any(wa.rows[o].plan.inconclusive for o in (t.a, t.b)):
+            assert v == "inconclusive"
+        elif rej:
+            assert v in ("better", "worse")
+        else:
+            assert v in ("the same", "no difference detected")
+    for tr, p in zip(an.trends, pvalues[len(tests):], strict=True):
+        assert tr.p == pytest.approx(p, rel=1e-9)
+    for wa in an.workloads:  # equal spend, printed
+        for row in wa.rows.values():
+            assert row.plan.trials_used == row.plan.search.trials == 9, (wa.name, row.optimizer)
+    assert report.count("| 9 of 9 |") == sum(len(wa.rows) for wa in an.workloads)
+
+
 # ------------------------------------------------------------------------------ smoke
 
 
