@@ -1414,8 +1414,23 @@ def ladder_plots(an: Analysis, points: list[dict[str, Any]], levels: dict[str, d
             err = [[p["value"] - p["lo"] for p in ps], [p["hi"] - p["value"] for p in ps]]
             ax.errorbar(x, y, yerr=err, marker="o", capsize=4, color=colour(opt),
                         label=f"{describe_optimizer(opt)} (n = {ps[0]['n']})")  # fmt: skip
-        ax.axhline(1.0 if mine[0]["measure"] == "perplexity ratio" else 0.0, color="black",
-                   linewidth=1, label="AdamW")  # fmt: skip
+        ref = 1.0 if mine[0]["measure"] == "perplexity ratio" else 0.0
+        ax.axhline(ref, color="black", linewidth=1, label="AdamW")
+        # Scale the axis to the optimizers run at every width; a row run at one width only
+        # (all modes are on the smallest rung) far outside that range is written, not drawn,
+        # so that it does not flatten the curves the ladder is about.
+        widths = {p["width"] for p in mine}
+        full = [p for p in mine if {q["width"] for q in mine if q["optimizer"] == p["optimizer"]}
+                == widths] if len(widths) > 1 else mine  # fmt: skip
+        lo = min([ref, *(p["lo"] for p in full)])
+        hi = max([ref, *(p["hi"] for p in full)])
+        pad = 0.15 * (hi - lo or 1.0)
+        off = [p for p in mine if p["hi"] < lo - pad or p["lo"] > hi + pad]
+        if off:
+            ax.set_ylim(lo - pad, hi + pad)
+            ax.text(0.02, 0.02, "off scale: " + "; ".join(
+                f"{describe_optimizer(p['optimizer'])} {p['value']:.3g} at width {p['width']}"
+                for p in off), transform=ax.transAxes, fontsize=LEGEND_SIZE)  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted({p["width"] for p in mine}),
                       [str(w) for w in sorted({p["width"] for p in mine})])  # fmt: skip
