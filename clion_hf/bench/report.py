@@ -812,8 +812,9 @@ def workload_markdown(an: Analysis, wa: WorkloadAnalysis, plots: dict[str, str])
         ])  # fmt: skip
         if opt.startswith("clion"):
             mins = [r["min_abs_c_min"] for r in ok if r["min_abs_c_min"] is not None]
+            tuned = dict(row.plan.chosen.params) if row.plan and row.plan.chosen else {}
             nu = (chosen["second_value"] if chosen and chosen["second"] == "nu"
-                  else parse_optimizer(opt).get("nu"))  # fmt: skip
+                  else tuned.get("nu", parse_optimizer(opt).get("nu")))  # local search's ν
             diag.append([name, fmt_float(nu), _median(r["sign_fraction_mean"] for r in ok),
                          f"{min(mins):.2g}" if mins else "–"])  # fmt: skip
     lines += table(["optimizer", "learning rate", "weight decay (share removed), ν",
