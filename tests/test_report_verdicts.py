@@ -249,6 +249,22 @@ def test_committed_ladder_verdicts_recomputed_from_its_csv():
     assert report.count("| 9 of 9 |") == sum(len(wa.rows) for wa in an.workloads)
 
 
+def test_readme_quotes_the_committed_ladder():
+    """README's ladder verdicts are the committed report's, and every other number of its
+    subsection is one the report prints."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    report = (LADDER / "report.md").read_text()
+    begin, end = "<!-- ladder-findings:begin -->", "<!-- ladder-findings:end -->"
+    quoted = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
+    assert quoted.splitlines() == findings_block(report)
+    section = readme.split("### What the scale ladder shows")[1].split("<!-- ladder-report:end")[0]
+    outside = section.replace(quoted, "")
+    for number in re.findall(r"(?<![\w.-])\d+(?:\.\d+)?(?![\w-])", outside):
+        assert number in report, number
+
+
 # ------------------------------------------------------------------------------ smoke
 
 
