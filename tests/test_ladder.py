@@ -165,10 +165,36 @@ def test_cpu_ladder_dry_run_estimate_fits_six_hours(capsys):
     assert "out along lr, beta2, wd_scale, nu" in out
 
 
+def test_probe_first_brackets_every_dimension_before_following_an_edge():
+    """cpu-ladder's search followed edges in the order of its dimensions, so a far beta2
+    optimum used the trials and left ν on an edge; cpu-ladder-v2 brackets every dimension
+    (3 values each) first, and the same loss ends with no dimension on an edge."""
+    far = _bowl({"element": 0.001}, beta2_best=0.9, nu_best=1e-5)
+    old = _ladder("clion:mode=element")
+    (row,) = old.plan(_drive(old, far))
+    assert row.trials_used == 9 and "nu" in row.edges and row.inconclusive
+    preset = get_preset("cpu-ladder-v2")
+    new = Matrix(preset, ["gpt2-pretrain@64"], parse_optimizers("clion:mode=element"),
+                 preset.tuning_seeds, preset.final_seeds)  # fmt: skip
+    (row,) = new.plan(_drive(new, far))
+    assert row.trials_used == row.search.budget == 12 and row.search.probe
+    for name in ("beta2", "wd_scale", "nu"):
+        assert len({dict(t.params)[name] for t in row.trials}) >= 3, name
+    assert dict(row.chosen.params) == {"beta2": 0.9, "wd_scale": 0.25, "nu": 1e-5}
+    assert row.chosen.lr == 0.001 and row.edges == [] and not row.inconclusive
+    # the other rows spend the same 12
+    both = Matrix(preset, ["gpt2-pretrain@64"], parse_optimizers("adamw,lion"),
+                  preset.tuning_seeds, preset.final_seeds)  # fmt: skip
+    for row in both.plan(_drive(both, _bowl({"adamw": 0.003, "lion": 0.001}))):
+        assert row.trials_used == 12, row.optimizer
+
+
 @pytest.mark.parametrize("name", ["gpu", "gpu-ladder"])
 def test_gpu_presets_follow_the_same_protocol(name, capsys):
     preset = PRESETS[name]
-    assert preset.tuned == PRESETS["cpu-ladder"].tuned and preset.trials_per_row == 9
+    v2 = PRESETS["cpu-ladder-v2"]
+    assert (preset.tuned, preset.trials_per_row, preset.probe_first) == (
+        v2.tuned, v2.trials_per_row, v2.probe_first) == (PRESETS["cpu-ladder"].tuned, 12, True)
     assert len(preset.final_seeds) >= 10 and len(preset.tuning_seeds) >= 2
     assert cli.main(["run", "--preset", name, "--dry_run"]) == 0
     assert "# estimated device time: " in capsys.readouterr().out

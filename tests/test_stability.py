@@ -42,6 +42,7 @@ from clion_hf.bench.stability_report import (
 )
 
 COMMITTED = REPO / "docs" / "benchmarks" / "stability-2026-12-06"
+COMMITTED_VIT = REPO / "docs" / "benchmarks" / "stability-vit-2026-12-06"
 
 TINY = StabilityPreset(
     name="tiny", description="test", n_main=32, t_max=24, t_fixed=12, sizes=(16, 32),
@@ -186,18 +187,21 @@ def test_bad_input_is_one_line(capsys):
 # ------------------------------------------------------------------------------ committed
 
 
-@pytest.mark.skipif(not COMMITTED.is_dir(), reason="no committed stability report")
-def test_committed_report_findings_follow_from_its_csv():
-    meta = read_json(COMMITTED / "bench.json")
-    csv_text = (COMMITTED / "results.csv").read_text()
-    report = (COMMITTED / "report.md").read_text()
+@pytest.mark.parametrize(("study", "marker"), [
+    (COMMITTED, "stability-findings"),  # the convex regime
+    (COMMITTED_VIT, "stability-vit-findings"),  # the tiny ViT
+])  # fmt: skip
+def test_committed_report_findings_follow_from_its_csv(study, marker):
+    """A committed study's Findings are what its results.csv gives, and README's copy of
+    them (between its markers) is the report's, line for line."""
+    meta = read_json(study / "bench.json")
+    csv_text = (study / "results.csv").read_text()
+    report = (study / "report.md").read_text()
     assert findings_from_csv(csv_text, meta) == findings_block(report)
     readme = (REPO / "README.md").read_text()
-    begin, end = "<!-- stability-findings:begin -->", "<!-- stability-findings:end -->"
-    if begin in readme:
-        block = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
-        for line in block.splitlines():
-            assert line in report, line
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    block = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
+    assert block.splitlines() == findings_block(report)
 
 
 def test_pair_counts_meet_the_issue_floor():

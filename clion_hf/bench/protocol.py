@@ -407,11 +407,12 @@ def _best(trials: Iterable[Trial]) -> Trial | None:
 
 
 def _next_point(dims: tuple[Any, ...], tried: dict[tuple[int, ...], Trial],
-                best: Trial | None) -> tuple[int, ...] | None:  # fmt: skip
+                best: Trial | None, probe: bool = False) -> tuple[int, ...] | None:  # fmt: skip
     """The local search's next configuration (see :meth:`Matrix._plan_local`): first, in
-    the order of ``dims``, one step past the best point in a dimension where its value is
-    the smallest or largest tried there (an edge); with no edge left, the untried point
-    nearest to the best one along a single dimension."""
+    the order of ``dims`` (with ``probe``, the dimensions with fewer than 3 values tried
+    before the others), one step past the best point in a dimension where its value is the
+    smallest or largest tried there (an edge); with no edge left, the untried point nearest
+    to the best one along a single dimension."""
     if best is None:  # nothing ok yet: the next smaller lr, the other dimensions at start
         low = min(p[0] for p in tried) - 1
         point = (low, *(0,) * (len(dims) - 1))
@@ -422,7 +423,12 @@ def _next_point(dims: tuple[Any, ...], tried: dict[tuple[int, ...], Trial],
     def moved(i: int, k: int) -> tuple[int, ...]:
         return here[:i] + (k,) + here[i + 1 :]
 
-    for i, d in enumerate(dims):
+    # With probe: a dimension with fewer than 3 values tried comes first (the lr grid has 3),
+    # so that every dimension is bracketed once before any edge is followed further.
+    order = list(enumerate(dims))
+    if probe:
+        order.sort(key=lambda item: len({p[item[0]] for p in tried}) >= 3)
+    for i, d in order:
         values = [p[i] for p in tried]
         for k, edge in ((here[i] - 1, here[i] == min(values)),
                         (here[i] + 1, here[i] == max(values))):  # fmt: skip
@@ -641,7 +647,7 @@ class Matrix:
                           for r, res in zip(t.runs, t.results, strict=True) if res is None]
             if row.needed or len(trials) >= search.trials:
                 break
-            point = _next_point(dims, trials, _best(row.trials))
+            point = _next_point(dims, trials, _best(row.trials), search.probe)
             if point is None:  # a bounded space, all of it tried
                 break
             trial(point, "local")

@@ -944,6 +944,12 @@ LOCAL_SEARCH_TEXT = (
     "A row whose choice is still the smallest or largest value tried in a dimension (other "
     "than a bound of the space: no weight decay, beta2's ends) is inconclusive."
 )
+PROBE_TEXT = (
+    "Before any edge is followed further, every dimension with fewer than 3 values tried "
+    "comes first, so that each one (ν included) is bracketed around the best point once "
+    "(the protocol since cpu-ladder's first run, where 9 trials spent in order left ν "
+    "untried)."
+)
 
 
 def timing_lines(results: list[dict], load_log: Path | None = None,
@@ -1077,7 +1083,8 @@ def report_markdown(an: Analysis, plots: dict[str, str], problems: list[str],
     lines += ["## Protocol", "", PROTOCOL_TEXT]
     if an.matrix is not None and an.matrix.preset.tuned:  # the local search, not the above
         lines += [LOCAL_SEARCH_TEXT.format(trials=an.matrix.preset.trials_per_row,
-                                           dims=", ".join(an.matrix.preset.tuned)), ""]
+                                           dims=", ".join(an.matrix.preset.tuned))
+                  + (" " + PROBE_TEXT if an.matrix.preset.probe_first else ""), ""]
     if "profile" in plots:
         lines += ["## Performance profile", "",
                   "Fraction of workloads on which each optimizer reaches the target within "

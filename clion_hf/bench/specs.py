@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from clion_hf.integrations.transformers import OptimArgsError, key_values
@@ -421,6 +421,9 @@ class Search:
     second_floor: float | None = None  # a natural bound (no decay): never extended past
     dims: tuple[Dim, ...] = ()  # the local search's dimensions (lr first); () = coordinate
     trials: int = 0  # the local search's spend: exactly this many configurations per row
+    # the local search tries a value on each side of the best one in every dimension before
+    # following edges (so no dimension, ν included, goes untried when the spend runs out)
+    probe: bool = False
 
     @property
     def local(self) -> bool:
@@ -441,7 +444,8 @@ class Search:
                 f"{d.name} " + ", ".join(fmt_float(d.value(k)) for k in range(-1, 2)
                                          if d.in_bounds(k))
                 for d in self.dims)  # fmt: skip
-            return (f"the same {self.trials} trials for every row, from the lrs "
+            first = ", every dimension bracketed first" if self.probe else ""
+            return (f"the same {self.trials} trials for every row{first}, from the lrs "
                     f"{list(self.lrs)} out along {', '.join(d.name for d in self.dims)} "
                     f"(around the start: {dims})")  # fmt: skip
         second = (f"; then {self.second} in {list(self.second_values)} "
@@ -520,6 +524,7 @@ class Preset:
     # Empty: the coordinate search of the presets before it (their reports stay readable).
     tuned: tuple[str, ...] = ()
     trials_per_row: int = 0
+    probe_first: bool = False  # see Search.probe
 
     def settings(self, workload: str, max_steps: int | None = None) -> WorkloadSettings:
         ws = self.workloads[workload]
@@ -564,7 +569,8 @@ class Preset:
             dims.append(Dim("wd_scale", 1.0, 4.0, lo=-2, floor=0.0))  # 0, 1/4, 1, 4, 16, ...
         if "nu" in self.tuned and spec.name == "clion" and spec.get("mode") in ("element", "soft"):
             dims.append(Dim("nu", spec.get("nu"), 10.0))
-        return Search(lrs, 0, None, dims=tuple(dims), trials=self.trials_per_row)
+        return Search(lrs, 0, None, dims=tuple(dims), trials=self.trials_per_row,
+                      probe=self.probe_first)
 
     def coupling(self, ws: WorkloadSettings) -> float:
         """``K = lr · wd`` at weight-decay scale 1 (see the module doc)."""
@@ -608,6 +614,13 @@ LADDER_TUNED = TUNED_DIMS
 # fewest for which CLion element/soft can end with no optimum on an edge; the others spend
 # the same 9 (two more points, further out or around a better one).
 LADDER_TRIALS = 9
+# cpu-ladder's first run (docs/benchmarks/ladder-cpu-2026-12-06) showed that 9 trials
+# spent following edges in order (lr, beta2, weight decay, then ν) left ν at its start in
+# five of six CLion element rows, and every element verdict inconclusive. The protocol
+# since (gpu, gpu-ladder, cpu-ladder-v2): first a value on each side of the best one in
+# every dimension (3 lrs + 2 per other dimension: 9 for element/soft, 7 for the others),
+# then 3 more to follow edges or look closer: 12 per row for everyone.
+PROBE_TRIALS = 12
 LADDER_FINAL_SEEDS = tuple(range(100, 110))  # 10 paired final seeds
 
 # Per workload of the offline presets: steps, grid centres (from a first sweep of these
@@ -702,14 +715,16 @@ def _online(steps: int, adamw: float, lion: float, cost: Cost, *args: str) -> Wo
 PRESETS["gpu"] = Preset(
     name="gpu",
     description="online defaults (Hub models and datasets), one GPU, the cpu-ladder "
-    "preset's protocol: the same 9 trials per row over lr, beta2, weight-decay scale (and ν "
-    "for element/soft), 2 tuning seeds, 10 final seeds",
+    "preset's protocol: the same 12 trials per row over lr, beta2, weight-decay scale (and "
+    "ν for element/soft), every dimension's neighbours tried first, 2 tuning seeds, 10 final "
+    "seeds",
     accelerate_config="single_gpu",
     optimizers=CPU_OPTIMIZERS,
     tuning_seeds=(0, 1),
     final_seeds=LADDER_FINAL_SEEDS,
     tuned=LADDER_TUNED,
-    trials_per_row=LADDER_TRIALS,
+    trials_per_row=PROBE_TRIALS,
+    probe_first=True,
     workloads={
         "gpt2-pretrain": _online(
             5000, 6e-4, 2e-4, Cost(60, 0.12, 60),
@@ -852,6 +867,19 @@ PRESETS["cpu-ladder"] = Preset(
     tuned=LADDER_TUNED,
     trials_per_row=LADDER_TRIALS,
 )
+# The same ladder with the protocol since its first run: every dimension's neighbours are
+# tried first (ν included), 12 trials per row. cpu-ladder stays as it was, so that its
+# committed report plans the runs it was made of.
+PRESETS["cpu-ladder-v2"] = replace(
+    PRESETS["cpu-ladder"],
+    name="cpu-ladder-v2",
+    description="cpu-ladder with the protocol since its first run: the same 12 trials per "
+    "row, a value on each side of the best one tried first in every dimension (lr, beta2, "
+    "weight-decay scale, ν for element/soft), then edges followed; 2 tuning seeds, 10 final "
+    "seeds",
+    trials_per_row=PROBE_TRIALS,
+    probe_first=True,
+)
 
 
 # The ladder on one GPU, offline data (dry-run here: no GPU measured it). Its cost is a
@@ -872,7 +900,7 @@ PRESETS["gpu-ladder"] = Preset(
     name="gpu-ladder",
     description="offline data on one GPU, the scale ladder: gpt2-, bert- and vit-pretrain at "
     "widths 64, 256, 512 and 768 (2 layers), 2000 steps; every optimizer on width 64, "
-    "AdamW, Lion, CLion global and element above; cpu-ladder's search and seeds",
+    "AdamW, Lion, CLion global and element above; cpu-ladder-v2's search and seeds",
     accelerate_config="single_gpu",
     optimizers=CPU_OPTIMIZERS,
     tuning_seeds=(0, 1),
@@ -884,7 +912,8 @@ PRESETS["gpu-ladder"] = Preset(
     cost_note="a rough guess for one H100/H200, not a measurement: 12 s start-up, 10-40 ms "
     "per step by width, two runs sharing the GPU",
     tuned=LADDER_TUNED,
-    trials_per_row=LADDER_TRIALS,
+    trials_per_row=PROBE_TRIALS,
+    probe_first=True,
 )
 
 
