@@ -209,15 +209,15 @@ def test_pair_counts_meet_the_issue_floor():
     assert math.isclose(NU_BELOW_TAU, float(torch.tensor(NU_BELOW_TAU)), rel_tol=0.5)
 
 
-def test_committed_plots_follow_the_plot_rules(tmp_path):
+@pytest.mark.parametrize("study", [COMMITTED, COMMITTED_VIT], ids=["convex", "vit"])
+def test_committed_plots_follow_the_plot_rules(tmp_path, study):
     """The reports' colour per optimizer, y-labels, readable legends, ν drawn where τ_t is,
-    sign-branch fraction on [0, 1] (README's plot rules), on the committed study's data."""
+    sign-branch fraction on [0, 1] (README's plot rules), on each committed study's data."""
     from matplotlib.colors import to_hex
 
     from clion_hf.bench.plotstyle import colour
     from clion_hf.bench.stability_report import _parse, analyze, make_plots
 
-    study = REPO / "docs" / "benchmarks" / "stability-2026-12-06"
     an = analyze(_parse((study / "results.csv").read_text()),
                  json.loads((study / "bench.json").read_text()))  # fmt: skip
     figures: dict = {}
