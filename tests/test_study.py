@@ -241,6 +241,21 @@ def test_committed_report_findings_are_what_its_csv_gives_and_readme_copies_them
     assert findings_block(readme) == block and len(block) >= 4
 
 
+def test_committed_v2_vit_findings_are_what_its_csv_gives_and_readme_copies_them():
+    """The cpu-v2 study's vit half: Findings from its results.csv, 10 seeds per slope, and
+    README's copy line for line."""
+    study = REPO / "docs" / "benchmarks" / "gen-gap-v2-vit-2026-12-06"
+    report = (study / "report.md").read_text()
+    block = findings_block(report)
+    meta = read_json(study / "bench.json")
+    assert findings_from_csv((study / "results.csv").read_text(), meta) == block
+    assert sum("10 seeds: slope" in line for line in block) == 4  # 2 designs x 2 readings
+    readme = (REPO / "README.md").read_text()
+    begin, end = "<!-- gen-gap-v2-vit-findings:begin -->", "<!-- gen-gap-v2-vit-findings:end -->"
+    quoted = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
+    assert quoted.splitlines() == block
+
+
 # ------------------------------------------------------------------------------ cpu-v2
 
 
