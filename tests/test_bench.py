@@ -40,6 +40,7 @@ from clion_hf.bench.specs import (
     parse_optimizer,
     parse_optimizers,
     removal_fraction,
+    spec_from_recipe_args,
     weight_decay_for,
 )
 from clion_hf.bench.stats import (
@@ -75,6 +76,19 @@ def test_optimizer_specs_map_to_recipe_flags():
     pinned = parse_optimizer("lion:lr=3e-4,beta1=0.95")
     assert pinned.pinned_lr == 3e-4
     assert pinned.recipe_args() == ["--optim", "lion", "--optim_args", "beta1=0.95"]
+
+
+@pytest.mark.parametrize("text", [
+    "adamw", "adamw:beta1=0.8,beta2=0.95", "lion", "lion:caution=true,beta2=0.9",
+    "lion:track_stats=true", "clion", "clion:mode=element,nu=1e-5,beta2=0.95",
+    "clion:mode=soft,beta1=0.95", "clion:mode=tensor,nu=1e-7",
+])  # fmt: skip
+def test_recipe_flags_read_back_as_the_spec(text):
+    spec = parse_optimizer(text)
+    flags = ["--learning_rate", "1e-3", *spec.recipe_args(), "--seed", "3"]
+    assert spec_from_recipe_args(flags) == spec
+    assert spec_from_recipe_args(["--optim", "sgd"]) is None
+    assert spec_from_recipe_args([]) is None
 
 
 def test_equivalent_specs_share_a_label():

@@ -189,6 +189,37 @@ def test_probe_first_brackets_every_dimension_before_following_an_edge():
         assert row.trials_used == 12, row.optimizer
 
 
+def test_each_results_row_records_the_beta2_and_nu_its_run_used():
+    """The local search sets beta2 and ν per run, beside the spec; results.csv records what
+    each run ran with (read back from its recipe flags), through a CSV round trip."""
+    from dataclasses import asdict
+
+    from clion_hf.bench.report import rows_csv, rows_from_csv, run_nu, summarize
+
+    preset = get_preset("cpu-ladder-v2")
+    m = Matrix(preset, ["gpt2-pretrain@64"], parse_optimizers("lion,clion:mode=element"),
+               preset.tuning_seeds, preset.final_seeds)  # fmt: skip
+    results = _drive(m, _bowl({"lion": 0.001, "element": 0.001}, beta2_best=0.9))
+    runs = [r for p in m.plan(results) for t in p.trials for r in t.runs]
+    runs += [r for p in m.plan(results) for r in p.finals]
+    rows = [summarize({**results[r.run_id], **asdict(r), "recipe_args": list(r.recipe_args)})
+            for r in runs]  # the fields the runner writes
+    back = {row["run_id"]: row for row in rows_from_csv(rows_csv(rows))}
+    seen = set()
+    for run in runs:
+        params, row = dict(run.params), back[run.run_id]
+        assert row["beta2"] == params["beta2"], run.title
+        if run.optimizer == "lion":
+            assert row["nu"] is None and run_nu(row) is None
+        else:
+            assert row["nu"] == run_nu(row) == params["nu"], run.title
+            seen.add(row["nu"])
+    assert len(seen) >= 3  # the search moved ν, and each row says which
+    # a results.csv written before these columns reads back with them blank
+    old = rows_csv(rows).replace(",beta2,nu,", ",b,n,", 1)
+    assert {r["beta2"] for r in rows_from_csv(old)} == {None}
+
+
 @pytest.mark.parametrize("name", ["gpu", "gpu-ladder"])
 def test_gpu_presets_follow_the_same_protocol(name, capsys):
     preset = PRESETS[name]

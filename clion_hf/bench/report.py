@@ -51,6 +51,7 @@ from .specs import (
     get_preset,
     parse_optimizer,
     removal_fraction,
+    spec_from_recipe_args,
 )
 from .stats import (
     MIN_PAIRS,
@@ -124,6 +125,7 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
                 steps_to, seconds_to = step, train_s.get(step)
                 break
     second = result.get("second") or [None, None]
+    spec = spec_from_recipe_args(result.get("recipe_args") or ())
     steps_done = opt_s[-1][0] if opt_s else None
     return {
         "run_id": result["run_id"],
@@ -135,6 +137,9 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
         "second_value": second[1],
         "lr": result["lr"],
         "weight_decay": result.get("weight_decay"),
+        # what the optimizer ran with: the spec's, a tuned ν's or a local search's value
+        "beta2": spec.get("beta2") if spec else None,
+        "nu": spec.get("nu") if spec and spec.name == "clion" else None,
         "seed": result["seed"],
         "max_steps": result.get("max_steps"),
         "status": result["status"],
@@ -169,9 +174,9 @@ def summarize(result: dict, target: float | None = None) -> dict[str, Any]:
 
 CSV_COLUMNS = [
     "run_id", "workload", "optimizer", "phase", "stage", "second", "second_value", "lr",
-    "weight_decay", "seed", "max_steps", "status", "reason", "metric", "final_metric",
-    "best_metric", "test_metric", "eval_loss", "test_loss", "train_loss_end", "gen_gap",
-    "train_samples", "eval_samples", "test_samples", "wall_s", "cpu_s", "train_s",
+    "weight_decay", "beta2", "nu", "seed", "max_steps", "status", "reason", "metric",
+    "final_metric", "best_metric", "test_metric", "eval_loss", "test_loss", "train_loss_end",
+    "gen_gap", "train_samples", "eval_samples", "test_samples", "wall_s", "cpu_s", "train_s",
     "optimizer_ms_per_step", "steps_to_target", "train_s_to_target", "optimizer_state_mb",
     "peak_mem_mb", "sign_fraction_mean", "sign_fraction_max", "min_abs_c_min",
     "min_abs_c_median", "returncode",
@@ -1128,7 +1133,10 @@ def _mean_curve(results: list[dict], key: str, median: bool = False
 
 
 def run_nu(row: dict) -> float | None:
-    """The ν a CLion run used (its tuned ν, else its spec's); None for other optimizers."""
+    """The ν a CLion run used (its ``nu`` column; in a results.csv written before that
+    column, its tuned ν, else its spec's); None for other optimizers."""
+    if row.get("nu") is not None:
+        return float(row["nu"])
     try:
         spec = parse_optimizer(row["optimizer"])
     except SpecError:

@@ -215,6 +215,27 @@ def parse_optimizer(text: str) -> OptimizerSpec:
     return OptimizerSpec(name, options)
 
 
+def spec_from_recipe_args(args: Iterable[str]) -> OptimizerSpec | None:
+    """The spec a run's recipe flags give (the inverse of :meth:`OptimizerSpec.recipe_args`,
+    less a pinned lr); None when the flags name no optimizer of ours. A results row reads its
+    effective beta2 and ν here, whether the spec, a tuned ν or a local search set them."""
+    flags: dict[str, str] = {}
+    items = list(args)
+    for flag, value in zip(items, items[1:], strict=False):
+        if flag.startswith("--"):
+            flags[flag] = value
+    names = {v: k for k, v in OPTIM_NAMES.items()}
+    name = names.get(flags.get("--optim", ""))
+    if name is None:
+        return None
+    if name == "adamw":
+        betas = (("beta1", "--adam_beta1"), ("beta2", "--adam_beta2"))
+        given = [f"{k}={flags[f]}" for k, f in betas if f in flags]
+        return parse_optimizer(f"adamw:{','.join(given)}" if given else "adamw")
+    options = flags.get("--optim_args")
+    return parse_optimizer(f"{name}:{options}" if options else name)
+
+
 def parse_optimizers(text: str) -> list[OptimizerSpec]:
     """A list of specs separated by ``;`` or by ``,`` before a new optimizer name.
 
