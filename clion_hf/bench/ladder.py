@@ -136,6 +136,64 @@ def ladder_points(an: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda p: (p["base"], p["optimizer"], p["width"]))
 
 
+PLATEAU_MARGIN = 0.05  # "left the plateau": 5% below its level, as the gen-gap study's rule
+
+
+def plateau_exits(an: Any, results: Sequence[dict], levels: dict[str, dict[str, float]]
+                  ) -> list[dict[str, Any]]:  # fmt: skip
+    """Per language-model rung and optimizer: each final seed's first evaluated step whose
+    validation loss is 5% below the unigram level (None: it never got there). A mean curve
+    or a final ratio can hide seeds that leave the plateau late or never; this shows them."""
+    from .report import curve
+
+    by_id = {r["run_id"]: r for r in results}
+    out = []
+    for wa in an.workloads:
+        w = WORKLOADS[wa.name]
+        unigram = levels.get(w.base, {}).get("unigram")
+        if not w.width or unigram is None:
+            continue
+        target = (1 - PLATEAU_MARGIN) * unigram
+        for opt, row in sorted(wa.rows.items()):
+            runs = [by_id[r["run_id"]] for r in row.finals
+                    if r["status"] == "ok" and r["run_id"] in by_id]  # fmt: skip
+            if not runs:
+                continue
+            steps = [next((s for s, v in curve(r, "eval_loss") if v <= target), None)
+                     for r in runs]  # fmt: skip
+            out.append({"base": w.base, "width": w.width, "optimizer": opt,
+                        "target": target, "steps": steps})  # fmt: skip
+    return out
+
+
+def exits_markdown(exits: list[dict[str, Any]], base: str) -> list[str]:
+    """The table of :func:`plateau_exits` for one base (``[]`` when it has none)."""
+    mine = [e for e in exits if e["base"] == base]
+    if not mine:
+        return []
+    widths = sorted({e["width"] for e in mine})
+
+    def cell(e: dict[str, Any] | None) -> str:
+        if e is None:
+            return "–"
+        left = [s for s in e["steps"] if s is not None]
+        never = len(e["steps"]) - len(left)
+        if not left:
+            return f"never ({never} of {never})"
+        text = f"{statistics.median(left):g} [{min(left)}, {max(left)}]"
+        return text + (f"; {never} of {len(e['steps'])} never" if never else "")
+
+    rows = [[opt, *[cell(next((e for e in mine if e["optimizer"] == opt and e["width"] == w),
+                              None)) for w in widths]]
+            for opt in sorted({e["optimizer"] for e in mine})]  # fmt: skip
+    return [f"Leaving the unigram plateau: the first evaluated step at which a final seed's "
+            f"validation loss is {100 * PLATEAU_MARGIN:g}% below the unigram level "
+            f"({mine[0]['target']:.3f} nats); median [first, last] over the final seeds, and "
+            "how many never got there. A late or missing exit is a seed stuck on token "
+            "frequencies, whatever its final ratio says.", "",
+            *table(["optimizer", *[f"width {w}" for w in widths]], rows), ""]  # fmt: skip
+
+
 def ladder_csv(points: list[dict[str, Any]], levels: dict[str, dict[str, float]]) -> str:
     """``ladder.csv``: the points, then each base's plateau levels (optimizer ``plateau``)."""
     plateaus = [{"base": base, "optimizer": "plateau", "measure": name, "value": value}
@@ -145,7 +203,8 @@ def ladder_csv(points: list[dict[str, Any]], levels: dict[str, dict[str, float]]
 
 
 def ladder_markdown(points: list[dict[str, Any]], levels: dict[str, dict[str, float]],
-                    plots: dict[str, str]) -> list[str]:  # fmt: skip
+                    plots: dict[str, str], exits: Sequence[dict[str, Any]] = ()
+                    ) -> list[str]:  # fmt: skip
     """The report's ladder section (``[]`` when the results hold no rung)."""
     if not points and not levels:
         return []
@@ -177,6 +236,7 @@ def ladder_markdown(points: list[dict[str, Any]], levels: dict[str, dict[str, fl
         if f"ladder-curves-{base}" in plots:
             lines += [f"![{base}: validation curves with the plateau levels]"
                       f"({plots[f'ladder-curves-{base}']})", ""]  # fmt: skip
+        lines += exits_markdown(list(exits), base)
     return lines
 
 

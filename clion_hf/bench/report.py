@@ -1575,7 +1575,7 @@ def _ladder_section(an: Analysis, results: list[dict], out_dir: Path, plots: dic
                     plot_errors: list[str]) -> list[str]:  # fmt: skip
     """The scale ladder (rungs ``NAME@WIDTH``): plateau levels, ratios to AdamW against
     width, their plots and ``ladder.csv``; ``[]`` when the results hold no rung."""
-    from .ladder import ladder_csv, ladder_levels, ladder_markdown, ladder_points
+    from .ladder import ladder_csv, ladder_levels, ladder_markdown, ladder_points, plateau_exits
 
     if not any(wa.workload.width for wa in an.workloads):
         return []
@@ -1584,7 +1584,7 @@ def _ladder_section(an: Analysis, results: list[dict], out_dir: Path, plots: dic
     plots.update(drawn)
     plot_errors += errors
     atomic_write_text(out_dir / "ladder.csv", ladder_csv(points, levels))
-    return ladder_markdown(points, levels, plots)
+    return ladder_markdown(points, levels, plots, plateau_exits(an, results, levels))
 
 
 def findings_from_csv(csv_text: str, meta: dict | None) -> list[str]:
