@@ -112,3 +112,29 @@ def test_throughput_runs_the_chosen_optimizers(capsys: pytest.CaptureFixture) ->
         "adamw_torch", "clion:mode=element,nu=1e-5"
     ]
     assert "x adamw_torch" in rows[0]
+
+
+def test_readme_bench_commands_parse():
+    """Every ``clion-bench`` line in README's code blocks is a command line the CLI accepts
+    (flags, presets, subcommands), so a renamed flag cannot leave README wrong."""
+    import re
+    import shlex
+
+    from _paths import REPO
+
+    from clion_hf.bench.specs import get_preset
+    from clion_hf.bench.stability import get_stability_preset
+    from clion_hf.bench.study import get_study_preset
+
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
+    lines = [x.split("#")[0].strip() for b in blocks for x in b.splitlines()]
+    commands = [shlex.split(x)[1:] for x in lines if x.startswith("clion-bench ")]
+    assert len(commands) >= 10
+    for argv in commands:
+        if argv == ["--help"]:
+            continue
+        args = cli.build_parser(argv).parse_args(argv)  # argparse exits (2) on a bad line
+        if getattr(args, "preset", None):  # and the preset it names exists
+            {"run": get_preset, "gen-gap": get_study_preset, "stability": get_stability_preset
+             }[getattr(args, "study", args.command)](args.preset)  # fmt: skip
