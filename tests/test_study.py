@@ -13,7 +13,7 @@ from scipy import stats as scipy_stats
 
 from clion_hf._files import read_json
 from clion_hf.bench.cli import main
-from clion_hf.bench.specs import parse_optimizer, parse_optimizers
+from clion_hf.bench.specs import SpecError, parse_optimizer, parse_optimizers
 from clion_hf.bench.study import build_study, sizes_of
 from clion_hf.bench.study_report import (
     CSV_COLUMNS,
@@ -170,6 +170,39 @@ def test_tuned_hyper_parameters_come_from_the_run_directory():
     for label, row in rows.items():
         assert (label, row.lr, row.weight_decay) in finals
     assert rows["clion:mode=element"].spec.get("nu") == 1e-5  # the tuned ν
+
+
+def test_tuned_rows_are_what_the_tuned_run_s_final_runs_used(tmp_path):
+    """--tuned re-plans the choice from the tuning runs; the committed ladder's final runs
+    are that choice for every row the cpu-v2 study reads (this version's search agrees with
+    the one that ran), and a directory whose final runs used another configuration is
+    refused in one line instead of studied at hyper-parameters nobody tuned."""
+    import shutil
+
+    from clion_hf.bench.report import rows_csv, rows_from_csv
+
+    ladder = REPO / "docs" / "benchmarks" / "ladder-cpu-2026-12-06"
+    study = build_study("cpu-v2", None, None, str(ladder))
+    rows = rows_from_csv((ladder / "results.csv").read_text())
+    for w, study_rows in study.rows.items():
+        for row in study_rows:
+            finals = [r for r in rows if r["workload"] == w and r["optimizer"] == row.label
+                      and r["phase"] == "final"]  # fmt: skip
+            assert {(r["lr"], r["weight_decay"]) for r in finals} == {
+                (row.lr, row.weight_decay)}, (w, row.label)
+            for key in ("beta2", "nu"):  # the per-run columns: what the finals ran with
+                if row.spec.name != "adamw" and (key != "nu" or row.spec.name == "clion"):
+                    assert {r[key] for r in finals} == {row.spec.get(key)}, (w, row.label)
+    # the same directory with Lion's final runs moved to another lr
+    doctored = tmp_path / "ladder"
+    doctored.mkdir()
+    shutil.copy(ladder / "bench.json", doctored)
+    for r in rows:
+        if r["optimizer"] == "lion" and r["phase"] == "final":
+            r["run_id"] = r["run_id"][::-1]
+    (doctored / "results.csv").write_text(rows_csv(rows))
+    with pytest.raises(SpecError, match="another configuration for lion on gpt2-pretrain@64"):
+        build_study("cpu-v2", None, None, str(doctored))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -208,7 +208,8 @@ def rows_from_csv(text: str, columns: list[str] = CSV_COLUMNS,
 
 
 def as_result(row: dict) -> dict:
-    """The part of a result :meth:`Matrix.plan` reads, rebuilt from a summary row."""
+    """The part of a result :meth:`Matrix.plan` (and a study's ``--tuned`` check) reads,
+    rebuilt from a summary row."""
     w = WORKLOADS[row["workload"]]
     res: dict[str, Any] = {}
     if row.get("eval_loss") is not None:
@@ -216,7 +217,7 @@ def as_result(row: dict) -> dict:
     if row.get("final_metric") is not None:
         res[w.metric] = row["final_metric"]
     return {"run_id": row["run_id"], "workload": row["workload"], "status": row["status"],
-            "all_results": res}  # fmt: skip
+            "optimizer": row["optimizer"], "phase": row["phase"], "all_results": res}  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ analysis

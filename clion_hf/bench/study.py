@@ -313,6 +313,14 @@ def tuned_row(spec: OptimizerSpec, workload: str, tuned: tuple[Matrix, dict[str,
     if plan.chosen is None:
         raise SpecError(f"--tuned {tuned_dir}: no chosen configuration for {spec.label} on "
                         f"{workload} (its search is unfinished or nothing finished ok)")
+    # the choice is re-planned from the tuning runs by this version's search: if the tuned
+    # run's own final runs used another configuration, the two disagree (the search changed)
+    ran = {rid for rid, r in results.items() if r.get("phase") == "final"
+           and r.get("workload") == workload and r.get("optimizer") == spec.label}  # fmt: skip
+    if ran and not ran & {r.run_id for r in plan.finals}:
+        raise SpecError(f"--tuned {tuned_dir}: this version's search chooses another "
+                        f"configuration for {spec.label} on {workload} than the one its final "
+                        "runs used; rerun it (`clion-bench run`) or use a matching version")
     final = matrix.make_run(workload, spec, plan.chosen.lr, plan.chosen.second, 0, "final",
                             plan.chosen.params)  # fmt: skip
     run = spec if plan.search.second != "nu" else spec.with_option("nu", plan.chosen.second)
