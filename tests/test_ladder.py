@@ -336,15 +336,14 @@ def test_plateau_exits_name_the_seeds_that_leave_late_or_never():
 
     an = _two_rungs({"gpt2-pretrain@64": 0.5, "gpt2-pretrain@128": 0.1})
     levels = {"gpt2-pretrain": {"unigram": 5.0, "bigram": 3.7}}  # 5% below: 4.75 nats
-    results = []
+    curves = {}
     for wa in an.workloads:
         for opt, row in wa.rows.items():
             for i, r in enumerate(row.finals):  # leaves at step 60 (i + 1); Lion's first: never
                 leaves = None if opt == "lion" and i == 0 else 60 * (i + 1)
-                history = [{"step": s, "eval_loss": 4.7 if leaves and s >= leaves else 4.8}
-                           for s in range(60, 601, 60)]  # fmt: skip
-                results.append({**r, "log_history": history})
-    exits = plateau_exits(an, results, levels)
+                curves[r["run_id"]] = [(s, 4.7 if leaves and s >= leaves else 4.8)
+                                       for s in range(60, 601, 60)]  # fmt: skip
+    exits = plateau_exits(an, curves, levels)
     assert {(e["optimizer"], e["width"]) for e in exits} == {
         (o, w) for o in ("adamw", "lion") for w in (64, 128)}
     lion = next(e for e in exits if e["optimizer"] == "lion" and e["width"] == 64)
@@ -354,7 +353,7 @@ def test_plateau_exits_name_the_seeds_that_leave_late_or_never():
     assert "| lion | 180 [120, 240]; 1 of 4 never | 180 [120, 240]; 1 of 4 never |" in text
     assert "(4.750 nats)" in text and exits_markdown(exits, "vit-pretrain") == []
     # no unigram level (a classifier, or the data could not be built): no table
-    assert plateau_exits(an, results, {}) == []
+    assert plateau_exits(an, curves, {}) == []
 
 
 def test_ladder_points_are_ratios_to_adamw_per_width():

@@ -139,14 +139,12 @@ def ladder_points(an: Any) -> list[dict[str, Any]]:
 PLATEAU_MARGIN = 0.05  # "left the plateau": 5% below its level, as the gen-gap study's rule
 
 
-def plateau_exits(an: Any, results: Sequence[dict], levels: dict[str, dict[str, float]]
-                  ) -> list[dict[str, Any]]:  # fmt: skip
+def plateau_exits(an: Any, eval_curves: dict[str, list[tuple[int, float]]],
+                  levels: dict[str, dict[str, float]]) -> list[dict[str, Any]]:  # fmt: skip
     """Per language-model rung and optimizer: each final seed's first evaluated step whose
-    validation loss is 5% below the unigram level (None: it never got there). A mean curve
-    or a final ratio can hide seeds that leave the plateau late or never; this shows them."""
-    from .report import curve
-
-    by_id = {r["run_id"]: r for r in results}
+    validation loss is 5% below the unigram level (None: it never got there), from each
+    run's ``(step, eval_loss)`` curve by run id. A mean curve or a final ratio can hide
+    seeds that leave the plateau late or never; this shows them."""
     out = []
     for wa in an.workloads:
         w = WORKLOADS[wa.name]
@@ -155,12 +153,11 @@ def plateau_exits(an: Any, results: Sequence[dict], levels: dict[str, dict[str, 
             continue
         target = (1 - PLATEAU_MARGIN) * unigram
         for opt, row in sorted(wa.rows.items()):
-            runs = [by_id[r["run_id"]] for r in row.finals
-                    if r["status"] == "ok" and r["run_id"] in by_id]  # fmt: skip
-            if not runs:
+            curves = [eval_curves[r["run_id"]] for r in row.finals
+                      if r["status"] == "ok" and r["run_id"] in eval_curves]  # fmt: skip
+            if not curves:
                 continue
-            steps = [next((s for s, v in curve(r, "eval_loss") if v <= target), None)
-                     for r in runs]  # fmt: skip
+            steps = [next((s for s, v in c if v <= target), None) for c in curves]
             out.append({"base": w.base, "width": w.width, "optimizer": opt,
                         "target": target, "steps": steps})  # fmt: skip
     return out

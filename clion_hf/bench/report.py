@@ -1585,7 +1585,8 @@ def _ladder_section(an: Analysis, results: list[dict], out_dir: Path, plots: dic
     plots.update(drawn)
     plot_errors += errors
     atomic_write_text(out_dir / "ladder.csv", ladder_csv(points, levels))
-    return ladder_markdown(points, levels, plots, plateau_exits(an, results, levels))
+    curves = {r["run_id"]: curve(r, "eval_loss") for r in results}
+    return ladder_markdown(points, levels, plots, plateau_exits(an, curves, levels))
 
 
 def findings_from_csv(csv_text: str, meta: dict | None) -> list[str]:
