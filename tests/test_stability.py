@@ -14,6 +14,7 @@ import torch
 from _paths import REPO
 
 from clion_hf._files import read_json
+from clion_hf.bench import render
 from clion_hf.bench.cli import main
 from clion_hf.bench.neighbours import NU_BELOW_TAU, Arm, draw_pair, sample_order
 from clion_hf.bench.specs import SpecError
@@ -199,9 +200,8 @@ def test_committed_report_findings_follow_from_its_csv(study, marker):
     report = (study / "report.md").read_text()
     assert findings_from_csv(csv_text, meta) == findings_block(report)
     readme = (REPO / "README.md").read_text()
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    block = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
-    assert block.splitlines() == findings_block(report)
+    quoted = render.findings_block(readme, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->")
+    assert quoted == findings_block(report)
 
 
 def test_pair_counts_meet_the_issue_floor():

@@ -12,6 +12,7 @@ from _paths import REPO, recipe_exit_status
 from scipy import stats as scipy_stats
 
 from clion_hf._files import read_json
+from clion_hf.bench import render
 from clion_hf.bench.cli import main
 from clion_hf.bench.specs import SpecError, parse_optimizer, parse_optimizers
 from clion_hf.bench.study import build_study, sizes_of
@@ -315,9 +316,9 @@ def test_committed_v2_vit_findings_are_what_its_csv_gives_and_readme_copies_them
     assert findings_from_csv((study / "results.csv").read_text(), meta) == block
     assert sum("10 seeds: slope" in line for line in block) == 4  # 2 designs x 2 readings
     readme = (REPO / "README.md").read_text()
-    begin, end = "<!-- gen-gap-v2-vit-findings:begin -->", "<!-- gen-gap-v2-vit-findings:end -->"
-    quoted = readme[readme.index(begin) + len(begin):readme.index(end)].strip("\n")
-    assert quoted.splitlines() == block
+    marker = "gen-gap-v2-vit-findings"
+    assert render.findings_block(readme, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+                                 ) == block  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ cpu-v2

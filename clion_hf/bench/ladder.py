@@ -163,7 +163,7 @@ def plateau_exits(an: Any, eval_curves: dict[str, list[tuple[int, float]]],
     return out
 
 
-def exits_markdown(exits: list[dict[str, Any]], base: str) -> list[str]:
+def exits_markdown(exits: Sequence[dict[str, Any]], base: str) -> list[str]:
     """The table of :func:`plateau_exits` for one base (``[]`` when it has none)."""
     mine = [e for e in exits if e["base"] == base]
     if not mine:
@@ -233,7 +233,7 @@ def ladder_markdown(points: list[dict[str, Any]], levels: dict[str, dict[str, fl
         if f"ladder-curves-{base}" in plots:
             lines += [f"![{base}: validation curves with the plateau levels]"
                       f"({plots[f'ladder-curves-{base}']})", ""]  # fmt: skip
-        lines += exits_markdown(list(exits), base)
+        lines += exits_markdown(exits, base)
     return lines
 
 
