@@ -468,6 +468,24 @@ def test_matched_rule_leaves_out_an_arm_that_does_not_train():
     assert bare.excluded["steps"] == [] and bare.targets["steps"] == pytest.approx(1.58)
 
 
+def test_gap_plots_mark_the_plateau_level_on_the_held_out_panel(tmp_path):
+    """A held-out loss read against N needs the level of a model that learned nothing."""
+    from clion_hf.bench.study_report import make_plots, summarize_run
+
+    meta, study = _v2_meta("lion:lr=1e-3", seeds=3)
+    results = _drive_study(study, lambda run: (0.3, 2 / _n(run)))
+    ws = analyze([summarize_run(r) for r in results.values()], meta)
+    figures: dict = {}
+    plots, _ = make_plots(ws, list(results.values()), tmp_path, figures)
+    assert set(plots["vit-pretrain"]) >= {"gap-steps", "gap-steps-matched"}
+    for name in ("gap-steps-vit-pretrain.png", "gap-epochs-matched-vit-pretrain.png"):
+        gap_ax, held_ax = figures[name].axes
+        levels = [ln for ln in held_ax.get_lines() if ln.get_label().startswith("chance level")]
+        assert len(levels) == 1 and levels[0].get_ydata()[0] == pytest.approx(math.log(5))
+        assert levels[0].get_label() == "chance level 1.61"
+        assert not any("level" in ln.get_label() for ln in gap_ax.get_lines())
+
+
 def rows_from(csv_text: str) -> list[dict]:
     from clion_hf.bench.report import rows_from_csv
     from clion_hf.bench.study_report import _INTS, _TEXT

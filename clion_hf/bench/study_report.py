@@ -848,6 +848,11 @@ def make_plots(studies: list[WorkloadStudy], results: list[dict], plot_dir: Path
                     label_axes(ax, f"{ws.name}: {rule.text}\n(mean over seeds, bars: 95% "
                                "t interval)", "N (training examples)",
                                f"{what} (nats, eval mode)", title_size=10)  # fmt: skip
+                if ws.plateau is not None:  # where a run that learned nothing sits
+                    p = ws.plateau
+                    axes[1].axhline(p["level"], color="0.5", linestyle=":", linewidth=1,
+                                    label=f"{p['kind']} level {p['level']:.3g}")  # fmt: skip
+                for ax in axes:
                     _legend(ax)
                 fig.tight_layout()
                 return fig
