@@ -134,6 +134,33 @@ def test_the_same_only_after_an_equivalence_test_and_one_seed_compares_nothing()
     assert " is better**" not in line and " is worse**" not in line and "the same" not in line
 
 
+def test_where_a_pair_differs_beyond_the_declared_margin():
+    """"Beyond the margin" only when the whole Holm-level interval lies outside ±margin; a
+    detected difference whose interval reaches into the margin is said to be less sure."""
+    from clion_hf.bench.report import against_margin, margin_sentences
+
+    def shifted(shift: float) -> list[float]:
+        return [b + shift + 0.1 * n for b, n in zip(BASE, NOISE, strict=True)]
+
+    an = analyze(_rows({"gpt2-pretrain": {"adamw": BASE, "lion": shifted(0.1)},
+                        "gpt2-finetune": {"adamw": BASE, "lion": shifted(0.015)},
+                        "bert-finetune": {"adamw": BASE, "lion": shifted(0.0)}}),
+                 None)  # fmt: skip
+    got = {}
+    for wa in an.workloads:
+        t = next(t for t in wa.tests if (t.a, t.b) == ("lion", "adamw"))
+        got[wa.name] = against_margin(wa, t)
+        assert t.different == (wa.name != "bert-finetune")
+    assert got == {"gpt2-pretrain": "beyond the margin",
+                   "gpt2-finetune": "detected, not shown beyond the margin",
+                   "bert-finetune": "the same"}  # fmt: skip
+    line = next(x for x in margin_sentences(an) if x.startswith("lion vs adamw"))
+    assert "beyond the margin on gpt2-pretrain (worse, ×1.105 [" in line
+    assert "a difference detected but not shown beyond the margin on gpt2-finetune" in line
+    assert "the same on bert-finetune" in line and "×0.980 to ×1.020 in test perplexity" in line
+    assert f"- {line}" in findings(an)
+
+
 def test_a_row_on_a_grid_edge_is_inconclusive_never_worse(tmp_path):
     m = Matrix(get_preset("cpu"), ["gpt2-pretrain"], parse_optimizers("adamw,lion"),
                (0, 1), (100, 101, 102, 103, 104), 40)  # fmt: skip

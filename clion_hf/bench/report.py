@@ -598,6 +598,49 @@ def _inconclusive(row: Row | None) -> bool:
     return bool(row and row.plan and row.plan.inconclusive)
 
 
+def against_margin(wa: WorkloadAnalysis, t: PairedTest) -> str:
+    """Where a tested comparison sits against its declared margin: ``beyond the margin``
+    (different, and the Holm-level interval lies wholly outside ±margin), ``detected, not
+    shown beyond the margin``, or its verdict otherwise."""
+    v = verdict(wa, t)
+    if v in ("better", "worse"):
+        outside = t.lo >= t.margin or t.hi <= -t.margin
+        return "beyond the margin" if outside else "detected, not shown beyond the margin"
+    return v
+
+
+MARGIN_WORDS = {"beyond the margin": "beyond the margin",
+                "detected, not shown beyond the margin":
+                    "a difference detected but not shown beyond the margin",
+                "the same": "the same", "no difference detected": "no difference detected",
+                "inconclusive": "inconclusive (a row on a grid edge)"}  # fmt: skip
+
+
+def margin_sentences(an: Analysis) -> list[str]:
+    """Per declared pair, the rungs (workloads) on which it differs beyond the declared
+    margin, differs less surely, is the same, or is undecided: the question "where does A
+    differ from B by more than the margin" answered from the tests above."""
+    by_pair: dict[tuple[str, str], dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    margins: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for wa in an.workloads:
+        for t in wa.tests:
+            if t.n >= 2:
+                cls = against_margin(wa, t)
+                where = wa.name
+                if cls in ("beyond the margin", "detected, not shown beyond the margin"):
+                    where += f" ({verdict(wa, t)}, {effect_text(wa, t, unit=False)})"
+                by_pair[(t.a, t.b)][cls].append(where)
+                margins[(t.a, t.b)].add(margin_text(wa, t.margin))
+    out = []
+    for (a, b), classes in by_pair.items():
+        parts = [f"{words} on {', '.join(classes[cls])}" for cls, words in MARGIN_WORDS.items()
+                 if classes.get(cls)]  # fmt: skip
+        out.append(f"{describe_optimizer(a)} vs {describe_optimizer(b)} against the declared "
+                   f"margin ({'; '.join(sorted(margins[(a, b)]))}; beyond it: the whole "
+                   "Holm-level interval outside it): " + "; ".join(parts) + ".")
+    return out
+
+
 def _global_findings(an: Analysis) -> list[str]:
     """Sentences about the sign branch of every CLion mode, from the runs' diagnostics, and
     what the paper's ``global`` rule amounts to against the references."""
@@ -702,6 +745,7 @@ def findings(an: Analysis) -> list[str]:
             lines.append("  - Nothing chosen (every trial diverged or failed): "
                          + ", ".join(unchosen) + ".")
     lines += [f"- {trend_sentence(an, tr)}" for tr in an.trends]
+    lines += [f"- {t}" for t in margin_sentences(an)]
     lines += [f"- {t}" for t in _global_findings(an)]
     profile = _profile(an)
     if profile:
