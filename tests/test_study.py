@@ -285,10 +285,12 @@ def test_readme_paper_claim_rests_on_ten_seeds_and_on_the_reports():
     readme = (REPO / "README.md").read_text()
     section = readme.split("### The paper's claim, measured")[1].split("\n## ")[0]
     reports = "".join((REPO / "docs" / "benchmarks" / d / "report.md").read_text() for d in (
-        "stability-2026-12-06", "stability-vit-2026-12-06", "gen-gap-v2-vit-2026-12-06"))
+        "stability-2026-12-06", "stability-vit-2026-12-06", "gen-gap-v2-vit-2026-12-06",
+        "gen-gap-v2-gpt2-2026-12-06"))
     quoted = re.findall(r"<!-- ([\w-]+):begin -->\n(.*?)\n<!-- \1:end -->", section, re.S)
     assert {name for name, _ in quoted} == {
-        "stability-findings", "stability-vit-findings", "gen-gap-v2-vit-findings"}
+        "stability-findings", "stability-vit-findings", "gen-gap-v2-vit-findings",
+        "gen-gap-v2-gpt2-findings"}
     for _, block in quoted:
         for line in block.splitlines():
             assert line in reports
@@ -306,17 +308,18 @@ def test_readme_paper_claim_rests_on_ten_seeds_and_on_the_reports():
         assert value in printed or abs(value) in printed, x + percent
 
 
-def test_committed_v2_vit_findings_are_what_its_csv_gives_and_readme_copies_them():
-    """The cpu-v2 study's vit half: Findings from its results.csv, 10 seeds per slope, and
-    README's copy line for line."""
-    study = REPO / "docs" / "benchmarks" / "gen-gap-v2-vit-2026-12-06"
+@pytest.mark.parametrize("half", ["vit", "gpt2"])
+def test_committed_v2_findings_are_what_its_csv_gives_and_readme_copies_them(half):
+    """Each half of the cpu-v2 study: Findings from its results.csv, 10 seeds per slope,
+    and README's copy line for line."""
+    study = REPO / "docs" / "benchmarks" / f"gen-gap-v2-{half}-2026-12-06"
     report = (study / "report.md").read_text()
     block = findings_block(report)
     meta = read_json(study / "bench.json")
     assert findings_from_csv((study / "results.csv").read_text(), meta) == block
     assert sum("10 seeds: slope" in line for line in block) == 4  # 2 designs x 2 readings
     readme = (REPO / "README.md").read_text()
-    marker = "gen-gap-v2-vit-findings"
+    marker = f"gen-gap-v2-{half}-findings"
     assert render.findings_block(readme, f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
                                  ) == block  # fmt: skip
 
