@@ -29,6 +29,7 @@ from clion_hf.bench.specs import (
     WORKLOADS,
     SpecError,
     get_preset,
+    parse_optimizer,
     parse_optimizers,
     rung_args,
 )
@@ -210,6 +211,36 @@ def test_probe_first_brackets_every_dimension_before_following_an_edge():
                   preset.tuning_seeds, preset.final_seeds)  # fmt: skip
     for row in both.plan(_drive(both, _bowl({"adamw": 0.003, "lion": 0.001}))):
         assert row.trials_used == 12, row.optimizer
+
+
+def test_cpu_ladder_v2_centres_each_lr_grid_where_the_first_run_tuned_it():
+    """v2's first lr grids are centred on the lr each family chose in the committed
+    cpu-ladder run, read back here from its results.csv; only the centres change."""
+    import json
+
+    from clion_hf.bench.report import analyze, rows_from_csv
+    from clion_hf.bench.specs import LADDER_V1_LRS, lr_centre
+
+    ladder = REPO / "docs" / "benchmarks" / "ladder-cpu-2026-12-06"
+    an = analyze(rows_from_csv((ladder / "results.csv").read_text()),
+                 json.loads((ladder / "bench.json").read_text()))  # fmt: skip
+    v1, v2 = get_preset("cpu-ladder"), get_preset("cpu-ladder-v2")
+    assert len(LADDER_V1_LRS) == len(an.workloads) == len(v2.workloads) == 6
+    for wa in an.workloads:
+        base, width = wa.name.split("@")
+        chosen = tuple(wa.rows[o].chosen["lr"] for o in ("adamw", "lion", "clion"))
+        assert LADDER_V1_LRS[(base, int(width))] == chosen, wa.name
+        ws = v2.settings(wa.name, 600)
+        for label, lr in zip(("adamw", "lion", "clion"), chosen, strict=True):
+            spec = parse_optimizer(label)
+            assert lr_centre(spec, ws) == lr and lr in v2.search(spec, ws).lrs
+        for family in ("clion:mode=element", "clion:mode=tensor"):  # share Lion's / global's
+            spec = parse_optimizer(family)
+            assert lr_centre(spec, ws) == lr_centre(
+                parse_optimizer("lion" if "element" in family else "clion"), ws)
+        old = v1.settings(wa.name, 600)
+        assert (ws.cost, ws.extra_args, ws.optimizers, ws.max_steps) == (
+            old.cost, old.extra_args, old.optimizers, old.max_steps)
 
 
 def test_each_results_row_records_the_beta2_and_nu_its_run_used():

@@ -903,16 +903,42 @@ PRESETS["cpu-ladder"] = Preset(
     tuned=LADDER_TUNED,
     trials_per_row=LADDER_TRIALS,
 )
+# The lr each family chose per rung in the cpu-ladder run (docs/benchmarks/ladder-cpu-
+# 2026-12-06; a test reads them back from its results.csv): AdamW's, Lion's and CLion
+# global's. cpu-ladder-v2 centres its first lr grids there rather than on the width rule
+# above, which put CLion global's centre (0.2) up to 32x below where it ended (6.4 on
+# gpt2@64) and Lion's 8x above (vit@256): following an lr edge that far spends the trials
+# the other dimensions need. Element and soft share Lion's centre, tensor CLion global's.
+LADDER_V1_LRS = {  # (base, width): (adamw, lion, clion global)
+    ("gpt2-pretrain", 64): (0.003, 0.002, 6.4),
+    ("gpt2-pretrain", 128): (0.0021, 0.000355, 1.6),
+    ("gpt2-pretrain", 256): (0.003, 0.0005, 3.2),
+    ("vit-pretrain", 64): (0.0005, 0.0001, 0.8),
+    ("vit-pretrain", 128): (0.00071, 0.00056, 0.4),
+    ("vit-pretrain", 256): (0.00025, 2.5e-05, 0.2),
+}
+
+
+def _v1_centred(name: str, ws: WorkloadSettings) -> WorkloadSettings:
+    base, width = name.split("@")
+    adamw, lion, sgd = LADDER_V1_LRS[(base, int(width))]
+    return replace(ws, adamw_lr=adamw, lion_lr=lion, sgd_lr=sgd)
+
+
 # The same ladder with the protocol since its first run: every dimension's neighbours are
-# tried first (ν included), 12 trials per row. cpu-ladder stays as it was, so that its
-# committed report plans the runs it was made of.
+# tried first (ν included), 12 trials per row, and each lr grid centred where the first run
+# tuned it. cpu-ladder stays as it was, so that its committed report plans the runs it was
+# made of.
 PRESETS["cpu-ladder-v2"] = replace(
     PRESETS["cpu-ladder"],
     name="cpu-ladder-v2",
     description="cpu-ladder with the protocol since its first run: the same 12 trials per "
     "row, a value on each side of the best one tried first in every dimension (lr, beta2, "
-    "weight-decay scale, ν for element/soft), then edges followed; 2 tuning seeds, 10 final "
-    "seeds",
+    "weight-decay scale, ν for element/soft), then edges followed; the first lr grid of "
+    "each family (AdamW; Lion, element, soft; CLion global, tensor) centred on the lr it "
+    "chose in the cpu-ladder run; 2 tuning seeds, 10 final seeds",
+    workloads={name: _v1_centred(name, ws)
+               for name, ws in PRESETS["cpu-ladder"].workloads.items()},  # fmt: skip
     trials_per_row=PROBE_TRIALS,
     probe_first=True,
 )
