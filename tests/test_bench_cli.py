@@ -138,3 +138,25 @@ def test_readme_bench_commands_parse():
         if getattr(args, "preset", None):  # and the preset it names exists
             {"run": get_preset, "gen-gap": get_study_preset, "stability": get_stability_preset
              }[getattr(args, "study", args.command)](args.preset)  # fmt: skip
+
+
+def test_readme_links_and_images_point_into_the_repository():
+    """Every relative link and image of README (reports, plots, result directories) names a
+    file or directory that is committed, so moving a report cannot leave README pointing at
+    nothing."""
+    import re
+    import subprocess
+
+    from _paths import REPO
+
+    readme = (REPO / "README.md").read_text()
+    targets = {t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", readme)
+               if not re.match(r"[a-z]+:", t) and not t.startswith("#")}  # fmt: skip
+    assert len(targets) >= 20
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True)
+    files = set(tracked.stdout.splitlines()) if tracked.returncode == 0 else None
+    for target in sorted(targets):
+        path = target.rstrip("/")
+        assert (REPO / path).exists(), target
+        if files:  # in a git checkout: committed, not just lying in this working tree
+            assert path in files or any(f.startswith(path + "/") for f in files), target
