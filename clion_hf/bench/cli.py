@@ -381,7 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        if in_main_thread:
+        # As a program (argv None: the console script, `python -m`), keep the handler until
+        # the process exits: a SIGTERM during interpreter shutdown (torch's teardown takes a
+        # while) would otherwise kill it with the default action instead of exit 128 + 15.
+        if in_main_thread and argv is not None:
             signal.signal(signal.SIGTERM, previous)
 
 
