@@ -747,7 +747,11 @@ def test_launcher_runs_forks_execs_and_stops(tmp_path):
     assert launcher.proc.returncode == 0
     # what an earlier runner left behind is found by its mark and stopped
     stray = subprocess.Popen(["sleep", "60"], env=env)
-    assert stray.pid in leftover_pids(tmp_path)
+    # Popen returns once exec has begun; the kernel fills /proc/<pid>/environ a moment later
+    deadline = time.monotonic() + 10
+    while stray.pid not in leftover_pids(tmp_path):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert stop_leftovers(tmp_path) == 1 and stray.wait(10) == -signal.SIGTERM
     assert leftover_pids(tmp_path) == []
 

@@ -160,3 +160,28 @@ def test_readme_links_and_images_point_into_the_repository():
         assert (REPO / path).exists(), target
         if files:  # in a git checkout: committed, not just lying in this working tree
             assert path in files or any(f.startswith(path + "/") for f in files), target
+
+
+def test_sigterm_after_the_work_is_ignored_only_when_run_as_a_program(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Interpreter shutdown resets Python signal handlers to the default action, so a
+    SIGTERM during torch's teardown would kill a finished runner (-15) instead of letting it
+    exit with its code: as a program, main() leaves SIGTERM ignored; called in-process with
+    argv, it gives the caller's handler back."""
+    import signal
+
+    def caller(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, caller)
+    try:
+        assert cli.main(["throughput", "--optimizers", "clion:mode=elem"]) == 2
+        assert signal.getsignal(signal.SIGTERM) is caller
+        monkeypatch.setattr("sys.argv", ["clion-bench", "throughput", "--optimizers",
+                                         "clion:mode=elem"])  # fmt: skip
+        assert cli.main() == 2
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    capsys.readouterr()

@@ -381,11 +381,14 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     finally:
-        # As a program (argv None: the console script, `python -m`), keep the handler until
-        # the process exits: a SIGTERM during interpreter shutdown (torch's teardown takes a
-        # while) would otherwise kill it with the default action instead of exit 128 + 15.
         if in_main_thread and argv is not None:
             signal.signal(signal.SIGTERM, previous)
+        elif in_main_thread:
+            # As a program (the console script, `python -m`) the work is done and saved:
+            # ignore SIGTERM from here to the exit. Interpreter shutdown resets Python-level
+            # handlers to the default action before torch's teardown ends, so a SIGTERM
+            # there would kill the process (-15) instead of letting it exit with its code.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _exit_terminated(signum: int, frame: Any) -> None:
