@@ -434,6 +434,33 @@ def test_report_findings_are_computed_and_recomputable_from_the_csv(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_report_compares_the_run_with_the_cost_model(tmp_path):
+    """The report sets each workload's measured seconds per run (CPU seconds on a CPU
+    preset, not wall) beside the cost model ``--dry_run`` estimates with, as a ratio."""
+    m = Matrix(get_preset("cpu"), ["gpt2-pretrain", "vit-pretrain"],
+               parse_optimizers("adamw,lion"), (0, 1), (100, 101), 40)  # fmt: skip
+    results = write_synthetic(tmp_path, m, lambda run: 3.0, {})
+    factor = {"gpt2-pretrain": 1.5, "vit-pretrain": 0.5}
+    for run_id, result in results.items():
+        ws = m.preset.settings(result["workload"], m.max_steps)
+        result["cpu_s"] = factor[result["workload"]] * ws.cost.run_s(ws.max_steps)
+        path = next((tmp_path / "results").glob(f"*{run_id}*.json"))
+        path.write_text(json.dumps(result))
+    write_report(tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert f"`--dry_run` estimated {m.estimate_text()} for the whole matrix" in report
+    gpt2 = m.preset.settings("gpt2-pretrain", 40).cost.run_s(40)
+    n = sum(r["workload"] == "gpt2-pretrain" for r in results.values())
+    assert f"| gpt2-pretrain | {n} | {gpt2:.1f} | {1.5 * gpt2:.1f} | ×1.50 |" in report
+    assert "| vit-pretrain |" in report and "| ×0.50 |" in report
+    assert "median CPU s per run" in report
+    total = next(x for x in report.splitlines() if x.startswith("Against the cost model"))
+    vit = m.preset.settings("vit-pretrain", 40).cost.run_s(40)
+    k = len(results) - n  # vit runs
+    ratio = (1.5 * gpt2 * n + 0.5 * vit * k) / (gpt2 * n + vit * k)
+    assert f"the {len(results)} runs here took ×{ratio:.2f} the model's time" in total
+
+
 def test_report_never_crashes_and_says_what_is_missing(tmp_path):
     """The report is written even when no perplexity run finished (once: a ValueError from
     the log scale, and no report.md), and an unreadable result file is listed, not dropped."""

@@ -1034,6 +1034,39 @@ def timing_lines(results: list[dict], load_log: Path | None = None,
     return lines
 
 
+def cost_model_lines(an: Analysis) -> list[str]:
+    """This run against the cost model ``clion-bench run --dry_run`` estimates with: the
+    measured seconds per run (CPU seconds on a CPU preset, one thread per run; wall seconds
+    otherwise) against the model's, per workload and over every run."""
+    m = an.matrix
+    if m is None:
+        return []
+    key = "cpu_s" if m.preset.accelerate_config == "cpu" else "wall_s"
+    measured: dict[str, list[float]] = defaultdict(list)
+    for r in an.rows:
+        if r["workload"] in m.workloads and isinstance(r.get(key), int | float):
+            measured[r["workload"]].append(r[key])
+    if not measured:
+        return []
+    model = {}
+    for w in measured:
+        ws = m.preset.settings(w, m.max_steps)
+        model[w] = ws.cost.run_s(ws.max_steps)
+    took = sum(sum(v) for v in measured.values()) / m.jobs
+    expected = sum(model[w] * len(v) for w, v in measured.items()) / m.jobs
+    kind = "CPU" if key == "cpu_s" else "wall"
+    note = f"; cost model: {m.preset.cost_note}" if m.preset.cost_note else ""
+    rows = [[w, str(len(v)), f"{model[w]:.1f}", f"{statistics.median(v):.1f}",
+             f"×{statistics.median(v) / model[w]:.2f}"]
+            for w in m.workloads if (v := measured.get(w))]  # fmt: skip
+    return ["", f"Against the cost model (`--dry_run` estimated {m.estimate_text()} for the "
+            f"whole matrix{note}): the {sum(map(len, measured.values()))} runs here took "
+            f"×{took / expected:.2f} the model's time for the same runs ({took / 60:.0f} min "
+            f"against {expected / 60:.0f} min on {m.jobs} dedicated cores).", "",
+            *table(["workload", "runs", "model s per run", f"median {kind} s per run",
+                    "measured / model"], rows)]  # fmt: skip
+
+
 def next_step_lines(an: Analysis) -> list[str]:
     """What a run with fewer than 2 final seeds shows (nothing compared) and the command
     for a comparison, with the estimate ``clion-bench run --dry_run`` would print."""
@@ -1606,6 +1639,7 @@ def _write_report(out_dir: Path) -> dict[str, Path]:
         atomic_write_text(out_dir / "results.csv", rows_csv(rows))
     timing = timing_lines(results or rows, out_dir / "host-load.log",
                           an.matrix.preset.jobs if from_csv and an.matrix else None)
+    timing += cost_model_lines(an)
     atomic_write_text(out_dir / "report.md",
                       report_markdown(an, plots, problems, plot_errors, timing,
                                       ladder))  # fmt: skip
