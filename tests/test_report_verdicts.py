@@ -220,17 +220,19 @@ def test_committed_report_verdicts_recomputed_from_its_csv():
             assert v in ("the same", "no difference detected")
 
 
-LADDER = REPO / "docs" / "benchmarks" / "ladder-cpu-2026-12-06"
+LADDERS = [REPO / "docs" / "benchmarks" / "ladder-cpu-2026-12-06"]  # every finished ladder
+LADDER = LADDERS[-1]  # the one README quotes
 
 
-def test_committed_ladder_verdicts_recomputed_from_its_csv():
-    """The committed ladder's verdicts are what its results.csv gives: every declared
+@pytest.mark.parametrize("ladder", LADDERS, ids=lambda p: p.name)
+def test_committed_ladder_verdicts_recomputed_from_its_csv(ladder):
+    """A committed ladder's verdicts are what its results.csv gives: every declared
     comparison on ≥10 paired seeds, paired t-tests and the width trends' Welch tests
     recomputed here with SciPy, Holm over all of them, no verdict on an edge row, and every
     row spending the same trials (its preset's)."""
-    csv_text = (LADDER / "results.csv").read_text()
-    meta = json.loads((LADDER / "bench.json").read_text())
-    report = (LADDER / "report.md").read_text()
+    csv_text = (ladder / "results.csv").read_text()
+    meta = json.loads((ladder / "bench.json").read_text())
+    report = (ladder / "report.md").read_text()
     assert findings_from_csv(csv_text, meta) == findings_block(report)
     rows = rows_from_csv(csv_text)
     an = analyze(rows, meta)
