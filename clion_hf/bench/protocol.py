@@ -689,13 +689,17 @@ class Matrix:
                 hi += search.budget * n_tune + n_final
         return lo, hi
 
+    def run_seconds(self, workload: str) -> float:
+        """Device time of one run of ``workload``, from the preset's cost model."""
+        ws = self.preset.settings(workload, self.max_steps)
+        return ws.cost.run_s(ws.max_steps)
+
     def estimated_seconds(self) -> tuple[float, float]:
         """Device time of the fewest and the most runs, from the preset's cost model."""
         lo = hi = 0.0
         n_tune, n_final = len(self.tuning_seeds), len(self.final_seeds)
         for w in self.workloads:
-            ws = self.preset.settings(w, self.max_steps)
-            each = ws.cost.run_s(ws.max_steps)
+            each = self.run_seconds(w)
             for s in self.row_specs(w):
                 search = self.search(w, s)
                 lo += each * (search.min_trials * n_tune + n_final)

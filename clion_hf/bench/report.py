@@ -1048,10 +1048,7 @@ def cost_model_lines(an: Analysis) -> list[str]:
             measured[r["workload"]].append(r[key])
     if not measured:
         return []
-    model = {}
-    for w in measured:
-        ws = m.preset.settings(w, m.max_steps)
-        model[w] = ws.cost.run_s(ws.max_steps)
+    model = {w: m.run_seconds(w) for w in measured}
     took = sum(sum(v) for v in measured.values()) / m.jobs
     expected = sum(model[w] * len(v) for w, v in measured.items()) / m.jobs
     kind = "CPU" if key == "cpu_s" else "wall"
