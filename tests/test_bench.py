@@ -391,7 +391,7 @@ def write_synthetic(out: Path, matrix: Matrix, loss_of, test_shift: dict[str, fl
                 "all_results": res, "returncode": 0, "wall_s": 5.0,
                 "log_history": _history(loss, run.max_steps,
                                         sign if run.optimizer.startswith("clion") else None),
-                "environment": {"host": "test", "cpus": 2, "python": "3",
+                "environment": {"host": "test", "cpus": 2, "python": "3", "platform": "Linux-t",
                                 "versions": {"torch": "x"}, "git_commit": "abc"},
             }  # fmt: skip
             results[run.run_id] = result
@@ -459,6 +459,8 @@ def test_report_compares_the_run_with_the_cost_model(tmp_path):
     k = len(results) - n  # vit runs
     ratio = (1.5 * gpt2 * n + 0.5 * vit * k) / (gpt2 * n + vit * k)
     assert f"the {len(results)} runs here took ×{ratio:.2f} the model's time" in total
+    platform = results[next(iter(results))]["environment"]["platform"]
+    assert f"(`environment.platform`): `{platform}` ({len(results)} runs)." in total
 
 
 def test_report_never_crashes_and_says_what_is_missing(tmp_path):

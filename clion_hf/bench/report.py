@@ -21,8 +21,8 @@ from __future__ import annotations
 import io
 import math
 import statistics
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1034,10 +1034,12 @@ def timing_lines(results: list[dict], load_log: Path | None = None,
     return lines
 
 
-def cost_model_lines(an: Analysis) -> list[str]:
+def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """This run against the cost model ``clion-bench run --dry_run`` estimates with: the
     measured seconds per run (CPU seconds on a CPU preset, one thread per run; wall seconds
-    otherwise) against the model's, per workload and over every run."""
+    otherwise) against the model's, per workload and over every run, and the host builds
+    the runs recorded (the same VM kind ran these models 17-41% slower on one build than
+    on another: docs/benchmarks/ladder-cpu-v2-2026-12-06/README.md)."""
     m = an.matrix
     if m is None:
         return []
@@ -1056,10 +1058,15 @@ def cost_model_lines(an: Analysis) -> list[str]:
     rows = [[w, str(len(v)), f"{model[w]:.1f}", f"{statistics.median(v):.1f}",
              f"×{statistics.median(v) / model[w]:.2f}"]
             for w in m.workloads if (v := measured.get(w))]  # fmt: skip
+    builds = Counter(str((r.get("environment") or {}).get("platform") or "not recorded")
+                     for r in results)  # fmt: skip
+    hosts = "; ".join(f"`{b}` ({n} runs)" for b, n in builds.most_common())
     return ["", f"Against the cost model (`--dry_run` estimated {m.estimate_text()} for the "
             f"whole matrix{note}): the {sum(map(len, measured.values()))} runs here took "
             f"×{took / expected:.2f} the model's time for the same runs ({took / 60:.0f} min "
-            f"against {expected / 60:.0f} min on {m.jobs} dedicated cores).", "",
+            f"against {expected / 60:.0f} min on {m.jobs} dedicated cores)."
+            + (f" Host builds the runs recorded (`environment.platform`): {hosts}."
+               if builds else ""), "",
             *table(["workload", "runs", "model s per run", f"median {kind} s per run",
                     "measured / model"], rows)]  # fmt: skip
 
@@ -1636,7 +1643,7 @@ def _write_report(out_dir: Path) -> dict[str, Path]:
         atomic_write_text(out_dir / "results.csv", rows_csv(rows))
     timing = timing_lines(results or rows, out_dir / "host-load.log",
                           an.matrix.preset.jobs if from_csv and an.matrix else None)
-    timing += cost_model_lines(an)
+    timing += cost_model_lines(an, results)
     atomic_write_text(out_dir / "report.md",
                       report_markdown(an, plots, problems, plot_errors, timing,
                                       ladder))  # fmt: skip
