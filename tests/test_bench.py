@@ -460,7 +460,7 @@ def test_report_compares_the_run_with_the_cost_model(tmp_path):
     ratio = (1.5 * gpt2 * n + 0.5 * vit * k) / (gpt2 * n + vit * k)
     assert f"the {len(results)} runs here took ×{ratio:.2f} the model's time" in total
     platform = results[next(iter(results))]["environment"]["platform"]
-    assert f"(`environment.platform`): `{platform}` ({len(results)} runs)." in total
+    assert f"(`environment`: CPU, platform): `{platform}` ({len(results)} runs)." in total
 
 
 def test_report_never_crashes_and_says_what_is_missing(tmp_path):
@@ -808,6 +808,23 @@ def test_commit_is_recorded_only_for_recipes_git_tracks(tmp_path, monkeypatch):
     head = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
                           text=True).stdout.strip()  # fmt: skip
     assert info(here)["git_commit"] == head
+
+
+def test_runs_record_the_cpu_generation_a_vm_model_name_hides(tmp_path, monkeypatch):
+    """``AMD EPYC`` alone does not say which generation ran a result: family, model and
+    stepping of the first processor are recorded with it (and a host without cpuinfo still
+    gets a name)."""
+    from clion_hf.bench import runner
+    from clion_hf.bench.render import cpu_model
+
+    info = tmp_path / "cpuinfo"
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {}\n" \
+            "model name\t: AMD EPYC\nstepping\t: 1\n\n"
+    info.write_text(block.format(0, 17) + block.format(1, 1))  # only the first block counts
+    assert cpu_model(str(info)) == "AMD EPYC (family 25, model 17, stepping 1)"
+    assert cpu_model(str(tmp_path / "absent"))  # platform's name, never empty
+    monkeypatch.setattr(runner, "_ENV_CACHE", {})
+    assert runner.environment_info(tmp_path)["cpu"] == cpu_model()
 
 
 @pytest.mark.slow  # times real optimizer steps (~17 s on 2 cores)

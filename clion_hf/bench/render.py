@@ -101,6 +101,27 @@ def label_axes(ax: Any, title: str, x: str, y: str, size: float | None = None,
         ax.grid(alpha=0.3)
 
 
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """``AMD EPYC (family 25, model 17, stepping 1)`` from /proc/cpuinfo where it is readable
+    (a VM's model name alone often hides which CPU generation it is), else what
+    :mod:`platform` knows."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    ids = [f"{label} {fields[key]}" for label, key in
+           (("family", "cpu family"), ("model", "model"), ("stepping", "stepping"))
+           if fields.get(key)]  # fmt: skip
+    return f"{name} ({', '.join(ids)})" if ids else name
+
+
 def host_facts() -> dict[str, str]:
     """This machine now, for the header of a timing table: time, processor, torch threads,
     versions, ``OMP_WAIT_POLICY`` and the load average."""
@@ -110,7 +131,7 @@ def host_facts() -> dict[str, str]:
             if os.path.exists("/proc/loadavg") else "n/a")  # fmt: skip
     return {
         "now": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "threads": str(torch.get_num_threads()),
         "torch": torch.__version__,
         "python": platform.python_version(),

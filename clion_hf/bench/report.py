@@ -1037,9 +1037,9 @@ def timing_lines(results: list[dict], load_log: Path | None = None,
 def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """This run against the cost model ``clion-bench run --dry_run`` estimates with: the
     measured seconds per run (CPU seconds on a CPU preset, one thread per run; wall seconds
-    otherwise) against the model's, per workload and over every run, and the host builds
-    the runs recorded (the same VM kind ran these models 17-41% slower on one build than
-    on another: docs/benchmarks/ladder-cpu-v2-2026-12-06/README.md)."""
+    otherwise) against the model's, per workload and over every run, and the hosts the runs
+    recorded (hosts of one VM kind differ: in docs/benchmarks/ladder-cpu-v2-2026-12-06 one
+    rung's median run took 9.5 s in one hour and 14.2 s in another)."""
     m = an.matrix
     if m is None:
         return []
@@ -1058,14 +1058,17 @@ def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) ->
     rows = [[w, str(len(v)), f"{model[w]:.1f}", f"{statistics.median(v):.1f}",
              f"×{statistics.median(v) / model[w]:.2f}"]
             for w in m.workloads if (v := measured.get(w))]  # fmt: skip
-    builds = Counter(str((r.get("environment") or {}).get("platform") or "not recorded")
-                     for r in results)  # fmt: skip
-    hosts = "; ".join(f"`{b}` ({n} runs)" for b, n in builds.most_common())
+    def host(env: Mapping[str, Any]) -> str:
+        cpu = f"{env['cpu']}, " if env.get("cpu") else ""  # recorded since ladder-cpu-v2
+        return f"{cpu}`{env.get('platform') or 'platform not recorded'}`"
+
+    builds = Counter(host(r.get("environment") or {}) for r in results)
+    hosts = "; ".join(f"{b} ({n} runs)" for b, n in builds.most_common())
     return ["", f"Against the cost model (`--dry_run` estimated {m.estimate_text()} for the "
             f"whole matrix{note}): the {sum(map(len, measured.values()))} runs here took "
             f"×{took / expected:.2f} the model's time for the same runs ({took / 60:.0f} min "
             f"against {expected / 60:.0f} min on {m.jobs} dedicated cores)."
-            + (f" Host builds the runs recorded (`environment.platform`): {hosts}."
+            + (f" Hosts the runs recorded (`environment`: CPU, platform): {hosts}."
                if builds else ""), "",
             *table(["workload", "runs", "model s per run", f"median {kind} s per run",
                     "measured / model"], rows)]  # fmt: skip

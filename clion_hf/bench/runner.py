@@ -56,6 +56,7 @@ from ..workloads import recipes_dir as installed_recipes_dir
 from .launcher import MARKER, Child, Launcher, LauncherDied, accelerate_env, stop_leftovers
 from .progress import ticker
 from .protocol import SCHEMA, Experiment, RunConfig, classify, load_results, result_problem
+from .render import cpu_model
 from .specs import WORKLOADS
 
 LOG_TAIL_CHARS = 4000
@@ -133,7 +134,8 @@ def environment_info(recipes_dir: Path) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             pass
         _ENV_CACHE.update(
-            host=platform.node(), platform=platform.platform(), cpus=os.cpu_count(),
+            host=platform.node(), platform=platform.platform(), cpu=cpu_model(),
+            cpus=os.cpu_count(),
             python=platform.python_version(), versions=versions, git_commit=commit,
         )  # fmt: skip
     return dict(_ENV_CACHE)
