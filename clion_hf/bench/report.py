@@ -1034,6 +1034,13 @@ def timing_lines(results: list[dict], load_log: Path | None = None,
     return lines
 
 
+def _host_text(env: Mapping[str, Any]) -> str:
+    """``CPU, `platform``` of one run's recorded environment (the CPU is recorded since
+    ladder-cpu-v2 finished; older results have the platform alone)."""
+    cpu = f"{env['cpu']}, " if env.get("cpu") else ""
+    return f"{cpu}`{env.get('platform') or 'platform not recorded'}`"
+
+
 def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) -> list[str]:
     """This run against the cost model ``clion-bench run --dry_run`` estimates with: the
     measured seconds per run (CPU seconds on a CPU preset, one thread per run; wall seconds
@@ -1058,11 +1065,7 @@ def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) ->
     rows = [[w, str(len(v)), f"{model[w]:.1f}", f"{statistics.median(v):.1f}",
              f"×{statistics.median(v) / model[w]:.2f}"]
             for w in m.workloads if (v := measured.get(w))]  # fmt: skip
-    def host(env: Mapping[str, Any]) -> str:
-        cpu = f"{env['cpu']}, " if env.get("cpu") else ""  # recorded since ladder-cpu-v2
-        return f"{cpu}`{env.get('platform') or 'platform not recorded'}`"
-
-    builds = Counter(host(r.get("environment") or {}) for r in results)
+    builds = Counter(_host_text(r.get("environment") or {}) for r in results)
     hosts = "; ".join(f"{b} ({n} runs)" for b, n in builds.most_common())
     return ["", f"Against the cost model (`--dry_run` estimated {m.estimate_text()} for the "
             f"whole matrix{note}): the {sum(map(len, measured.values()))} runs here took "
