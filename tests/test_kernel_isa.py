@@ -420,8 +420,11 @@ def test_a_step_spends_its_kernel_time_in_the_inspected_functions(tmp_path):
     if not shutil.which("perf"):
         _missing("perf not installed")
     data = tmp_path / "perf.data"
-    rec = subprocess.run(["perf", "record", "-q", "-o", str(data), sys.executable, "-c",
-                          PERF_STEP], capture_output=True, text=True, timeout=600)  # fmt: skip
+    # --no-buildid-cache: perf would otherwise copy every sampled library (libtorch_cpu.so
+    # and the rest, about 700 MB per virtual environment) into ~/.debug, once per run.
+    rec = subprocess.run(["perf", "record", "-q", "--no-buildid-cache", "-o", str(data),
+                          sys.executable, "-c", PERF_STEP],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
     if rec.returncode != 0 or not data.exists():
         _missing(f"perf record does not run here: {rec.stderr.strip()[-300:]}")
     rep = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso,sym"],
