@@ -1045,8 +1045,8 @@ def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) ->
     """This run against the cost model ``clion-bench run --dry_run`` estimates with: the
     measured seconds per run (CPU seconds on a CPU preset, one thread per run; wall seconds
     otherwise) against the model's, per workload and over every run, and the hosts the runs
-    recorded (hosts of one VM kind differ: in docs/benchmarks/ladder-cpu-v2-2026-12-06 one
-    rung's median run took 9.5 s in one hour and 14.2 s in another)."""
+    recorded (hosts of one VM kind differ by about 30% per run: the README of
+    docs/benchmarks/ladder-cpu-v2-2026-12-06)."""
     m = an.matrix
     if m is None:
         return []
@@ -1065,14 +1065,14 @@ def cost_model_lines(an: Analysis, results: Sequence[Mapping[str, Any]] = ()) ->
     rows = [[w, str(len(v)), f"{model[w]:.1f}", f"{statistics.median(v):.1f}",
              f"×{statistics.median(v) / model[w]:.2f}"]
             for w in m.workloads if (v := measured.get(w))]  # fmt: skip
-    builds = Counter(_host_text(r.get("environment") or {}) for r in results)
-    hosts = "; ".join(f"{b} ({n} runs)" for b, n in builds.most_common())
+    hosts_seen = Counter(_host_text(r.get("environment") or {}) for r in results)
+    hosts = "; ".join(f"{h} ({n} runs)" for h, n in hosts_seen.most_common())
     return ["", f"Against the cost model (`--dry_run` estimated {m.estimate_text()} for the "
             f"whole matrix{note}): the {sum(map(len, measured.values()))} runs here took "
             f"×{took / expected:.2f} the model's time for the same runs ({took / 60:.0f} min "
             f"against {expected / 60:.0f} min on {m.jobs} dedicated cores)."
             + (f" Hosts the runs recorded (`environment`: CPU, platform): {hosts}."
-               if builds else ""), "",
+               if hosts_seen else ""), "",
             *table(["workload", "runs", "model s per run", f"median {kind} s per run",
                     "measured / model"], rows)]  # fmt: skip
 
